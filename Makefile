@@ -1,0 +1,30 @@
+# Two entry points (see README): `make demo` and `make test`. Each creates or refreshes the
+# local virtual environment .venv from pyproject.toml before running.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint format clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m chromagan_jax.demo --workdir demo_out
+
+test: $(STAMP)
+	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+	$(PY) -m pytest -n 2 -q -rs tests
+
+lint: $(STAMP)
+	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+
+format: $(STAMP)
+	$(PY) -m ruff format . && $(PY) -m ruff check --fix .
+
+clean:
+	rm -rf $(VENV) demo_out

@@ -1,0 +1,147 @@
+"""sRGB <-> CIE Lab (D65, 2 degree observer) in jax.numpy, and ChromaGAN's value scalings.
+
+One implementation used by training, inference and evaluation. Everything is jit-able and
+differentiable (the cube root and the sRGB gamma are evaluated on clamped arguments so that
+their unused branch never produces NaN gradients).
+
+Value ranges:
+  * ``rgb``: float in [0, 1] (``uint8`` inputs are divided by 255).
+  * ``lab``: L in [0, 100], a and b roughly in [-128, 127] (out-of-gamut colours may exceed).
+  * 8-bit encoding of the reference (OpenCV ``COLOR_BGR2Lab`` on uint8):
+    ``L8 = L * 255 / 100``, ``a8 = a + 128``, ``b8 = b + 128``.
+  * network values (the reference divides the 8-bit encoding by 255):
+    ``L_net = L8 / 255 = L / 100`` and ``ab_net = (ab + 128) / 255``, all in [0, 1].
+"""
+
+import jax.numpy as jnp
+
+# sRGB (linear) -> XYZ, D65; the matrix used by scikit-image and IEC 61966-2-1.
+_RGB_TO_XYZ = jnp.array(
+  [
+    [0.412453, 0.357580, 0.180423],
+    [0.212671, 0.715160, 0.072169],
+    [0.019334, 0.119193, 0.950227],
+  ],
+  dtype=jnp.float32,
+)
+# Exact inverse so that the round trip is exact up to float rounding.
+_XYZ_TO_RGB = jnp.linalg.inv(_RGB_TO_XYZ.astype(jnp.float64)).astype(jnp.float32)
+# Reference white D65, 2 degree observer (scikit-image's value).
+_WHITE_D65 = jnp.array([0.95047, 1.0, 1.08883], dtype=jnp.float32)
+
+_DELTA = 6.0 / 29.0
+
+
+def _as_float(x):
+  """uint8 images become floats in [0, 1]; float images pass through."""
+  x = jnp.asarray(x)
+  if jnp.issubdtype(x.dtype, jnp.integer):
+    return x.astype(jnp.float32) / 255.0
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def srgb_to_linear(rgb):
+  """Inverse sRGB companding; ``rgb`` in [0, 1]."""
+  return jnp.where(
+    rgb <= 0.04045,
+    rgb / 12.92,
+    ((jnp.maximum(rgb, 0.04045) + 0.055) / 1.055) ** 2.4,
+  )
+
+
+def linear_to_srgb(lin):
+  """sRGB companding; ``lin`` in [0, 1]."""
+  return jnp.where(
+    lin <= 0.0031308,
+    lin * 12.92,
+    1.055 * jnp.maximum(lin, 0.0031308) ** (1.0 / 2.4) - 0.055,
+  )
+
+
+def _f(t):
+  return jnp.where(
+    t > _DELTA**3,
+    jnp.cbrt(jnp.maximum(t, _DELTA**3)),
+    t / (3 * _DELTA**2) + 4.0 / 29.0,
+  )
+
+
+def _f_inv(t):
+  return jnp.where(t > _DELTA, t**3, 3 * _DELTA**2 * (t - 4.0 / 29.0))
+
+
+def rgb_to_lab(rgb):
+  """sRGB (..., 3), uint8 or float in [0, 1] -> Lab (..., 3) float32."""
+  rgb = _as_float(rgb)
+  xyz = srgb_to_linear(rgb) @ _RGB_TO_XYZ.T.astype(rgb.dtype)
+  fx, fy, fz = jnp.moveaxis(_f(xyz / _WHITE_D65.astype(rgb.dtype)), -1, 0)
+  lightness = 116.0 * fy - 16.0
+  a = 500.0 * (fx - fy)
+  b = 200.0 * (fy - fz)
+  return jnp.stack([lightness, a, b], axis=-1)
+
+
+def lab_to_rgb(lab, clip=True):
+  """Lab (..., 3) -> sRGB float (..., 3) in [0, 1].
+
+  Out-of-gamut colours are clipped per channel in linear RGB (as scikit-image and OpenCV do)
+  when ``clip`` is true.
+  """
+  lab = _as_float(lab) if not jnp.issubdtype(jnp.asarray(lab).dtype, jnp.integer) else lab
+  lightness, a, b = jnp.moveaxis(jnp.asarray(lab, jnp.float32), -1, 0)
+  fy = (lightness + 16.0) / 116.0
+  fx = fy + a / 500.0
+  fz = fy - b / 200.0
+  xyz = _f_inv(jnp.stack([fx, fy, fz], axis=-1)) * _WHITE_D65
+  lin = xyz @ _XYZ_TO_RGB.T
+  if clip:
+    lin = jnp.clip(lin, 0.0, 1.0)
+  rgb = linear_to_srgb(lin)
+  return jnp.clip(rgb, 0.0, 1.0) if clip else rgb
+
+
+def lab_to_lab8(lab):
+  """Lab -> the reference's 8-bit encoding (float, not rounded): L*255/100, a+128, b+128."""
+  return jnp.concatenate([lab[..., :1] * (255.0 / 100.0), lab[..., 1:] + 128.0], axis=-1)
+
+
+def lab8_to_lab(lab8):
+  """Inverse of :func:`lab_to_lab8`."""
+  lab8 = jnp.asarray(lab8, jnp.float32)
+  return jnp.concatenate([lab8[..., :1] * (100.0 / 255.0), lab8[..., 1:] - 128.0], axis=-1)
+
+
+def lab_to_net(lab):
+  """Lab (..., 3) -> (L (..., 1), ab (..., 2)) network values in [0, 1] (ab clipped)."""
+  lab8 = lab_to_lab8(lab)
+  return lab8[..., :1] / 255.0, jnp.clip(lab8[..., 1:] / 255.0, 0.0, 1.0)
+
+
+def net_to_lab(lightness, ab):
+  """Network values L (..., 1) and ab (..., 2) in [0, 1] -> Lab (..., 3).
+
+  ``ab`` is clipped to [0, 1] first, i.e. to the 8-bit range a, b in [-128, 127], as the
+  reference does with ``clip(ab * 255, 0, 255)``.
+  """
+  ab = jnp.clip(ab, 0.0, 1.0)
+  return lab8_to_lab(jnp.concatenate([lightness * 255.0, ab * 255.0], axis=-1))
+
+
+def rgb_to_net(rgb):
+  """uint8/float RGB (..., 3) -> (L (..., 1), ab (..., 2)) in [0, 1]; the training input."""
+  return lab_to_net(rgb_to_lab(rgb))
+
+
+def net_to_rgb(lightness, ab):
+  """(L, ab) network values -> sRGB float in [0, 1]."""
+  return lab_to_rgb(net_to_lab(lightness, ab))
+
+
+def gray_to_l3(lightness):
+  """L (..., 1) in [0, 1] -> the VGG input: the grey channel tiled to 3 channels."""
+  return jnp.concatenate([lightness] * 3, axis=-1)
+
+
+def to_uint8(x):
+  """Float image in [0, 1] -> uint8 with rounding."""
+  return jnp.clip(jnp.round(x * 255.0), 0, 255).astype(jnp.uint8)

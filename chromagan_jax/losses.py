@@ -1,0 +1,85 @@
+"""ChromaGAN's losses: colour L2, the class-distribution KL and the WGAN-GP terms.
+
+All functions are pure and return float32 scalars (means over the batch). The weights and
+signs of the reference (``ChromaGAN.py``) are applied in :func:`generator_loss` and
+:func:`critic_loss`; the defaults live in the config, not here.
+"""
+
+from collections.abc import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+
+# Keras' ``kld`` clips both distributions to [epsilon, 1] with Keras' epsilon.
+KERAS_EPSILON = 1e-7
+
+
+def mse(pred, target):
+  """Mean squared error over every element (Keras ``mse`` averaged over the batch)."""
+  return jnp.mean(jnp.square(pred.astype(jnp.float32) - target.astype(jnp.float32)))
+
+
+def kl_divergence(p_true, p_pred):
+  """Keras' ``kld``: ``sum_c p_true * log(p_true / p_pred)`` with both clipped to [1e-7, 1].
+
+  ``p_true`` and ``p_pred``: (N, C) distributions; returns the mean over N.
+  """
+  p_true = jnp.clip(p_true.astype(jnp.float32), KERAS_EPSILON, 1.0)
+  p_pred = jnp.clip(p_pred.astype(jnp.float32), KERAS_EPSILON, 1.0)
+  return jnp.mean(jnp.sum(p_true * jnp.log(p_true / p_pred), axis=-1))
+
+
+def wasserstein(scores, sign):
+  """Keras-reference Wasserstein term ``mean(sign * scores)``: sign -1 real, +1 fake."""
+  return jnp.mean(sign * scores.astype(jnp.float32))
+
+
+def gradient_penalty(critic_fn: Callable, ab_real, ab_fake, lightness, eps):
+  """WGAN-GP term ``mean_i (1 - ||d D(ab_hat_i, L_i) / d ab_hat_i||_2)^2``.
+
+  Only ab is interpolated (``ab_hat = eps * ab_real + (1 - eps) * ab_fake``, one ``eps`` per
+  sample, shape (N,)); L is shared. The norm runs over every entry of a sample's ab
+  gradient. The gradient of the summed scores equals the per-sample gradients because the
+  critic has no cross-sample coupling (no batch norm).
+
+  Args:
+    critic_fn: ``(ab, L) -> scores`` (N, ...).
+    ab_real, ab_fake: (N, H, W, 2); lightness: (N, H, W, 1); eps: (N,) in [0, 1].
+  """
+  e = eps.reshape((-1,) + (1,) * (ab_real.ndim - 1)).astype(ab_real.dtype)
+  ab_hat = e * ab_real + (1.0 - e) * ab_fake
+  grads = jax.grad(lambda x: jnp.sum(critic_fn(x, lightness).astype(jnp.float32)))(ab_hat)
+  grads = grads.astype(jnp.float32).reshape(grads.shape[0], -1)
+  norms = jnp.sqrt(jnp.sum(jnp.square(grads), axis=-1))
+  return jnp.mean(jnp.square(1.0 - norms))
+
+
+def generator_loss(ab_fake, ab_real, p_fake, p_teacher, d_fake, weights: Mapping[str, float]):
+  """``w_mse * MSE + w_kl * KL(p_teacher || p_fake) + w_adv * mean(D(fake))``.
+
+  The reference weights are ``w_mse=1.0, w_kl=0.003, w_adv=-0.1`` (the generator maximises
+  the critic's score of its output). ``p_teacher=None`` drops the KL term ("w/o class").
+  Returns (total, metrics dict).
+  """
+  terms = {"mse": mse(ab_fake, ab_real), "adv": jnp.mean(d_fake.astype(jnp.float32))}
+  total = weights["mse"] * terms["mse"] + weights["adv"] * terms["adv"]
+  if p_teacher is not None:
+    terms["kl"] = kl_divergence(p_teacher, p_fake)
+    total = total + weights["kl"] * terms["kl"]
+  terms["total"] = total
+  return total, terms
+
+
+def critic_loss(d_real, d_fake, gp, weights: Mapping[str, float]):
+  """``w_real * mean(D(real)) + w_fake * mean(D(fake)) + w_gp * GP``.
+
+  The reference weights are ``w_real=-1, w_fake=1, w_gp=10``. Returns (total, metrics dict).
+  """
+  terms = {
+    "real": jnp.mean(d_real.astype(jnp.float32)),
+    "fake": jnp.mean(d_fake.astype(jnp.float32)),
+    "gp": gp,
+  }
+  total = weights["real"] * terms["real"] + weights["fake"] * terms["fake"] + weights["gp"] * gp
+  terms["total"] = total
+  return total, terms

@@ -1,0 +1,273 @@
+"""ChromaGAN networks in Flax Linen: the generator, the PatchGAN critic and the VGG16 teacher.
+
+Layer names follow Keras' VGG16 (``block1_conv1`` ... ``block5_conv3``, ``fc1``, ``fc2``,
+``predictions``) so weight files map 1:1; the ChromaGAN-specific layers have descriptive
+names (``global_conv1`` ... ``dec_conv6``) that the converter maps from the authors' h5.
+
+Shapes and values (paper configuration, ``image_size=224``, ``width=1``):
+  * ``Generator()(l3)``: ``l3`` (N, 224, 224, 3) grey tiled to 3 channels in [0, 1] ->
+    ``ab`` (N, 224, 224, 2) in [0, 1] and the class distribution (N, 1000), rows sum to 1.
+  * ``Critic()(ab, L)``: ab (N, 224, 224, 2), L (N, 224, 224, 1) in [0, 1] -> (N, 28, 28, 1)
+    unbounded Wasserstein scores.
+  * ``VGG16Classifier()(l3)``: ImageNet logits (N, 1000).
+
+``width`` scales every channel count (not the 2 ab channels nor the classes) and
+``image_size`` sets the input size, so tests run the same code at e.g. 64x64 and width 1/8.
+``dtype`` is the compute dtype (e.g. bfloat16); parameters stay in ``param_dtype`` and the
+outputs are returned in float32.
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# Keras' BatchNormalization defaults (Flax's momentum has the same meaning).
+BN_MOMENTUM = 0.99
+BN_EPSILON = 1e-3
+# Keras' LeakyReLU default slope, used by the reference critic.
+LEAKY_SLOPE = 0.3
+
+# VGG16 convolutional blocks: (number of 3x3 convs, channels).
+VGG16_BLOCKS = ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))
+
+# Input normalisation expected by different VGG16 weight sources. The reference feeds the
+# grey image in [0, 1] tiled to 3 channels with no normalisation ("none"); Keras' ImageNet
+# weights were trained with caffe preprocessing (BGR, 0-255, mean subtracted) and
+# torchvision's with mean/std normalisation of [0, 1] RGB.
+_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+_TORCH_MEAN = (0.485, 0.456, 0.406)
+_TORCH_STD = (0.229, 0.224, 0.225)
+VGG_PREPROCESSING = ("none", "caffe", "torch")
+
+
+def vgg_preprocess(x, mode: str = "none"):
+  """Applies a VGG16 weight source's input normalisation to RGB ``x`` in [0, 1]."""
+  if mode == "none":
+    return x
+  if mode == "caffe":
+    return x[..., ::-1] * 255.0 - jnp.asarray(_CAFFE_MEAN_BGR, x.dtype)
+  if mode == "torch":
+    return (x - jnp.asarray(_TORCH_MEAN, x.dtype)) / jnp.asarray(_TORCH_STD, x.dtype)
+  raise ValueError(f"unknown vgg_preprocessing {mode!r}; expected one of {VGG_PREPROCESSING}")
+
+
+def scaled(channels: int, width: float) -> int:
+  """Channel count at width multiplier ``width`` (at least 1)."""
+  return max(1, int(round(channels * width)))
+
+
+def upsample_nearest(x, factor: int = 2):
+  """Nearest-neighbour upsampling of NHWC ``x`` (Keras ``UpSampling2D`` default)."""
+  return jnp.repeat(jnp.repeat(x, factor, axis=1), factor, axis=2)
+
+
+def max_pool(x):
+  return nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+
+
+class VGG16Trunk(nn.Module):
+  """VGG16 convolutions ``block1_conv1 .. block{depth}_conv3``, ReLU after each.
+
+  Max-pools follow every block but the last one computed, so ``depth=4`` gives the
+  ChromaGAN trunk (stride 8, 512 channels) and the classifier pools the block-5 output itself.
+  """
+
+  depth: int = 4
+  width: float = 1.0
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    for b, (n, c) in enumerate(VGG16_BLOCKS[: self.depth], start=1):
+      if b > 1:
+        x = max_pool(x)
+      for i in range(1, n + 1):
+        x = nn.Conv(
+          scaled(c, self.width),
+          (3, 3),
+          padding="SAME",
+          dtype=self.dtype,
+          param_dtype=self.param_dtype,
+          name=f"block{b}_conv{i}",
+        )(x)
+        x = nn.relu(x)
+    return x
+
+
+class VGG16Classifier(nn.Module):
+  """Full ImageNet VGG16 (13 convs + fc1, fc2, predictions): the frozen KL teacher.
+
+  Input: RGB (here the tiled grey image) in [0, 1]; ``preprocessing`` selects the weight
+  source's normalisation. Returns logits (N, num_classes) in float32.
+  """
+
+  width: float = 1.0
+  num_classes: int = 1000
+  fc_width: int = 4096
+  preprocessing: str = "none"
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x = vgg_preprocess(x.astype(self.dtype), self.preprocessing)
+    x = VGG16Trunk(5, self.width, self.dtype, self.param_dtype, name="vgg16")(x)
+    x = max_pool(x)
+    x = x.reshape(x.shape[0], -1)  # NHWC flatten, as Keras' Flatten.
+    dense = lambda n, name: nn.Dense(  # noqa: E731
+      n, dtype=self.dtype, param_dtype=self.param_dtype, name=name
+    )
+    x = nn.relu(dense(scaled(self.fc_width, self.width), "fc1")(x))
+    x = nn.relu(dense(scaled(self.fc_width, self.width), "fc2")(x))
+    return dense(self.num_classes, "predictions")(x).astype(jnp.float32)
+
+
+class Generator(nn.Module):
+  """ChromaGAN colorization network: l3 -> (ab, class distribution).
+
+  ``train`` selects batch statistics (and updates ``batch_stats``) vs the moving averages.
+  ``remat_trunk`` recomputes the VGG trunk's activations in the backward pass to save memory
+  on accelerators at large batch.
+  """
+
+  image_size: int = 224
+  width: float = 1.0
+  num_classes: int = 1000
+  fc_width: int = 4096
+  vgg_preprocessing: str = "none"
+  remat_trunk: bool = False
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  def _conv(self, channels, kernel, name, strides=1, act=nn.relu):
+    conv = nn.Conv(
+      channels,
+      (kernel, kernel),
+      strides=(strides, strides),
+      padding="SAME",
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name=name,
+    )
+    return lambda x: act(conv(x))
+
+  def _bn(self, name, train):
+    return nn.BatchNorm(
+      use_running_average=not train,
+      momentum=BN_MOMENTUM,
+      epsilon=BN_EPSILON,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name=name,
+    )
+
+  def _dense(self, features, name):
+    return nn.Dense(features, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+
+  @nn.compact
+  def __call__(self, l3, train: bool = False):
+    if l3.shape[1:] != (self.image_size, self.image_size, 3):
+      raise ValueError(
+        f"Generator expects (N, {self.image_size}, {self.image_size}, 3) inputs, got {l3.shape}"
+      )
+    w = lambda c: scaled(c, self.width)  # noqa: E731
+    x = vgg_preprocess(l3.astype(self.dtype), self.vgg_preprocessing)
+    trunk_cls = nn.remat(VGG16Trunk) if self.remat_trunk else VGG16Trunk
+    trunk = trunk_cls(4, self.width, self.dtype, self.param_dtype, name="vgg16")(x)
+
+    # Global branch: activation before batch norm, as in the reference.
+    g = trunk
+    for i, stride in enumerate((2, 1, 2, 1), start=1):
+      g = self._conv(w(512), 3, f"global_conv{i}", strides=stride)(g)
+      g = self._bn(f"global_bn{i}", train)(g)
+    g = g.reshape(g.shape[0], -1)  # NHWC flatten.
+    # Fusion vector: three linear Dense layers.
+    f = g
+    for i, n in enumerate((1024, 512, 256), start=1):
+      f = self._dense(w(n), f"global_fc{i}")(f)
+    # Class head: two linear Dense layers then a softmax over the classes.
+    c = g
+    for i in (1, 2):
+      c = self._dense(scaled(self.fc_width, self.width), f"class_fc{i}")(c)
+    logits = self._dense(self.num_classes, "class_fc3")(c)
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+
+    # Mid-level branch.
+    m = self._conv(w(512), 3, "mid_conv1")(trunk)
+    m = self._bn("mid_bn1", train)(m)
+    m = self._conv(w(256), 3, "mid_conv2")(m)
+    m = self._bn("mid_bn2", train)(m)
+
+    # Fusion: [mid, global vector repeated over the mid-level grid].
+    h, wd = m.shape[1:3]
+    f = jnp.broadcast_to(f[:, None, None, :], (f.shape[0], h, wd, f.shape[-1]))
+    x = jnp.concatenate([m, f.astype(m.dtype)], axis=-1)
+
+    # Decoder.
+    x = self._conv(w(256), 1, "dec_conv1")(x)
+    x = self._conv(w(128), 3, "dec_conv2")(x)
+    x = upsample_nearest(x)
+    x = self._conv(w(64), 3, "dec_conv3")(x)
+    x = self._conv(w(64), 3, "dec_conv4")(x)
+    x = upsample_nearest(x)
+    x = self._conv(w(32), 3, "dec_conv5")(x)
+    x = self._conv(2, 3, "dec_conv6", act=lambda y: y)(x)
+    ab = jax.nn.sigmoid(x.astype(jnp.float32))
+    return upsample_nearest(ab), probs
+
+
+class Critic(nn.Module):
+  """Markovian (PatchGAN) critic on (ab, L): LeakyReLU(0.3), no normalisation.
+
+  Having no batch norm keeps each sample's score a function of that sample alone, which the
+  per-sample gradient penalty requires.
+  """
+
+  width: float = 1.0
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, ab, lightness):
+    x = jnp.concatenate([lightness, ab], axis=-1).astype(self.dtype)
+    specs: Sequence = ((64, 2), (128, 2), (256, 2), (512, 1))
+    for i, (c, s) in enumerate(specs, start=1):
+      x = nn.Conv(
+        scaled(c, self.width),
+        (4, 4),
+        strides=(s, s),
+        padding="SAME",
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name=f"conv{i}",
+      )(x)
+      x = nn.leaky_relu(x, LEAKY_SLOPE)
+    x = nn.Conv(
+      1, (4, 4), padding="SAME", dtype=self.dtype, param_dtype=self.param_dtype, name="conv5"
+    )(x)
+    return x.astype(jnp.float32)
+
+
+def models_from_config(model_config, dtype=jnp.float32):
+  """(Generator, Critic, VGG16Classifier) built from ``config.model``."""
+  common = dict(width=model_config.width, dtype=dtype)
+  gen = Generator(
+    image_size=model_config.image_size,
+    num_classes=model_config.num_classes,
+    fc_width=model_config.fc_width,
+    vgg_preprocessing=model_config.vgg_preprocessing,
+    remat_trunk=model_config.get("remat_trunk", False),
+    **common,
+  )
+  critic = Critic(**common)
+  teacher = VGG16Classifier(
+    num_classes=model_config.num_classes,
+    fc_width=model_config.fc_width,
+    preprocessing=model_config.vgg_preprocessing,
+    **common,
+  )
+  return gen, critic, teacher
