@@ -14,20 +14,25 @@ Value ranges:
 """
 
 import jax.numpy as jnp
+import numpy as np
 
+# Constants are NumPy (not jax) arrays: importing this module must not start a JAX backend
+# (``jax.distributed.initialize`` has to run before any JAX computation) nor warn about
+# float64 being unavailable.
 # sRGB (linear) -> XYZ, D65; the matrix used by scikit-image and IEC 61966-2-1.
-_RGB_TO_XYZ = jnp.array(
+_RGB_TO_XYZ_64 = np.array(
   [
     [0.412453, 0.357580, 0.180423],
     [0.212671, 0.715160, 0.072169],
     [0.019334, 0.119193, 0.950227],
   ],
-  dtype=jnp.float32,
+  dtype=np.float64,
 )
-# Exact inverse so that the round trip is exact up to float rounding.
-_XYZ_TO_RGB = jnp.linalg.inv(_RGB_TO_XYZ.astype(jnp.float64)).astype(jnp.float32)
+_RGB_TO_XYZ = _RGB_TO_XYZ_64.astype(np.float32)
+# Inverse computed in float64 so that the round trip is exact up to float32 rounding.
+_XYZ_TO_RGB = np.linalg.inv(_RGB_TO_XYZ_64).astype(np.float32)
 # Reference white D65, 2 degree observer (scikit-image's value).
-_WHITE_D65 = jnp.array([0.95047, 1.0, 1.08883], dtype=jnp.float32)
+_WHITE_D65 = np.array([0.95047, 1.0, 1.08883], dtype=np.float32)
 
 _DELTA = 6.0 / 29.0
 
@@ -87,8 +92,8 @@ def lab_to_rgb(lab, clip=True):
   Out-of-gamut colours are clipped per channel in linear RGB (as scikit-image and OpenCV do)
   when ``clip`` is true.
   """
-  lab = _as_float(lab) if not jnp.issubdtype(jnp.asarray(lab).dtype, jnp.integer) else lab
-  lightness, a, b = jnp.moveaxis(jnp.asarray(lab, jnp.float32), -1, 0)
+  # Lab values are never rescaled (an integer Lab array holds Lab units, not 8-bit codes).
+  lightness, a, b = jnp.moveaxis(jnp.asarray(lab).astype(jnp.float32), -1, 0)
   fy = (lightness + 16.0) / 116.0
   fx = fy + a / 500.0
   fz = fy - b / 200.0
