@@ -38,8 +38,13 @@ def get_config():
   )
   config.data.path = ""  # Directory or glob of images when source == 'folder'.
   config.data.eval_path = ""  # Optional held-out directory/glob for sample grids ('folder').
-  config.data.shuffle_buffer = 10_000  # Examples in the shuffle buffer (per process).
-  config.data.cache = False  # Cache decoded, resized images in memory (small datasets only).
+  # Examples in the TFDS shuffle buffer, per process (folder/bundled: a full permutation).
+  config.data.shuffle_buffer = 10_000
+  # Keep decoded images in host memory ('folder'; 'bundled' always does; ignored for 'tfds').
+  config.data.cache = False
+  # Random crops (several scales) and flips of training images. A deviation from the
+  # reference (no augmentation), meant for the tiny 'bundled' demo set: off for the recipe.
+  config.data.augment = False
   config.data.prefetch = 2  # Batches prefetched to the host.
 
   # --- optimisation -------------------------------------------------------------------------

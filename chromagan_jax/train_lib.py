@@ -1,0 +1,520 @@
+"""ChromaGAN training: train state, the jitted WGAN-GP step, and the training loop.
+
+The step is one ``jax.jit`` over a 1-D device mesh with a ``data`` axis: parameters and
+optimizer states are replicated, the batch is sharded over ``data``. XLA inserts the
+cross-device reductions, so batch-norm statistics and the losses are over the *global* batch,
+as in the single-GPU reference. The same code runs on 1 device, N devices and N processes
+(``jax.distributed``), where each process feeds its own slice of the global batch.
+
+Nothing here imports TensorFlow: the input pipeline is imported lazily by the loop, so the
+models, losses and the step run on accelerator images without TF.
+"""
+
+import dataclasses
+import functools
+import math
+import signal
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from chromagan_jax import checkpoint, color, losses, models
+
+DATA_AXIS = "data"
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during training, as one pytree.
+
+  ``rng`` is a fixed key (raw uint32 key data, so it checkpoints as a plain array); each step
+  folds in ``step``, so the randomness of step k does not depend on how the run was split
+  into resumed pieces.
+  """
+
+  step: jax.Array
+  g_params: Any
+  g_batch_stats: Any
+  d_params: Any
+  g_opt_state: Any
+  d_opt_state: Any
+  rng: jax.Array
+
+  @property
+  def generator_variables(self):
+    return {"params": self.g_params, "batch_stats": self.g_batch_stats}
+
+
+@dataclasses.dataclass(frozen=True)
+class Networks:
+  """The three modules and two optimizers a step needs (static, hashable)."""
+
+  generator: models.Generator
+  critic: models.Critic
+  teacher: models.VGG16Classifier
+  g_tx: optax.GradientTransformation
+  d_tx: optax.GradientTransformation
+
+
+def compute_dtype(config) -> Any:
+  return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.dtype]
+
+
+def adam(config, learning_rate):
+  """Adam with the reference's hyper-parameters.
+
+  Keras adds epsilon to sqrt(v) before the bias correction; optax after. At eps=1e-7 the
+  difference is far below the gradient noise.
+  """
+  return optax.adam(learning_rate, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
+
+
+def make_networks(config) -> Networks:
+  gen, critic, teacher = models.models_from_config(config.model, dtype=compute_dtype(config))
+  return Networks(
+    gen, critic, teacher, adam(config, config.g_learning_rate), adam(config, config.d_learning_rate)
+  )
+
+
+def make_mesh(devices=None) -> Mesh:
+  """A 1-D data-parallel mesh over all (global) devices."""
+  devices = jax.devices() if devices is None else devices
+  return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def dummy_inputs(config, batch: int = 1):
+  s = config.model.image_size
+  return (
+    jnp.zeros((batch, s, s, 3), jnp.float32),
+    jnp.zeros((batch, s, s, 2), jnp.float32),
+    jnp.zeros((batch, s, s, 1), jnp.float32),
+  )
+
+
+def init_state(nets: Networks, config, rng) -> TrainState:
+  """Freshly initialised train state (pure; jit it with output shardings)."""
+  g_rng, d_rng, state_rng = jax.random.split(rng, 3)
+  l3, ab, lightness = dummy_inputs(config)
+  g_vars = nets.generator.init(g_rng, l3, train=False)
+  d_vars = nets.critic.init(d_rng, ab, lightness)
+  return TrainState(
+    step=jnp.zeros((), jnp.int32),
+    g_params=g_vars["params"],
+    g_batch_stats=g_vars["batch_stats"],
+    d_params=d_vars["params"],
+    g_opt_state=nets.g_tx.init(g_vars["params"]),
+    d_opt_state=nets.d_tx.init(d_vars["params"]),
+    rng=jax.random.key_data(state_rng),
+  )
+
+
+def create_train_state(nets: Networks, config, mesh: Mesh) -> TrainState:
+  """Initialises the state directly replicated on ``mesh`` (no host round trip)."""
+  replicated = NamedSharding(mesh, P())
+  abstract = jax.eval_shape(functools.partial(init_state, nets, config), jax.random.key(0))
+  shardings = jax.tree.map(lambda _: replicated, abstract)
+  init = jax.jit(functools.partial(init_state, nets, config), out_shardings=shardings)
+  return init(jax.random.key(config.seed))
+
+
+def abstract_train_state(nets: Networks, config, mesh: Mesh) -> TrainState:
+  """Shapes, dtypes and (replicated) shardings of the state, for checkpoint restore."""
+  replicated = NamedSharding(mesh, P())
+  abstract = jax.eval_shape(functools.partial(init_state, nets, config), jax.random.key(0))
+  return jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract
+  )
+
+
+def split_state(state: TrainState):
+  """(generator variables, the rest) — the two checkpoint items."""
+  rest = {
+    "step": state.step,
+    "d_params": state.d_params,
+    "g_opt_state": state.g_opt_state,
+    "d_opt_state": state.d_opt_state,
+    "rng": state.rng,
+  }
+  return state.generator_variables, rest
+
+
+def merge_state(generator, rest) -> TrainState:
+  return TrainState(
+    step=rest["step"],
+    g_params=generator["params"],
+    g_batch_stats=generator["batch_stats"],
+    d_params=rest["d_params"],
+    g_opt_state=rest["g_opt_state"],
+    d_opt_state=rest["d_opt_state"],
+    rng=rest["rng"],
+  )
+
+
+def teacher_distribution(nets: Networks, teacher_params, l3):
+  """The frozen teacher's class distribution on ``l3``; None when there is no teacher."""
+  if teacher_params is None:
+    return None
+  logits = nets.teacher.apply({"params": teacher_params}, l3)
+  return jax.lax.stop_gradient(jax.nn.softmax(logits, axis=-1))
+
+
+def train_step(
+  state: TrainState,
+  batch: Mapping[str, jax.Array],
+  teacher_params,
+  *,
+  nets: Networks,
+  loss_weights: Mapping[str, float],
+  bn_update_in_critic_step: bool,
+):
+  """One reference iteration: a generator update, then a critic update.
+
+  Args:
+    state: the train state.
+    batch: ``{'rgb': uint8 (N, S, S, 3)}``; Lab conversion happens here, on device.
+    teacher_params: VGG16Classifier params or None ("w/o class": no KL term).
+  Returns:
+    (new state, metrics dict of float32 scalars).
+  """
+  lightness, ab_real = color.rgb_to_net(batch["rgb"])
+  l3 = color.gray_to_l3(lightness)
+  p_teacher = teacher_distribution(nets, teacher_params, l3)
+  step_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+
+  def critic_scores(d_params, ab, lightness=lightness):
+    return nets.critic.apply({"params": d_params}, ab, lightness)
+
+  # Generator update (critic frozen).
+  def g_loss_fn(g_params):
+    (ab_fake, p_fake), new_vars = nets.generator.apply(
+      {"params": g_params, "batch_stats": state.g_batch_stats},
+      l3,
+      train=True,
+      mutable=["batch_stats"],
+    )
+    d_fake = critic_scores(state.d_params, ab_fake)
+    total, terms = losses.generator_loss(ab_fake, ab_real, p_fake, p_teacher, d_fake, loss_weights)
+    return total, (terms, new_vars["batch_stats"])
+
+  g_grads, (g_terms, g_batch_stats) = jax.grad(g_loss_fn, has_aux=True)(state.g_params)
+  g_updates, g_opt_state = nets.g_tx.update(g_grads, state.g_opt_state, state.g_params)
+  g_params = optax.apply_updates(state.g_params, g_updates)
+
+  # Critic update (generator frozen): fake ab recomputed by the updated generator, in
+  # training mode (batch statistics), as the reference's combined critic model does.
+  (ab_fake, _), new_vars = nets.generator.apply(
+    {"params": g_params, "batch_stats": g_batch_stats}, l3, train=True, mutable=["batch_stats"]
+  )
+  ab_fake = jax.lax.stop_gradient(ab_fake)
+  if bn_update_in_critic_step:
+    g_batch_stats = new_vars["batch_stats"]
+  eps = jax.random.uniform(step_rng, (ab_real.shape[0],), jnp.float32)
+
+  def d_loss_fn(d_params):
+    score = functools.partial(critic_scores, d_params)
+    gp = losses.gradient_penalty(score, ab_real, ab_fake, lightness, eps)
+    return losses.critic_loss(score(ab_real), score(ab_fake), gp, loss_weights)
+
+  d_grads, d_terms = jax.grad(d_loss_fn, has_aux=True)(state.d_params)
+  d_updates, d_opt_state = nets.d_tx.update(d_grads, state.d_opt_state, state.d_params)
+  d_params = optax.apply_updates(state.d_params, d_updates)
+
+  new_state = state.replace(
+    step=state.step + 1,
+    g_params=g_params,
+    g_batch_stats=g_batch_stats,
+    d_params=d_params,
+    g_opt_state=g_opt_state,
+    d_opt_state=d_opt_state,
+  )
+  metrics = {f"g/{k}": v for k, v in g_terms.items()}
+  metrics.update({f"d/{k}": v for k, v in d_terms.items()})
+  return new_state, metrics
+
+
+def loss_weights_from_config(config) -> dict[str, float]:
+  return {k: float(v) for k, v in config.loss.items()}
+
+
+def make_train_step(nets: Networks, config, mesh: Mesh, with_teacher: bool) -> Callable:
+  """The jitted, sharded step ``(state, batch, teacher_params) -> (state, metrics)``.
+
+  The state is donated: its buffers are reused for the new state.
+  """
+  replicated = NamedSharding(mesh, P())
+  batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
+  step = functools.partial(
+    train_step,
+    nets=nets,
+    loss_weights=loss_weights_from_config(config),
+    bn_update_in_critic_step=bool(config.bn_update_in_critic_step),
+  )
+  return jax.jit(
+    step,
+    in_shardings=(replicated, batch_sharding, replicated if with_teacher else None),
+    out_shardings=(replicated, replicated),
+    donate_argnums=(0,),
+  )
+
+
+def check_batch_size(config, mesh: Mesh) -> None:
+  n = mesh.devices.size
+  if config.batch_size % n:
+    raise ConfigError(
+      f"batch_size={config.batch_size} is not divisible by the {n} devices; "
+      f"set --config.batch_size to a multiple of {n}"
+    )
+  if config.batch_size % jax.process_count():
+    raise ConfigError(
+      f"batch_size={config.batch_size} is not divisible by the {jax.process_count()} processes"
+    )
+
+
+def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """Host-local numpy batch -> global arrays sharded over the mesh's data axis."""
+  sharding = NamedSharding(mesh, P(DATA_AXIS))
+  return {
+    k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+    for k, v in local_batch.items()
+  }
+
+
+def colorize_batch(nets: Networks, generator_variables, rgb):
+  """Inference-mode colorization of uint8 RGB (N, S, S, 3) -> uint8 (grey, colorized, rgb)."""
+  lightness, _ = color.rgb_to_net(rgb)
+  ab, _ = nets.generator.apply(generator_variables, color.gray_to_l3(lightness), train=False)
+  grey = color.net_to_rgb(lightness, jnp.full_like(ab, 128.0 / 255.0))
+  return color.to_uint8(grey), color.to_uint8(color.net_to_rgb(lightness, ab)), rgb
+
+
+def sample_grid(grey, colorized, truth) -> np.ndarray:
+  """Rows of [grey | colorized | ground truth] stacked vertically, uint8 (S*N, 3S, 3)."""
+  rows = np.concatenate([np.asarray(x) for x in (grey, colorized, truth)], axis=2)
+  return rows.reshape(-1, *rows.shape[2:])
+
+
+def _log_progress(writer, step: int, total_steps: int, summary, batch_size: int) -> None:
+  """TensorBoard scalars and one console line with losses, images/s and the ETA."""
+  writer.write_scalars(step, summary)
+  rate = summary["images_per_sec"]
+  eta = (total_steps - step) * batch_size / max(rate, 1e-9)
+  logging.info(
+    "step %d/%d  G %.4f (mse %.4f)  D %.4f (gp %.3f)  %.1f img/s  ETA %s",
+    step,
+    total_steps,
+    summary["g/total"],
+    summary["g/mse"],
+    summary["d/total"],
+    summary["d/gp"],
+    rate,
+    time.strftime("%H:%M:%S", time.gmtime(eta)),
+  )
+
+
+def num_train_steps(config, num_examples: int | None) -> int:
+  if config.num_train_steps > 0:
+    return int(config.num_train_steps)
+  if not num_examples:
+    raise ConfigError("set config.num_train_steps: the dataset size is unknown")
+  return int(math.ceil(config.num_epochs * num_examples / config.batch_size))
+
+
+class _StopRequest:
+  """SIGTERM/SIGINT -> set a flag; the loop checkpoints and exits at the next step."""
+
+  def __init__(self):
+    self.signum = None
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # Not the main thread: leave signals alone.
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.signum is not None:  # Second signal: give up waiting.
+      raise KeyboardInterrupt
+    self.signum = signum
+    logging.warning("received %s: checkpointing and stopping", signal.Signals(signum).name)
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+class ConfigError(ValueError):
+  """The config does not fit the machine, the data or the given weights."""
+
+
+class NonFiniteLossError(RuntimeError):
+  """A loss became NaN/inf; the run stops without checkpointing the bad state."""
+
+
+def load_teacher(config):
+  """Teacher (and trunk) weights from ``config.vgg_weights``, or None with a warning."""
+  if not config.vgg_weights:
+    logging.warning(
+      "config.vgg_weights is empty: the VGG16 trunk starts from random weights and the KL "
+      "term is disabled ('ChromaGAN w/o class'). Convert ImageNet VGG16 weights with "
+      "`python -m chromagan_jax.convert` for the full model."
+    )
+    return None
+  from chromagan_jax import convert  # noqa: PLC0415 (h5py only when weights are given)
+
+  params, preprocessing = convert.load_vgg16(config.vgg_weights)
+  if preprocessing != config.model.vgg_preprocessing:
+    logging.warning(
+      "%s was trained with %r input preprocessing but config.model.vgg_preprocessing=%r "
+      "(the reference feeds grey [0, 1] without normalisation)",
+      config.vgg_weights,
+      preprocessing,
+      config.model.vgg_preprocessing,
+    )
+  return params
+
+
+def _check_tree(name, got, want):
+  """Raises a one-line error naming the first parameter whose shape differs."""
+  got_flat = dict(jax.tree_util.tree_leaves_with_path(got))
+  for path, leaf in jax.tree_util.tree_leaves_with_path(want):
+    found = got_flat.get(path)
+    if found is None or tuple(found.shape) != tuple(leaf.shape):
+      raise ConfigError(
+        f"{name} does not fit config.model: {jax.tree_util.keystr(path)} expected shape "
+        f"{tuple(leaf.shape)}, found {None if found is None else tuple(found.shape)}; "
+        "use the model config (image_size, width) the weights were made for"
+      )
+
+
+def apply_initial_weights(state: TrainState, config, teacher_params, mesh) -> TrainState:
+  """VGG16 trunk from the teacher weights, then ``init_from`` generator weights if given."""
+  replicated = NamedSharding(mesh, P())
+  g_params = state.g_params
+  if teacher_params is not None:
+    from chromagan_jax import convert  # noqa: PLC0415
+
+    trunk = convert.vgg16_trunk_params(teacher_params)
+    _check_tree(f"trunk of {config.vgg_weights}", trunk, g_params["vgg16"])
+    g_params = {**g_params, "vgg16": jax.device_put(trunk, replicated)}
+  g_batch_stats = state.g_batch_stats
+  if config.init_from:
+    variables, _ = checkpoint.load_generator(config.init_from)
+    _check_tree(f"generator of {config.init_from}", variables["params"], g_params)
+    g_params = jax.device_put(variables["params"], replicated)
+    g_batch_stats = jax.device_put(variables["batch_stats"], replicated)
+  # Adam's initial moments are zeros whatever the parameter values: the state stays valid.
+  return state.replace(g_params=g_params, g_batch_stats=g_batch_stats)
+
+
+def _mean_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
+  host = jax.device_get(history)
+  return {k: float(np.mean([h[k] for h in host])) for k in host[0]}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+  """Trains ChromaGAN per ``config``, checkpointing and logging into ``workdir``.
+
+  Resumes from the latest checkpoint in ``workdir`` if there is one. Returns the final state.
+  """
+  from clu import metric_writers  # noqa: PLC0415 (TF-backed writers: loop only)
+
+  from chromagan_jax import input_pipeline  # noqa: PLC0415 (TF: loop only)
+
+  mesh = make_mesh()
+  check_batch_size(config, mesh)
+  nets = make_networks(config)
+  is_chief = jax.process_index() == 0
+  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+  if is_chief:
+    writer.write_hparams(
+      {k: v for k, v in config.to_dict().items() if isinstance(v, int | float | str)}
+    )
+
+  teacher_params = load_teacher(config)
+  if teacher_params is not None:
+    teacher_params = jax.device_put(teacher_params, NamedSharding(mesh, P()))
+  ckpt_dir = checkpoint.resolve_directory(workdir) / "checkpoints"
+  mngr = checkpoint.manager(ckpt_dir, max_to_keep=config.max_checkpoints_to_keep)
+  latest = mngr.latest_step()
+  if latest is not None:
+    abstract = split_state(abstract_train_state(nets, config, mesh))
+    state = merge_state(*checkpoint.restore(mngr, latest, *abstract))
+    logging.info("resumed from %s at step %d", ckpt_dir, latest)
+  else:
+    state = create_train_state(nets, config, mesh)
+    state = apply_initial_weights(state, config, teacher_params, mesh)
+
+  total_steps = num_train_steps(config, input_pipeline.num_train_examples(config))
+  start_step = int(jax.device_get(state.step))
+  step_fn = make_train_step(nets, config, mesh, with_teacher=teacher_params is not None)
+  sample_fn = jax.jit(functools.partial(colorize_batch, nets))
+  train_iter = input_pipeline.create_train_iterator(config, start_step=start_step)
+  sample_batch = None
+  history, last_log, last_log_step = [], time.time(), start_step
+  with _StopRequest() as stop:
+    for step in range(start_step + 1, total_steps + 1):
+      batch = global_batch(next(train_iter), mesh)
+      with jax.transfer_guard("disallow"):
+        state, metrics = step_fn(state, batch, teacher_params)
+      history.append(metrics)
+      stopping = stop.signum is not None or step == total_steps
+      should_save = stopping or step % config.checkpoint_every_steps == 0
+      # Metrics are fetched (a host sync) only when logging or before a save, and a save
+      # never writes a state whose losses went non-finite.
+      if should_save or step % config.log_every_steps == 0:
+        summary = _mean_metrics(history)
+        history = []
+        if not all(map(math.isfinite, summary.values())):
+          mngr.wait_until_finished()
+          raise NonFiniteLossError(
+            f"non-finite loss at step {step}: {summary}; stopping. The last good checkpoint "
+            f"(step {mngr.latest_step()}) in {ckpt_dir} is kept; lower the learning rates "
+            "or use float32 and resume."
+          )
+        now = time.time()
+        summary["images_per_sec"] = (
+          (step - last_log_step) * config.batch_size / max(now - last_log, 1e-9)
+        )
+        _log_progress(writer, step, total_steps, summary, config.batch_size)
+        last_log, last_log_step = now, step
+      if config.sample_every_steps > 0 and (step % config.sample_every_steps == 0 or stopping):
+        if sample_batch is None:
+          sample_batch = _first_eval_batch(input_pipeline, config, mesh)
+        if sample_batch is not None:
+          grid = sample_grid(*sample_fn(state.generator_variables, sample_batch["rgb"]))
+          writer.write_images(step, {"samples": grid[None]})
+      if should_save:
+        checkpoint.save(mngr, step, *split_state(state), config, force=True)
+      if stop.signum is not None:
+        logging.warning("stopped at step %d; checkpoint saved in %s", step, ckpt_dir)
+        break
+  mngr.wait_until_finished()
+  mngr.close()
+  writer.flush()
+  return state
+
+
+def _first_eval_batch(input_pipeline, config, mesh) -> dict[str, jax.Array] | None:
+  """A fixed batch of held-out images for sample grids (global array), or None."""
+  n = config.num_samples - config.num_samples % mesh.devices.size or mesh.devices.size
+  try:
+    it = input_pipeline.create_eval_iterator(config, batch_size=n // jax.process_count())
+    batch = next(iter(it))
+  except (StopIteration, ValueError) as e:
+    logging.warning("no sample images (%s); skipping sample grids", e)
+    return None
+  return global_batch({"rgb": batch["rgb"]}, mesh)

@@ -1,0 +1,61 @@
+"""Trains ChromaGAN.
+
+  python train.py --config=configs/imagenet.py --workdir=/data/chromagan
+  python train.py --config=configs/cpu.py --workdir=/tmp/cpu --config.num_train_steps=50
+
+Multi-process (GPU/TPU pods): run the same command on every host. On TPU pods and SLURM
+clusters `--multiprocess` lets jax.distributed discover the cluster; elsewhere pass
+`--coordinator_address=HOST:PORT --num_processes=N --process_id=I`.
+"""
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints and TensorBoard logs.")
+flags.DEFINE_bool("multiprocess", False, "Call jax.distributed.initialize() (auto-detect).")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process).")
+flags.DEFINE_integer("process_id", None, "This process's index (multi-process).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  # Imported here so that --help is fast and TF sees no accelerator before JAX claims it.
+  import jax
+  import tensorflow as tf
+
+  tf.config.set_visible_devices([], "GPU")
+  tf.config.set_visible_devices([], "TPU") if tf.config.list_physical_devices("TPU") else None
+  if FLAGS.coordinator_address or FLAGS.multiprocess:
+    jax.distributed.initialize(
+      coordinator_address=FLAGS.coordinator_address,
+      num_processes=FLAGS.num_processes,
+      process_id=FLAGS.process_id,
+    )
+  from chromagan_jax import checkpoint, convert, input_pipeline, train_lib
+
+  logging.info(
+    "JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices()
+  )
+  user_errors = (
+    train_lib.ConfigError,
+    train_lib.NonFiniteLossError,
+    checkpoint.CheckpointError,
+    input_pipeline.DataError,
+    convert.ConversionError,
+  )
+  try:
+    train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except user_errors as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  app.run(main)
