@@ -1,0 +1,365 @@
+"""Tests of colorize_lib / colorize.py on real photos (scikit-image's bundled ones).
+
+References are independent of chromagan_jax.color: scikit-image's Lab conversion and resize,
+NumPy rotations for EXIF orientation, file hashes for "inputs untouched".
+"""
+
+import hashlib
+import io
+import os
+import struct
+import subprocess
+import sys
+import zlib
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import color as skcolor
+from skimage import data as skdata
+from skimage import transform as sktransform
+
+from chromagan_jax import checkpoint, colorize_lib, models
+from configs import default
+
+jax.config.update("jax_disable_most_optimizations", True)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def small_config():
+  config = default.get_config()
+  config.model.image_size = 64
+  config.model.width = 1 / 8
+  return config
+
+
+def random_generator_variables(config, seed=0):
+  """Random generator variables of the right shapes, made with NumPy (no compile).
+
+  Kernels ~ N(0, 1/fan_in); the last conv is scaled down so that ab stays near grey with a
+  visible tint: strong random colours would leave the sRGB gamut and clipping changes L.
+  """
+  gen = models.models_from_config(config.model)[0]
+  size = config.model.image_size
+  shapes = jax.eval_shape(gen.init, jax.random.key(0), np.zeros((1, size, size, 3), np.float32))
+  rng = np.random.default_rng(seed)
+
+  def init(path, leaf):
+    names = [getattr(p, "key", "") for p in path]
+    if names[-1] == "kernel":
+      fan_in = int(np.prod(leaf.shape[:-1]))
+      scale = 0.05 if "dec_conv6" in names else 1.0
+      return (rng.standard_normal(leaf.shape) * scale / np.sqrt(fan_in)).astype(np.float32)
+    if names[-1] in ("scale", "var"):
+      return np.ones(leaf.shape, np.float32)
+    if names[-1] == "bias" and "dec_conv6" in names:
+      return np.array([0.15, -0.15], np.float32)  # a mild constant tint: a8 ~ 137, b8 ~ 118.
+    return np.zeros(leaf.shape, np.float32)
+
+  return jax.tree_util.tree_map_with_path(init, shapes)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+  config = small_config()
+  directory = tmp_path_factory.mktemp("ckpt")
+  checkpoint.save_generator(directory, random_generator_variables(config, 0), config, step=1)
+  checkpoint.save_generator(directory, random_generator_variables(config, 1), config, step=2)
+  return str(directory)
+
+
+@pytest.fixture(scope="module")
+def generator(ckpt):
+  return checkpoint.load_generator(ckpt)
+
+
+def lightness(rgb_uint8):
+  """scikit-image's Lab L in [0, 100] of uint8 RGB."""
+  return skcolor.rgb2lab(rgb_uint8[..., :3])[..., 0]
+
+
+def photo(name, size):
+  """A bundled photo resized to ``size`` = (width, height), uint8."""
+  im = Image.fromarray(getattr(skdata, name)())
+  return np.asarray(im.resize(size, Image.BILINEAR))
+
+
+def sha(path):
+  with open(path, "rb") as f:
+    return hashlib.sha256(f.read()).hexdigest()
+
+
+def run_cli(args):
+  messages = []
+  status = colorize_lib.run(colorize_lib.build_parser().parse_args(args), log=messages.append)
+  return status, "\n".join(messages)
+
+
+# --------------------------------------------------------------------------------------------
+# Device math against scikit-image.
+
+
+def test_network_resize_matches_skimage_bilinear():
+  rgb = photo("astronaut", (150, 113))
+  padded = colorize_lib.pad_to_bucket(rgb)
+  assert padded.shape[:2] == (128, 160)
+  ours = np.asarray(colorize_lib.resize_for_network(padded, 113, 150, 64))
+  ref = sktransform.resize(
+    rgb.astype(np.float64), (64, 64), order=1, mode="edge", anti_aliasing=False
+  )
+  ref = np.clip(np.round(ref), 0, 255)
+  assert ours.dtype == np.uint8 and ours.shape == (64, 64, 3)
+  assert np.abs(ours.astype(int) - ref).max() <= 1
+
+
+def test_compose_matches_skimage_lab():
+  rgb = photo("coffee", (120, 100))
+  rng = np.random.default_rng(0)
+  # A smooth ab field (network values in [0, 1]) of moderate colours: strong ones leave the
+  # sRGB gamut, where scikit-image (clips XYZ) and color.py (clips linear RGB) differ.
+  ab_small = rng.uniform(0.4, 0.6, (4, 4, 2))
+  ab_net = sktransform.resize(ab_small, (64, 64), order=1).astype(np.float32)
+  padded = colorize_lib.pad_to_bucket(rgb)
+  ours = np.asarray(colorize_lib.compose(padded, ab_net, 100, 120)[:100, :120])
+  ab8 = ab_net.astype(np.float64) * 255
+  ab8_up = sktransform.resize(ab8, (100, 120), order=1, mode="edge", anti_aliasing=False)
+  lab = np.concatenate([lightness(rgb)[..., None], ab8_up - 128], axis=-1)
+  ref = np.round(skcolor.lab2rgb(lab) * 255)
+  diff = np.abs(ours.astype(int) - ref)
+  assert diff.max() <= 1, diff.max()
+  # ab beyond [0, 1] is clipped (the reference's clip(ab * 255, 0, 255)).
+  over = np.asarray(colorize_lib.compose(padded, ab_net + 2.0, 100, 120))
+  at_one = np.asarray(colorize_lib.compose(padded, np.ones_like(ab_net), 100, 120))
+  np.testing.assert_array_equal(over, at_one)
+  assert np.abs(ours[..., 0].astype(int) - ours[..., 2]).mean() > 5  # really coloured.
+
+
+# --------------------------------------------------------------------------------------------
+# Python API.
+
+
+def as_rgb(image):
+  """Grey (H, W) / (H, W, 1) tiled, RGBA without alpha: the RGB whose L is colorized."""
+  image = image if image.ndim == 3 else image[..., None]
+  return np.repeat(image, 3, -1) if image.shape[-1] == 1 else image[..., :3]
+
+
+def test_colorize_api_kinds(generator):
+  variables, config = generator
+  grey = photo("camera", (100, 90))
+  rgb = photo("chelsea", (110, 97))
+  alpha = (np.arange(100)[:, None] * np.ones((1, 100)) * 2.5).astype(np.uint8)
+  rgba = np.concatenate([photo("coffee", (100, 100)), alpha[..., None]], axis=-1)
+  tiny = np.full((1, 1, 3), 77, np.uint8)
+  images = [grey, grey[..., None], as_rgb(grey), rgb, rgba, tiny]
+  out = colorize_lib.colorize(images, variables, config, batch_size=4)
+  assert [o.shape for o in out] == [
+    (90, 100, 3), (90, 100, 3), (90, 100, 3), (97, 110, 3), (100, 100, 4), (1, 1, 3),
+  ]  # fmt: skip
+  assert all(o.dtype == np.uint8 for o in out)
+  # The three encodings of one grey image give one result.
+  np.testing.assert_array_equal(out[0], out[1])
+  np.testing.assert_array_equal(out[0], out[2])
+  np.testing.assert_array_equal(out[4][..., 3], alpha)
+  for image, result in zip(images, out, strict=True):
+    assert np.abs(lightness(result) - lightness(as_rgb(image))).mean() < 0.5
+  assert np.abs(out[3][..., 0].astype(int) - out[3][..., 2]).mean() > 2  # tinted, not grey.
+  with pytest.raises(ValueError, match="uint8"):
+    colorize_lib.colorize([grey.astype(np.float32)], variables, config)
+  with pytest.raises(ValueError, match="shape"):
+    colorize_lib.colorize([np.zeros((4, 4, 2), np.uint8)], variables, config)
+
+
+# --------------------------------------------------------------------------------------------
+# Files of every kind through the command line.
+
+
+def make_inputs(folder):
+  """Writes one file per input kind; returns {name: (file name, reference RGB, alpha)}.
+
+  The reference RGB is what the file shows (after EXIF orientation), as floats in [0, 255]
+  (16-bit kept at full precision), computed without chromagan_jax.
+  """
+  os.makedirs(folder, exist_ok=True)
+  kinds = {}
+
+  def save(name, im, ref, alpha=None, **kwargs):
+    im.save(os.path.join(folder, name), **kwargs)
+    kinds[name] = (np.asarray(ref, np.float64), alpha)
+
+  grey = photo("camera", (110, 100))
+  save("grey.png", Image.fromarray(grey), np.repeat(grey[..., None], 3, -1))
+  rgb = photo("chelsea", (120, 100))
+  save("rgb.jpg", Image.fromarray(rgb), rgb, quality=95)  # ref: decoded below.
+  save("rgb.tif", Image.fromarray(rgb), rgb)
+  coffee = photo("coffee", (100, 100))
+  alpha = np.tile(np.linspace(0, 255, 100).astype(np.uint8), (100, 1))
+  save("rgba.png", Image.fromarray(np.dstack([coffee, alpha])), coffee, alpha)
+  save("grey_alpha.png", Image.fromarray(np.dstack([grey, grey[::-1]]), "LA"),
+       np.repeat(grey[..., None], 3, -1), grey[::-1])  # fmt: skip
+  pal = Image.fromarray(coffee).quantize(64)
+  save("palette.png", pal, np.asarray(pal.convert("RGB")))
+  pal_t = Image.fromarray(coffee).quantize(64)
+  pal_t.info["transparency"] = 0
+  pal_alpha = np.where(np.asarray(pal_t) == 0, 0, 255).astype(np.uint8)
+  save("palette_t.png", pal_t, np.asarray(pal_t.convert("RGB")), pal_alpha, transparency=0)
+  grey16 = (photo("camera", (100, 110)).astype(np.uint16) * 257 + 100).clip(0, 65535)
+  im16 = Image.fromarray(grey16.astype(np.uint16))
+  assert im16.mode.startswith("I;16")
+  save("grey16.png", im16, np.repeat(grey16[..., None] / 257.0, 3, -1))
+  cmyk = Image.fromarray(rgb).convert("CMYK")
+  save("cmyk.jpg", cmyk, rgb, quality=95)
+  # Stored landscape, EXIF orientation 6: shown rotated 90 degrees clockwise.
+  astro = photo("astronaut", (120, 100))
+  exif = Image.Exif()
+  exif[0x0112] = 6
+  save("rotated.jpg", Image.fromarray(astro), np.rot90(astro, k=-1), exif=exif, quality=95)
+  # JPEG references: what the files decode to (compression is not colorization's error).
+  for name in ("rgb.jpg", "cmyk.jpg", "rotated.jpg"):
+    with Image.open(os.path.join(folder, name)) as im:
+      decoded = np.asarray(im.convert("RGB"), np.float64)
+    kinds[name] = (np.rot90(decoded, k=-1) if name == "rotated.jpg" else decoded, None)
+  return kinds
+
+
+def test_cli_colorizes_every_input_kind(ckpt, tmp_path):
+  inputs = tmp_path / "in"
+  kinds = make_inputs(inputs)
+  hashes = {name: sha(inputs / name) for name in kinds}
+  out = tmp_path / "out"
+  status, log = run_cli(["--ckpt", ckpt, "--output", str(out), "--batch_size", "4", str(inputs)])
+  assert status == 0, log
+  assert {name: sha(inputs / name) for name in kinds} == hashes  # inputs untouched.
+  expected_names = {
+    "grey.png": "grey.png", "rgb.jpg": "rgb.jpg", "rgb.tif": "rgb.png", "rgba.png": "rgba.png",
+    "grey_alpha.png": "grey_alpha.png", "palette.png": "palette.png",
+    "palette_t.png": "palette_t.png", "grey16.png": "grey16.png", "cmyk.jpg": "cmyk.jpg",
+    "rotated.jpg": "rotated.jpg",
+  }  # fmt: skip
+  assert sorted(os.listdir(out)) == sorted(expected_names.values())
+  for name, (ref, alpha) in kinds.items():
+    path = out / expected_names[name]
+    with Image.open(path) as im:
+      assert im.format == ("JPEG" if name.endswith(".jpg") else "PNG"), name
+      result = np.asarray(im)
+    assert result.shape[:2] == ref.shape[:2], name
+    assert result.shape[-1] == (3 if alpha is None else 4), name
+    if alpha is not None:
+      np.testing.assert_array_equal(result[..., 3], alpha, err_msg=name)
+    err = np.abs(lightness(result[..., :3]) - skcolor.rgb2lab(ref / 255.0)[..., 0])
+    # PNG: uint8 rounding (and a little gamut clipping); JPEG: plus compression.
+    mean_tol, p99_tol = (0.4, 1.5) if path.suffix == ".png" else (1.0, 4.0)
+    assert err.mean() < mean_tol and np.percentile(err, 99) < p99_tol, (name, err.mean())
+  # The rotated photo is portrait (100 wide, 120 high) after EXIF orientation.
+  assert np.asarray(Image.open(out / "rotated.jpg")).shape == (120, 100, 3)
+
+
+def test_compare_and_step(ckpt, tmp_path):
+  image = photo("chelsea", (100, 80))
+  Image.fromarray(image).save(tmp_path / "cat.png")
+  out = tmp_path / "out"
+  args = ["--ckpt", ckpt, "--output", str(out), "--compare", str(tmp_path / "cat.png")]
+  assert run_cli(args)[0] == 0
+  side = np.asarray(Image.open(out / "cat_compare.png"))
+  colour = np.asarray(Image.open(out / "cat.png"))
+  assert side.shape == (80, 200, 3)
+  np.testing.assert_array_equal(side[:, 100:], colour)
+  grey = side[:, :100].astype(int)
+  assert np.abs(grey - grey[..., :1]).max() <= 1  # neutral grey panel
+  assert np.abs(lightness(side[:, :100]) - lightness(image)).max() < 1.0
+  # --step selects a checkpoint: step 1 differs from the latest (2).
+  assert run_cli(["--ckpt", ckpt, "--step", "1", "--output", str(tmp_path / "s1"),
+                  str(tmp_path / "cat.png")])[0] == 0  # fmt: skip
+  assert not np.array_equal(np.asarray(Image.open(tmp_path / "s1" / "cat.png")), colour)
+  status, log = run_cli(["--ckpt", ckpt, "--step", "7", "--output", str(tmp_path / "s7"),
+                         str(tmp_path / "cat.png")])  # fmt: skip
+  assert status == 1 and "no checkpoint for step 7" in log
+  status, log = run_cli(["--ckpt", str(tmp_path / "nope"), "--output", str(out), str(tmp_path)])
+  assert status == 1 and "checkpoint" in log
+
+
+def test_never_overwrites(ckpt, tmp_path):
+  image = photo("coffee", (90, 70))
+  src = tmp_path / "a.png"
+  Image.fromarray(image).save(src)
+  digest = sha(src)
+  args = ["--ckpt", ckpt, "--output", str(tmp_path), str(src)]
+  assert run_cli(args)[0] == 0  # output folder == input folder
+  assert sha(src) == digest
+  first = tmp_path / "a_colorized.png"
+  first_digest = sha(first)
+  status, log = run_cli(args)
+  assert status == 0 and "a_colorized_2.png" in log
+  assert sha(first) == first_digest and sha(src) == digest
+  assert (tmp_path / "a_colorized_2.png").exists()
+  # --overwrite replaces earlier outputs, never the input.
+  os.remove(tmp_path / "a_colorized_2.png")
+  assert run_cli(args + ["--overwrite"])[0] == 0
+  assert sha(src) == digest
+  assert sorted(os.listdir(tmp_path)) == ["a.png", "a_colorized.png"]
+
+
+# --------------------------------------------------------------------------------------------
+# Bad inputs.
+
+
+def png_header_only(width, height):
+  """A PNG signature, an IHDR claiming width x height 8-bit RGB, and IEND: no pixel data."""
+
+  def chunk(kind, payload):
+    body = kind + payload
+    return struct.pack(">I", len(payload)) + body + struct.pack(">I", zlib.crc32(body))
+
+  ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+  return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def test_bad_inputs_are_reported_and_skipped(ckpt, tmp_path):
+  bad = tmp_path / "bad"
+  bad.mkdir()
+  (bad / "notes.jpg").write_text("this is not an image\n")
+  (bad / "empty.png").write_bytes(b"")
+  buf = io.BytesIO()
+  Image.fromarray(photo("chelsea", (100, 100))).save(buf, format="JPEG")
+  (bad / "truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+  (bad / "bomb.png").write_bytes(png_header_only(20000, 20000))
+  (bad / "nopixels.png").write_bytes(png_header_only(100, 100))
+  good = tmp_path / "good"
+  good.mkdir()
+  Image.fromarray(np.full((1, 1, 3), 90, np.uint8)).save(good / "tiny.png")
+
+  out = tmp_path / "out"
+  status, log = run_cli(["--ckpt", ckpt, "--output", str(out), str(bad), str(good),
+                         str(tmp_path / "missing.png")])  # fmt: skip
+  assert status == 0, log
+  for name in ("notes.jpg", "empty.png", "truncated.jpg", "bomb.png", "nopixels.png"):
+    assert f"skipped {bad / name}:" in log, name
+  assert "not an image" in log and "empty file" in log
+  assert "20000x20000" in log and "exceeds the limit" in log and "not decoded" in log
+  assert "missing.png: no such file" in log
+  assert np.asarray(Image.open(out / "tiny.png")).shape == (1, 1, 3)
+  assert sorted(os.listdir(out)) == ["tiny.png"]
+  # Only bad inputs: nothing written, non-zero exit, still no crash.
+  status, log = run_cli(["--ckpt", ckpt, "--output", str(tmp_path / "out2"), str(bad)])
+  assert status == 1 and "colorized 0 image(s)" in log
+  # A lower limit rejects an ordinary image before decoding it.
+  with pytest.raises(colorize_lib.ImageError, match="exceeds the limit"):
+    colorize_lib.read_image(good / "tiny.png", max_pixels=0)
+
+
+def test_script_entry_point(ckpt, tmp_path):
+  Image.fromarray(photo("camera", (64, 64))).save(tmp_path / "g.png")
+  help_text = subprocess.run(
+    [sys.executable, os.path.join(ROOT, "colorize.py"), "--help"],
+    capture_output=True, text=True, check=True, cwd=ROOT,
+  ).stdout  # fmt: skip
+  assert "JPEG inputs are written as JPEG" in help_text and "--max_pixels" in help_text
+  proc = subprocess.run(
+    [sys.executable, os.path.join(ROOT, "colorize.py"), "--ckpt", ckpt, "--output",
+     str(tmp_path / "o"), str(tmp_path / "g.png"), "--no_progress"],
+    capture_output=True, text=True, cwd=ROOT,
+  )  # fmt: skip
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert (tmp_path / "o" / "g.png").exists()
