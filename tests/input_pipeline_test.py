@@ -1,0 +1,380 @@
+"""Tests of chromagan_jax.input_pipeline: folder, bundled and (mocked) TFDS sources.
+
+Decoding is checked against hand-computed pixel values, resizing against scikit-image's
+bilinear resize, and the stream's determinism, exact resume and process sharding against
+fresh iterators.
+"""
+
+import io
+import logging
+import os
+from importlib import metadata
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from PIL import Image
+from skimage import transform
+
+from chromagan_jax import input_pipeline as ip
+from configs import default
+
+SIZE = 16  # Output side of the tests' batches.
+
+
+def _config(source="folder", path="", batch_size=4, **data):
+  config = default.get_config()
+  config.model.image_size = SIZE
+  config.data.source = source
+  config.data.path = path
+  config.data.shuffle_buffer = 8
+  config.batch_size = batch_size
+  for k, v in data.items():
+    config.data[k] = v
+  return config
+
+
+def _smooth_rgb(h, w, seed=0):
+  """A smooth random uint8 (h, w, 3) image (bilinear-friendly, JPEG-friendly)."""
+  rng = np.random.default_rng(seed)
+  y, x = np.mgrid[0:h, 0:w] / max(h, w)
+  phases = rng.uniform(0, 2 * np.pi, (3, 2))
+  chans = [127.5 + 120 * np.sin(3 * x + p0) * np.cos(2 * y + p1) for p0, p1 in phases]
+  return np.stack(chans, -1).round().astype(np.uint8)
+
+
+def _take(it, n):
+  return [next(it)["rgb"] for _ in range(n)]
+
+
+# ---------------------------------------------------------------------------------------------
+# A folder of every kind of file the pipeline must handle, plus unreadable ones.
+
+RGB = _smooth_rgb(10, 12, seed=1)
+GREY = _smooth_rgb(10, 12, seed=2)[..., 0]
+ALPHA = np.tile(np.linspace(0, 255, 12).round().astype(np.uint8), (10, 1))
+GREY16 = (np.arange(120).reshape(10, 12) * 541).astype(np.uint16)  # Up to 64379.
+CMYK = np.random.default_rng(3).integers(0, 256, (10, 12, 4), dtype=np.uint8)
+PALETTE = np.array([[255, 0, 0], [0, 128, 255], [20, 200, 40], [250, 250, 10]], np.uint8)
+INDICES = np.random.default_rng(4).integers(0, 4, (10, 12)).astype(np.uint8)
+
+
+def _write_mixed_folder(root):
+  """Writes 11 readable images (nested), 2 unreadable ones, and 2 files to ignore."""
+  os.makedirs(root / "sub" / "deeper")
+  Image.fromarray(RGB).save(root / "rgb.png")
+  Image.fromarray(RGB).save(root / "photo.jpg", quality=95, subsampling=0)
+  Image.fromarray(GREY).save(root / "grey.png")
+  Image.fromarray(np.dstack([RGB, ALPHA])).save(root / "rgba.png")
+  Image.fromarray(GREY16).save(root / "grey16.png")
+  Image.fromarray(CMYK, "CMYK").save(root / "cmyk.tif")
+  Image.fromarray(CMYK, "CMYK").save(root / "sub" / "cmyk.jpg", quality=95)
+  pal = Image.fromarray(INDICES, "P")
+  pal.putpalette(PALETTE.ravel().tolist())
+  pal.save(root / "sub" / "palette.gif")
+  Image.fromarray(RGB).save(root / "sub" / "lossless.webp", lossless=True)
+  Image.fromarray(RGB).save(root / "sub" / "deeper" / "img.BMP")
+  Image.fromarray(RGB).save(root / "sub" / "deeper" / "img.tiff")
+  jpeg = io.BytesIO()
+  Image.fromarray(_smooth_rgb(64, 64)).save(jpeg, "JPEG")
+  (root / "corrupt.jpg").write_bytes(jpeg.getvalue()[: len(jpeg.getvalue()) // 2])
+  (root / "zero.png").write_bytes(b"")
+  (root / "notes.txt").write_text("not an image")
+  Image.fromarray(RGB).save(root / ".hidden.png")
+  return root
+
+
+@pytest.fixture(scope="module")
+def mixed_folder(tmp_path_factory):
+  return _write_mixed_folder(tmp_path_factory.mktemp("mixed"))
+
+
+COLOURS = [(30 * i + 10, 250 - 30 * i, (90 * i) % 256) for i in range(7)]
+
+
+@pytest.fixture(scope="module")
+def colour_folder(tmp_path_factory):
+  """7 flat images, each a distinct colour (identifiable after any resize), mixed sizes."""
+  root = tmp_path_factory.mktemp("colours")
+  for i, c in enumerate(COLOURS):
+    Image.fromarray(np.full((8 + i, 20 - i, 3), c, np.uint8)).save(root / f"c{i}.png")
+  return root
+
+
+def _colour_ids(images):
+  """Index into COLOURS of each flat image in (N, S, S, 3)."""
+  ids = []
+  for img in images:
+    assert np.ptp(img.reshape(-1, 3), axis=0).max() == 0  # Flat: one image, not a blend.
+    ids.append(COLOURS.index(tuple(int(v) for v in img[0, 0])))
+  return ids
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding.
+
+
+def test_find_images_recursive_and_filtered(mixed_folder):
+  names = sorted(os.path.relpath(p, mixed_folder) for p in ip.find_images(str(mixed_folder)))
+  assert names == sorted(
+    [
+      "cmyk.tif",
+      "corrupt.jpg",
+      "grey.png",
+      "grey16.png",
+      "photo.jpg",
+      "rgb.png",
+      "rgba.png",
+      "zero.png",
+      "sub/cmyk.jpg",
+      "sub/palette.gif",
+      "sub/lossless.webp",
+      "sub/deeper/img.BMP",
+      "sub/deeper/img.tiff",
+    ]
+  )
+  assert ip.find_images(str(mixed_folder / "sub" / "*.gif")) == [
+    str(mixed_folder / "sub" / "palette.gif")
+  ]
+
+
+def test_decode_modes_against_hand_computed_values(mixed_folder):
+  read = lambda name: ip.read_image(str(mixed_folder / name)).astype(np.int32)
+  for name in ("rgb.png", "sub/lossless.webp", "sub/deeper/img.BMP", "sub/deeper/img.tiff"):
+    np.testing.assert_array_equal(read(name), RGB, err_msg=name)
+  np.testing.assert_array_equal(read("grey.png"), np.repeat(GREY[..., None], 3, -1))
+  # 16-bit grey: scaled by 255 / 65535, not clipped at 255.
+  np.testing.assert_array_equal(read("grey16.png")[..., 1], np.round(GREY16 / 257.0))
+  # RGBA composited on white.
+  a = ALPHA[..., None] / 255.0
+  np.testing.assert_allclose(read("rgba.png"), RGB * a + 255 * (1 - a), atol=1)
+  # CMYK without colour management: (255 - CMY) * (255 - K) / 255.
+  cmyk = CMYK.astype(np.float64)
+  expected = (255 - cmyk[..., :3]) * (255 - cmyk[..., 3:]) / 255
+  np.testing.assert_allclose(read("cmyk.tif"), expected, atol=1)
+  assert np.abs(read("sub/cmyk.jpg") - expected).mean() < 12  # Lossy CMYK JPEG.
+  np.testing.assert_array_equal(read("sub/palette.gif"), PALETTE[INDICES])
+  assert np.abs(read("photo.jpg") - RGB).mean() < 4
+  for name in ("rgb.png", "grey16.png", "sub/palette.gif"):
+    assert ip.read_image(str(mixed_folder / name)).dtype == np.uint8
+
+
+def test_exif_orientation_is_applied(tmp_path):
+  exif = Image.Exif()
+  exif[0x0112] = 6  # Rotate 90 degrees clockwise on display.
+  Image.fromarray(_smooth_rgb(10, 20)).save(tmp_path / "rot.jpg", exif=exif)
+  assert ip.read_image(str(tmp_path / "rot.jpg")).shape == (20, 10, 3)
+
+
+def test_read_image_error_names_the_file(mixed_folder):
+  with pytest.raises(ip.DataError, match="corrupt.jpg"):
+    ip.read_image(str(mixed_folder / "corrupt.jpg"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Folder stream.
+
+
+def test_folder_batches_skip_and_count_unreadable_files(mixed_folder, caplog):
+  ip.reset_skipped_files()
+  config = _config(path=str(mixed_folder), batch_size=4)
+  assert ip.num_train_examples(config) == 13
+  caplog.set_level(logging.WARNING)
+  batches = _take(ip.create_train_iterator(config, process_index=0, process_count=1), 5)
+  for b in batches:  # 20 examples > 13 files: every file was tried at least once.
+    assert b.shape == (4, SIZE, SIZE, 3) and b.dtype == np.uint8
+  skipped = ip.skipped_files()
+  assert sorted(os.path.basename(p) for p in skipped) == ["corrupt.jpg", "zero.png"]
+  assert ip.num_skipped_files() == 2
+  for path in skipped:
+    assert path in caplog.text
+  assert "empty file" in skipped[str(mixed_folder / "zero.png")]
+  # Each file is warned about once per process, however many epochs meet it.
+  assert caplog.text.count("corrupt.jpg") == 1
+
+
+@pytest.mark.parametrize("shape", [(37, 23), (9, 11)])
+def test_resize_matches_scikit_image_bilinear(tmp_path, shape):
+  img = _smooth_rgb(*shape, seed=5)
+  Image.fromarray(img).save(tmp_path / "one.png")
+  config = _config(path=str(tmp_path), batch_size=1)
+  got = next(ip.create_train_iterator(config, process_index=0, process_count=1))["rgb"][0]
+  # Independent reference: half-pixel-centre bilinear, edge clamping, no anti-aliasing
+  # (= cv2.resize INTER_LINEAR up to OpenCV's fixed-point rounding).
+  ref = transform.resize(
+    img.astype(np.float64),
+    (SIZE, SIZE),
+    order=1,
+    mode="edge",
+    anti_aliasing=False,
+    preserve_range=True,
+  )
+  assert np.abs(got.astype(np.float64) - ref).max() <= 1.0
+
+
+def test_epochs_are_permutations_reshuffled_per_epoch(colour_folder):
+  config = _config(path=str(colour_folder), batch_size=7)
+  it = ip.create_train_iterator(config, process_index=0, process_count=1)
+  epochs = [_colour_ids(b) for b in _take(it, 3)]
+  for ids in epochs:
+    assert sorted(ids) == list(range(7))
+  assert len({tuple(ids) for ids in epochs}) == 3
+  # A different seed gives a different order.
+  config.seed = 1
+  other = _colour_ids(
+    next(ip.create_train_iterator(config, process_index=0, process_count=1))["rgb"]
+  )
+  assert other != epochs[0]
+
+
+def test_deterministic_and_exact_resume_despite_unreadable_files(mixed_folder):
+  config = _config(path=str(mixed_folder), batch_size=2)
+  run = lambda start, n: _take(
+    ip.create_train_iterator(config, start_step=start, process_index=0, process_count=1), n
+  )
+  first = run(0, 9)  # 18 examples: crosses the epoch boundary at 13.
+  np.testing.assert_array_equal(np.stack(run(0, 9)), np.stack(first))
+  np.testing.assert_array_equal(np.stack(run(5, 4)), np.stack(first[5:]))
+
+
+def test_process_shards_are_disjoint_and_cover_the_set(colour_folder):
+  config = _config(path=str(colour_folder), batch_size=2)
+  train, evals = [], []
+  for index, n in ((0, 4), (1, 3)):  # 7 files: 4 for process 0, 3 for process 1.
+    it = ip.create_train_iterator(config, process_index=index, process_count=2)
+    train.append(set(_colour_ids(np.concatenate(_take(it, n)))))
+    eval_config = _config(eval_path=str(colour_folder))
+    batches = list(
+      ip.create_eval_iterator(eval_config, batch_size=2, process_index=index, process_count=2)
+    )
+    assert len(batches) == 2  # Same count on both processes: ceil(ceil(7 / 2) / 2).
+    evals.append(set(_colour_ids(np.concatenate([b["rgb"][b["mask"]] for b in batches]))))
+  for sets in (train, evals):
+    assert len(sets[0]) == 4 and len(sets[1]) == 3
+    assert not sets[0] & sets[1]
+    assert sets[0] | sets[1] == set(range(7))
+
+
+def test_eval_batches_are_padded_and_masked(colour_folder):
+  config = _config(path="", eval_path=str(colour_folder))
+  batches = list(ip.create_eval_iterator(config, batch_size=3, process_index=0, process_count=1))
+  assert [b["mask"].tolist() for b in batches] == [[True] * 3, [True] * 3, [True, False, False]]
+  assert all(b["rgb"].shape == (3, SIZE, SIZE, 3) and b["rgb"].dtype == np.uint8 for b in batches)
+  real = np.concatenate([b["rgb"][b["mask"]] for b in batches])
+  assert _colour_ids(real) == list(range(7))  # In sorted file order, no shuffle.
+  assert not batches[-1]["rgb"][1:].any()
+  few = list(
+    ip.create_eval_iterator(config, num_examples=4, batch_size=3, process_index=0, process_count=1)
+  )
+  assert [int(b["mask"].sum()) for b in few] == [3, 1]
+
+
+def test_batch_not_divisible_by_processes(colour_folder):
+  config = _config(path=str(colour_folder), batch_size=4)
+  with pytest.raises(ip.DataError, match="multiple of the 3 processes"):
+    ip.create_train_iterator(config, process_index=0, process_count=3)
+
+
+@pytest.mark.parametrize(
+  "path, message",
+  [
+    ("", "config.data.path is empty"),
+    ("{tmp}/missing", "does not exist"),
+    ("{tmp}/*.jpg", "matches no files"),
+    ("{tmp}/texts", "no image files"),
+    ("{tmp}/texts/*", "none is an image"),
+  ],
+)
+def test_folder_errors_are_one_line(tmp_path, path, message):
+  (tmp_path / "texts").mkdir()
+  (tmp_path / "texts" / "a.txt").write_text("x")
+  config = _config(path=path.format(tmp=tmp_path))
+  for fn in (ip.num_train_examples, ip.create_train_iterator):
+    with pytest.raises(ip.DataError, match=message) as e:
+      fn(config)
+    assert "\n" not in str(e.value)
+
+
+def test_no_eval_path_is_a_data_error(colour_folder):
+  with pytest.raises(ip.DataError, match="eval_path"):
+    ip.create_eval_iterator(_config(path=str(colour_folder)), batch_size=2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bundled photos.
+
+
+def test_bundled_photos_ship_in_the_wheel_are_colour_and_split_disjoint():
+  train, holdout = ip.bundled_photos("train"), ip.bundled_photos("holdout")
+  assert len(train) >= 5 and 2 <= len(holdout) <= 3
+  assert not set(train) & set(holdout)
+  # Installed by the wheel itself (its RECORD), not fetched by pooch into a cache.
+  record = {str(f).replace(os.sep, "/") for f in metadata.files("scikit-image")}
+  for path in train + holdout:
+    assert "skimage/data/" + os.path.basename(path) in record, path
+    rgb = ip.read_image(path)
+    chroma = rgb.max(-1).astype(np.int32) - rgb.min(-1)
+    assert chroma.mean() > 8, f"{path} is nearly grey"
+    packed = (rgb[::2, ::2].astype(np.int32) << [16, 8, 0]).sum(-1)
+    assert len(np.unique(packed)) > 5000, f"{path} looks synthetic (few distinct colours)"
+  with pytest.raises(ValueError, match="unknown bundled split"):
+    ip.bundled_photos("test")
+
+
+def test_bundled_augmented_stream_is_varied_and_resumable():
+  config = _config(source="bundled", batch_size=4, augment=True)
+  assert ip.num_train_examples(config) == len(ip.bundled_photos("train"))
+  first = _take(ip.create_train_iterator(config, process_index=0, process_count=1), 3)
+  views = np.concatenate(first).reshape(12, -1).astype(np.float64)
+  # 12 crops of 6 photos: all distinct views (an epoch's repeat of a photo is a new crop).
+  assert len({v.tobytes() for v in views}) == 12
+  resumed = next(ip.create_train_iterator(config, start_step=2, process_index=0, process_count=1))
+  np.testing.assert_array_equal(resumed["rgb"], first[2])
+  holdout = list(ip.create_eval_iterator(config, batch_size=4, process_index=0, process_count=1))
+  assert len(holdout) == 1 and holdout[0]["mask"].sum() == len(ip.bundled_photos("holdout"))
+
+
+# ---------------------------------------------------------------------------------------------
+# TFDS source.
+
+
+def test_tfds_source_with_mock_imagenet():
+  config = _config(source="tfds", batch_size=2)
+  config.data.tfds_name = "imagenet2012"
+  with tfds.testing.mock_data(num_examples=6):
+    assert ip.num_train_examples(config) == 6
+    run = lambda start, n: _take(
+      ip.create_train_iterator(config, start_step=start, process_index=0, process_count=1), n
+    )
+    first = run(0, 6)  # Two epochs of 3 batches.
+    for b in first:
+      assert b.shape == (2, SIZE, SIZE, 3) and b.dtype == np.uint8
+    np.testing.assert_array_equal(np.stack(run(2, 4)), np.stack(first[2:]))
+    keys = [[x.tobytes() for x in np.concatenate(first[e : e + 3])] for e in (0, 3)]
+    assert sorted(keys[0]) == sorted(keys[1]) and len(set(keys[0])) == 6
+    assert keys[0] != keys[1]  # Reshuffled per epoch.
+    evals = list(ip.create_eval_iterator(config, batch_size=4, process_index=0, process_count=1))
+    assert [b["mask"].tolist() for b in evals] == [[True] * 4, [True, True, False, False]]
+
+
+def test_tfds_missing_imagenet_names_the_tars(tmp_path):
+  config = _config(source="tfds")
+  config.data.tfds_name = "imagenet2012"
+  config.data.data_dir = str(tmp_path)
+  for fn in (ip.num_train_examples, ip.create_train_iterator):
+    with pytest.raises(ip.DataError) as e:
+      fn(config)
+    message = str(e.value)
+    assert "\n" not in message
+    assert "ILSVRC2012_img_train.tar" in message and "ILSVRC2012_img_val.tar" in message
+    manual = os.path.join(str(tmp_path), "downloads", "manual")
+    assert f"tfds build imagenet2012 --manual_dir={manual}" in message
+
+
+def test_unknown_source_and_dataset():
+  with pytest.raises(ip.DataError, match="unknown data source"):
+    ip.num_train_examples(_config(source="webdataset"))
+  config = _config(source="tfds")
+  config.data.tfds_name = "no_such_dataset_xyz"
+  with pytest.raises(ip.DataError, match="unknown TFDS dataset"):
+    ip.num_train_examples(config)
