@@ -1,0 +1,374 @@
+"""Evaluates a ChromaGAN checkpoint: PSNR, SSIM and colourfulness against colour ground truth.
+
+  python -m chromagan_jax.evaluate --ckpt DIR --data PHOTOS_DIR_OR_GLOB --output OUT
+  python -m chromagan_jax.evaluate --ckpt DIR --data tfds:imagenet2012:validation --output OUT
+  python -m chromagan_jax.evaluate --ckpt DIR --data bundled --output OUT
+
+Each colour photo is resized to the network size (bilinear, no crop, as in training; the paper
+evaluates at 224x224), its Lab L is fed to the generator and the colorized RGB result (uint8)
+is compared with the resized photo. Metrics, per image:
+  * PSNR on uint8 RGB, data range 255 (the paper's metric);
+  * SSIM on uint8 RGB with scikit-image's defaults (7x7 uniform window, K1=0.01, K2=0.03,
+    sample covariance, mean over the three channels), data range 255;
+  * colourfulness (Hasler & Suesstrunk 2003): ``M = sqrt(std_rg^2 + std_yb^2) +
+    0.3 * sqrt(mean_rg^2 + mean_yb^2)``, ``rg = R - G``, ``yb = (R + G) / 2 - B`` on 0-255
+    values, for the result, the ground truth and the baseline.
+The baseline is the grey image itself (a = b = 0, i.e. ``ab_net = 128 / 255``).
+FID is NOT implemented (it needs Inception weights, which are not bundled).
+
+Outputs in ``--output``: ``per_image.csv``, ``summary.json``; the summary is printed.
+"""
+
+import argparse
+import csv
+import functools
+import glob
+import json
+import math
+import os
+import sys
+from collections.abc import Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+from chromagan_jax import checkpoint, color, colorize_lib
+
+DATA_RANGE = 255.0
+# scikit-image's structural_similarity defaults.
+SSIM_WIN = 7
+SSIM_K1 = 0.01
+SSIM_K2 = 0.03
+# Hasler & Suesstrunk's weight of the mean term.
+COLORFULNESS_MEAN_WEIGHT = 0.3
+# ab of a grey pixel in network values: a8 = b8 = 128.
+GREY_AB_NET = 128.0 / 255.0
+FID_NOTE = "FID not implemented: it needs Inception weights, which are not bundled"
+METRICS = ("psnr", "ssim", "colorfulness")
+RESULTS = ("colorized", "baseline")
+# Per-image CSV columns after the image name.
+COLUMNS = tuple(f"{r}_{m}" for r in RESULTS for m in METRICS) + ("truth_colorfulness",)
+
+
+class EvalError(ValueError):
+  """Bad evaluation input (no data, unreadable source); one-line message."""
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics: batched, on device. Inputs are uint8 (or 0-255 float) RGB of shape (N, H, W, 3).
+
+
+def psnr(pred, truth):
+  """Per-image PSNR in dB, data range 255; +inf for identical images. -> (N,)."""
+  diff = pred.astype(jnp.float32) - truth.astype(jnp.float32)
+  mse = jnp.mean(diff * diff, axis=(1, 2, 3))
+  return 10.0 * jnp.log10(DATA_RANGE**2 / mse)
+
+
+def _box_mean(x):
+  """Mean over every SSIM_WIN x SSIM_WIN window fully inside the image ('valid')."""
+  window = (1, SSIM_WIN, SSIM_WIN, 1)
+  return jax.lax.reduce_window(x, 0.0, jax.lax.add, window, (1, 1, 1, 1), "VALID") / (
+    SSIM_WIN * SSIM_WIN
+  )
+
+
+def ssim(pred, truth):
+  """Per-image SSIM as scikit-image's ``structural_similarity(..., channel_axis=-1,
+  data_range=255)``: uniform 7x7 windows, sample covariance, mean over the interior
+  (scikit-image crops the 3-pixel border the windows do not cover) and the channels. -> (N,).
+
+  Images must be at least 7x7. Second moments are taken about the mid-grey 127.5 to keep
+  float32 cancellation small.
+  """
+  x = pred.astype(jnp.float32) - DATA_RANGE / 2
+  y = truth.astype(jnp.float32) - DATA_RANGE / 2
+  ux, uy = _box_mean(x), _box_mean(y)
+  n = SSIM_WIN * SSIM_WIN
+  cov_norm = n / (n - 1.0)
+  vx = cov_norm * (_box_mean(x * x) - ux * ux)
+  vy = cov_norm * (_box_mean(y * y) - uy * uy)
+  vxy = cov_norm * (_box_mean(x * y) - ux * uy)
+  # Back to absolute means for the luminance term.
+  ux, uy = ux + DATA_RANGE / 2, uy + DATA_RANGE / 2
+  c1 = (SSIM_K1 * DATA_RANGE) ** 2
+  c2 = (SSIM_K2 * DATA_RANGE) ** 2
+  s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+  return jnp.mean(s, axis=(1, 2, 3))
+
+
+def colorfulness(rgb):
+  """Hasler & Suesstrunk (2003) colourfulness of 0-255 RGB, population statistics. -> (N,)."""
+  r, g, b = jnp.moveaxis(rgb.astype(jnp.float32), -1, 0)
+  rg = r - g
+  yb = 0.5 * (r + g) - b
+  axes = (1, 2)
+  std = jnp.sqrt(jnp.var(rg, axis=axes) + jnp.var(yb, axis=axes))
+  mean = jnp.sqrt(jnp.mean(rg, axis=axes) ** 2 + jnp.mean(yb, axis=axes) ** 2)
+  return std + COLORFULNESS_MEAN_WEIGHT * mean
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def evaluate_batch(model, variables, rgb):
+  """Colorizes uint8 RGB ground truth (N, S, S, 3) from its L and scores it.
+
+  Returns a dict of (N,) arrays: ``{colorized,baseline}_{psnr,ssim,colorfulness}`` and
+  ``truth_colorfulness``.
+  """
+  lightness, _ = color.rgb_to_net(rgb)
+  ab = model.apply(variables, color.gray_to_l3(lightness), train=False)[0]
+  results = {
+    "colorized": color.to_uint8(color.net_to_rgb(lightness, ab)),
+    "baseline": color.to_uint8(color.net_to_rgb(lightness, jnp.full_like(ab, GREY_AB_NET))),
+  }
+  out = {"truth_colorfulness": colorfulness(rgb)}
+  for name, image in results.items():
+    out[f"{name}_psnr"] = psnr(image, rgb)
+    out[f"{name}_ssim"] = ssim(image, rgb)
+    out[f"{name}_colorfulness"] = colorfulness(image)
+  return out
+
+
+# --------------------------------------------------------------------------------------------
+# Data: uint8 RGB batches at the network size, with names and a validity mask.
+
+
+def _folder_batches(path, size, batch_size, max_pixels, log) -> Iterator[tuple]:
+  inputs, errors = colorize_lib.collect_inputs([path])
+  for msg in errors:
+    log(f"skipped {msg}")
+  if not inputs:
+    raise EvalError(f"{path}: no image files to evaluate on")
+  names, images = [], []
+  for item in inputs:
+    try:
+      photo = colorize_lib.read_image(item.path, max_pixels)
+    except colorize_lib.ImageError as e:
+      log(f"skipped {e}")
+      continue
+    h, w = photo.rgb.shape[:2]
+    padded = colorize_lib.pad_to_bucket(photo.rgb)
+    images.append(colorize_lib.resize_for_network(padded, h, w, size))
+    names.append(item.path)
+    if len(images) == batch_size:
+      yield names, np.stack(images), np.ones(len(images), bool)
+      names, images = [], []
+  if images:
+    yield _pad_batch(names, np.stack(images), batch_size)
+
+
+def _pad_batch(names, rgb, batch_size):
+  n = len(names)
+  rgb = np.concatenate([rgb, np.zeros((batch_size - n, *rgb.shape[1:]), rgb.dtype)])
+  return names, rgb, np.arange(batch_size) < n
+
+
+def _pipeline_batches(config, spec, batch_size, max_images) -> Iterator[tuple]:
+  """Batches of ``input_pipeline.create_eval_iterator``: TFDS (``tfds[:NAME[:SPLIT]]``) or
+  the photos bundled with scikit-image (``bundled``, the held-out ones)."""
+  try:
+    from chromagan_jax import input_pipeline  # noqa: PLC0415 - TensorFlow only when needed.
+  except ImportError as e:
+    raise EvalError(f"{spec} needs chromagan_jax.input_pipeline ({e})") from None
+  config = config.copy_and_resolve_references()
+  parts = spec.split(":")
+  config.data.source = "tfds" if is_tfds(spec) else "bundled"
+  if len(parts) > 1 and parts[1]:
+    config.data.tfds_name = parts[1]
+  if len(parts) > 2 and parts[2]:
+    config.data.eval_split = parts[2]
+  prefix = f"{config.data.tfds_name}/{config.data.eval_split}" if is_tfds(spec) else "bundled"
+  index = 0
+  try:
+    iterator = input_pipeline.create_eval_iterator(
+      config, num_examples=max_images, batch_size=batch_size, process_index=0, process_count=1
+    )
+    for batch in iterator:
+      rgb, mask = np.asarray(batch["rgb"]), np.asarray(batch["mask"]).astype(bool)
+      names = [f"{prefix}/{index + i}" for i in range(len(rgb))]
+      index += int(mask.sum())
+      yield names, rgb, mask
+  except (OSError, ValueError) as e:  # input_pipeline.DataError is a ValueError.
+    raise EvalError(f"cannot read {spec}: {e}") from None
+
+
+def is_tfds(spec: str) -> bool:
+  """``tfds`` or ``tfds:NAME[:SPLIT]`` selects TFDS."""
+  return spec == "tfds" or spec.startswith("tfds:")
+
+
+def uses_pipeline(spec: str) -> bool:
+  """TFDS and ``bundled`` go through the input pipeline; anything else is a path or glob."""
+  return is_tfds(spec) or spec == "bundled"
+
+
+# --------------------------------------------------------------------------------------------
+# Running and reporting.
+
+
+def _mean(values: Sequence[float]) -> float | None:
+  """Mean of the finite values (identical images give PSNR = inf), None if there are none."""
+  finite = [v for v in values if math.isfinite(v)]
+  return float(np.mean(finite)) if finite else None
+
+
+def summarize(rows: Sequence[dict], meta: dict) -> dict:
+  """Means of the per-image rows, next to ``meta`` (checkpoint, data, size, notes)."""
+  summary = dict(meta)
+  summary["num_images"] = len(rows)
+  means = {}
+  for result in RESULTS:
+    means[result] = {m: _mean([r[f"{result}_{m}"] for r in rows]) for m in METRICS}
+  means["truth"] = {"colorfulness": _mean([r["truth_colorfulness"] for r in rows])}
+  summary["mean"] = means
+  summary["num_identical"] = {
+    result: sum(1 for r in rows if math.isinf(r[f"{result}_psnr"])) for result in RESULTS
+  }
+  summary["notes"] = [
+    "PSNR/SSIM on uint8 RGB (data range 255) at the network size; PSNR means skip images "
+    "identical to the ground truth (PSNR = inf; counted in num_identical)",
+    "baseline: the grey input (a = b = 0)",
+    FID_NOTE,
+  ]
+  return summary
+
+
+def format_table(summary: dict) -> str:
+  """The summary as a small text table."""
+  mean = summary["mean"]
+
+  def cell(value, fmt):
+    return "-" if value is None else format(value, fmt)
+
+  lines = [
+    f"{summary['num_images']} images at {summary['image_size']}x{summary['image_size']}, "
+    f"checkpoint {summary['checkpoint']} step {summary['step']}, data {summary['data']}",
+    f"{'':<24}{'PSNR (dB)':>10}{'SSIM':>8}{'colourfulness':>15}",
+  ]
+  labels = {"colorized": "colorized", "baseline": "grey baseline (ab=0)"}
+  for result in RESULTS:
+    m = mean[result]
+    lines.append(
+      f"{labels[result]:<24}{cell(m['psnr'], '.2f'):>10}{cell(m['ssim'], '.4f'):>8}"
+      f"{cell(m['colorfulness'], '.2f'):>15}"
+    )
+  truth = cell(mean["truth"]["colorfulness"], ".2f")
+  lines.append(f"{'ground truth':<24}{'':>10}{'':>8}{truth:>15}")
+  lines.append(FID_NOTE + ".")
+  return "\n".join(lines)
+
+
+def evaluate(
+  ckpt,
+  data: str,
+  output: str,
+  step: int | None = None,
+  batch_size: int = 8,
+  max_images: int | None = None,
+  max_pixels: int = colorize_lib.DEFAULT_MAX_PIXELS,
+  progress: bool = True,
+  log=None,
+) -> dict:
+  """Evaluates checkpoint ``ckpt`` on ``data`` and writes ``per_image.csv`` and
+  ``summary.json`` to ``output``. Returns the summary dict.
+
+  Raises:
+    EvalError, checkpoint.CheckpointError: bad data or checkpoint (one-line messages).
+  """
+  log = log or (lambda msg: tqdm.tqdm.write(msg, file=sys.stderr))
+  if batch_size < 1:
+    raise EvalError(f"batch_size must be >= 1, got {batch_size}")
+  variables, config = checkpoint.load_generator(ckpt, step)
+  step, _ = checkpoint.load_config(ckpt, step)
+  model = colorize_lib.generator_from(config)
+  size = model.image_size
+  if uses_pipeline(data):
+    batches = _pipeline_batches(config, data, batch_size, max_images)
+  else:
+    if not (os.path.exists(data) or glob.has_magic(data)):
+      raise EvalError(
+        f"{data}: no such file, folder or pattern (or use tfds[:NAME[:SPLIT]] or bundled)"
+      )
+    batches = _folder_batches(data, size, batch_size, max_pixels, log)
+
+  rows = []
+  bar = tqdm.tqdm(unit="img", disable=not progress, file=sys.stderr, total=max_images)
+  for names, rgb, mask in batches:
+    metrics = jax.device_get(evaluate_batch(model, variables, jnp.asarray(rgb)))
+    for i, name in enumerate(names):
+      if not mask[i] or (max_images is not None and len(rows) >= max_images):
+        continue
+      row = {"image": name}
+      row.update({column: float(metrics[column][i]) for column in COLUMNS})
+      rows.append(row)
+      bar.update()
+    if max_images is not None and len(rows) >= max_images:
+      break
+  bar.close()
+  if not rows:
+    raise EvalError(f"{data}: no image could be evaluated")
+
+  os.makedirs(output, exist_ok=True)
+  with open(os.path.join(output, "per_image.csv"), "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+  meta = {"checkpoint": str(ckpt), "step": step, "data": data, "image_size": size}
+  summary = summarize(rows, meta)
+  with open(os.path.join(output, "summary.json"), "w") as f:
+    json.dump(summary, f, indent=2, allow_nan=False)
+  return summary
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+    prog="python -m chromagan_jax.evaluate",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  parser.add_argument(
+    "--ckpt", required=True, help="checkpoint (workdir, checkpoints/ or converted)"
+  )
+  parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  parser.add_argument(
+    "--data",
+    required=True,
+    help="folder/glob/file of colour photos; tfds[:NAME[:SPLIT]] (default: the checkpoint "
+    "config's tfds_name and eval_split, e.g. tfds:imagenet2012:validation); or 'bundled' (the "
+    "held-out photos shipped with scikit-image). The last two use chromagan_jax.input_pipeline",
+  )
+  parser.add_argument("--output", required=True, help="folder for per_image.csv, summary.json")
+  parser.add_argument("--batch_size", "--batch-size", type=int, default=8)
+  parser.add_argument("--max_images", "--max-images", type=int, default=None)
+  parser.add_argument(
+    "--max_pixels", "--max-pixels", type=int, default=colorize_lib.DEFAULT_MAX_PIXELS
+  )
+  parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+  return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = build_parser().parse_args(argv)
+  try:
+    summary = evaluate(
+      args.ckpt,
+      args.data,
+      args.output,
+      step=args.step,
+      batch_size=args.batch_size,
+      max_images=args.max_images,
+      max_pixels=args.max_pixels,
+      progress=not args.no_progress,
+    )
+  except (EvalError, checkpoint.CheckpointError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  print(format_table(summary))
+  print(f"wrote {os.path.join(args.output, 'per_image.csv')} and summary.json")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

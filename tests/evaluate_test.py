@@ -1,0 +1,161 @@
+"""Tests of chromagan_jax.evaluate: metrics against scikit-image and hand computation, and a
+whole evaluation of a folder of real photos (scikit-image's bundled ones)."""
+
+import csv
+import json
+import math
+import os
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import color as skcolor
+from skimage import data as skdata
+from skimage import metrics as skmetrics
+
+from chromagan_jax import checkpoint, evaluate, models
+from configs import default
+
+jax.config.update("jax_disable_most_optimizations", True)
+
+
+def photo(name, size):
+  """A bundled photo resized to ``size`` = (width, height), uint8 RGB."""
+  image = getattr(skdata, name)()
+  image = image if image.ndim == 3 else np.repeat(image[..., None], 3, -1)
+  return np.asarray(Image.fromarray(image[..., :3]).resize(size, Image.BILINEAR))
+
+
+def test_psnr_and_ssim_match_skimage():
+  rng = np.random.default_rng(0)
+  truth = np.stack([photo("chelsea", (50, 40)), photo("coffee", (50, 40))])
+  noise = rng.normal(0, [[[[6.0]]], [[[20.0]]]], truth.shape)
+  pred = np.clip(np.round(truth + noise), 0, 255).astype(np.uint8)
+  pred[1, :10] = 255 - pred[1, :10]  # a large structural error
+  psnr = np.asarray(evaluate.psnr(pred, truth))
+  ssim = np.asarray(evaluate.ssim(pred, truth))
+  for i in range(2):
+    ref_psnr = skmetrics.peak_signal_noise_ratio(truth[i], pred[i], data_range=255)
+    ref_ssim = skmetrics.structural_similarity(truth[i], pred[i], channel_axis=-1, data_range=255)
+    assert psnr[i] == pytest.approx(ref_psnr, abs=1e-3)
+    assert ssim[i] == pytest.approx(ref_ssim, abs=2e-4)
+  assert ssim[0] > ssim[1]
+  assert np.isinf(np.asarray(evaluate.psnr(truth, truth))).all()
+  np.testing.assert_allclose(np.asarray(evaluate.ssim(truth, truth)), 1.0, atol=1e-5)
+
+
+def test_colorfulness_hand_computed():
+  # One red and one blue pixel: rg = R - G = (255, 0); yb = (R + G) / 2 - B = (127.5, -255).
+  # Means 127.5 and -63.75; population standard deviations 127.5 and 191.25.
+  two = np.array([[[[255, 0, 0], [0, 0, 255]]]], np.uint8)
+  expected = math.sqrt(127.5**2 + 191.25**2) + 0.3 * math.sqrt(127.5**2 + 63.75**2)
+  # One flat colour (200, 100, 50): no spread, rg = 100, yb = 150 - 50 = 100.
+  flat = np.broadcast_to(np.array([200, 100, 50], np.uint8), (1, 3, 3, 3))
+  grey = np.full((1, 4, 4, 3), 120, np.uint8)
+  assert float(evaluate.colorfulness(two)[0]) == pytest.approx(expected, rel=1e-6)
+  assert float(evaluate.colorfulness(flat)[0]) == pytest.approx(0.3 * math.sqrt(2e4), rel=1e-6)
+  assert float(evaluate.colorfulness(grey)[0]) == 0.0
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+  """A small random generator (image size 64, width 1/8) saved as a checkpoint."""
+  config = default.get_config()
+  config.model.image_size = 64
+  config.model.width = 1 / 8
+  gen = models.models_from_config(config.model)[0]
+  shapes = jax.eval_shape(gen.init, jax.random.key(0), np.zeros((1, 64, 64, 3), np.float32))
+  rng = np.random.default_rng(0)
+
+  def init(path, leaf):  # NumPy init: no compile. Kernels ~ N(0, 1 / fan_in).
+    name = getattr(path[-1], "key", "")
+    if name == "kernel":
+      return (rng.standard_normal(leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1]))).astype("f4")
+    return np.full(leaf.shape, 1.0 if name in ("scale", "var") else 0.0, np.float32)
+
+  directory = tmp_path_factory.mktemp("ckpt")
+  checkpoint.save_generator(directory, jax.tree_util.tree_map_with_path(init, shapes), config)
+  return str(directory)
+
+
+def grey_baseline_reference(rgb):
+  """scikit-image: the photo's L with a = b = 0, back to uint8 RGB."""
+  lab = skcolor.rgb2lab(rgb)
+  lab[..., 1:] = 0
+  return np.clip(np.round(skcolor.lab2rgb(lab) * 255), 0, 255).astype(np.uint8)
+
+
+def hasler(rgb):
+  r, g, b = np.moveaxis(rgb.astype(np.float64), -1, 0)
+  rg, yb = r - g, 0.5 * (r + g) - b
+  return np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean())
+
+
+def test_evaluate_folder(ckpt, tmp_path, capsys):
+  photos = tmp_path / "photos"
+  photos.mkdir()
+  # At the network size (64x64) the resize is the identity, so the ground truth is the file.
+  truth = {name: photo(name, (64, 64)) for name in ("astronaut", "chelsea", "coffee")}
+  for name, rgb in truth.items():
+    Image.fromarray(rgb).save(photos / f"{name}.png")
+  Image.fromarray(photo("rocket", (90, 70))).save(photos / "rocket.jpg")  # resized to 64x64
+  (photos / "broken.png").write_bytes(b"not a png")
+  out = tmp_path / "eval"
+  status = evaluate.main(
+    ["--ckpt", ckpt, "--data", str(photos), "--output", str(out), "--batch_size", "3"]
+  )
+  printed = capsys.readouterr()
+  assert status == 0, printed.err
+  assert "broken.png" in printed.err
+  assert "FID not implemented" in printed.out and "grey baseline" in printed.out
+
+  with open(out / "per_image.csv") as f:
+    rows = {os.path.basename(r["image"]): r for r in csv.DictReader(f)}
+  assert sorted(rows) == ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg"]
+  for name, rgb in truth.items():
+    row = {k: float(v) for k, v in rows[f"{name}.png"].items() if k != "image"}
+    base = grey_baseline_reference(rgb)
+    ref_psnr = skmetrics.peak_signal_noise_ratio(rgb, base, data_range=255)
+    ref_ssim = skmetrics.structural_similarity(rgb, base, channel_axis=-1, data_range=255)
+    assert row["baseline_psnr"] == pytest.approx(ref_psnr, abs=0.05), name
+    assert row["baseline_ssim"] == pytest.approx(ref_ssim, abs=2e-3), name
+    assert row["baseline_colorfulness"] == pytest.approx(hasler(base), abs=0.2), name
+    assert row["truth_colorfulness"] == pytest.approx(hasler(rgb), rel=1e-4), name
+    assert 5 < row["colorized_psnr"] < 60 and -1 <= row["colorized_ssim"] <= 1, name
+    assert row["colorized_colorfulness"] >= 0
+
+  with open(out / "summary.json") as f:
+    summary = json.load(f)
+  assert summary["num_images"] == 4 and summary["image_size"] == 64
+  for result in ("colorized", "baseline"):
+    for metric in ("psnr", "ssim", "colorfulness"):
+      mean = np.mean([float(r[f"{result}_{metric}"]) for r in rows.values()])
+      assert summary["mean"][result][metric] == pytest.approx(mean, rel=1e-6)
+  assert any("FID" in note for note in summary["notes"])
+
+
+def test_evaluate_errors(ckpt, tmp_path, capsys):
+  args = ["--ckpt", ckpt, "--output", str(tmp_path / "o")]
+  assert evaluate.main(args + ["--data", str(tmp_path / "missing")]) == 1
+  assert "no such file" in capsys.readouterr().err
+  (tmp_path / "bad").mkdir()
+  (tmp_path / "bad" / "x.png").write_bytes(b"")
+  assert evaluate.main(args + ["--data", str(tmp_path / "bad"), "--no_progress"]) == 1
+  err = capsys.readouterr().err
+  assert "empty file" in err and "no image could be evaluated" in err
+  assert evaluate.main(["--ckpt", str(tmp_path / "nock"), "--data", str(tmp_path)] + args[2:]) == 1
+  assert "checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_evaluate_bundled_through_input_pipeline(ckpt, tmp_path):
+  """``--data bundled`` reads the held-out bundled photos via input_pipeline (TensorFlow)."""
+  summary = evaluate.evaluate(
+    ckpt, "bundled", str(tmp_path), batch_size=4, max_images=2, progress=False
+  )
+  assert summary["num_images"] == 2
+  with open(tmp_path / "per_image.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert [r["image"] for r in rows] == ["bundled/0", "bundled/1"]
+  assert all(float(r["truth_colorfulness"]) > 1 for r in rows)  # real colour photos
