@@ -1,0 +1,429 @@
+"""Tests of chromagan_jax.convert against Keras models and a NumPy torchvision VGG16.
+
+Each source model is built in Keras (or as a torchvision-layout state dict) with random
+weights and non-trivial batch-norm statistics, written in the real file formats (Keras 3's
+legacy h5 writer, the Keras 1/2 layouts written with h5py, torch.save's zip and legacy
+formats written without torch), converted, and run in Flax on the same inputs as the source.
+"""
+
+import collections
+import os
+import pickle
+import shutil
+
+import convert_formats
+import h5py
+import jax
+import keras
+import keras_reference
+import numpy as np
+import pytest
+from keras.src.legacy.saving import legacy_h5_format
+
+from chromagan_jax import checkpoint, convert, models
+
+# Small networks: XLA's optimisation passes cost more than they save here.
+jax.config.update("jax_disable_most_optimizations", True)
+
+REL_TOL = 1e-4
+WIDTH = 0.125
+GEN_SIZE = 64
+NUM_CLASSES = 10
+FC_WIDTH = 512  # scaled(512, 1/8) = 64 units in the class head.
+VGG_WIDTH = 1 / 16
+VGG_FC = 256  # scaled(256, 1/16) = 16 units in fc1 / fc2.
+# torchvision VGG16 layout: conv indices in `features`, Linear indices in `classifier`.
+TORCH_CONVS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
+TORCH_LINEARS = (0, 3, 6)
+
+
+def assert_rel_close(got, want, tol=REL_TOL):
+  """max |got - want| <= tol * max |want|."""
+  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+  assert got.shape == want.shape
+  err = np.max(np.abs(got - want)) / np.max(np.abs(want))
+  assert err <= tol, f"relative error {err:.2e} > {tol:.0e}"
+
+
+def assert_trees_equal(got, want):
+  flat_got = dict(jax.tree_util.tree_leaves_with_path(got))
+  flat_want = dict(jax.tree_util.tree_leaves_with_path(want))
+  assert sorted(map(str, flat_got)) == sorted(map(str, flat_want))
+  for path, value in flat_want.items():
+    np.testing.assert_array_equal(flat_got[path], value, err_msg=jax.tree_util.keystr(path))
+
+
+def randomize(model, seed):
+  """LeCun-normal kernels, small biases, BN with non-trivial gamma/beta/mean/variance."""
+  rng = np.random.default_rng(seed)
+  for layer in model._flatten_layers(include_self=False, recursive=True):
+    if not layer.weights or isinstance(layer, keras.Model):
+      continue
+    values = []
+    for v in layer.weights:
+      shape, name = tuple(v.shape), v.name
+      if name == "kernel":
+        fan_in = int(np.prod(shape[:-1]))
+        values.append(rng.normal(0, 1 / np.sqrt(fan_in), shape))
+      elif name in ("gamma", "moving_variance"):
+        values.append(rng.uniform(0.5, 1.5, shape))
+      elif name == "moving_mean":
+        values.append(rng.normal(0, 0.5, shape))
+      else:  # bias, beta
+        values.append(rng.normal(0, 0.1, shape))
+    layer.set_weights([x.astype(np.float32) for x in values])
+
+
+def save_keras3_weights_h5(model, path):
+  """Keras 3's legacy-h5 weight writer (``save_weights`` to '.h5' in Keras 2)."""
+  with h5py.File(path, "w") as f:
+    legacy_h5_format.save_weights_to_hdf5_group(f, model)
+
+
+def grey_batch(size, n=2, seed=0):
+  grey = np.random.default_rng(seed).uniform(0, 1, (n, size, size, 1)).astype(np.float32)
+  return np.repeat(grey, 3, axis=-1)
+
+
+# ----------------------------------------------------------------------------------------
+# Keras VGG16.
+
+
+@pytest.fixture(scope="module")
+def keras_classifier(tmp_path_factory):
+  """(Keras VGG16 with top at 64x64, width 1/16, logits; {layout: h5 path})."""
+  model = keras_reference.build_keras_vgg16_classifier(
+    GEN_SIZE, VGG_WIDTH, NUM_CLASSES, VGG_FC, activation=None
+  )
+  randomize(model, seed=1)
+  d = tmp_path_factory.mktemp("vgg_top")
+  files = {"keras3": str(d / "vgg16_keras3.h5"), "keras1": str(d / "vgg16_keras1.h5")}
+  save_keras3_weights_h5(model, files["keras3"])
+  layers, _ = convert_formats.keras2_layers(model, style="keras1")
+  convert_formats.write_keras2_h5(files["keras1"], layers, weights_only=True)
+  return model, files
+
+
+def test_vgg16_classifier_from_keras_matches_keras_logits(keras_classifier):
+  model, files = keras_classifier
+  x = grey_batch(GEN_SIZE)
+  want = model(x).numpy()
+  teacher = models.VGG16Classifier(width=VGG_WIDTH, num_classes=NUM_CLASSES, fc_width=VGG_FC)
+  params = convert.vgg16_from_keras(files["keras1"])
+  assert_rel_close(teacher.apply({"params": params}, x), want)
+  # The Keras 3 writer's layout ('block1_conv1/kernel' names) gives the same arrays.
+  assert_trees_equal(convert.vgg16_from_keras(files["keras3"]), params)
+  loaded, preprocessing = convert.load_vgg16(files["keras1"])
+  assert preprocessing == "caffe"
+  assert_trees_equal(loaded, params)
+  # The generator's trunk: blocks 1-4 only.
+  trunk = convert.vgg16_trunk_params(params)
+  assert list(trunk) == [
+    f"block{b}_conv{i}" for b, n in ((1, 2), (2, 2), (3, 3), (4, 3)) for i in range(1, n + 1)
+  ]
+  np.testing.assert_array_equal(
+    trunk["block4_conv3"]["kernel"], params["vgg16"]["block4_conv3"]["kernel"]
+  )
+
+
+def test_vgg16_cli_round_trip(keras_classifier, tmp_path, capsys):
+  _, files = keras_classifier
+  out = str(tmp_path / "vgg16")
+  assert convert.main(["vgg16", files["keras1"], out]) == 0
+  assert "caffe" in capsys.readouterr().out
+  params, preprocessing = convert.load_vgg16(out)
+  assert preprocessing == "caffe"
+  assert_trees_equal(params, convert.vgg16_from_keras(files["keras1"]))
+  # Never overwrites: a second conversion into the same directory fails in one line.
+  assert convert.main(["vgg16", files["keras1"], out]) == 1
+  err = capsys.readouterr().err.strip()
+  assert "\n" not in err and out in err and "not empty" in err
+
+
+def test_keras_applications_notop_file_gives_the_trunk(tmp_path):
+  vgg = keras.applications.VGG16(weights=None, include_top=False, input_shape=(32, 32, 3))
+  randomize(vgg, seed=2)
+  path = str(tmp_path / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5")
+  save_keras3_weights_h5(vgg, path)
+  params = convert.vgg16_from_keras(path, include_top=False)
+  assert set(params) == {"vgg16"}
+  for name in convert.VGG16_CONVS:  # Block 5 too, by value.
+    kernel, bias = vgg.get_layer(name).get_weights()
+    np.testing.assert_array_equal(params["vgg16"][name]["kernel"], kernel)
+    np.testing.assert_array_equal(params["vgg16"][name]["bias"], bias)
+  x = grey_batch(32)
+  want = keras.Model(vgg.input, vgg.get_layer("block4_conv3").output)(x).numpy()
+  trunk = models.VGG16Trunk(depth=4)
+  got = trunk.apply({"params": convert.vgg16_trunk_params(params)}, x)
+  assert_rel_close(got, want)
+  # The teacher needs the classifier top: a notop file is refused, naming the file.
+  with pytest.raises(convert.ConversionError, match=rf"{path}.*notop"):
+    convert.vgg16_from_keras(path)
+  with pytest.raises(convert.ConversionError, match="notop"):
+    convert.load_vgg16(path)
+  assert convert.load_vgg16(path, require_top=False)[1] == "caffe"
+
+
+# ----------------------------------------------------------------------------------------
+# torchvision VGG16 (NumPy reference of torch's NCHW semantics).
+
+
+def torch_vgg16_state_dict(seed, width=VGG_WIDTH, fc=VGG_FC, classes=NUM_CLASSES):
+  rng = np.random.default_rng(seed)
+  sd, cin = collections.OrderedDict(), 3
+  channels = [models.scaled(c, width) for n, c in models.VGG16_BLOCKS for _ in range(n)]
+  for idx, cout in zip(TORCH_CONVS, channels, strict=True):
+    sd[f"features.{idx}.weight"] = rng.normal(0, 1 / np.sqrt(9 * cin), (cout, cin, 3, 3))
+    sd[f"features.{idx}.bias"] = rng.normal(0, 0.1, (cout,))
+    cin = cout
+  sizes = [cin * 3 * 3, models.scaled(fc, width), models.scaled(fc, width), classes]
+  for idx, fin, fout in zip(TORCH_LINEARS, sizes[:-1], sizes[1:], strict=True):
+    sd[f"classifier.{idx}.weight"] = rng.normal(0, 1 / np.sqrt(fin), (fout, fin))
+    sd[f"classifier.{idx}.bias"] = rng.normal(0, 0.1, (fout,))
+  return collections.OrderedDict((k, v.astype(np.float32)) for k, v in sd.items())
+
+
+def torch_vgg16_logits(sd, x_nchw):
+  """torchvision VGG16 forward in NCHW with NumPy (avgpool is the identity at 7x7 maps)."""
+  x = x_nchw.astype(np.float64)
+  for idx in TORCH_CONVS:
+    w, b = sd[f"features.{idx}.weight"], sd[f"features.{idx}.bias"]
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    win = np.lib.stride_tricks.sliding_window_view(xp, (3, 3), axis=(2, 3))
+    x = np.maximum(np.einsum("nchwij,ocij->nohw", win, w) + b[None, :, None, None], 0)
+    if idx + 2 not in TORCH_CONVS:  # A max-pool follows each block's last conv.
+      n, c, h, wd = x.shape
+      x = x.reshape(n, c, h // 2, 2, wd // 2, 2).max(axis=(3, 5))
+  x = x.reshape(x.shape[0], -1)  # torch.flatten(x, 1): C, H, W order.
+  for i, idx in enumerate(TORCH_LINEARS):
+    x = x @ sd[f"classifier.{idx}.weight"].T + sd[f"classifier.{idx}.bias"]
+    if i < 2:
+      x = np.maximum(x, 0)
+  return x
+
+
+@pytest.mark.parametrize("fmt", ["zip", "zip_named_shared_strided", "legacy", "legacy_shared"])
+def test_vgg16_from_torch_matches_torch_semantics(tmp_path, fmt):
+  sd = torch_vgg16_state_dict(seed=3)
+  path = str(tmp_path / "vgg16-397923af.pth")
+  if fmt == "zip":
+    convert_formats.save_torch_zip(path, sd)
+  elif fmt == "zip_named_shared_strided":
+    convert_formats.save_torch_zip(
+      path, sd, prefix="vgg16-397923af", shared=True, transpose_2d=True
+    )
+  else:
+    convert_formats.save_torch_legacy(path, sd, shared=fmt == "legacy_shared")
+  params, preprocessing = convert.load_vgg16(path)
+  assert preprocessing == "torch"
+  # 96x96 input: a 3x3x32 block-5 map, so a missing NCHW -> NHWC permutation of fc1 shows.
+  x = grey_batch(96)
+  x[..., 1] *= 0.5  # Distinct channels, so an RGB/BGR or C-axis mix-up shows too.
+  want = torch_vgg16_logits(sd, x.transpose(0, 3, 1, 2))
+  teacher = models.VGG16Classifier(width=VGG_WIDTH, num_classes=NUM_CLASSES, fc_width=VGG_FC)
+  assert_rel_close(teacher.apply({"params": params}, x), want)
+
+
+def test_torch_reader_refuses_other_pickled_objects(tmp_path):
+  path = str(tmp_path / "evil.pth")
+  convert_formats.save_torch_zip(path, {"a": np.zeros(3, np.float32)})
+  with open(str(tmp_path / "data.pkl"), "wb") as f:
+    pickle.dump({"a": collections.Counter()}, f, protocol=2)
+  import zipfile  # noqa: PLC0415
+
+  with zipfile.ZipFile(path, "w") as zf:
+    zf.write(str(tmp_path / "data.pkl"), "archive/data.pkl")
+  with pytest.raises(convert.ConversionError, match="refusing to unpickle collections.Counter"):
+    convert.read_torch_state_dict(path)
+
+
+# ----------------------------------------------------------------------------------------
+# ChromaGAN generator and critic.
+
+
+@pytest.fixture(scope="module")
+def keras_generator(tmp_path_factory):
+  """(Keras generator 64x64, width 1/8; Keras 3 h5 path; Keras 2 h5 path; Keras 2 layers)."""
+  model = keras_reference.build_keras_generator(GEN_SIZE, WIDTH, NUM_CLASSES, FC_WIDTH)
+  randomize(model, seed=4)
+  d = tmp_path_factory.mktemp("generator")
+  k3 = str(d / "my_model_colorization_keras3.h5")
+  model.save(k3)
+  # Keras 2 layout with auto names numbered from 6 (the critic took conv2d_1..5): numeric
+  # order is the layer order but alphabetical order is not ('conv2d_10' < 'conv2d_6').
+  layers, config = convert_formats.keras2_layers(model, first_index=6)
+  k2 = str(d / "my_model_colorization.h5")
+  convert_formats.write_keras2_h5(k2, layers, config)
+  return model, k3, k2, layers, config
+
+
+def test_generator_from_keras_files(keras_generator):
+  model, k3, k2, layers, _ = keras_generator
+  assert "model_6" in [name for name, _ in layers] and "conv2d_17" in [n for n, _ in layers]
+  want_vars = keras_reference.keras_to_flax(model)  # By layer name: independent mapping.
+  for path in (k2, k3):
+    assert_trees_equal(convert.chromagan_generator_from_keras(path), want_vars)
+  x = grey_batch(GEN_SIZE)
+  want_ab, want_p = (t.numpy() for t in model(x, training=False))
+  # Non-trivial outputs: unsaturated ab, a spread class distribution.
+  assert want_ab.std() > 0.02 and want_p.max() < 0.99
+  gen = models.Generator(
+    image_size=GEN_SIZE, width=WIDTH, num_classes=NUM_CLASSES, fc_width=FC_WIDTH
+  )
+  ab, p = gen.apply(convert.chromagan_generator_from_keras(k2), x)
+  assert_rel_close(ab, want_ab)
+  assert_rel_close(p, want_p)
+
+
+def test_generator_cli_writes_a_colorize_checkpoint(keras_generator, tmp_path, capsys):
+  _, _, k2, _, _ = keras_generator
+  out = str(tmp_path / "authors")
+  assert convert.main(["generator", k2, out]) == 0
+  assert out in capsys.readouterr().out
+  variables, config = checkpoint.load_generator(out)
+  assert_trees_equal(
+    jax.tree.map(np.asarray, variables), convert.chromagan_generator_from_keras(k2)
+  )
+  assert config.model.image_size == GEN_SIZE and config.model.width == WIDTH
+  assert config.model.num_classes == NUM_CLASSES and config.model.fc_width == FC_WIDTH
+  assert config.model.vgg_preprocessing == "none"
+  # The stored model config rebuilds a generator these variables fit.
+  gen = models.models_from_config(config.model)[0]
+  convert.check_shapes(
+    variables, jax.eval_shape(gen.init, jax.random.key(0), grey_batch(GEN_SIZE, 1)), out
+  )
+  assert_trees_equal(convert.load_generator_variables(out), jax.tree.map(np.asarray, variables))
+
+
+def test_generator_layer_order_is_checked_against_strides(keras_generator, tmp_path):
+  _, _, _, layers, config = keras_generator
+  names = [name for name, _ in layers]
+  convs = [i for i, (name, _) in enumerate(layers) if name.startswith("conv2d_")]
+  # Swap global_conv1 (stride 2) with mid_conv1 (stride 1): same shapes, different roles.
+  i, j = convs[0], convs[4]
+  swapped = list(layers)
+  swapped[i], swapped[j] = layers[j], layers[i]
+  path = str(tmp_path / "swapped.h5")
+  convert_formats.write_keras2_h5(path, swapped, config)
+  with pytest.raises(convert.ConversionError, match=rf"{names[j]}.*global_conv1.*stride"):
+    convert.chromagan_generator_from_keras(path)
+
+
+def test_generator_shape_mismatch_names_file_layer_and_shapes(keras_generator, tmp_path):
+  _, _, _, layers, config = keras_generator
+  convs = [name for name, _ in layers if name.startswith("conv2d_")]
+  bad_name = convs[8]  # dec_conv3: (3, 3, 16, 8) at width 1/8.
+  bad = []
+  for name, weights in layers:
+    if name == bad_name:
+      weights = [(w, np.zeros(a.shape[:-1] + (9,)) if a.ndim == 4 else a) for w, a in weights]
+    bad.append((name, weights))
+  path = str(tmp_path / "bad.h5")
+  convert_formats.write_keras2_h5(path, bad, config)
+  with pytest.raises(convert.ConversionError) as e:
+    convert.chromagan_generator_from_keras(path)
+  msg = str(e.value)
+  assert path in msg and "dec_conv3" in msg and bad_name in msg
+  assert "expected shape (3, 3, 16, 8), found (3, 3, 16, 9)" in msg
+
+
+@pytest.fixture(scope="module")
+def keras_critic(tmp_path_factory):
+  model = keras_reference.build_keras_critic(32, WIDTH)
+  randomize(model, seed=5)
+  d = tmp_path_factory.mktemp("critic")
+  k3 = str(d / "critic_keras3.h5")
+  model.save(k3)
+  layers, config = convert_formats.keras2_layers(model)
+  k2 = str(d / "my_model_discriminator.h5")
+  convert_formats.write_keras2_h5(k2, layers, config)
+  return model, k3, k2
+
+
+def test_critic_from_keras_files(keras_critic, tmp_path):
+  model, k3, k2 = keras_critic
+  want_vars = keras_reference.keras_to_flax(model)
+  for path in (k2, k3):
+    assert_trees_equal(convert.chromagan_critic_from_keras(path), want_vars)
+  rng = np.random.default_rng(6)
+  ab = rng.uniform(0, 1, (2, 32, 32, 2)).astype(np.float32)
+  lightness = rng.uniform(0, 1, (2, 32, 32, 1)).astype(np.float32)
+  want = model([ab, lightness]).numpy()
+  got = models.Critic(width=WIDTH).apply(convert.chromagan_critic_from_keras(k2), ab, lightness)
+  assert_rel_close(got, want)
+  out = str(tmp_path / "critic")
+  assert convert.main(["critic", k2, out]) == 0
+  assert_trees_equal(convert.load_critic(out), want_vars)
+  # A critic directory is not VGG16 weights.
+  with pytest.raises(convert.ConversionError, match="'critic'.*'vgg16' expected"):
+    convert.load_vgg16(out)
+
+
+# ----------------------------------------------------------------------------------------
+# Bad inputs: one clear error naming the file.
+
+
+def test_not_hdf5_and_cli_error_line(tmp_path, capsys):
+  path = str(tmp_path / "weights.h5")
+  with open(path, "w") as f:
+    f.write("not weights\n")
+  with pytest.raises(convert.ConversionError, match=rf"{path}: not an HDF5 file"):
+    convert.vgg16_from_keras(path)
+  with pytest.raises(convert.ConversionError, match=rf"{path}: not a Keras .h5, a torch"):
+    convert.load_vgg16(path)
+  assert convert.main(["generator", path, str(tmp_path / "out")]) == 1
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and err.startswith("error: ") and path in err
+  assert not os.path.exists(tmp_path / "out")
+
+
+def test_truncated_files(keras_classifier, tmp_path):
+  _, files = keras_classifier
+  cut = str(tmp_path / "cut.h5")
+  with open(files["keras1"], "rb") as f:
+    data = f.read()
+  with open(cut, "wb") as f:
+    f.write(data[: len(data) // 2])
+  with pytest.raises(convert.ConversionError, match=rf"{cut}.*truncated"):
+    convert.vgg16_from_keras(cut)
+  sd = torch_vgg16_state_dict(seed=7)
+  for save in (convert_formats.save_torch_zip, convert_formats.save_torch_legacy):
+    full, cut = str(tmp_path / "full.pth"), str(tmp_path / "cut.pth")
+    save(full, sd)
+    shutil.copy(full, cut)
+    with open(cut, "r+b") as f:
+      f.truncate(int(os.path.getsize(full) * 0.6))
+    with pytest.raises(convert.ConversionError, match=rf"{cut}.*(truncated|corrupt)"):
+      convert.vgg16_from_torch(cut)
+
+
+def test_vgg19_and_wrong_model_files(keras_classifier, keras_generator, tmp_path):
+  model, _ = keras_classifier
+  layers, _ = convert_formats.keras2_layers(model, style="keras1")
+  extra = (
+    "block5_conv4",
+    [("block5_conv4_W_1:0", np.zeros((3, 3, 32, 32))), ("block5_conv4_b_1:0", np.zeros(32))],
+  )
+  vgg19 = str(tmp_path / "vgg19_weights_tf_dim_ordering_tf_kernels.h5")
+  convert_formats.write_keras2_h5(vgg19, layers + [extra], weights_only=True)
+  with pytest.raises(convert.ConversionError, match=rf"{vgg19}.*block5_conv4.*VGG19"):
+    convert.vgg16_from_keras(vgg19)
+  sd = torch_vgg16_state_dict(seed=8)
+  sd["features.30.weight"] = np.zeros((32, 32, 3, 3), np.float32)
+  sd["features.30.bias"] = np.zeros((32,), np.float32)
+  pth = str(tmp_path / "vgg19.pth")
+  convert_formats.save_torch_zip(pth, sd)
+  with pytest.raises(convert.ConversionError, match=rf"{pth}: has 14 convolutions"):
+    convert.vgg16_from_torch(pth)
+  # A generator file is not VGG16, and a VGG16 file is not a generator or a critic.
+  _, _, k2, _, _ = keras_generator
+  with pytest.raises(convert.ConversionError, match=rf"{k2}: no VGG16 layers"):
+    convert.vgg16_from_keras(k2)
+  vgg = str(tmp_path / "vgg16.h5")
+  convert_formats.write_keras2_h5(vgg, layers, weights_only=True)
+  with pytest.raises(
+    convert.ConversionError, match=rf"{vgg}: .*block5_conv1.*not a ChromaGAN generator"
+  ):
+    convert.chromagan_generator_from_keras(vgg)
+  with pytest.raises(convert.ConversionError, match=rf"{vgg}: layer 'fc1' is not a convolution"):
+    convert.chromagan_critic_from_keras(vgg)
