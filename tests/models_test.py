@@ -1,0 +1,331 @@
+"""Tests of chromagan_jax.models: exact parameter counts, shapes, and numerical parity with
+Keras 3 builds of the same spec (tests/keras_reference.py), layer by layer and end to end."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import keras
+import keras_reference as kr
+import numpy as np
+import pytest
+from keras import layers
+
+from chromagan_jax import models
+from configs import tiny
+
+jax.config.update("jax_disable_most_optimizations", True)
+
+# Small build used for forward passes: the real code at 64x64 and 1/8 width.
+SIZE = 64
+WIDTH = 0.125
+BATCH = 2
+RTOL = 1e-4
+
+
+def _count(tree):
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+def _random_variables(module, *shapes, seed=0):
+  """Variables of ``module`` for inputs of ``shapes``, drawn with NumPy (not ``module.init``).
+
+  Structure and shapes come from ``jax.eval_shape`` (cheap); kernels are N(0, 1/fan_in)
+  (variance-preserving, so deep random nets stay in a sane range), biases and BN
+  scale/offset/moving statistics are non-trivial so every term of every layer is exercised.
+  Compiling ``jax.random`` initialisers costs seconds on a small CPU; this costs nothing.
+  """
+  rng = np.random.default_rng(seed)
+  key = jax.random.key(0)
+  abstract = jax.eval_shape(module.init, key, *(jnp.zeros(s) for s in shapes))
+
+  def draw(path, x):
+    name = jax.tree_util.keystr(path[-1:])
+    shape = x.shape
+    if "kernel" in name:
+      return (rng.normal(size=shape) / np.sqrt(np.prod(shape[:-1]))).astype(np.float32)
+    if "scale" in name or "var" in name:
+      return rng.uniform(0.5, 1.5, shape).astype(np.float32)
+    return rng.normal(0.0, 0.1, shape).astype(np.float32)  # bias, BN offset, moving mean
+
+  return jax.tree_util.tree_map_with_path(draw, abstract)
+
+
+def _inputs(shape, seed):
+  return np.random.default_rng(seed).uniform(0.0, 1.0, shape).astype(np.float32)
+
+
+def _assert_close(got, want, rtol=RTOL):
+  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+  assert got.shape == want.shape
+  # Relative to the output's scale: elementwise rtol plus rtol * max|want| for values near 0.
+  np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * np.abs(want).max())
+
+
+# --- paper configuration (shapes only, via eval_shape) ------------------------------------
+
+
+def test_parameter_counts_at_paper_configuration():
+  gen, critic, teacher = models.Generator(), models.Critic(), models.VGG16Classifier()
+  key = jax.random.key(0)
+  v = jax.eval_shape(gen.init, key, jnp.zeros((1, 224, 224, 3)))
+  assert set(v) == {"params", "batch_stats"}
+  assert _count(v["params"]) == 171_166_090
+  assert _count(v["batch_stats"]) == 5_632
+  v = jax.eval_shape(critic.init, key, jnp.zeros((1, 224, 224, 2)), jnp.zeros((1, 224, 224, 1)))
+  assert set(v) == {"params"}
+  assert _count(v["params"]) == 2_764_737
+  # keras.applications.VGG16(include_top=True).count_params().
+  v = jax.eval_shape(teacher.init, key, jnp.zeros((1, 224, 224, 3)))
+  assert _count(v["params"]) == 138_357_544
+
+
+def test_output_shapes_at_paper_configuration():
+  gen, critic, teacher = models.Generator(), models.Critic(), models.VGG16Classifier()
+  key = jax.random.key(0)
+  l3 = jax.ShapeDtypeStruct((3, 224, 224, 3), jnp.float32)
+  ab_in = jax.ShapeDtypeStruct((3, 224, 224, 2), jnp.float32)
+  l_in = jax.ShapeDtypeStruct((3, 224, 224, 1), jnp.float32)
+  ab, probs = jax.eval_shape(lambda x: gen.init_with_output(key, x)[0], l3)
+  assert (ab.shape, probs.shape) == ((3, 224, 224, 2), (3, 1000))
+  assert ab.dtype == probs.dtype == jnp.float32
+  scores = jax.eval_shape(lambda a, b: critic.init_with_output(key, a, b)[0], ab_in, l_in)
+  assert scores.shape == (3, 28, 28, 1)
+  logits = jax.eval_shape(lambda x: teacher.init_with_output(key, x)[0], l3)
+  assert logits.shape == (3, 1000)
+
+
+def test_generator_rejects_wrong_input_size():
+  with pytest.raises(ValueError, match="64, 64, 3"):
+    jax.eval_shape(
+      models.Generator(image_size=SIZE, width=WIDTH).init,
+      jax.random.key(0),
+      jnp.zeros((1, 32, 32, 3)),
+    )
+
+
+def test_models_from_config():
+  config = tiny.get_config()
+  gen, critic, teacher = models.models_from_config(config.model, dtype=jnp.bfloat16)
+  assert isinstance(gen, models.Generator) and gen.image_size == config.model.image_size
+  assert gen.width == critic.width == teacher.width == config.model.width
+  assert gen.dtype == critic.dtype == teacher.dtype == jnp.bfloat16
+  assert teacher.preprocessing == gen.vgg_preprocessing == config.model.vgg_preprocessing
+
+
+def test_vgg_preprocess_matches_keras_applications():
+  x = _inputs((2, 4, 4, 3), seed=1)
+  np.testing.assert_array_equal(models.vgg_preprocess(x, "none"), x)
+  # Keras' caffe/torch preprocessing takes RGB in [0, 255].
+  want = keras.applications.imagenet_utils.preprocess_input(x * 255.0, mode="caffe")
+  np.testing.assert_allclose(models.vgg_preprocess(x, "caffe"), want, rtol=1e-5, atol=1e-4)
+  want = keras.applications.imagenet_utils.preprocess_input(x * 255.0, mode="torch")
+  np.testing.assert_allclose(models.vgg_preprocess(x, "torch"), want, rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="unknown vgg_preprocessing"):
+    models.vgg_preprocess(x, "tf")
+
+
+# --- small configuration: Flax forward passes ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def generator():
+  """(module, variables, jitted inference apply, jitted train apply) at the small config.
+
+  The train apply returns ((ab, probs), {'batch_stats': updated statistics}).
+  """
+  gen = models.Generator(image_size=SIZE, width=WIDTH)
+  variables = _random_variables(gen, (1, SIZE, SIZE, 3), seed=1)
+  infer = jax.jit(lambda v, x: gen.apply(v, x, train=False))
+  train = jax.jit(lambda v, x: gen.apply(v, x, train=True, mutable=["batch_stats"]))
+  return gen, variables, infer, train
+
+
+@pytest.fixture(scope="module")
+def critic():
+  crit = models.Critic(width=WIDTH)
+  return crit, _random_variables(crit, (1, SIZE, SIZE, 2), (1, SIZE, SIZE, 1), seed=2)
+
+
+def test_generator_forward_ranges(generator):
+  _, variables, infer, _ = generator
+  ab, probs = infer(variables, _inputs((BATCH, SIZE, SIZE, 3), seed=3))
+  assert ab.shape == (BATCH, SIZE, SIZE, 2) and probs.shape == (BATCH, 1000)
+  assert float(ab.min()) >= 0.0 and float(ab.max()) <= 1.0
+  assert float(probs.min()) >= 0.0
+  np.testing.assert_allclose(np.sum(probs, axis=-1), 1.0, atol=1e-5)
+  # Nearest upsampling last: every 2x2 block of the output is constant.
+  np.testing.assert_array_equal(ab[:, ::2, ::2], ab[:, 1::2, 1::2])
+
+
+def test_train_mode_updates_batch_stats_and_eval_mode_does_not(generator):
+  gen, variables, infer, train = generator
+  x = _inputs((BATCH, SIZE, SIZE, 3), seed=4)
+  (train_ab, _), updates = train(variables, x)
+  assert set(updates) == {"batch_stats"}
+  changed = jax.tree.map(
+    lambda a, b: not np.allclose(a, b), updates["batch_stats"], variables["batch_stats"]
+  )
+  assert all(jax.tree.leaves(changed))
+  # Inference mode: a read-only batch_stats collection is returned unchanged.
+  (ab, _), state = jax.jit(lambda v, x: gen.apply(v, x, mutable=["batch_stats"]))(variables, x)
+  assert jax.tree.all(jax.tree.map(np.array_equal, state["batch_stats"], variables["batch_stats"]))
+  np.testing.assert_array_equal(ab, infer(variables, x)[0])
+  # Train mode normalises with batch statistics, so its outputs differ from inference mode.
+  assert not np.allclose(train_ab, ab)
+
+
+def test_bfloat16_compute_path(generator, critic):
+  _, variables, infer, _ = generator
+  gen16 = models.Generator(image_size=SIZE, width=WIDTH, dtype=jnp.bfloat16)
+  shapes16 = jax.eval_shape(gen16.init, jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(shapes16))
+  x = _inputs((BATCH, SIZE, SIZE, 3), seed=5)
+  ab32, p32 = infer(variables, x)
+  ab16, p16 = jax.jit(gen16.apply)(variables, x)
+  assert ab16.dtype == p16.dtype == jnp.float32
+  assert np.all(np.isfinite(ab16)) and np.all(np.isfinite(p16))
+  assert np.abs(ab16 - ab32).max() < 0.05
+  assert np.abs(p16 - p32).sum(axis=-1).max() < 0.1  # total variation distance * 2
+  crit, cvars = critic
+  crit16 = models.Critic(width=WIDTH, dtype=jnp.bfloat16)
+  ab, lum = _inputs((BATCH, SIZE, SIZE, 2), 6), _inputs((BATCH, SIZE, SIZE, 1), 7)
+  s32, s16 = jax.jit(crit.apply)(cvars, ab, lum), jax.jit(crit16.apply)(cvars, ab, lum)
+  assert s16.dtype == jnp.float32
+  assert np.abs(s16 - s32).max() < 0.05 * np.abs(s32).max()
+
+
+# --- layer-level parity with Keras --------------------------------------------------------
+
+
+def _keras_layer_out(layer, x, weights=None, training=False):
+  inputs = keras.Input(x.shape[1:])
+  model = keras.Model(inputs, layer(inputs))
+  if weights is not None:
+    layer.set_weights(weights)
+  return np.asarray(model(x, training=training))
+
+
+@pytest.mark.parametrize(
+  "kernel,stride,size",
+  [(3, 1, 10), (3, 2, 28), (3, 2, 14), (4, 2, 16), (4, 1, 7), (4, 1, 8), (1, 1, 6)],
+)
+def test_conv_same_padding_matches_keras(kernel, stride, size):
+  x = _inputs((2, size, size, 3), seed=kernel * 10 + stride)
+  conv = nn.Conv(5, (kernel, kernel), strides=(stride, stride), padding="SAME")
+  v = _random_variables(conv, x.shape, seed=size)
+  got = conv.apply(v, x)
+  k, b = np.asarray(v["params"]["kernel"]), np.asarray(v["params"]["bias"])
+  want = _keras_layer_out(layers.Conv2D(5, kernel, strides=stride, padding="same"), x, [k, b])
+  assert got.shape == want.shape == (2, -(-size // stride), -(-size // stride), 5)
+  _assert_close(got, want, rtol=1e-5)
+
+
+def test_upsampling_matches_keras():
+  x = _inputs((2, 3, 5, 4), seed=11)
+  _assert_close(models.upsample_nearest(x), _keras_layer_out(layers.UpSampling2D(2), x), 0)
+
+
+def test_max_pool_matches_keras():
+  x = _inputs((2, 8, 8, 4), seed=12)
+  _assert_close(models.max_pool(x), _keras_layer_out(layers.MaxPooling2D(2), x), 0)
+
+
+def test_flatten_into_dense_matches_keras():
+  """NHWC flatten order (H, W, C) as Keras' Flatten, so released Dense kernels apply as is."""
+  x = _inputs((2, 7, 7, 6), seed=13)
+  dense = nn.Dense(9)
+  v = _random_variables(dense, (2, 7 * 7 * 6), seed=15)
+  got = dense.apply(v, x.reshape(x.shape[0], -1))
+  inputs = keras.Input(x.shape[1:])
+  keras_dense = layers.Dense(9)
+  model = keras.Model(inputs, keras_dense(layers.Flatten()(inputs)))
+  keras_dense.set_weights([np.asarray(v["params"]["kernel"]), np.asarray(v["params"]["bias"])])
+  _assert_close(got, np.asarray(model(x)), rtol=1e-5)
+
+
+def test_batch_norm_matches_keras_inference_and_training():
+  rng = np.random.default_rng(14)
+  x = rng.normal(0.5, 2.0, (4, 5, 5, 6)).astype(np.float32)
+  gamma, beta = rng.uniform(0.5, 1.5, 6), rng.normal(0, 1, 6)
+  mean, var = rng.normal(0, 1, 6), rng.uniform(0.5, 2.0, 6)
+  weights = [a.astype(np.float32) for a in (gamma, beta, mean, var)]
+  variables = {
+    "params": {"scale": weights[0], "bias": weights[1]},
+    "batch_stats": {"mean": weights[2], "var": weights[3]},
+  }
+  bn = lambda train: nn.BatchNorm(  # noqa: E731
+    use_running_average=not train, momentum=models.BN_MOMENTUM, epsilon=models.BN_EPSILON
+  )
+  # Inference: (x - moving_mean) / sqrt(moving_var + 1e-3) * gamma + beta.
+  hand = (x - mean) / np.sqrt(var + 1e-3) * gamma + beta
+  _assert_close(bn(False).apply(variables, x), hand, rtol=1e-5)
+  keras_bn = layers.BatchNormalization()  # Keras defaults: momentum 0.99, epsilon 1e-3.
+  _assert_close(bn(False).apply(variables, x), _keras_layer_out(keras_bn, x, weights), 1e-5)
+  # Training: batch statistics, and moving = 0.99 * moving + 0.01 * batch (biased variance).
+  got, updates = bn(True).apply(variables, x, mutable=["batch_stats"])
+  want = _keras_layer_out(keras_bn, x, weights, training=True)
+  _assert_close(got, want, rtol=1e-4)
+  _assert_close(updates["batch_stats"]["mean"], keras_bn.moving_mean.numpy(), rtol=1e-5)
+  _assert_close(updates["batch_stats"]["var"], keras_bn.moving_variance.numpy(), rtol=1e-5)
+
+
+def test_leaky_relu_matches_keras_default():
+  x = np.linspace(-3, 3, 25, dtype=np.float32).reshape(1, 25)
+  want = _keras_layer_out(layers.LeakyReLU(), x)
+  _assert_close(nn.leaky_relu(x, models.LEAKY_SLOPE), want, rtol=1e-6)
+  np.testing.assert_allclose(want[0, 0], -3 * 0.3, rtol=1e-6)
+
+
+# --- whole-model parity with Keras --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def keras_generator():
+  return kr.build_keras_generator(SIZE, WIDTH)
+
+
+def test_generator_matches_keras_inference(generator, keras_generator):
+  _, variables, infer, _ = generator
+  kr.flax_to_keras(variables, keras_generator)
+  x = _inputs((BATCH, SIZE, SIZE, 3), seed=20)
+  ab, probs = infer(variables, x)
+  kab, kprobs = keras_generator(x, training=False)
+  _assert_close(ab, kab)
+  _assert_close(probs, kprobs)
+  # The round trip through Keras gives back the same Flax tree.
+  back = kr.keras_to_flax(keras_generator)
+  assert jax.tree.structure(back) == jax.tree.structure(variables)
+  jax.tree.map(np.testing.assert_array_equal, back, variables)
+
+
+def test_generator_matches_keras_training_mode(generator, keras_generator):
+  _, variables, _, train = generator
+  kr.flax_to_keras(variables, keras_generator)
+  x = _inputs((BATCH, SIZE, SIZE, 3), seed=21)
+  (ab, probs), updates = train(variables, x)
+  kab, kprobs = keras_generator(x, training=True)  # also updates Keras' moving statistics
+  _assert_close(ab, kab, rtol=1e-3)
+  _assert_close(probs, kprobs, rtol=1e-3)
+  kstats = kr.keras_to_flax(keras_generator)["batch_stats"]
+  jax.tree.map(lambda a, b: _assert_close(a, b, rtol=1e-4), updates["batch_stats"], kstats)
+
+
+def test_critic_matches_keras(critic):
+  crit, variables = critic
+  keras_critic = kr.build_keras_critic(SIZE, WIDTH)
+  kr.flax_to_keras(variables, keras_critic)
+  ab, lum = _inputs((BATCH, SIZE, SIZE, 2), 22), _inputs((BATCH, SIZE, SIZE, 1), 23)
+  scores = jax.jit(crit.apply)(variables, ab, lum)
+  assert scores.shape == (BATCH, SIZE // 8, SIZE // 8, 1)
+  _assert_close(scores, keras_critic([ab, lum]))
+
+
+def test_vgg16_classifier_matches_keras():
+  teacher = models.VGG16Classifier(width=WIDTH)
+  x = _inputs((BATCH, SIZE, SIZE, 3), seed=24)
+  variables = _random_variables(teacher, x.shape, seed=3)
+  keras_vgg = kr.build_keras_vgg16_classifier(SIZE, WIDTH)
+  kr.flax_to_keras(variables, keras_vgg)
+  logits = jax.jit(teacher.apply)(variables, x)
+  _assert_close(jax.nn.softmax(logits), keras_vgg(x))
+  jax.tree.map(np.testing.assert_array_equal, kr.keras_to_flax(keras_vgg), variables)
