@@ -50,7 +50,11 @@ def gradient_penalty(critic_fn: Callable, ab_real, ab_fake, lightness, eps):
   ab_hat = e * ab_real + (1.0 - e) * ab_fake
   grads = jax.grad(lambda x: jnp.sum(critic_fn(x, lightness).astype(jnp.float32)))(ab_hat)
   grads = grads.astype(jnp.float32).reshape(grads.shape[0], -1)
-  norms = jnp.sqrt(jnp.sum(jnp.square(grads), axis=-1))
+  sq_norms = jnp.sum(jnp.square(grads), axis=-1)
+  # sqrt has an infinite derivative at 0: a sample whose ab gradient vanishes would make the
+  # critic's parameter gradient NaN. Its norm is 0 and its (sub)gradient is taken as 0.
+  positive = sq_norms > 0
+  norms = jnp.where(positive, jnp.sqrt(jnp.where(positive, sq_norms, 1.0)), 0.0)
   return jnp.mean(jnp.square(1.0 - norms))
 
 
