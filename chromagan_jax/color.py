@@ -90,7 +90,9 @@ def lab_to_rgb(lab, clip=True):
   """Lab (..., 3) -> sRGB float (..., 3) in [0, 1].
 
   Out-of-gamut colours are clipped per channel in linear RGB (as scikit-image and OpenCV do)
-  when ``clip`` is true.
+  when ``clip`` is true. Like OpenCV's ``COLOR_Lab2RGB`` (which the reference uses) and unlike
+  scikit-image, ``fz = fy - b/200`` is not clamped at 0, which only changes dark, strongly
+  yellow colours that lie outside the sRGB gamut.
   """
   # Lab values are never rescaled (an integer Lab array holds Lab units, not 8-bit codes).
   lightness, a, b = jnp.moveaxis(jnp.asarray(lab).astype(jnp.float32), -1, 0)
