@@ -726,6 +726,8 @@ class _TorchUnpickler(pickle.Unpickler):
       return _rebuild_tensor
     if (module, name) == ("torch._utils", "_rebuild_parameter"):
       return _rebuild_parameter
+    if (module, name) == ("torch", "Size"):  # torch.Size((2, 3)) -> (2, 3).
+      return tuple
     if module == "torch" and name in _TORCH_STORAGE_DTYPES:
       return _StorageType(_TORCH_STORAGE_DTYPES[name])
     raise ConversionError(
