@@ -9,7 +9,8 @@ Sources (``config.data.source``):
   * ``'tfds'``: a TFDS dataset (``imagenet2012`` by default; its tars are a manual download).
   * ``'folder'``: a directory (searched recursively) or a glob of JPEG/PNG/WebP/BMP/TIFF/GIF
     files. Unreadable files are skipped with a warning naming each one (see
-    ``skipped_files``), never crashing a long run.
+    ``skipped_files``), never crashing a long run; in training, the slot of an unreadable
+    file is filled by the next readable file (sorted order), which keeps resumes exact.
   * ``'bundled'``: real colour photos that ship inside the scikit-image wheel (a demo set).
 
 Training streams are infinite and deterministic given ``config.seed``: the batches of
