@@ -1,0 +1,130 @@
+"""Shared helpers of the benchmark scripts: timing, machine facts, matmul peak, JSON output.
+
+The scripts import this module as ``common`` (they put ``bench/`` and ``tests/`` on
+``sys.path``), so they run as ``python bench/<script>.py`` from the repository root.
+"""
+
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+for _p in (ROOT, os.path.join(ROOT, "tests")):
+  if _p not in sys.path:
+    sys.path.insert(0, _p)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+
+def cpu_model() -> str:
+  """lscpu-style model name from /proc/cpuinfo ('unknown' elsewhere)."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or "unknown"
+
+
+def machine_info() -> dict:
+  """CPU, core count, load average and library versions, recorded with every result."""
+  import jax  # noqa: PLC0415
+  import tensorflow as tf  # noqa: PLC0415
+
+  return {
+    "cpu": cpu_model(),
+    "cores": os.cpu_count(),
+    "load_average_1_5_15": list(os.getloadavg()),
+    "python": platform.python_version(),
+    "jax": jax.__version__,
+    "jax_backend": jax.default_backend(),
+    "tensorflow": tf.__version__,
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
+  }
+
+
+def peak_rss_mib() -> float:
+  """Peak resident memory of this process so far (ru_maxrss is KiB on Linux)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def time_once(fn: Callable[[], object]) -> float:
+  """Seconds for one call of ``fn``, which must block until its result is ready."""
+  start = time.perf_counter()
+  fn()
+  return time.perf_counter() - start
+
+
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+  """Times each of ``fns`` ``repeats`` times in turn (A B A B ...), after one warm-up each.
+
+  Interleaving spreads load changes on a shared machine evenly over the contenders.
+  """
+  for fn in fns.values():
+    fn()
+  times = {name: [] for name in fns}
+  for _ in range(repeats):
+    for name, fn in fns.items():
+      times[name].append(time_once(fn))
+  return times
+
+
+def median(xs: list[float]) -> float:
+  return float(statistics.median(xs))
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> dict[str, float]:
+  """Best-of-``repeats`` fp32 GFLOP/s of an (n, n) @ (n, n) product with jnp.dot and np.dot."""
+  import jax  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
+
+  rng = np.random.default_rng(0)
+  a = rng.standard_normal((n, n), dtype=np.float32)
+  b = rng.standard_normal((n, n), dtype=np.float32)
+  ja, jb = jnp.asarray(a), jnp.asarray(b)
+  dot = jax.jit(jnp.dot)
+  flops = 2.0 * n**3
+  t_jax = min(interleaved({"jax": lambda: dot(ja, jb).block_until_ready()}, repeats)["jax"])
+  t_np = min(interleaved({"np": lambda: np.dot(a, b)}, repeats)["np"])
+  return {"jnp_dot": flops / t_jax / 1e9, "np_dot": flops / t_np / 1e9, "n": n}
+
+
+def compile_with_cost(jitted, *args):
+  """(compiled executable, FLOPs of one call from XLA's cost analysis, compile seconds).
+
+  Callers run the returned executable, so the function is compiled once only.
+  """
+  start = time.perf_counter()
+  compiled = jitted.lower(*args).compile()
+  seconds = time.perf_counter() - start
+  cost = compiled.cost_analysis()
+  if isinstance(cost, list | tuple):  # Older JAX returned one dict per device.
+    cost = cost[0]
+  return compiled, float(cost.get("flops", float("nan"))), seconds
+
+
+def write_json(path: str, result: dict) -> None:
+  """Writes ``result`` as indented JSON, creating the directory."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(result, f, indent=2, sort_keys=True)
+  print(f"wrote {path}")
+
+
+def print_table(rows: list[dict], columns: list[str]) -> None:
+  """A plain-text table of ``rows`` (floats with 3 significant digits)."""
+  fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
+  cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
+  widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+  print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+  for r in cells:
+    print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))

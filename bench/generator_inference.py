@@ -1,0 +1,113 @@
+"""Generator inference images/s: this project (JAX/XLA) vs a Keras build with the same weights.
+
+  python bench/generator_inference.py                 # 224x224, width 1, batch 1 and 16
+  python bench/generator_inference.py --smoke         # seconds: 32x32, width 1/16, batch 1, 2
+
+Both run in this process, timed interleaved (JAX, Keras, JAX, Keras, ...); medians are
+reported with the ratio, the fraction of the machine's fp32 matmul peak (model FLOPs from
+XLA's cost analysis), the JAX compile time and the process' peak resident memory. Keras runs
+in a ``tf.function`` without XLA (TensorFlow's oneDNN kernels), its fastest CPU path here.
+"""
+
+import argparse
+
+import common  # noqa: I001 (sets sys.path and TF env before the imports below)
+import jax
+import jax.numpy as jnp
+import keras_reference
+import numpy as np
+import tensorflow as tf
+
+from chromagan_jax import models
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  p.add_argument("--smoke", action="store_true", help="tiny sizes, to check the script runs")
+  p.add_argument("--image_size", type=int, default=224)
+  p.add_argument("--width", type=float, default=1.0)
+  p.add_argument("--fc_width", type=int, default=4096, help="class head width before --width")
+  p.add_argument("--num_classes", type=int, default=1000)
+  p.add_argument("--batches", default="1,16", help="comma-separated batch sizes")
+  p.add_argument("--repeats", type=int, default=5, help="timed calls per framework and batch")
+  p.add_argument("--json", default="bench/results/generator_inference.json")
+  args = p.parse_args(argv)
+  if args.smoke:
+    args.image_size, args.width, args.batches, args.repeats = 32, 0.0625, "1,2", 1
+    args.fc_width, args.num_classes = 256, 16
+  return args
+
+
+def run(args) -> dict:
+  size, width = args.image_size, args.width
+  gen = models.Generator(
+    image_size=size, width=width, fc_width=args.fc_width, num_classes=args.num_classes
+  )
+  variables = jax.jit(lambda k: gen.init(k, jnp.zeros((1, size, size, 3)), train=False))(
+    jax.random.key(0)
+  )
+  keras_model = keras_reference.build_keras_generator(size, width, args.num_classes, args.fc_width)
+  keras_reference.flax_to_keras(jax.device_get(variables), keras_model)
+  keras_fn = tf.function(lambda x: keras_model(x, training=False), jit_compile=False)
+  jax_fn = jax.jit(lambda v, x: gen.apply(v, x, train=False))
+
+  peak = common.matmul_peak_gflops(256 if args.smoke else 2048)
+  rows = []
+  for batch in (int(b) for b in args.batches.split(",")):
+    x = np.random.default_rng(batch).random((batch, size, size, 3), dtype=np.float32)
+    xj, xt = jnp.asarray(x), tf.constant(x)
+    compiled, flops, compile_s = common.compile_with_cost(jax_fn, variables, xj)
+    ab_j, _ = compiled(variables, xj)
+    ab_k, _ = keras_fn(xt)
+    max_diff = float(np.max(np.abs(np.asarray(ab_j) - ab_k.numpy())))
+    times = common.interleaved(
+      {
+        "jax": lambda xj=xj, f=compiled: jax.block_until_ready(f(variables, xj)),
+        "keras": lambda xt=xt: [t.numpy() for t in keras_fn(xt)],
+      },
+      args.repeats,
+    )
+    tj, tk = common.median(times["jax"]), common.median(times["keras"])
+    rows.append(
+      {
+        "batch": batch,
+        "jax_img_s": batch / tj,
+        "keras_img_s": batch / tk,
+        "ratio_jax_over_keras": tk / tj,
+        "gflop_per_call": flops / 1e9,
+        "jax_gflop_s": flops / tj / 1e9,
+        "keras_gflop_s": flops / tk / 1e9,
+        "jax_frac_of_peak": flops / tj / 1e9 / peak["jnp_dot"],
+        "keras_frac_of_peak": flops / tk / 1e9 / peak["jnp_dot"],
+        "jax_compile_s": compile_s,
+        "max_abs_diff_ab": max_diff,
+        "times_s": times,
+      }
+    )
+  return {
+    "benchmark": "generator_inference",
+    "image_size": size,
+    "width": width,
+    "repeats": args.repeats,
+    "matmul_peak_gflop_s": peak,
+    "rows": rows,
+    "peak_rss_mib_both_frameworks": common.peak_rss_mib(),
+    "machine": common.machine_info(),
+  }
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  result = run(args)
+  common.print_table(
+    result["rows"],
+    ["batch", "jax_img_s", "keras_img_s", "ratio_jax_over_keras", "jax_gflop_s",
+     "keras_gflop_s", "jax_frac_of_peak", "jax_compile_s", "max_abs_diff_ab"],
+  )  # fmt: skip
+  print(f"matmul peak: {result['matmul_peak_gflop_s']}")
+  common.write_json(args.json, result)
+  return result
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,66 @@
+"""Smoke test of the benchmark scripts in bench/: each runs end to end in its --smoke mode.
+
+Keeps the scripts from rotting as the library changes. Timings are not checked (the machine is
+shared); the outputs are: positive rates, consistent ratios, and for the inference benchmark
+the Keras build with the copied weights must reproduce the JAX generator's output.
+"""
+
+import json
+import os
+import sys
+
+import jax
+import pytest
+
+jax.config.update("jax_disable_most_optimizations", True)
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
+sys.path.insert(0, BENCH)
+
+import generator_inference  # noqa: E402
+import input_pipeline as input_pipeline_bench  # noqa: E402
+import train_step  # noqa: E402
+
+
+def _load(path):
+  with open(path) as f:
+    return json.load(f)
+
+
+def test_generator_inference_smoke(tmp_path):
+  out = tmp_path / "gi.json"
+  generator_inference.main(["--smoke", "--json", str(out)])
+  result = _load(out)
+  assert [r["batch"] for r in result["rows"]] == [1, 2]
+  for r in result["rows"]:
+    assert r["jax_img_s"] > 0 and r["keras_img_s"] > 0
+    assert r["ratio_jax_over_keras"] == pytest.approx(r["jax_img_s"] / r["keras_img_s"])
+    assert r["gflop_per_call"] > 0
+    # Same weights in both frameworks -> the same colours (float32 round-off only).
+    assert r["max_abs_diff_ab"] < 1e-4
+  assert result["matmul_peak_gflop_s"]["jnp_dot"] > 0
+  assert result["machine"]["cores"] >= 1
+
+
+def test_train_step_smoke(tmp_path):
+  out = tmp_path / "ts.json"
+  # Teacher on only: the 'off' mode is the same code minus the KL term, and each mode costs a
+  # JAX compile and a tf.function trace (~30 s on 2 shared cores).
+  train_step.main(["--smoke", "--teacher", "on", "--json", str(out)])
+  result = _load(out)
+  (row,) = result["rows"]
+  assert row["teacher"] == "on" and row["batch"] == 2
+  assert row["jax_img_s"] > 0 and row["tf_img_s"] > 0 and row["gflop_per_step"] > 0
+  assert row["ratio_jax_over_tf"] == pytest.approx(row["jax_img_s"] / row["tf_img_s"])
+
+
+def test_input_pipeline_smoke(tmp_path):
+  out = tmp_path / "ip.json"
+  input_pipeline_bench.main(
+    ["--smoke", "--json", str(out), "--train_step_json", str(tmp_path / "missing.json")]
+  )
+  result = _load(out)
+  assert [r["augment"] for r in result["rows"]] == [False, True]
+  for r in result["rows"]:
+    assert r["steady_img_s"] > 0 and r["num_photos"] > 0
+    assert r["train_step_img_s"] == "n/a"
