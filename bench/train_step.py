@@ -34,6 +34,12 @@ def parse_args(argv=None):
   p.add_argument("--batch", type=int, default=2)
   p.add_argument("--repeats", type=int, default=3, help="timed steps per framework and mode")
   p.add_argument("--teacher", default="on,off", help="'on', 'off' or 'on,off'")
+  p.add_argument(
+    "--cpu_kernels",
+    action="store_true",
+    help="route every flax Conv through chromagan_jax.cpu_kernels.conv (bench-only patch "
+    "until models.py has a config hook)",
+  )
   p.add_argument("--json", default="bench/results/train_step.json")
   args = p.parse_args(argv)
   if args.smoke:
@@ -113,7 +119,34 @@ def _flat_teacher(t_params):
   return flat
 
 
+class _NnWithCpuConv:
+  """``flax.linen`` whose ``Conv`` uses ``cpu_kernels.conv`` in the generator and teacher.
+
+  The critic keeps XLA's conv: the gradient penalty differentiates its VJP again, which a
+  ``pure_callback`` does not support. Critic convs are the ones named ``conv1`` .. ``conv5``.
+  """
+
+  def __init__(self):
+    import flax.linen as nn  # noqa: PLC0415
+
+    from chromagan_jax import cpu_kernels  # noqa: PLC0415
+
+    def conv(*args, name=None, **kwargs):
+      if name and not name.startswith("conv"):
+        kwargs["conv_general_dilated"] = cpu_kernels.conv
+      return nn.Conv(*args, name=name, **kwargs)
+
+    self._nn, self.Conv = nn, conv
+
+  def __getattr__(self, name):
+    return getattr(self._nn, name)
+
+
 def run(args) -> dict:
+  if args.cpu_kernels:
+    from chromagan_jax import models  # noqa: PLC0415
+
+    models.nn = _NnWithCpuConv()
   config = make_config(args)
   mesh = train_lib.make_mesh(jax.devices()[:1])
   nets = train_lib.make_networks(config)
@@ -165,6 +198,7 @@ def run(args) -> dict:
     )
   return {
     "benchmark": "train_step",
+    "cpu_kernels": args.cpu_kernels,
     "image_size": s,
     "width": args.width,
     "repeats": args.repeats,

@@ -8,6 +8,8 @@ by ``tf.raw_ops.Conv2DBackpropFilter`` through ``jax.pure_callback``. Unsupporte
 (dilation, groups, non-NHWC layouts, explicit padding, non-float32) fall back to
 ``lax.conv_general_dilated`` unchanged. Use it only on CPU (a callback would copy device
 buffers to the host on an accelerator); TensorFlow is imported on the first backward pass.
+Only first-order gradients: a ``pure_callback`` cannot be differentiated again, so it must not
+be used in the critic, whose gradient penalty differentiates the critic's input gradient.
 """
 
 import functools
