@@ -60,7 +60,24 @@ def save(mngr, step: int, generator, train, config, force: bool = False) -> bool
 
 
 def restore(mngr, step: int, abstract_generator, abstract_train):
-  """Restores (generator, train) onto the shardings of the given abstract pytrees."""
+  """Restores (generator, train) onto the shardings of the given abstract pytrees.
+
+  Shapes are checked against the checkpoint's metadata first: Orbax would otherwise restore
+  arrays of another model size without complaint.
+  """
+  meta = mngr.item_metadata(step)
+  for name, abstract in ((GENERATOR, abstract_generator), (TRAIN, abstract_train)):
+    # Leaf order is compared (optax's named tuples are stored under other key names).
+    saved = [tuple(m.shape) for m in jax.tree.leaves(meta[name])]
+    wanted = jax.tree_util.tree_leaves_with_path(abstract)
+    for i, (path, leaf) in enumerate(wanted):
+      found = saved[i] if i < len(saved) and len(saved) == len(wanted) else None
+      if found != tuple(leaf.shape):
+        raise CheckpointError(
+          f"checkpoint {mngr.directory}/{step} does not fit this model/config: "
+          f"{name}{jax.tree_util.keystr(path)} has shape {found}, the config needs "
+          f"{tuple(leaf.shape)}; use a fresh --workdir or the config it was trained with"
+        )
   try:
     out = mngr.restore(
       step,

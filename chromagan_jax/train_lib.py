@@ -447,7 +447,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   teacher_params = load_teacher(config)
   if teacher_params is not None:
     teacher_params = jax.device_put(teacher_params, NamedSharding(mesh, P()))
-  ckpt_dir = checkpoint.resolve_directory(workdir) / "checkpoints"
+  ckpt_dir = checkpoint.epath.Path(workdir) / "checkpoints"
   mngr = checkpoint.manager(ckpt_dir, max_to_keep=config.max_checkpoints_to_keep)
   latest = mngr.latest_step()
   if latest is not None:

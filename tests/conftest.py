@@ -10,3 +10,18 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
   sys.path.insert(0, _ROOT)
+
+# Eight fake CPU devices so multi-device paths (data-parallel mesh) are tested on one CPU;
+# single-device code uses device 0. A persistent compilation cache lets the subprocesses and
+# repeated jits of the same step reuse compiled executables within a test session.
+import tempfile  # noqa: E402
+
+import jax  # noqa: E402
+
+jax.config.update("jax_num_cpu_devices", 8)
+jax.config.update("jax_disable_most_optimizations", True)
+_CACHE = os.environ.setdefault(
+  "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "chromagan_jax_test_cache")
+)
+jax.config.update("jax_compilation_cache_dir", _CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

@@ -1,0 +1,53 @@
+"""One process of a multi-process data-parallel run on 127.0.0.1 (used by distributed_test).
+
+  python tests/distributed_worker.py PORT NUM_PROCESSES PROCESS_ID DEVICES_PER_PROCESS OUT WORKDIR
+
+Runs two train steps of configs/tiny.py on a fixed global batch (this process feeds its own
+rows), writes the resulting state to OUT (.npz, process 0 only), then runs the real training
+loop for 2 steps into WORKDIR (multi-process checkpointing and input sharding).
+"""
+
+import os
+import sys
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, _ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+
+def main():
+  port, nproc, pid, ndev, out, workdir = sys.argv[1:]
+  nproc, pid, ndev = int(nproc), int(pid), int(ndev)
+  import jax
+
+  jax.config.update("jax_num_cpu_devices", ndev)
+  jax.config.update("jax_disable_most_optimizations", True)
+  if nproc > 1:
+    jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=nproc, process_id=pid)
+  import numpy as np
+  from photos import photo_batch
+
+  from chromagan_jax import train_lib
+  from configs import tiny
+
+  config = tiny.get_config()
+  mesh = train_lib.make_mesh()
+  nets = train_lib.make_networks(config)
+  state = train_lib.create_train_state(nets, config, mesh)
+  step = train_lib.make_train_step(nets, config, mesh, with_teacher=False)
+  batch = photo_batch(config.batch_size)
+  rows = config.batch_size // jax.process_count()
+  local = {k: v[pid * rows : (pid + 1) * rows] for k, v in batch.items()}
+  for _ in range(2):
+    state, metrics = step(state, train_lib.global_batch(local, mesh), None)
+  # Replicated arrays: every process holds the full value on its own devices.
+  leaves = [np.asarray(x.addressable_data(0)) for x in jax.tree.leaves((state, metrics))]
+  if pid == 0:
+    np.savez(out, *leaves)
+  config.num_train_steps = 2
+  train_lib.train_and_evaluate(config, workdir)
+  print(f"process {pid}: done", flush=True)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,158 @@
+"""Train step and loop: learning, data-parallel equivalence, exact resume, SIGTERM, bad input."""
+
+import os
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+from photos import photo_batch
+
+from chromagan_jax import checkpoint, color, input_pipeline, train_lib
+from configs import tiny
+
+
+def _setup(config, devices=None):
+  mesh = train_lib.make_mesh(devices)
+  nets = train_lib.make_networks(config)
+  state = train_lib.create_train_state(nets, config, mesh)
+  step = train_lib.make_train_step(nets, config, mesh, with_teacher=False)
+  return mesh, nets, state, step
+
+
+def test_a_few_steps_lower_the_colour_mse():
+  config = tiny.get_config()
+  mesh, _, state, step = _setup(config)
+  batch = train_lib.global_batch(photo_batch(), mesh)
+  mses = []
+  for _ in range(6):
+    state, metrics = step(state, batch, None)
+    mses.append(float(metrics["g/mse"]))
+  assert all(np.isfinite(mses))
+  assert mses[-1] < 0.7 * mses[0], mses
+  assert int(state.step) == 6
+
+
+def test_step_matches_on_one_and_eight_devices():
+  assert jax.device_count() == 8
+  config = tiny.get_config()
+  batch = photo_batch()
+  results = []
+  for devices in (jax.devices()[:1], jax.devices()):
+    mesh, _, state, step = _setup(config, devices)
+    for _ in range(2):
+      state, metrics = step(state, train_lib.global_batch(batch, mesh), None)
+    assert len(jax.tree.leaves(state.g_params)[0].sharding.device_set) == len(devices)
+    results.append(jax.device_get((state, metrics)))
+  (s1, m1), (s8, m8) = results
+  for key in m1:
+    # Sums over the batch are split across devices: float32 reassociation only.
+    np.testing.assert_allclose(m1[key], m8[key], rtol=2e-4, atol=1e-4, err_msg=key)
+  # Adam normalises each gradient entry, so a near-zero entry whose float32 sum differs in
+  # the last bits may move by up to 2 * lr per step; the metrics above are compared tightly.
+  lr = config.g_learning_rate
+  for a, b in zip(jax.tree.leaves(s1), jax.tree.leaves(s8), strict=True):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    np.testing.assert_array_less(np.abs(a - b), 4 * lr + 1e-6)
+
+
+def test_teacher_kl_is_used_and_no_host_transfers_inside_the_step():
+  config = tiny.get_config()
+  mesh, nets, state, _ = _setup(config)
+  teacher_params = jax.jit(
+    lambda k: nets.teacher.init(k, jnp.zeros((1, 64, 64, 3)))["params"],
+  )(jax.random.key(1))
+  teacher_params = jax.device_put(teacher_params, NamedSharding(mesh, P()))
+  step = train_lib.make_train_step(nets, config, mesh, with_teacher=True)
+  batch = train_lib.global_batch(photo_batch(), mesh)
+
+  # Independent check of the KL term: teacher and generator distributions on the same input.
+  @jax.jit
+  def distributions(g_vars, rgb):
+    l3 = color.gray_to_l3(color.rgb_to_net(rgb)[0])
+    p_t = jax.nn.softmax(nets.teacher.apply({"params": teacher_params}, l3))
+    (_, p_g), _ = nets.generator.apply(g_vars, l3, train=True, mutable=["batch_stats"])
+    return p_t, p_g
+
+  # Computed before the step, which donates (invalidates) the state it is given.
+  p_t, p_g = (
+    np.clip(np.asarray(p, np.float64), 1e-7, 1)
+    for p in distributions(state.generator_variables, batch["rgb"])
+  )
+  with jax.transfer_guard("disallow"):
+    _, metrics = step(state, batch, teacher_params)
+  expected = np.mean(np.sum(p_t * np.log(p_t / p_g), axis=-1))
+  np.testing.assert_allclose(float(metrics["g/kl"]), expected, rtol=1e-3)
+
+
+def test_batch_size_not_divisible_by_devices_is_a_clear_error():
+  config = tiny.get_config()
+  config.batch_size = 6
+  with pytest.raises(train_lib.ConfigError, match="multiple of 8"):
+    train_lib.check_batch_size(config, train_lib.make_mesh())
+
+
+def _leaves_equal(a, b):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_resume_is_exact(tmp_path):
+  config = tiny.get_config()
+  config.num_train_steps = 4
+  straight = train_lib.train_and_evaluate(config, str(tmp_path / "straight"))
+  config.num_train_steps = 2
+  train_lib.train_and_evaluate(config, str(tmp_path / "split"))
+  config.num_train_steps = 4
+  resumed = train_lib.train_and_evaluate(config, str(tmp_path / "split"))
+  assert int(resumed.step) == int(straight.step) == 4
+  _leaves_equal(straight, resumed)
+  # The generator item alone is what colorize loads.
+  variables, saved_config = checkpoint.load_generator(tmp_path / "split")
+  _leaves_equal(variables, straight.generator_variables)
+  assert saved_config.model.image_size == config.model.image_size
+
+
+def test_sigterm_checkpoints_the_current_step_and_stops(tmp_path, monkeypatch):
+  config = tiny.get_config()
+  config.num_train_steps = 50
+  config.checkpoint_every_steps = 1000
+  real = input_pipeline.create_train_iterator
+
+  def killing_iterator(cfg, **kwargs):
+    for i, batch in enumerate(real(cfg, **kwargs)):
+      if i == 3:  # While step 3 runs, as a cluster scheduler would.
+        os.kill(os.getpid(), signal.SIGTERM)
+      yield batch
+
+  monkeypatch.setattr(input_pipeline, "create_train_iterator", killing_iterator)
+  state = train_lib.train_and_evaluate(config, str(tmp_path))
+  assert int(state.step) == 4
+  mngr = checkpoint.manager(tmp_path / "checkpoints", read_only=True)
+  assert mngr.all_steps() == [4]
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+  config = tiny.get_config()
+  config.num_train_steps = 2
+  train_lib.train_and_evaluate(config, str(tmp_path))
+  config.num_train_steps = 6
+  config.g_learning_rate = 1e30  # Diverges at once.
+  config.d_learning_rate = 1e30
+  with pytest.raises(train_lib.NonFiniteLossError, match="non-finite loss"):
+    train_lib.train_and_evaluate(config, str(tmp_path))
+  mngr = checkpoint.manager(tmp_path / "checkpoints", read_only=True)
+  assert mngr.latest_step() == 2
+
+
+def test_workdir_with_a_different_model_is_a_clear_error(tmp_path):
+  config = tiny.get_config()
+  config.num_train_steps = 1
+  train_lib.train_and_evaluate(config, str(tmp_path))
+  config.model.width = 0.25
+  config.num_train_steps = 2
+  with pytest.raises(checkpoint.CheckpointError, match="does not fit"):
+    train_lib.train_and_evaluate(config, str(tmp_path))
