@@ -8,6 +8,7 @@ clusters `--multiprocess` lets jax.distributed discover the cluster; elsewhere p
 `--coordinator_address=HOST:PORT --num_processes=N --process_id=I`.
 """
 
+import logging as std_logging
 import sys
 
 from absl import app, flags, logging
@@ -26,6 +27,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  # Orbax logs every checkpoint operation at INFO; keep the console to training progress.
+  std_logging.getLogger("absl").addFilter(lambda record: "orbax" not in record.pathname)
   # Imported here so that --help is fast and TF sees no accelerator before JAX claims it.
   import jax
   import tensorflow as tf
