@@ -45,7 +45,9 @@ def test_two_processes_match_one_process_with_the_same_devices(tmp_path):
   single = np.load(tmp_path / "single.npz")
   assert len(multi.files) == len(single.files) > 10
   for key in single.files:
-    np.testing.assert_allclose(multi[key], single[key], rtol=1e-4, atol=1e-6, err_msg=key)
+    # Adam normalises each gradient entry: a near-zero entry whose float32 sum differs in the
+    # last bits may move by up to 2 * lr per step (tiny config lr = 1e-3, two steps).
+    np.testing.assert_allclose(multi[key], single[key], rtol=1e-4, atol=4e-3, err_msg=key)
   # The real loop checkpointed from both processes into one directory.
   mngr = checkpoint.manager(tmp_path / "multi_run" / "checkpoints", read_only=True)
   assert mngr.latest_step() == 2
