@@ -400,22 +400,36 @@ def _check_tree(name, got, want):
       )
 
 
+def _fresh_replicated(tree, mesh):
+  """``tree`` on every device of ``mesh``, in newly allocated buffers.
+
+  The step donates the state, so the state's buffers must be its own. ``jax.device_put``
+  may alias its input (even with ``may_alias=False`` for a single-device array, and on CPU
+  a 64-byte-aligned NumPy array's memory on all devices at once): a trunk put from the
+  teacher's weights would share the teacher's buffers, and the first step would overwrite
+  or free them while still reading them as the teacher (seen as a segfault on CPU). A
+  jitted copy always writes fresh output buffers.
+  """
+  replicated = NamedSharding(mesh, P())
+  copy = jax.jit(lambda t: jax.tree.map(jnp.copy, t), out_shardings=replicated)
+  return copy(jax.device_put(tree, replicated))
+
+
 def apply_initial_weights(state: TrainState, config, teacher_params, mesh) -> TrainState:
   """VGG16 trunk from the teacher weights, then ``init_from`` generator weights if given."""
-  replicated = NamedSharding(mesh, P())
+  put = functools.partial(_fresh_replicated, mesh=mesh)
   g_params = state.g_params
   if teacher_params is not None:
     from chromagan_jax import convert  # noqa: PLC0415
 
     trunk = convert.vgg16_trunk_params(teacher_params)
     _check_tree(f"trunk of {config.vgg_weights}", trunk, g_params["vgg16"])
-    g_params = {**g_params, "vgg16": jax.device_put(trunk, replicated)}
+    g_params = {**g_params, "vgg16": put(trunk)}
   g_batch_stats = state.g_batch_stats
   if config.init_from:
     variables, _ = checkpoint.load_generator(config.init_from)
     _check_tree(f"generator of {config.init_from}", variables["params"], g_params)
-    g_params = jax.device_put(variables["params"], replicated)
-    g_batch_stats = jax.device_put(variables["batch_stats"], replicated)
+    g_params, g_batch_stats = put(variables["params"]), put(variables["batch_stats"])
   # Adam's initial moments are zeros whatever the parameter values: the state stays valid.
   return state.replace(g_params=g_params, g_batch_stats=g_batch_stats)
 
