@@ -662,6 +662,15 @@ def critic_width(critic_variables) -> float:
   return critic_variables["params"]["conv1"]["kernel"].shape[3] / 64
 
 
+def generator_model_fields(variables, source="generator") -> dict[str, Any]:
+  """The ``config.model`` fields (image_size, width, num_classes, ...) generator variables fit.
+
+  Inferred from the shapes, for any source (the authors' h5, a converted or trained
+  checkpoint); ``source`` names it in errors.
+  """
+  return _infer_generator_model(source, variables["params"])
+
+
 # ----------------------------------------------------------------------------------------
 # torch .pth reading without torch.
 
@@ -928,18 +937,28 @@ def load_params(directory, expect_kind: str | None = None) -> tuple[dict[str, An
 
 
 def load_generator_variables(path) -> dict[str, Any]:
-  """Generator ``{'params', 'batch_stats'}`` from the authors' h5 or a converted directory."""
-  if _sniff(path) == "hdf5":
+  """Generator ``{'params', 'batch_stats'}`` from the authors' h5 or a checkpoint directory.
+
+  A directory may be a training workdir, its ``checkpoints`` directory or the output of
+  ``convert generator``. Any other file raises ConversionError naming it.
+  """
+  kind = _sniff(path)
+  if kind == "hdf5":
     return chromagan_generator_from_keras(path)
+  if kind != "dir":
+    raise ConversionError(f"{path}: not a Keras .h5 generator file nor a checkpoint directory")
   from chromagan_jax import checkpoint  # noqa: PLC0415
 
   return checkpoint.load_generator(path)[0]
 
 
 def load_critic(path) -> dict[str, Any]:
-  """Critic ``{'params'}`` from a Keras h5 of the critic or a converted directory."""
-  if _sniff(path) == "hdf5":
+  """Critic ``{'params'}`` from a Keras h5 of the critic or a ``convert critic`` directory."""
+  kind = _sniff(path)
+  if kind == "hdf5":
     return chromagan_critic_from_keras(path)
+  if kind != "dir":
+    raise ConversionError(f"{path}: not a Keras .h5 critic file nor a converted critic directory")
   params, _ = load_params(path, expect_kind="critic")
   return {"params": params}
 

@@ -376,6 +376,12 @@ def load_teacher(config):
   from chromagan_jax import convert  # noqa: PLC0415 (h5py only when weights are given)
 
   params, preprocessing = convert.load_vgg16(config.vgg_weights)
+  # A VGG16 of another input size or width would otherwise fail inside the jitted step with
+  # an anonymous dot_general shape error; the standard files fit only image_size=224, width=1.
+  teacher = models.models_from_config(config.model)[2]
+  l3, _, _ = dummy_inputs(config)
+  expected = jax.eval_shape(teacher.init, jax.random.key(0), l3)["params"]
+  _check_tree(config.vgg_weights, params, expected, lambda: _vgg16_made_for(params))
   if preprocessing != config.model.vgg_preprocessing:
     logging.warning(
       "%s was trained with %r input preprocessing but config.model.vgg_preprocessing=%r "
@@ -387,17 +393,31 @@ def load_teacher(config):
   return params
 
 
-def _check_tree(name, got, want):
-  """Raises a one-line error naming the first parameter whose shape differs."""
+def _check_tree(name, got, want, made_for: Callable[[], str] | None = None):
+  """Raises a one-line error naming the first parameter whose shape differs.
+
+  ``made_for``, called only on a mismatch, describes the model the weights fit (e.g.
+  ``'image_size=224, width=1.0'``) so that the message says which config to use.
+  """
   got_flat = dict(jax.tree_util.tree_leaves_with_path(got))
   for path, leaf in jax.tree_util.tree_leaves_with_path(want):
     found = got_flat.get(path)
     if found is None or tuple(found.shape) != tuple(leaf.shape):
+      hint = "use the model config (image_size, width) the weights were made for"
+      if made_for is not None:
+        hint = f"they were made for {made_for()}: use that model config"
       raise ConfigError(
         f"{name} does not fit config.model: {jax.tree_util.keystr(path)} expected shape "
-        f"{tuple(leaf.shape)}, found {None if found is None else tuple(found.shape)}; "
-        "use the model config (image_size, width) the weights were made for"
+        f"{tuple(leaf.shape)}, found {None if found is None else tuple(found.shape)}; {hint}"
       )
+
+
+def _vgg16_made_for(params) -> str:
+  """'image_size=S, width=W' of VGG16Classifier params (fc1 sees the S/32 block-5 map)."""
+  trunk = params["vgg16"]
+  c512 = trunk["block5_conv3"]["kernel"].shape[3]
+  side = math.isqrt(params["fc1"]["kernel"].shape[0] // c512)
+  return f"image_size={32 * side}, width={trunk['block1_conv1']['kernel'].shape[3] / 64}"
 
 
 def _fresh_replicated(tree, mesh):
@@ -416,22 +436,50 @@ def _fresh_replicated(tree, mesh):
 
 
 def apply_initial_weights(state: TrainState, config, teacher_params, mesh) -> TrainState:
-  """VGG16 trunk from the teacher weights, then ``init_from`` generator weights if given."""
+  """A fresh state with the configured weights put in; called only when not resuming.
+
+  In order: the VGG16 trunk from the teacher weights (``config.vgg_weights``); then the whole
+  generator, trunk and batch statistics included, from ``config.init_from``; then the critic
+  from ``config.init_critic_from``. ``init_from`` accepts a checkpoint directory (a training
+  workdir or ``python -m chromagan_jax.convert generator`` output) or the authors' Keras
+  generator ``.h5``; ``init_critic_from`` a critic ``.h5`` or a converted critic directory.
+  Every array is shape-checked against this config's model first (ConfigError naming the
+  file and the first parameter that differs).
+  """
+  from chromagan_jax import convert  # noqa: PLC0415 (h5py only when weights are given)
+
   put = functools.partial(_fresh_replicated, mesh=mesh)
   g_params = state.g_params
   if teacher_params is not None:
-    from chromagan_jax import convert  # noqa: PLC0415
-
     trunk = convert.vgg16_trunk_params(teacher_params)
     _check_tree(f"trunk of {config.vgg_weights}", trunk, g_params["vgg16"])
     g_params = {**g_params, "vgg16": put(trunk)}
   g_batch_stats = state.g_batch_stats
   if config.init_from:
-    variables, _ = checkpoint.load_generator(config.init_from)
-    _check_tree(f"generator of {config.init_from}", variables["params"], g_params)
+    variables = convert.load_generator_variables(config.init_from)
+
+    def made_for():
+      fields = convert.generator_model_fields(variables, config.init_from)
+      return ", ".join(f"{k}={fields[k]}" for k in ("image_size", "width", "num_classes"))
+
+    name = f"generator of {config.init_from}"
+    _check_tree(name, variables["params"], g_params, made_for)
+    _check_tree(name, variables["batch_stats"], g_batch_stats, made_for)
     g_params, g_batch_stats = put(variables["params"]), put(variables["batch_stats"])
+    logging.info("generator initialised from %s", config.init_from)
+  d_params = state.d_params
+  if config.init_critic_from:
+    critic = convert.load_critic(config.init_critic_from)
+    _check_tree(
+      f"critic of {config.init_critic_from}",
+      critic["params"],
+      d_params,
+      lambda: f"width={convert.critic_width(critic)}",
+    )
+    d_params = put(critic["params"])
+    logging.info("critic initialised from %s", config.init_critic_from)
   # Adam's initial moments are zeros whatever the parameter values: the state stays valid.
-  return state.replace(g_params=g_params, g_batch_stats=g_batch_stats)
+  return state.replace(g_params=g_params, g_batch_stats=g_batch_stats, d_params=d_params)
 
 
 def _mean_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
@@ -468,6 +516,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     abstract = split_state(abstract_train_state(nets, config, mesh))
     state = merge_state(*checkpoint.restore(mngr, latest, *abstract))
     logging.info("resumed from %s at step %d", ckpt_dir, latest)
+    # The workdir's own training state wins: initial weights only seed a fresh run.
+    for field in ("init_from", "init_critic_from"):
+      if config.get(field):
+        logging.warning("resuming from %s: config.%s is ignored", ckpt_dir, field)
   else:
     state = create_train_state(nets, config, mesh)
     state = apply_initial_weights(state, config, teacher_params, mesh)

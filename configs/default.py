@@ -75,7 +75,13 @@ def get_config():
   # used to initialise the trunk and as the frozen KL teacher. Empty: random trunk and the
   # KL term disabled ("ChromaGAN w/o class"), with a logged warning.
   config.vgg_weights = ""
-  config.init_from = ""  # A converted ChromaGAN checkpoint to start from (e.g. authors' h5).
+  # Generator to start from (trunk, all layers and batch-norm statistics; overrides the trunk
+  # from vgg_weights): the authors' my_model_colorization.h5, a converted directory or a
+  # training workdir. Only for a fresh run: a checkpoint in --workdir is resumed instead.
+  config.init_from = ""
+  # Critic to start from, to resume the GAN from the authors' training state: their critic
+  # Keras .h5 or a `python -m chromagan_jax.convert critic` directory. Fresh runs only, too.
+  config.init_critic_from = ""
 
   # --- checkpoints and logging ------------------------------------------------------------
   config.checkpoint_every_steps = 5_000
