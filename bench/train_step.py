@@ -15,6 +15,7 @@ import argparse
 
 import common  # noqa: I001 (sets sys.path and TF env before the imports below)
 import jax
+import jax.numpy as jnp
 import keras
 import keras_reference
 import numpy as np
@@ -35,10 +36,10 @@ def parse_args(argv=None):
   p.add_argument("--repeats", type=int, default=3, help="timed steps per framework and mode")
   p.add_argument("--teacher", default="on,off", help="'on', 'off' or 'on,off'")
   p.add_argument(
-    "--cpu_kernels",
-    action="store_true",
-    help="route every flax Conv through chromagan_jax.cpu_kernels.conv (bench-only patch "
-    "until models.py has a config hook)",
+    "--conv_impl",
+    default="xla,winograd",
+    help="comma-separated models.CONV_IMPLS for the generator and teacher, timed side by side "
+    "(each against the same TF step); 'tf_filter_grad' is the TF weight-gradient callback",
   )
   p.add_argument("--json", default="bench/results/train_step.json")
   args = p.parse_args(argv)
@@ -48,8 +49,9 @@ def parse_args(argv=None):
   return args
 
 
-def make_config(args):
+def make_config(args, conv_impl="xla"):
   config = default.get_config()
+  config.model.conv_impl = conv_impl
   config.model.image_size = args.image_size
   config.model.width = args.width
   config.model.fc_width = args.fc_width
@@ -119,37 +121,11 @@ def _flat_teacher(t_params):
   return flat
 
 
-class _NnWithCpuConv:
-  """``flax.linen`` whose ``Conv`` uses ``cpu_kernels.conv`` in the generator and teacher.
-
-  The critic keeps XLA's conv: the gradient penalty differentiates its VJP again, which a
-  ``pure_callback`` does not support. Critic convs are the ones named ``conv1`` .. ``conv5``.
-  """
-
-  def __init__(self):
-    import flax.linen as nn  # noqa: PLC0415
-
-    from chromagan_jax import cpu_kernels  # noqa: PLC0415
-
-    def conv(*args, name=None, **kwargs):
-      if name and not name.startswith("conv"):
-        kwargs["conv_general_dilated"] = cpu_kernels.conv
-      return nn.Conv(*args, name=name, **kwargs)
-
-    self._nn, self.Conv = nn, conv
-
-  def __getattr__(self, name):
-    return getattr(self._nn, name)
-
-
 def run(args) -> dict:
-  if args.cpu_kernels:
-    from chromagan_jax import models  # noqa: PLC0415
-
-    models.nn = _NnWithCpuConv()
+  impls = args.conv_impl.split(",")
   config = make_config(args)
   mesh = train_lib.make_mesh(jax.devices()[:1])
-  nets = train_lib.make_networks(config)
+  nets = {impl: train_lib.make_networks(make_config(args, impl)) for impl in ["xla", *impls]}
   s = config.model.image_size
   rgb = np.random.default_rng(0).integers(0, 256, (args.batch, s, s, 3), dtype=np.uint8)
   batch = train_lib.global_batch({"rgb": rgb}, mesh)
@@ -160,45 +136,53 @@ def run(args) -> dict:
   peak = common.matmul_peak_gflops(256 if args.smoke else 2048)
   rows = []
   for mode in args.teacher.split(","):
-    state = train_lib.create_train_state(nets, config, mesh)
+    state = train_lib.create_train_state(nets["xla"], config, mesh)
     t_params = None
     if mode == "on":
       l3_zeros = np.zeros((1, s, s, 3), np.float32)
-      t_params = jax.jit(nets.teacher.init)(jax.random.key(1), l3_zeros)["params"]
+      t_params = jax.jit(nets["xla"].teacher.init)(jax.random.key(1), l3_zeros)["params"]
     g_vars, d_params = jax.device_get((state.generator_variables, state.d_params))
     keras_step = KerasStep(config, g_vars, d_params, jax.device_get(t_params))
-    jax_step = train_lib.make_train_step(nets, config, mesh, with_teacher=t_params is not None)
-    jax_step, flops, compile_s = common.compile_with_cost(jax_step, state, batch, t_params)
-    box = {"state": state}
+    fns, flops, compile_s = {}, {}, {}
+    for impl, impl_nets in nets.items():
+      step = train_lib.make_train_step(impl_nets, config, mesh, with_teacher=t_params is not None)
+      step, flops[impl], compile_s[impl] = common.compile_with_cost(step, state, batch, t_params)
+      if impl not in impls:  # Compiled for its FLOP count only.
+        continue
+      # Each contender steps its own copy of the state (the step donates its input).
+      box = {"state": jax.tree.map(jnp.copy, state)}
 
-    def run_jax(box=box, jax_step=jax_step, t_params=t_params):
-      box["state"], metrics = jax_step(box["state"], batch, t_params)
-      jax.block_until_ready(metrics)
+      def run_jax(box=box, step=step, t_params=t_params):
+        box["state"], metrics = step(box["state"], batch, t_params)
+        jax.block_until_ready(metrics)
 
-    times = common.interleaved(
-      {"jax": run_jax, "tf": lambda ks=keras_step: [t.numpy() for t in ks.step(*tf_inputs)]},
-      args.repeats,
-    )
-    tj, tt = common.median(times["jax"]), common.median(times["tf"])
-    rows.append(
-      {
-        "teacher": mode,
-        "batch": args.batch,
-        "jax_img_s": args.batch / tj,
-        "tf_img_s": args.batch / tt,
-        "ratio_jax_over_tf": tt / tj,
-        "gflop_per_step": flops / 1e9,
-        "jax_gflop_s": flops / tj / 1e9,
-        "tf_gflop_s": flops / tt / 1e9,
-        "jax_frac_of_peak": flops / tj / 1e9 / peak["jnp_dot"],
-        "tf_frac_of_peak": flops / tt / 1e9 / peak["jnp_dot"],
-        "jax_compile_s": compile_s,
-        "times_s": times,
-      }
-    )
+      fns[impl] = run_jax
+    fns["tf"] = lambda ks=keras_step: [t.numpy() for t in ks.step(*tf_inputs)]
+    times = common.interleaved({k: fns[k] for k in [*impls, "tf"]}, args.repeats)
+    tt = common.median(times["tf"])
+    model_flops = flops["xla"]  # The step's nominal FLOPs (direct convolutions).
+    for impl in impls:
+      tj = common.median(times[impl])
+      rows.append(
+        {
+          "teacher": mode,
+          "conv_impl": impl,
+          "batch": args.batch,
+          "jax_img_s": args.batch / tj,
+          "tf_img_s": args.batch / tt,
+          "ratio_jax_over_tf": tt / tj,
+          "model_gflop_per_step": model_flops / 1e9,
+          "executed_gflop_per_step": flops[impl] / 1e9,
+          "jax_model_gflop_s": model_flops / tj / 1e9,
+          "tf_model_gflop_s": model_flops / tt / 1e9,
+          "jax_mfu": model_flops / tj / 1e9 / peak["jnp_dot"],
+          "tf_mfu": model_flops / tt / 1e9 / peak["jnp_dot"],
+          "jax_compile_s": compile_s[impl],
+          "times_s": {impl: times[impl], "tf": times["tf"]},
+        }
+      )
   return {
     "benchmark": "train_step",
-    "cpu_kernels": args.cpu_kernels,
     "image_size": s,
     "width": args.width,
     "repeats": args.repeats,
@@ -214,8 +198,9 @@ def main(argv=None):
   result = run(args)
   common.print_table(
     result["rows"],
-    ["teacher", "batch", "jax_img_s", "tf_img_s", "ratio_jax_over_tf", "gflop_per_step",
-     "jax_gflop_s", "tf_gflop_s", "jax_frac_of_peak", "jax_compile_s"],
+    ["teacher", "conv_impl", "batch", "jax_img_s", "tf_img_s", "ratio_jax_over_tf",
+     "model_gflop_per_step", "executed_gflop_per_step", "jax_model_gflop_s", "tf_model_gflop_s",
+     "jax_mfu", "jax_compile_s"],
   )  # fmt: skip
   print(f"matmul peak: {result['matmul_peak_gflop_s']}")
   common.write_json(args.json, result)

@@ -17,12 +17,15 @@ Shapes and values (paper configuration, ``image_size=224``, ``width=1``):
 outputs are returned in float32.
 """
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from chromagan_jax import winograd
 
 # Keras' BatchNormalization defaults (Flax's momentum has the same meaning).
 BN_MOMENTUM = 0.99
@@ -64,6 +67,39 @@ def upsample_nearest(x, factor: int = 2):
   return jnp.repeat(jnp.repeat(x, factor, axis=1), factor, axis=2)
 
 
+# How convolutions are computed (the values are the same up to float32 rounding):
+#   "xla": lax.conv_general_dilated (XLA's kernels; cuDNN on GPU);
+#   "winograd", "winograd2", "winograd4": Winograd F(m x m, 3x3) for the 3x3 stride-1 convs
+#     (winograd.py; tile size chosen per layer, or fixed 2 / 4), the fast path on CPU;
+#   "tf_filter_grad": XLA forward, weight gradient by TensorFlow's oneDNN kernel through a
+#     host callback (cpu_kernels.py; first-order gradients only, CPU only).
+# "auto" (config only) resolves with resolve_conv_impl().
+CONV_IMPLS = ("xla", "winograd", "winograd2", "winograd4", "tf_filter_grad")
+
+
+@functools.cache
+def conv_general_dilated(impl: str):
+  """The ``conv_general_dilated`` that ``nn.Conv`` uses for ``impl`` (None: flax's default)."""
+  if impl == "xla":
+    return None
+  if impl.startswith("winograd"):
+    return winograd.make_conv(tile=int(impl[-1]) if impl[-1].isdigit() else "auto")
+  if impl == "tf_filter_grad":
+    from chromagan_jax import cpu_kernels  # noqa: PLC0415 (pulls in TensorFlow lazily)
+
+    return cpu_kernels.conv
+  raise ValueError(f"unknown conv_impl {impl!r}; expected 'auto' or one of {CONV_IMPLS}")
+
+
+def resolve_conv_impl(impl: str, dtype=jnp.float32, backend: str | None = None) -> str:
+  """``"auto"`` -> Winograd for float32 on CPU (measured faster there), XLA's convs elsewhere."""
+  if impl != "auto":
+    conv_general_dilated(impl)  # Validates the name.
+    return impl
+  backend = backend or jax.default_backend()
+  return "winograd" if backend == "cpu" and jnp.dtype(dtype) == jnp.float32 else "xla"
+
+
 def max_pool(x):
   return nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
 
@@ -79,6 +115,7 @@ class VGG16Trunk(nn.Module):
   width: float = 1.0
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  conv_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x):
@@ -92,6 +129,7 @@ class VGG16Trunk(nn.Module):
           padding="SAME",
           dtype=self.dtype,
           param_dtype=self.param_dtype,
+          conv_general_dilated=conv_general_dilated(self.conv_impl),
           name=f"block{b}_conv{i}",
         )(x)
         x = nn.relu(x)
@@ -111,11 +149,12 @@ class VGG16Classifier(nn.Module):
   preprocessing: str = "none"
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  conv_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x):
     x = vgg_preprocess(x.astype(self.dtype), self.preprocessing)
-    x = VGG16Trunk(5, self.width, self.dtype, self.param_dtype, name="vgg16")(x)
+    x = VGG16Trunk(5, self.width, self.dtype, self.param_dtype, self.conv_impl, name="vgg16")(x)
     x = max_pool(x)
     x = x.reshape(x.shape[0], -1)  # NHWC flatten, as Keras' Flatten.
     dense = lambda n, name: nn.Dense(  # noqa: E731
@@ -142,6 +181,7 @@ class Generator(nn.Module):
   remat_trunk: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  conv_impl: str = "xla"
 
   def _conv(self, channels, kernel, name, strides=1, act=nn.relu):
     conv = nn.Conv(
@@ -151,6 +191,7 @@ class Generator(nn.Module):
       padding="SAME",
       dtype=self.dtype,
       param_dtype=self.param_dtype,
+      conv_general_dilated=conv_general_dilated(self.conv_impl),
       name=name,
     )
     return lambda x: act(conv(x))
@@ -177,7 +218,7 @@ class Generator(nn.Module):
     w = lambda c: scaled(c, self.width)  # noqa: E731
     x = vgg_preprocess(l3.astype(self.dtype), self.vgg_preprocessing)
     trunk_cls = nn.remat(VGG16Trunk) if self.remat_trunk else VGG16Trunk
-    trunk = trunk_cls(4, self.width, self.dtype, self.param_dtype, name="vgg16")(x)
+    trunk = trunk_cls(4, self.width, self.dtype, self.param_dtype, self.conv_impl, name="vgg16")(x)
 
     # Global branch: activation before batch norm, as in the reference.
     g = trunk
@@ -253,14 +294,20 @@ class Critic(nn.Module):
 
 
 def models_from_config(model_config, dtype=jnp.float32):
-  """(Generator, Critic, VGG16Classifier) built from ``config.model``."""
+  """(Generator, Critic, VGG16Classifier) built from ``config.model``.
+
+  The critic always uses XLA's convolutions: its 4x4 strided convs have no Winograd form here,
+  and its gradient penalty needs second derivatives, which the TF callback cannot give.
+  """
   common = dict(width=model_config.width, dtype=dtype)
+  conv_impl = resolve_conv_impl(model_config.get("conv_impl", "xla"), dtype)
   gen = Generator(
     image_size=model_config.image_size,
     num_classes=model_config.num_classes,
     fc_width=model_config.fc_width,
     vgg_preprocessing=model_config.vgg_preprocessing,
     remat_trunk=model_config.get("remat_trunk", False),
+    conv_impl=conv_impl,
     **common,
   )
   critic = Critic(**common)
@@ -268,6 +315,7 @@ def models_from_config(model_config, dtype=jnp.float32):
     num_classes=model_config.num_classes,
     fc_width=model_config.fc_width,
     preprocessing=model_config.vgg_preprocessing,
+    conv_impl=conv_impl,
     **common,
   )
   return gen, critic, teacher

@@ -1,0 +1,124 @@
+"""Winograd convolutions against XLA's direct convolution: values, gradients, 2nd derivatives."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from chromagan_jax import models, winograd
+
+
+def _direct(x, w):
+  return jax.lax.conv_general_dilated(
+    x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
+
+
+def _data(shape, cin, cout, seed=0):
+  rng = np.random.default_rng(seed)
+  x = rng.standard_normal((*shape, cin), np.float32)
+  w = rng.standard_normal((3, 3, cin, cout), np.float32) / np.sqrt(9 * cin)
+  return jnp.asarray(x), jnp.asarray(w)
+
+
+@pytest.mark.parametrize("m", winograd.TILE_SIZES)
+@pytest.mark.parametrize("hw", [(8, 8), (7, 9), (13, 5), (1, 1)])
+def test_conv3x3_matches_direct_convolution(m, hw):
+  x, w = _data((2, *hw), 5, 6)
+  got, want = winograd.conv3x3(x, w, m), _direct(x, w)
+  assert got.shape == want.shape
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.abs(want).max()))
+
+
+@pytest.mark.parametrize("m", winograd.TILE_SIZES)
+def test_gradients_and_second_derivatives_match_direct_convolution(m):
+  x, w = _data((2, 10, 6), 4, 3, seed=1)
+  probe = jnp.asarray(np.random.default_rng(2).standard_normal((2, 10, 6, 3), np.float32))
+
+  def loss(conv):
+    return lambda x, w: jnp.sum(jnp.tanh(conv(x, w)) * probe)
+
+  def penalty(conv):  # The critic's gradient-penalty pattern: a gradient of an input gradient.
+    return lambda x, w: jnp.sum(jax.grad(loss(conv))(x, w) ** 2)
+
+  wino = lambda x, w: winograd.conv3x3(x, w, m)  # noqa: E731
+  for fn in (loss, penalty):
+    got = jax.jit(jax.grad(fn(wino), argnums=(0, 1)))(x, w)
+    want = jax.jit(jax.grad(fn(_direct), argnums=(0, 1)))(x, w)
+    for g, r in zip(got, want, strict=True):
+      np.testing.assert_allclose(g, r, rtol=2e-4, atol=2e-4 * float(jnp.abs(r).max()))
+
+
+def test_bad_tile_size_is_rejected():
+  x, w = _data((1, 4, 4), 2, 2)
+  with pytest.raises(ValueError, match="tile size"):
+    winograd.conv3x3(x, w, 3)
+  with pytest.raises(ValueError, match="tile size"):
+    winograd.make_conv(tile=6)
+
+
+def test_choose_tile_prefers_big_tiles_only_when_there_are_many():
+  assert winograd.choose_tile(2, 112, 112) == 4  # 2 * 28 * 28 tiles of 4x4.
+  assert winograd.choose_tile(1, 28, 28) == 2  # 49 tiles: the filter transform dominates.
+  assert winograd.choose_tile(16, 28, 28) == 4
+
+
+@pytest.mark.parametrize(
+  "case",
+  [
+    dict(window_strides=(2, 2)),  # Strided (the global branch).
+    dict(kernel=1),  # 1x1 (dec_conv1).
+    dict(cin=3),  # Thin input (block1_conv1).
+    dict(dtype=jnp.bfloat16),  # Only float32 uses the transforms.
+    dict(padding="VALID"),
+  ],
+)
+def test_make_conv_falls_back_to_xla_exactly(case):
+  kernel, cin = case.pop("kernel", 3), case.pop("cin", 64)
+  dtype = case.pop("dtype", jnp.float32)
+  x, w = _data((1, 6, 6), cin, 64)
+  w = w[:kernel, :kernel]
+  x, w = x.astype(dtype), w.astype(dtype)
+  args = dict(window_strides=(1, 1), padding="SAME") | case
+  dn = ("NHWC", "HWIO", "NHWC")
+  got = winograd.make_conv()(x, w, args["window_strides"], args["padding"], dimension_numbers=dn)
+  want = jax.lax.conv_general_dilated(
+    x, w, args["window_strides"], args["padding"], dimension_numbers=dn
+  )
+  np.testing.assert_array_equal(got, want)
+
+
+def test_flax_conv_with_winograd_equals_default_conv():
+  x, _ = _data((2, 12, 12), 64, 1)
+  ref = nn.Conv(64, (3, 3), padding="SAME")
+  fast = nn.Conv(64, (3, 3), padding="SAME", conv_general_dilated=winograd.make_conv(tile=4))
+  params = ref.init(jax.random.key(0), x)
+  want = ref.apply(params, x)
+  np.testing.assert_allclose(fast.apply(params, x), want, atol=1e-4 * float(jnp.abs(want).max()))
+
+
+def test_generator_and_teacher_with_winograd_match_xla():
+  """The paper's networks at width 1/4 (64..128 channels: the Winograd layers are used)."""
+  size, width = 32, 0.25
+  kw = dict(image_size=size, width=width, fc_width=64, num_classes=10)
+  ref, fast = models.Generator(**kw), models.Generator(**kw, conv_impl="winograd")
+  x = jnp.asarray(np.random.default_rng(3).random((2, size, size, 3), np.float32))
+  variables = ref.init(jax.random.key(0), x)
+  for got, want in zip(fast.apply(variables, x), ref.apply(variables, x), strict=True):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+  tkw = dict(width=width, fc_width=64, num_classes=10)
+  t_ref, t_fast = models.VGG16Classifier(**tkw), models.VGG16Classifier(**tkw, conv_impl="winograd")
+  t_vars = t_ref.init(jax.random.key(1), x)
+  want = t_ref.apply(t_vars, x)
+  np.testing.assert_allclose(t_fast.apply(t_vars, x), want, rtol=1e-4, atol=1e-4)
+
+
+def test_auto_conv_impl_is_winograd_only_for_float32_on_cpu():
+  assert models.resolve_conv_impl("auto", jnp.float32, backend="cpu") == "winograd"
+  assert models.resolve_conv_impl("auto", jnp.bfloat16, backend="cpu") == "xla"
+  assert models.resolve_conv_impl("auto", jnp.float32, backend="gpu") == "xla"
+  assert models.resolve_conv_impl("winograd4", jnp.float32, backend="tpu") == "winograd4"
+  with pytest.raises(ValueError, match="unknown conv_impl 'fast'"):
+    models.resolve_conv_impl("fast")
