@@ -555,6 +555,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         summary["images_per_sec"] = (
           (step - last_log_step) * config.batch_size / max(now - last_log, 1e-9)
         )
+        # Unreadable files are skipped with a warning; the running count shows how many.
+        summary["data/skipped_files"] = float(input_pipeline.num_skipped_files())
         _log_progress(writer, step, total_steps, summary, config.batch_size)
         last_log, last_log_step = now, step
       if config.sample_every_steps > 0 and (step % config.sample_every_steps == 0 or stopping):

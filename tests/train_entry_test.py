@@ -35,6 +35,7 @@ def test_train_py_on_a_folder_with_a_corrupt_file(tmp_path):
   result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "broken.jpg" in result.stderr
+  assert "data/skipped_files=1" in result.stderr  # The running count, logged with the losses.
   assert checkpoint.manager(workdir / "checkpoints", read_only=True).latest_step() == 2
 
   # Bad input: a missing folder is one clear line, exit code 1, no traceback.
