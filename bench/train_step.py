@@ -39,7 +39,7 @@ def parse_args(argv=None):
     "--conv_impl",
     default="xla,winograd",
     help="comma-separated models.CONV_IMPLS for the generator and teacher, timed side by side "
-    "(each against the same TF step); 'tf_filter_grad' is the TF weight-gradient callback",
+    "(each against the same TF step)",
   )
   p.add_argument("--json", default="bench/results/train_step.json")
   args = p.parse_args(argv)

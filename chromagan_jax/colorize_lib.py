@@ -301,12 +301,17 @@ class Colorizer:
     variables: generator variables ``{'params', 'batch_stats'}``.
     config: see :func:`generator_from`.
     batch_size: images per generator call (the last batch is padded with zeros).
+    conv_impl: overrides the convolution algorithm of ``config`` (``models.CONV_IMPLS`` or
+      "auto"); None keeps the checkpoint's. On CPU "winograd" runs 1.3-1.8x faster but
+      compiles in ~10-20 s instead of ~1 s (bench/RESULTS.md): "xla" wins for a few photos.
   """
 
-  def __init__(self, variables, config=None, batch_size: int = DEFAULT_BATCH_SIZE):
+  def __init__(self, variables, config=None, batch_size: int = DEFAULT_BATCH_SIZE, conv_impl=None):
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     self.model = generator_from(config)
+    if conv_impl is not None:
+      self.model = self.model.clone(conv_impl=models.resolve_conv_impl(conv_impl))
     self.variables = variables
     self.batch_size = batch_size
     self.image_size = self.model.image_size
@@ -574,6 +579,15 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument(
     "--jpeg_quality", "--jpeg-quality", type=int, default=JPEG_QUALITY, help="%(default)s"
   )
+  parser.add_argument(
+    "--conv_impl",
+    "--conv-impl",
+    default=None,
+    choices=["auto", *models.CONV_IMPLS],
+    help="convolution algorithm (default: the checkpoint's). On CPU, 'winograd' (what 'auto' "
+    "picks there) is 1.3-1.8x faster per image but compiles in ~10-20 s instead of ~1 s: "
+    "'xla' is quicker for a handful of photos",
+  )
   parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
   return parser
 
@@ -605,7 +619,9 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = None) -> int:
     return 1
   try:
     variables, config = checkpoint.load_generator(args.ckpt, args.step)
-    colorizer = Colorizer(variables, config, batch_size=min(args.batch_size, len(inputs)))
+    colorizer = Colorizer(
+      variables, config, batch_size=min(args.batch_size, len(inputs)), conv_impl=args.conv_impl
+    )
   except (checkpoint.CheckpointError, OSError, ValueError, KeyError) as e:
     log(f"error: cannot load checkpoint {args.ckpt}: {e}")
     return 1

@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from chromagan_jax import winograd
+from chromagan_jax import cpu_conv
 
 # Keras' BatchNormalization defaults (Flax's momentum has the same meaning).
 BN_MOMENTUM = 0.99
@@ -69,12 +69,11 @@ def upsample_nearest(x, factor: int = 2):
 
 # How convolutions are computed (the values are the same up to float32 rounding):
 #   "xla": lax.conv_general_dilated (XLA's kernels; cuDNN on GPU);
-#   "winograd", "winograd2", "winograd4": Winograd F(m x m, 3x3) for the 3x3 stride-1 convs
-#     (winograd.py; tile size chosen per layer, or fixed 2 / 4), the fast path on CPU;
-#   "tf_filter_grad": XLA forward, weight gradient by TensorFlow's oneDNN kernel through a
-#     host callback (cpu_kernels.py; first-order gradients only, CPU only).
+#   "winograd", "winograd2", "winograd4": the fast path on CPU (cpu_conv.py): Winograd
+#     F(m x m, 3x3) for the 3x3 stride-1 convs (tile size chosen per layer, or fixed 2 / 4),
+#     im2col matmuls for the strided, 1x1 and 4x4 ones.
 # "auto" (config only) resolves with resolve_conv_impl().
-CONV_IMPLS = ("xla", "winograd", "winograd2", "winograd4", "tf_filter_grad")
+CONV_IMPLS = ("xla", "winograd", "winograd2", "winograd4")
 
 
 @functools.cache
@@ -82,12 +81,8 @@ def conv_general_dilated(impl: str):
   """The ``conv_general_dilated`` that ``nn.Conv`` uses for ``impl`` (None: flax's default)."""
   if impl == "xla":
     return None
-  if impl.startswith("winograd"):
-    return winograd.make_conv(tile=int(impl[-1]) if impl[-1].isdigit() else "auto")
-  if impl == "tf_filter_grad":
-    from chromagan_jax import cpu_kernels  # noqa: PLC0415 (pulls in TensorFlow lazily)
-
-    return cpu_kernels.conv
+  if impl in CONV_IMPLS:
+    return cpu_conv.make_conv(tile=int(impl[-1]) if impl[-1].isdigit() else "auto")
   raise ValueError(f"unknown conv_impl {impl!r}; expected 'auto' or one of {CONV_IMPLS}")
 
 
@@ -271,6 +266,7 @@ class Critic(nn.Module):
   width: float = 1.0
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  conv_impl: str = "xla"
 
   @nn.compact
   def __call__(self, ab, lightness):
@@ -284,11 +280,18 @@ class Critic(nn.Module):
         padding="SAME",
         dtype=self.dtype,
         param_dtype=self.param_dtype,
+        conv_general_dilated=conv_general_dilated(self.conv_impl),
         name=f"conv{i}",
       )(x)
       x = nn.leaky_relu(x, LEAKY_SLOPE)
     x = nn.Conv(
-      1, (4, 4), padding="SAME", dtype=self.dtype, param_dtype=self.param_dtype, name="conv5"
+      1,
+      (4, 4),
+      padding="SAME",
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      conv_general_dilated=conv_general_dilated(self.conv_impl),
+      name="conv5",
     )(x)
     return x.astype(jnp.float32)
 
@@ -296,8 +299,7 @@ class Critic(nn.Module):
 def models_from_config(model_config, dtype=jnp.float32):
   """(Generator, Critic, VGG16Classifier) built from ``config.model``.
 
-  The critic always uses XLA's convolutions: its 4x4 strided convs have no Winograd form here,
-  and its gradient penalty needs second derivatives, which the TF callback cannot give.
+  ``model_config.conv_impl`` applies to all three ("auto": :func:`resolve_conv_impl`).
   """
   common = dict(width=model_config.width, dtype=dtype)
   conv_impl = resolve_conv_impl(model_config.get("conv_impl", "xla"), dtype)
@@ -310,7 +312,7 @@ def models_from_config(model_config, dtype=jnp.float32):
     conv_impl=conv_impl,
     **common,
   )
-  critic = Critic(**common)
+  critic = Critic(conv_impl=conv_impl, **common)
   teacher = VGG16Classifier(
     num_classes=model_config.num_classes,
     fc_width=model_config.fc_width,

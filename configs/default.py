@@ -22,9 +22,10 @@ def get_config():
   # to 3 channels), 'caffe' (Keras ImageNet weights) or 'torch' (torchvision weights).
   config.model.vgg_preprocessing = "none"
   config.model.remat_trunk = False  # Recompute trunk activations in backward (saves memory).
-  # Convolution algorithm of the generator and teacher: 'auto' = Winograd F(m x m, 3x3) for
+  # Convolution algorithm of the three networks: 'auto' = Winograd F(m x m, 3x3) (+ im2col) for
   # float32 on CPU (faster there, bench/RESULTS.md), XLA's convolutions on GPU/TPU; or one of
-  # models.CONV_IMPLS ('xla', 'winograd', 'winograd2', 'winograd4', 'tf_filter_grad').
+  # models.CONV_IMPLS ('xla', 'winograd', 'winograd2', 'winograd4'; the last three also use
+  # im2col matmuls for the strided, 1x1 and 4x4 convs, critic included).
   config.model.conv_impl = "auto"
   config.dtype = "float32"  # Compute dtype: 'float32' or 'bfloat16' (params and losses f32).
 

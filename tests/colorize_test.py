@@ -363,3 +363,22 @@ def test_script_entry_point(ckpt, tmp_path):
   )  # fmt: skip
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert (tmp_path / "o" / "g.png").exists()
+
+
+def test_cli_conv_impl_switch_gives_the_same_colours(ckpt, tmp_path):
+  """--conv_impl changes only how convolutions are computed, not the picture."""
+  inputs = tmp_path / "in"
+  inputs.mkdir()
+  Image.fromarray(photo("astronaut", (96, 80))).save(inputs / "a.png")
+  results = {}
+  for impl in ("xla", "winograd4"):
+    out = tmp_path / impl
+    status, log = run_cli(["--ckpt", ckpt, "--output", str(out), "--conv_impl", impl, str(inputs)])
+    assert status == 0, log
+    with Image.open(out / "a.png") as im:
+      results[impl] = np.asarray(im).astype(int)
+  assert np.abs(results["xla"] - results["winograd4"]).max() <= 1  # uint8 rounding only.
+  with pytest.raises(SystemExit):  # argparse: "invalid choice: 'fast'".
+    colorize_lib.build_parser().parse_args(
+      ["--ckpt", ckpt, "--output", "o", "--conv_impl", "fast", "x"]
+    )

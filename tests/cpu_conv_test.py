@@ -1,4 +1,4 @@
-"""Winograd convolutions against XLA's direct convolution: values, gradients, 2nd derivatives."""
+"""cpu_conv (Winograd, im2col) against XLA's direct convolution: values, gradients, 2nd derivs."""
 
 import flax.linen as nn
 import jax
@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from chromagan_jax import models, winograd
+from chromagan_jax import cpu_conv, models
 
 
 def _direct(x, w):
@@ -22,16 +22,16 @@ def _data(shape, cin, cout, seed=0):
   return jnp.asarray(x), jnp.asarray(w)
 
 
-@pytest.mark.parametrize("m", winograd.TILE_SIZES)
+@pytest.mark.parametrize("m", cpu_conv.TILE_SIZES)
 @pytest.mark.parametrize("hw", [(8, 8), (7, 9), (13, 5), (1, 1)])
 def test_conv3x3_matches_direct_convolution(m, hw):
   x, w = _data((2, *hw), 5, 6)
-  got, want = winograd.conv3x3(x, w, m), _direct(x, w)
+  got, want = cpu_conv.conv3x3(x, w, m), _direct(x, w)
   assert got.shape == want.shape
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.abs(want).max()))
 
 
-@pytest.mark.parametrize("m", winograd.TILE_SIZES)
+@pytest.mark.parametrize("m", cpu_conv.TILE_SIZES)
 def test_gradients_and_second_derivatives_match_direct_convolution(m):
   x, w = _data((2, 10, 6), 4, 3, seed=1)
   probe = jnp.asarray(np.random.default_rng(2).standard_normal((2, 10, 6, 3), np.float32))
@@ -42,7 +42,7 @@ def test_gradients_and_second_derivatives_match_direct_convolution(m):
   def penalty(conv):  # The critic's gradient-penalty pattern: a gradient of an input gradient.
     return lambda x, w: jnp.sum(jax.grad(loss(conv))(x, w) ** 2)
 
-  wino = lambda x, w: winograd.conv3x3(x, w, m)  # noqa: E731
+  wino = lambda x, w: cpu_conv.conv3x3(x, w, m)  # noqa: E731
   for fn in (loss, penalty):
     got = jax.jit(jax.grad(fn(wino), argnums=(0, 1)))(x, w)
     want = jax.jit(jax.grad(fn(_direct), argnums=(0, 1)))(x, w)
@@ -53,52 +53,74 @@ def test_gradients_and_second_derivatives_match_direct_convolution(m):
 def test_bad_tile_size_is_rejected():
   x, w = _data((1, 4, 4), 2, 2)
   with pytest.raises(ValueError, match="tile size"):
-    winograd.conv3x3(x, w, 3)
+    cpu_conv.conv3x3(x, w, 3)
   with pytest.raises(ValueError, match="tile size"):
-    winograd.make_conv(tile=6)
+    cpu_conv.make_conv(tile=6)
 
 
 def test_choose_tile_prefers_big_tiles_only_when_there_are_many():
-  assert winograd.choose_tile(2, 112, 112) == 4  # 2 * 28 * 28 tiles of 4x4.
-  assert winograd.choose_tile(1, 28, 28) == 2  # 49 tiles: the filter transform dominates.
-  assert winograd.choose_tile(16, 28, 28) == 4
+  assert cpu_conv.choose_tile(2, 112, 112) == 4  # 2 * 28 * 28 tiles of 4x4.
+  assert cpu_conv.choose_tile(1, 28, 28) == 2  # 49 tiles: the filter transform dominates.
+  assert cpu_conv.choose_tile(16, 28, 28) == 4
+
+
+@pytest.mark.parametrize(
+  "kernel,stride,padding",
+  [(4, 2, "SAME"), (4, 1, "SAME"), (1, 1, "SAME"), (3, 2, "SAME"), (3, 1, "VALID"),
+   (4, 2, ((2, 1), (0, 3)))],
+)  # fmt: skip
+def test_im2col_values_gradients_and_second_derivatives_match_direct(kernel, stride, padding):
+  x, w = _data((2, 9, 8), 3, 4, seed=4)
+  w = w[:kernel, :kernel] if kernel <= 3 else jnp.tile(w, (2, 2, 1, 1))[:kernel, :kernel]
+  direct = lambda x, w: jax.lax.conv_general_dilated(  # noqa: E731
+    x, w, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
+  im2col = lambda x, w: cpu_conv.im2col_conv(x, w, (stride, stride), padding)  # noqa: E731
+  want = direct(x, w)
+  np.testing.assert_allclose(im2col(x, w), want, rtol=1e-5, atol=1e-5)
+
+  def penalty(conv):  # Gradient of an input-gradient norm, as in WGAN-GP.
+    inner = lambda x, w: jnp.sum(jnp.tanh(conv(x, w)))  # noqa: E731
+    return lambda x, w: inner(x, w) + jnp.sum(jax.grad(inner)(x, w) ** 2)
+
+  got = jax.jit(jax.grad(penalty(im2col), argnums=(0, 1)))(x, w)
+  ref = jax.jit(jax.grad(penalty(direct), argnums=(0, 1)))(x, w)
+  for g, r in zip(got, ref, strict=True):
+    np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4 * float(jnp.abs(r).max()))
 
 
 @pytest.mark.parametrize(
   "case",
   [
-    dict(window_strides=(2, 2)),  # Strided (the global branch).
-    dict(kernel=1),  # 1x1 (dec_conv1).
-    dict(cin=3),  # Thin input (block1_conv1).
-    dict(dtype=jnp.bfloat16),  # Only float32 uses the transforms.
-    dict(padding="VALID"),
+    dict(cout=2),  # Thin output (dec_conv6, the critic's conv5): XLA.
+    dict(cout=32),  # Thin 3x3 stride-1 (dec_conv5): XLA, not im2col.
+    dict(dtype=jnp.bfloat16),  # Only float32 uses cpu_conv.
+    dict(rhs_dilation=(2, 2)),
+    dict(feature_group_count=2),
   ],
 )
 def test_make_conv_falls_back_to_xla_exactly(case):
-  kernel, cin = case.pop("kernel", 3), case.pop("cin", 64)
-  dtype = case.pop("dtype", jnp.float32)
-  x, w = _data((1, 6, 6), cin, 64)
-  w = w[:kernel, :kernel]
+  cout, dtype = case.pop("cout", 64), case.pop("dtype", jnp.float32)
+  x, w = _data((1, 6, 6), 64, cout)
+  if "feature_group_count" in case:
+    w = w[:, :, :32]
   x, w = x.astype(dtype), w.astype(dtype)
-  args = dict(window_strides=(1, 1), padding="SAME") | case
   dn = ("NHWC", "HWIO", "NHWC")
-  got = winograd.make_conv()(x, w, args["window_strides"], args["padding"], dimension_numbers=dn)
-  want = jax.lax.conv_general_dilated(
-    x, w, args["window_strides"], args["padding"], dimension_numbers=dn
-  )
+  got = cpu_conv.make_conv()(x, w, (1, 1), "SAME", dimension_numbers=dn, **case)
+  want = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn, **case)
   np.testing.assert_array_equal(got, want)
 
 
 def test_flax_conv_with_winograd_equals_default_conv():
   x, _ = _data((2, 12, 12), 64, 1)
   ref = nn.Conv(64, (3, 3), padding="SAME")
-  fast = nn.Conv(64, (3, 3), padding="SAME", conv_general_dilated=winograd.make_conv(tile=4))
+  fast = nn.Conv(64, (3, 3), padding="SAME", conv_general_dilated=cpu_conv.make_conv(tile=4))
   params = ref.init(jax.random.key(0), x)
   want = ref.apply(params, x)
   np.testing.assert_allclose(fast.apply(params, x), want, atol=1e-4 * float(jnp.abs(want).max()))
 
 
-def test_generator_and_teacher_with_winograd_match_xla():
+def test_networks_with_cpu_conv_match_xla():
   """The paper's networks at width 1/4 (64..128 channels: the Winograd layers are used)."""
   size, width = 32, 0.25
   kw = dict(image_size=size, width=width, fc_width=64, num_classes=10)
@@ -113,6 +135,23 @@ def test_generator_and_teacher_with_winograd_match_xla():
   t_vars = t_ref.init(jax.random.key(1), x)
   want = t_ref.apply(t_vars, x)
   np.testing.assert_allclose(t_fast.apply(t_vars, x), want, rtol=1e-4, atol=1e-4)
+
+  # The critic (im2col for its 4x4 convs) and its gradient-penalty gradient.
+  c_ref, c_fast = models.Critic(width=width), models.Critic(width=width, conv_impl="winograd")
+  ab, lightness = x[..., :2], x[..., :1]
+  c_vars = c_ref.init(jax.random.key(2), ab, lightness)
+
+  def gp_grad(critic):
+    def gp(params):
+      g = jax.grad(lambda ab: jnp.sum(critic.apply(params, ab, lightness)))(ab)
+      return jnp.sum((1.0 - jnp.sqrt(jnp.sum(g**2, axis=(1, 2, 3)))) ** 2)
+
+    return jax.jit(jax.grad(gp))(c_vars)
+
+  want = c_ref.apply(c_vars, ab, lightness)
+  np.testing.assert_allclose(c_fast.apply(c_vars, ab, lightness), want, rtol=1e-4, atol=1e-5)
+  for g, r in zip(jax.tree.leaves(gp_grad(c_fast)), jax.tree.leaves(gp_grad(c_ref)), strict=True):
+    np.testing.assert_allclose(g, r, rtol=1e-3, atol=1e-4 * float(jnp.abs(r).max()))
 
 
 def test_auto_conv_impl_is_winograd_only_for_float32_on_cpu():

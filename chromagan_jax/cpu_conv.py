@@ -1,4 +1,4 @@
-"""Winograd F(m x m, 3 x 3) convolution in plain JAX: the CPU speed path for 3x3 convs.
+"""Convolution algorithms for XLA:CPU in plain JAX: Winograd for 3x3 convs, im2col for the rest.
 
 On CPU both XLA and TensorFlow/oneDNN run a direct 3x3 convolution at about the machine's
 matmul peak, so the only way to be much faster is to do fewer multiplications. Winograd's
@@ -16,6 +16,12 @@ Numerics: the transforms are exact in real arithmetic; in float32 the result dif
 direct convolution by ~1e-6 (m=2) / ~1e-5 (m=4) relative, like any reordering of the sum.
 Use it for float32 on CPU only: accelerators have their own convolution algorithms, and the
 m=4 transform constants (up to 8) lose too much precision in bfloat16.
+
+The other convolutions (the critic's 4x4 ones, strided and 1x1 convs) are computed by im2col:
+the kernel-sized patches are gathered with strided slices and multiplied by the kernel in one
+matmul. Its weight gradient is a matmul too, and its second derivatives, which the critic's
+gradient penalty needs, were 4-5x faster than XLA's own on the critic's middle layers
+(bench/RESULTS.md).
 """
 
 import jax.numpy as jnp
@@ -103,18 +109,45 @@ def conv3x3(x, w, m: int = 4):
   return y[:, :h, :wd]
 
 
-def _is_same_3x3(lhs, rhs, window_strides, padding, dimension_numbers) -> bool:
-  if lhs.ndim != 4 or rhs.shape[:2] != (3, 3) or tuple(window_strides) != (1, 1):
+def im2col_conv(x, w, strides, padding):
+  """NHWC x HWIO convolution as one matmul over gathered kernel patches (any size and stride)."""
+  kh, kw, cin, cout = w.shape
+  n, h, wd, _ = x.shape
+  sh, sw = strides
+  pads = (
+    lax.padtype_to_pads((h, wd), (kh, kw), strides, padding)
+    if isinstance(padding, str)
+    else padding
+  )
+  xp = jnp.pad(x, ((0, 0), *[tuple(p) for p in pads], (0, 0)))
+  ho, wo = (xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1
+  cols = [
+    xp[:, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw]
+    for i in range(kh)
+    for j in range(kw)
+  ]
+  patches = jnp.stack(cols, axis=3).reshape(n * ho * wo, kh * kw * cin)
+  return (patches @ w.reshape(kh * kw * cin, cout)).reshape(n, ho, wo, cout)
+
+
+def _is_same_3x3(rhs, window_strides, padding) -> bool:
+  if rhs.shape[:2] != (3, 3) or tuple(window_strides) != (1, 1):
     return False
-  same = padding == "SAME" or (
+  return padding == "SAME" or (
     not isinstance(padding, str) and [tuple(p) for p in padding] == [(1, 1), (1, 1)]
   )
-  if not same:
-    return False
-  if dimension_numbers is None:
+
+
+def _is_nhwc(lhs, rhs, dimension_numbers) -> bool:
+  if lhs.ndim != 4 or dimension_numbers is None:
     return False
   want = lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
   return lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == want
+
+
+# im2col gathers kh*kw copies of the input: beyond this many patch elements (1 GiB of float32)
+# XLA's own convolution is used instead.
+_MAX_PATCH_ELEMENTS = 1 << 28
 
 
 def choose_tile(batch: int, height: int, width: int, min_tiles: int = 512) -> int:
@@ -128,14 +161,18 @@ def choose_tile(batch: int, height: int, width: int, min_tiles: int = 512) -> in
   return 4 if batch * (-(-height // 4)) * (-(-width // 4)) >= min_tiles else 2
 
 
-def make_conv(tile="auto", min_channels: int = 64):
+def make_conv(tile="auto", min_channels: int = 64, min_im2col_features: int = 8):
   """A drop-in ``conv_general_dilated`` for ``flax.linen.Conv(conv_general_dilated=...)``.
 
-  3x3 stride-1 'SAME' NHWC float32 convolutions with at least ``min_channels`` input and
-  output channels use :func:`conv3x3` with tile size ``tile`` (2, 4 or "auto":
-  :func:`choose_tile`); everything else (strided, 1x1, 4x4, grouped, dilated, and thin layers
-  such as the 3-channel first and 2-channel last ones, where the tile transforms cost more
-  than they save) goes to ``lax.conv_general_dilated`` unchanged.
+  For NHWC float32 convolutions without dilation or groups:
+    * 3x3 stride-1 'SAME' ones with at least ``min_channels`` input and output channels use
+      :func:`conv3x3` with tile size ``tile`` (2, 4 or "auto": :func:`choose_tile`);
+    * other kernel sizes and strides (the critic's 4x4 convs, strided and 1x1 convs) with at
+      least ``min_im2col_features`` output channels use :func:`im2col_conv`.
+  Everything else goes to ``lax.conv_general_dilated`` unchanged: thin 3x3 layers (the
+  3-channel first one, the 64->32 and 32->2 decoder ones), where the tile transforms cost more
+  than they save and a full-resolution im2col is memory-bound (bench/conv_layers.py: im2col
+  ran dec_conv5's forward at half XLA's speed), and the 1-channel critic output.
   """
   if tile != "auto" and tile not in _MATRICES:
     raise ValueError(f"Winograd tile size must be 'auto' or one of {TILE_SIZES}, got {tile!r}")
@@ -153,8 +190,8 @@ def make_conv(tile="auto", min_channels: int = 64):
     precision=None,
     preferred_element_type=None,
   ):
-    eligible = (
-      _is_same_3x3(lhs, rhs, window_strides, padding, dimension_numbers)
+    plain = (
+      _is_nhwc(lhs, rhs, dimension_numbers)
       and all(d == 1 for d in (lhs_dilation or (1, 1)))
       and all(d == 1 for d in (rhs_dilation or (1, 1)))
       and feature_group_count == 1
@@ -162,11 +199,23 @@ def make_conv(tile="auto", min_channels: int = 64):
       and preferred_element_type is None
       and lhs.dtype == jnp.float32
       and rhs.dtype == jnp.float32
-      and min(rhs.shape[2], rhs.shape[3]) >= min_channels
     )
-    if eligible:
+    same_3x3 = plain and _is_same_3x3(rhs, window_strides, padding)
+    if same_3x3 and min(rhs.shape[2], rhs.shape[3]) >= min_channels:
       m = choose_tile(*lhs.shape[:3]) if tile == "auto" else tile
       return conv3x3(lhs, rhs, m)
+    (sh, sw), (kh, kw, cin, _) = window_strides, rhs.shape
+    patch_elements = lhs.shape[0] * -(-lhs.shape[1] // sh) * -(-lhs.shape[2] // sw) * kh * kw * cin
+    if (
+      plain
+      and not same_3x3
+      and rhs.shape[3] >= min_im2col_features
+      and patch_elements <= _MAX_PATCH_ELEMENTS
+      and (
+        isinstance(padding, str) and padding in ("SAME", "VALID") or not isinstance(padding, str)
+      )
+    ):
+      return im2col_conv(lhs, rhs, tuple(window_strides), padding)
     return lax.conv_general_dilated(
       lhs,
       rhs,
