@@ -29,9 +29,14 @@ class CheckpointError(ValueError):
   """A checkpoint directory is missing, empty or does not fit the model."""
 
 
+def absolute(path) -> epath.Path:
+  """``path`` as an absolute local path (Orbax's async saves reject relative ones); URLs kept."""
+  return epath.Path(path) if "://" in str(path) else epath.Path(os.fspath(path)).absolute()
+
+
 def resolve_directory(path) -> epath.Path:
   """Accepts a training workdir (uses ``<workdir>/checkpoints``) or a checkpoint directory."""
-  path = epath.Path(os.fspath(path)).absolute() if "://" not in str(path) else epath.Path(path)
+  path = absolute(path)
   if (path / "checkpoints").is_dir():
     return path / "checkpoints"
   return path
@@ -47,7 +52,7 @@ def manager(directory, max_to_keep=None, read_only=False) -> ocp.CheckpointManag
     TRAIN: ocp.StandardCheckpointHandler(),
     CONFIG: ocp.JsonCheckpointHandler(),
   }
-  return ocp.CheckpointManager(epath.Path(directory), options=options, item_handlers=handlers)
+  return ocp.CheckpointManager(absolute(directory), options=options, item_handlers=handlers)
 
 
 def save(mngr, step: int, generator, train, config, force: bool = False) -> bool:

@@ -100,14 +100,16 @@ def _leaves_equal(a, b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def test_resume_is_exact(tmp_path):
+def test_resume_is_exact(tmp_path, monkeypatch):
   config = tiny.get_config()
   config.num_train_steps = 4
   straight = train_lib.train_and_evaluate(config, str(tmp_path / "straight"))
+  # A relative --workdir (as in `make demo`): Orbax's async saves need absolute paths.
+  monkeypatch.chdir(tmp_path)
   config.num_train_steps = 2
-  train_lib.train_and_evaluate(config, str(tmp_path / "split"))
+  train_lib.train_and_evaluate(config, "split")
   config.num_train_steps = 4
-  resumed = train_lib.train_and_evaluate(config, str(tmp_path / "split"))
+  resumed = train_lib.train_and_evaluate(config, "split")
   assert int(resumed.step) == int(straight.step) == 4
   _leaves_equal(straight, resumed)
   # The generator item alone is what colorize loads.
