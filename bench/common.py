@@ -21,6 +21,8 @@ for _p in (ROOT, os.path.join(ROOT, "tests")):
     sys.path.insert(0, _p)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+# Before the benchmark loads the cores: a busy machine halves absolute rates.
+_LOAD_AT_START = list(os.getloadavg())
 
 
 def cpu_model() -> str:
@@ -43,6 +45,7 @@ def machine_info() -> dict:
   return {
     "cpu": cpu_model(),
     "cores": os.cpu_count(),
+    "load_average_1_5_15_at_start": _LOAD_AT_START,
     "load_average_1_5_15": list(os.getloadavg()),
     "python": platform.python_version(),
     "jax": jax.__version__,
@@ -120,10 +123,14 @@ def write_json(path: str, result: dict) -> None:
   print(f"wrote {path}")
 
 
-def print_table(rows: list[dict], columns: list[str]) -> None:
-  """A plain-text table of ``rows`` (floats with 3 significant digits)."""
+def print_table(rows: list[dict], columns: list[str], markdown: bool = False) -> None:
+  """A plain-text (or Markdown) table of ``rows`` (floats with 3 significant digits)."""
   fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
   cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
+  if markdown:
+    for line in [columns, ["---"] * len(columns), *cells]:
+      print("| " + " | ".join(line) + " |")
+    return
   widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
   print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
   for r in cells:

@@ -8,7 +8,8 @@ For each representative layer of the generator (3x3, stride 1) and the critic (4
 the forward pass, the VJP (input and weight gradient) and, for critic layers, the gradient of
 an input-gradient norm (the WGAN-GP pattern, a second derivative), interleaved across the
 contenders; medians are reported as GFLOP/s of the *direct* convolution's FLOPs, so a
-Winograd figure above the matmul peak means fewer multiplications were done. The tile size of
+Winograd figure above the matmul peak means fewer multiplications were done. ``xla_nchw`` is
+XLA's own convolution on channels-first data (does the layout matter?). The tile size of
 ``winograd`` (auto) follows ``cpu_conv.choose_tile``; ``winograd2`` / ``winograd4`` are fixed.
 This is the evidence behind ``cpu_conv``'s per-layer choices (bench/RESULTS.md).
 """
@@ -42,7 +43,12 @@ def parse_args(argv=None):
   p.add_argument("--smoke", action="store_true", help="tiny sizes, to check the script runs")
   p.add_argument("--batch", type=int, default=2)
   p.add_argument("--repeats", type=int, default=3)
-  p.add_argument("--conv_impl", default="xla,winograd,winograd2,winograd4")
+  p.add_argument(
+    "--conv_impl",
+    default="xla,xla_nchw,winograd,winograd2,winograd4",
+    help="models.CONV_IMPLS, or xla_nchw: XLA's convolution in NCHW/OIHW layout",
+  )
+  p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
   p.add_argument("--json", default="bench/results/conv_layers.json")
   args = p.parse_args(argv)
   if args.smoke:
@@ -79,10 +85,12 @@ def _tf_fns(x, w, stride, second_order):
 
 
 def _jax_fns(x, w, stride, second_order, impl):
+  dims = ("NHWC", "HWIO", "NHWC")
+  if impl == "xla_nchw":  # XLA's convolution on channels-first data (transposed untimed).
+    x, w, dims = x.transpose(0, 3, 1, 2), w.transpose(3, 2, 0, 1), ("NCHW", "OIHW", "NCHW")
+    impl = "xla"
   fn = models.conv_general_dilated(impl) or jax.lax.conv_general_dilated
-  conv = lambda x, w: fn(  # noqa: E731
-    x, w, (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
-  )
+  conv = lambda x, w: fn(x, w, (stride, stride), "SAME", dimension_numbers=dims)  # noqa: E731
   loss = lambda x, w: jnp.sum(jnp.sin(conv(x, w)))  # noqa: E731
   fwd = jax.jit(conv)
   vjp = jax.jit(jax.grad(loss, argnums=(0, 1)))
@@ -138,7 +146,7 @@ def main(argv=None):
   args = parse_args(argv)
   result = run(args)
   columns = ["layer", "pass", *[f"{c}_gflop_s" for c in [*result["conv_impls"], "tf"]]]
-  common.print_table(result["rows"], [*columns, "best_jax_over_tf"])
+  common.print_table(result["rows"], [*columns, "best_jax_over_tf"], args.markdown)
   print(f"matmul peak: {result['matmul_peak_gflop_s']}")
   common.write_json(args.json, result)
   return result
