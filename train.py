@@ -14,6 +14,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from chromagan_jax import compile_cache
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints and TensorBoard logs.")
@@ -21,6 +23,12 @@ flags.DEFINE_bool("multiprocess", False, "Call jax.distributed.initialize() (aut
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process).")
 flags.DEFINE_integer("process_id", None, "This process's index (multi-process).")
+flags.DEFINE_string(
+  "compilation_cache",
+  compile_cache.DEFAULT_DIR,
+  "Keep compiled programs here so that later runs (resumes) skip the compile; '' turns it "
+  "off. JAX_COMPILATION_CACHE_DIR, if set, wins.",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -41,6 +49,7 @@ def main(argv):
       num_processes=FLAGS.num_processes,
       process_id=FLAGS.process_id,
     )
+  compile_cache.enable(FLAGS.compilation_cache)
   from chromagan_jax import checkpoint, convert, input_pipeline, train_lib
 
   logging.info(

@@ -382,3 +382,34 @@ def test_cli_conv_impl_switch_gives_the_same_colours(ckpt, tmp_path):
     colorize_lib.build_parser().parse_args(
       ["--ckpt", ckpt, "--output", "o", "--conv_impl", "fast", "x"]
     )
+
+
+def test_compilation_cache_skips_the_compile_of_a_second_run(ckpt, tmp_path):
+  """By default colorize.py keeps its compiled programs under XDG_CACHE_HOME and reuses them."""
+  Image.fromarray(photo("astronaut", (64, 48))).save(tmp_path / "a.png")
+  env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+  env.update(
+    XDG_CACHE_HOME=str(tmp_path / "home_cache"),
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",  # The small test model compiles fast.
+    JAX_LOG_COMPILES="1",  # Makes JAX log cache hits as warnings.
+  )
+
+  def colorize(out, *flags):
+    proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "colorize.py"), "--ckpt", ckpt, "--output",
+       str(tmp_path / out), str(tmp_path / "a.png"), "--no_progress", *flags],
+      capture_output=True, text=True, cwd=ROOT, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stderr
+
+  cache = tmp_path / "home_cache" / "chromagan_jax" / "xla"
+  assert "cache hit" not in colorize("o1")
+  assert cache.is_dir() and any(cache.iterdir())
+  assert "Persistent compilation cache hit" in colorize("o2")
+  assert sha(tmp_path / "o1" / "a.png") == sha(tmp_path / "o2" / "a.png")
+  # An unusable cache directory costs the speed-up, not the run.
+  (tmp_path / "file").write_text("")
+  log = colorize("o3", "--compilation_cache", str(tmp_path / "file" / "cache"))
+  assert f"compilation cache off: cannot create {tmp_path / 'file' / 'cache'}" in log
+  assert sha(tmp_path / "o1" / "a.png") == sha(tmp_path / "o3" / "a.png")

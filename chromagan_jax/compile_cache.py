@@ -1,0 +1,44 @@
+"""JAX's persistent compilation cache: pay each program's compile time once per machine.
+
+On CPU the Winograd / im2col convolutions (``cpu_conv``) make XLA compiles long: ~10-15 s
+for the generator's inference program and ~50 s for the train step, paid again by every
+``colorize.py`` or ``train.py`` process. With the cache on, JAX stores each compiled
+executable on disk (keyed by the program, the JAX/XLA version, the flags and the devices)
+and later processes load it instead of compiling. The cache is only an optimisation: a
+directory that cannot be created turns it off with a warning, never fails the run.
+
+The cache holds executable code: like JAX's own documentation says, do not point it at a
+directory that others can write to.
+"""
+
+import logging
+import os
+from collections.abc import Callable
+
+DEFAULT_DIR = os.path.join(
+  os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+  "chromagan_jax",
+  "xla",
+)
+
+
+def enable(path: str | None, warn: Callable[[str], None] = logging.warning) -> str | None:
+  """Turns the cache on in ``path``; returns the directory in use, or None when off.
+
+  A directory the user already gave JAX (``JAX_COMPILATION_CACHE_DIR`` or
+  ``jax.config``) wins over ``path``; an empty ``path`` leaves the cache as JAX has it.
+  Call before the first compilation.
+  """
+  import jax  # noqa: PLC0415 - keeps `--help` of the entry scripts fast.
+
+  configured = jax.config.jax_compilation_cache_dir
+  if configured or not path:
+    return configured or None
+  path = os.path.abspath(os.path.expanduser(path))
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    warn(f"warning: compilation cache off: cannot create {path} ({e.strerror or e})")
+    return None
+  jax.config.update("jax_compilation_cache_dir", path)
+  return path
