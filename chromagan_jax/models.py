@@ -18,6 +18,8 @@ outputs are returned in float32.
 """
 
 import functools
+import importlib.metadata
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -93,6 +95,26 @@ def resolve_conv_impl(impl: str, dtype=jnp.float32, backend: str | None = None) 
     return impl
   backend = backend or jax.default_backend()
   return "winograd" if backend == "cpu" and jnp.dtype(dtype) == jnp.float32 else "xla"
+
+
+# jaxlib 0.12's XLA:CPU computes the bfloat16 VGG trunk wrongly through its YNNPACK fusions:
+# NaN or garbage that varies from run to run (found by tests/models_test.py under Python 3.12;
+# float32, jaxlib 0.10 and accelerators are unaffected). This flag turns those fusions off.
+CPU_BFLOAT16_FLAG = "--xla_cpu_experimental_ynn_fusion_type="
+
+
+def cpu_bfloat16_problem(dtype, backend: str | None = None) -> str | None:
+  """Why ``dtype`` computations cannot be trusted on this backend, or None when they can."""
+  if jnp.dtype(dtype) != jnp.bfloat16 or (backend or jax.default_backend()) != "cpu":
+    return None
+  jaxlib_version = importlib.metadata.version("jaxlib")
+  if not jaxlib_version.startswith("0.12.") or CPU_BFLOAT16_FLAG in os.environ.get("XLA_FLAGS", ""):
+    return None
+  return (
+    f"bfloat16 on CPU with jaxlib {jaxlib_version} gives wrong results (its XLA:CPU YNNPACK "
+    f"fusions); use float32 on CPU (bfloat16 is meant for GPU/TPU) or set "
+    f"XLA_FLAGS={CPU_BFLOAT16_FLAG}"
+  )
 
 
 def max_pool(x):

@@ -498,6 +498,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   mesh = make_mesh()
   check_batch_size(config, mesh)
+  if problem := models.cpu_bfloat16_problem(compute_dtype(config)):
+    raise ConfigError(f"config.dtype={config.dtype!r}: {problem}")
   nets = make_networks(config)
   is_chief = jax.process_index() == 0
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)

@@ -11,7 +11,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from photos import photo_batch
 
-from chromagan_jax import checkpoint, color, input_pipeline, train_lib
+from chromagan_jax import checkpoint, color, input_pipeline, models, train_lib
 from configs import tiny
 
 
@@ -86,6 +86,62 @@ def test_teacher_kl_is_used_and_no_host_transfers_inside_the_step():
     _, metrics = step(state, batch, teacher_params)
   expected = np.mean(np.sum(p_t * np.log(p_t / p_g), axis=-1))
   np.testing.assert_allclose(float(metrics["g/kl"]), expected, rtol=1e-3)
+
+
+def _one_step(config, batch):
+  mesh, _, state, step = _setup(config, jax.devices()[:2])
+  lowered = step.lower(state, train_lib.global_batch(batch, mesh), None).as_text()
+  with jax.transfer_guard("disallow"):
+    state, metrics = step(state, train_lib.global_batch(batch, mesh), None)
+  return jax.device_get((state, metrics)), lowered
+
+
+def test_bfloat16_compute_and_trunk_remat_steps():
+  """Accelerator options: bf16 compute keeps f32 parameters, optimizer state and losses;
+  remat of the trunk recomputes activations (optimization barriers) without changing the step.
+  """
+  batch = photo_batch()
+  (s32, m32), hlo32 = _one_step(tiny.get_config(), batch)
+  config = tiny.get_config()
+  config.model.remat_trunk = True
+  (s_remat, m_remat), hlo_remat = _one_step(config, batch)
+  assert "optimization_barrier" in hlo_remat and "optimization_barrier" not in hlo32
+  for key in m32:
+    np.testing.assert_allclose(m_remat[key], m32[key], rtol=1e-5, atol=1e-6, err_msg=key)
+  for a, b in zip(jax.tree.leaves(s_remat), jax.tree.leaves(s32), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+  config = tiny.get_config()
+  config.dtype = "bfloat16"
+  (s16, m16), hlo16 = _one_step(config, batch)
+  assert "bf16" in hlo16 and "bf16" not in hlo32
+  floats = [x for x in jax.tree.leaves(s16) if jnp.issubdtype(x.dtype, jnp.floating)]
+  assert floats and all(x.dtype == jnp.float32 for x in floats)
+  for key in m32:
+    assert m16[key].dtype == jnp.float32, key
+    assert np.isfinite(m16[key]), key
+  # bf16 has 8 mantissa bits: the losses agree with float32 to a few percent.
+  for key in ("g/mse", "d/real", "d/fake"):
+    np.testing.assert_allclose(m16[key], m32[key], rtol=0.1, atol=0.02, err_msg=key)
+
+
+def test_bfloat16_on_an_affected_cpu_jaxlib_is_refused_before_training(tmp_path, monkeypatch):
+  monkeypatch.setattr(models.importlib.metadata, "version", lambda name: "0.12.0.1")
+  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=true")
+  assert models.cpu_bfloat16_problem(jnp.float32) is None
+  assert models.cpu_bfloat16_problem(jnp.bfloat16, backend="gpu") is None
+  problem = models.cpu_bfloat16_problem(jnp.bfloat16)
+  assert "jaxlib 0.12.0.1" in problem and models.CPU_BFLOAT16_FLAG in problem
+  config = tiny.get_config()
+  config.dtype = "bfloat16"
+  with pytest.raises(train_lib.ConfigError, match="config.dtype='bfloat16': bfloat16 on CPU"):
+    train_lib.train_and_evaluate(config, str(tmp_path / "w"))
+  assert not (tmp_path / "w" / "checkpoints").exists()
+  monkeypatch.setenv("XLA_FLAGS", models.CPU_BFLOAT16_FLAG)
+  assert models.cpu_bfloat16_problem(jnp.bfloat16) is None
+  monkeypatch.setattr(models.importlib.metadata, "version", lambda name: "0.10.2")
+  monkeypatch.setenv("XLA_FLAGS", "")
+  assert models.cpu_bfloat16_problem(jnp.bfloat16) is None
 
 
 def test_batch_size_not_divisible_by_devices_is_a_clear_error():
