@@ -108,7 +108,10 @@ def cpu_bfloat16_problem(dtype, backend: str | None = None) -> str | None:
   if jnp.dtype(dtype) != jnp.bfloat16 or (backend or jax.default_backend()) != "cpu":
     return None
   jaxlib_version = importlib.metadata.version("jaxlib")
-  if not jaxlib_version.startswith("0.12.") or CPU_BFLOAT16_FLAG in os.environ.get("XLA_FLAGS", ""):
+  if (
+    not jaxlib_version.startswith("0.12.")
+    or CPU_BFLOAT16_FLAG in os.environ.get("XLA_FLAGS", "").split()
+  ):
     return None
   return (
     f"bfloat16 on CPU with jaxlib {jaxlib_version} gives wrong results (its XLA:CPU YNNPACK "

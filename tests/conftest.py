@@ -1,5 +1,6 @@
 """Shared pytest setup: repo root importable (``configs.*``), quiet TensorFlow, Keras on TF."""
 
+import importlib.metadata
 import os
 import sys
 
@@ -11,18 +12,17 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
   sys.path.insert(0, _ROOT)
 
-# Eight fake CPU devices so multi-device paths (data-parallel mesh) are tested on one CPU;
-# single-device code uses device 0. A persistent compilation cache lets the subprocesses and
-# repeated jits of the same step reuse compiled executables within a test session.
-import importlib.metadata  # noqa: E402
-import tempfile  # noqa: E402
-
 # jaxlib 0.12's XLA:CPU YNNPACK fusions compute the bfloat16 VGG trunk wrongly (see
 # models.CPU_BFLOAT16_FLAG): the bf16 tests, which stand in for accelerators, turn them off.
 if importlib.metadata.version("jaxlib").startswith("0.12."):
   os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_cpu_experimental_ynn_fusion_type="
   ).strip()
+
+# Eight fake CPU devices so multi-device paths (data-parallel mesh) are tested on one CPU;
+# single-device code uses device 0. A persistent compilation cache lets the subprocesses and
+# repeated jits of the same step reuse compiled executables within a test session.
+import tempfile  # noqa: E402
 
 import jax  # noqa: E402
 

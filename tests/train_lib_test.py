@@ -137,7 +137,9 @@ def test_bfloat16_on_an_affected_cpu_jaxlib_is_refused_before_training(tmp_path,
   with pytest.raises(train_lib.ConfigError, match="config.dtype='bfloat16': bfloat16 on CPU"):
     train_lib.train_and_evaluate(config, str(tmp_path / "w"))
   assert not (tmp_path / "w" / "checkpoints").exists()
-  monkeypatch.setenv("XLA_FLAGS", models.CPU_BFLOAT16_FLAG)
+  monkeypatch.setenv("XLA_FLAGS", models.CPU_BFLOAT16_FLAG + "dot,eltwise")  # Still on.
+  assert models.cpu_bfloat16_problem(jnp.bfloat16) is not None
+  monkeypatch.setenv("XLA_FLAGS", f"--xla_cpu_use_onednn=true {models.CPU_BFLOAT16_FLAG}")
   assert models.cpu_bfloat16_problem(jnp.bfloat16) is None
   monkeypatch.setattr(models.importlib.metadata, "version", lambda name: "0.10.2")
   monkeypatch.setenv("XLA_FLAGS", "")
