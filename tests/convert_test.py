@@ -46,6 +46,7 @@ def assert_rel_close(got, want, tol=REL_TOL):
 
 
 def assert_trees_equal(got, want):
+  """Same keys, and every array bit-identical."""
   flat_got = dict(jax.tree_util.tree_leaves_with_path(got))
   flat_want = dict(jax.tree_util.tree_leaves_with_path(want))
   assert sorted(map(str, flat_got)) == sorted(map(str, flat_want))

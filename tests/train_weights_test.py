@@ -17,7 +17,7 @@ import jax
 import keras_reference
 import numpy as np
 import pytest
-from convert_test import randomize
+from convert_test import assert_trees_equal, randomize
 
 from chromagan_jax import checkpoint, color, convert, models, train_lib
 from configs import tiny
@@ -71,15 +71,6 @@ def first_step(monkeypatch):
 
   monkeypatch.setattr(train_lib, "make_train_step", make_train_step)
   return seen
-
-
-def assert_trees_equal(got, want):
-  """Same keys, and every array bit-identical."""
-  flat_got = dict(jax.tree_util.tree_leaves_with_path(got))
-  flat_want = dict(jax.tree_util.tree_leaves_with_path(want))
-  assert sorted(map(str, flat_got)) == sorted(map(str, flat_want))
-  for path, value in flat_want.items():
-    np.testing.assert_array_equal(flat_got[path], value, err_msg=jax.tree_util.keystr(path))
 
 
 def assert_one_line_naming(error, path):
