@@ -115,6 +115,29 @@ def compile_with_cost(jitted, *args):
   return compiled, float(cost.get("flops", float("nan"))), seconds
 
 
+def speed_fields(
+  images: int, t_jax: float, t_ref: float, ref: str, model_flops: float, executed_flops: float,
+  peak: dict[str, float], per: str,
+) -> dict[str, float]:  # fmt: skip
+  """Images/s, JAX/``ref`` ratio, model GFLOP/s and MFU from median seconds per ``per``.
+
+  ``model_flops`` is the computation's nominal count (direct convolutions), the same for both
+  contenders; ``executed_flops`` is what the JAX program ran (fewer with Winograd).
+  """
+  gflop = model_flops / 1e9
+  return {
+    "jax_img_s": images / t_jax,
+    f"{ref}_img_s": images / t_ref,
+    f"ratio_jax_over_{ref}": t_ref / t_jax,
+    f"model_gflop_per_{per}": gflop,
+    f"executed_gflop_per_{per}": executed_flops / 1e9,
+    "jax_model_gflop_s": gflop / t_jax,
+    f"{ref}_model_gflop_s": gflop / t_ref,
+    "jax_mfu": gflop / t_jax / peak["jnp_dot"],
+    f"{ref}_mfu": gflop / t_ref / peak["jnp_dot"],
+  }
+
+
 def write_json(path: str, result: dict) -> None:
   """Writes ``result`` as indented JSON, creating the directory."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
