@@ -50,21 +50,15 @@ def main(argv):
       process_id=FLAGS.process_id,
     )
   compile_cache.enable(FLAGS.compilation_cache)
-  from chromagan_jax import checkpoint, convert, input_pipeline, train_lib
+  from chromagan_jax import train_lib
+  from chromagan_jax.errors import UserError
 
   logging.info(
     "JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices()
   )
-  user_errors = (
-    train_lib.ConfigError,
-    train_lib.NonFiniteLossError,
-    checkpoint.CheckpointError,
-    input_pipeline.DataError,
-    convert.ConversionError,
-  )
   try:
     train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except user_errors as e:
+  except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
 

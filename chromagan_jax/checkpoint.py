@@ -19,14 +19,12 @@ import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 
+from chromagan_jax.errors import CheckpointError
+
 GENERATOR = "generator"
 TRAIN = "train"
 CONFIG = "config"
 ITEMS = (GENERATOR, TRAIN, CONFIG)
-
-
-class CheckpointError(ValueError):
-  """A checkpoint directory is missing, empty or does not fit the model."""
 
 
 def absolute(path) -> epath.Path:

@@ -15,19 +15,16 @@ true height and width are traced scalars of the resize), so a folder of photos o
 compiles a handful of programs, not one per size; the generator runs on a fixed batch shape
 (the last batch is padded).
 
-Files: EXIF orientation is applied; grey, grey+alpha, RGB, RGBA (alpha is passed through),
-palette (with or without transparency), 16-bit grey, CMYK and other Pillow modes are read.
-JPEG inputs give JPEG outputs (quality 95, no chroma subsampling), everything else PNG.
-Input files are never overwritten. Unreadable files are reported and skipped.
+Decoding: EXIF orientation is applied; grey, grey+alpha, RGB, RGBA (alpha is passed
+through), palette (with or without transparency), 16-bit grey, CMYK and other Pillow modes
+are read. Files in, files out (names, formats, saving) is :mod:`chromagan_jax.colorize_files`;
+the command line is ``colorize.py``.
 """
 
-import argparse
 import dataclasses
 import functools
-import glob
 import os
-import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -38,32 +35,24 @@ import numpy as np
 import tqdm
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from chromagan_jax import checkpoint, color, compile_cache, models
+from chromagan_jax import color, models
+from chromagan_jax.errors import ImageError
 
 # 50 megapixels: larger than most camera photos; a header claiming more is rejected before any
 # pixel is decoded (decompression-bomb guard). Raise it with --max_pixels.
 DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_BATCH_SIZE = 8
-JPEG_QUALITY = 95
 # Extensions picked up when a folder is given (explicit files and globs are always tried).
 IMAGE_EXTENSIONS = frozenset(
   (".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
   + (".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".jp2", ".j2k", ".ico")
 )
-_JPEG_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif")
-# The name suffix used when the natural output name is taken (by an input or an earlier file).
-COLLISION_SUFFIX = "_colorized"
-COMPARE_SUFFIX = "_compare"
 # Training resizes with plain bilinear interpolation (OpenCV/TF default: no antialiasing);
 # the network input is resized the same way so that it sees the statistics it was trained on.
 NETWORK_RESIZE_ANTIALIAS = False
 # ab8 upsampling to the original size; antialiasing only matters when shrinking (inputs
 # smaller than the network size).
 AB_RESIZE_ANTIALIAS = True
-
-
-class ImageError(ValueError):
-  """A file that cannot be colorized; the message names the file and the problem."""
 
 
 @dataclasses.dataclass
@@ -392,287 +381,3 @@ def colorize(
     bar.update()
   bar.close()
   return out
-
-
-# --------------------------------------------------------------------------------------------
-# Files: inputs, output names, saving.
-
-
-@dataclasses.dataclass(frozen=True)
-class InputFile:
-  """An input path and its output path relative to the output directory (minus extension)."""
-
-  path: str
-  relative: str
-
-
-def collect_inputs(args: Sequence[str], exclude_dir=None) -> tuple[list[InputFile], list[str]]:
-  """Expands files, folders (recursive, image extensions only) and globs.
-
-  Files under ``exclude_dir`` (the output directory) are left out of folder walks so that a
-  rerun does not colorize its own outputs (unless it is the very folder given). The same file
-  named twice is taken once.
-
-  Returns:
-    (inputs, errors): errors are one-line messages for arguments that matched nothing.
-  """
-  exclude = os.path.realpath(exclude_dir) if exclude_dir else None
-  inputs, errors, seen = [], [], set()
-
-  def add(path, relative):
-    real = os.path.realpath(path)
-    if real not in seen:
-      seen.add(real)
-      inputs.append(InputFile(path, os.path.splitext(relative)[0]))
-
-  def excluded(folder):
-    real = os.path.realpath(folder)
-    return exclude is not None and (real == exclude or real.startswith(exclude + os.sep))
-
-  for arg in args:
-    if os.path.isdir(arg):
-      found = False
-      for root, dirs, files in os.walk(arg):
-        dirs.sort()
-        # The output folder is skipped inside a walk, unless it is the walked folder itself.
-        if excluded(root) and os.path.realpath(root) != os.path.realpath(arg):
-          dirs.clear()
-          continue
-        for name in sorted(files):
-          if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-            found = True
-            path = os.path.join(root, name)
-            add(path, os.path.relpath(path, arg))
-      if not found:
-        errors.append(f"{arg}: folder has no image files")
-    elif os.path.isfile(arg):
-      add(arg, os.path.basename(arg))
-    elif glob.has_magic(arg):
-      matches = [m for m in sorted(glob.glob(arg, recursive=True)) if os.path.isfile(m)]
-      if not matches:
-        errors.append(f"{arg}: no files match this pattern")
-      for m in matches:
-        add(m, os.path.basename(m))
-    else:
-      errors.append(f"{arg}: no such file or folder")
-  return inputs, errors
-
-
-def output_format(photo: Photo, path: str) -> tuple[str, str]:
-  """(Pillow format, extension) of the output: JPEG for JPEG inputs (their own extension),
-  PNG otherwise (and for anything with alpha)."""
-  if photo.format in ("JPEG", "MPO") and photo.alpha is None:
-    ext = os.path.splitext(path)[1]
-    return "JPEG", ext if ext.lower() in _JPEG_EXTENSIONS else ".jpg"
-  return "PNG", ".png"
-
-
-class OutputNamer:
-  """Chooses output paths that never clobber an input (nor, unless asked, an existing file).
-
-  The natural name is ``<output>/<relative>.<ext>``; when that is an input file, was already
-  written in this run, or exists (without ``overwrite``), ``_colorized``, ``_colorized_2``, ...
-  is appended to the stem.
-  """
-
-  def __init__(self, output_dir: str, input_paths: Iterable[str], overwrite: bool = False):
-    self.output_dir = output_dir
-    self.inputs = {os.path.realpath(p) for p in input_paths}
-    self.overwrite = overwrite
-    self.taken = set()
-
-  def _free(self, path: str) -> bool:
-    real = os.path.realpath(path)
-    if real in self.inputs or real in self.taken:
-      return False
-    return self.overwrite or not os.path.lexists(path)
-
-  def name(self, relative: str, ext: str, suffix: str = "") -> str:
-    base = os.path.join(self.output_dir, relative + suffix)
-    candidates = [base + ext, base + COLLISION_SUFFIX + ext]
-    for path in candidates:
-      if self._free(path):
-        break
-    else:
-      n = 2
-      while not self._free(path := f"{base}{COLLISION_SUFFIX}_{n}{ext}"):
-        n += 1
-    self.taken.add(os.path.realpath(path))
-    return path
-
-
-def save_image(image: np.ndarray, path: str, fmt: str, jpeg_quality: int = JPEG_QUALITY):
-  """Writes uint8 (H, W, 3|4) ``image`` to ``path`` atomically (temp file + rename)."""
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  pil = Image.fromarray(image)
-  tmp = f"{path}.tmp{os.getpid()}"
-  try:
-    if fmt == "JPEG":
-      pil.save(tmp, format="JPEG", quality=jpeg_quality, subsampling=0)
-    else:
-      pil.save(tmp, format="PNG")
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-
-
-# --------------------------------------------------------------------------------------------
-# Command line.
-
-_DESCRIPTION = """\
-Colorize photos with a ChromaGAN generator checkpoint.
-
-  python colorize.py --ckpt DIR --output OUT INPUT...
-
-INPUT: image files, folders (searched recursively for image extensions) or glob patterns
-(quote them; ** is recursive). Grey, grey+alpha, RGB, RGBA, palette, 16-bit grey and CMYK
-images are read; EXIF orientation is applied. Colour inputs are colorized from their
-lightness alone (their own colours are discarded).
-
-Outputs keep each input's size and name (folder inputs keep their sub-folders):
-JPEG inputs are written as JPEG (quality 95, no chroma subsampling) with the input's
-extension; every other format (PNG, TIFF, BMP, GIF, WebP, ...) is written as PNG. RGBA and
-palette-with-transparency inputs keep their alpha channel (PNG output). Input files are never
-overwritten: if a name is taken by an input (e.g. --output is the input folder) or by an
-existing file, "_colorized" (then "_colorized_2", ...) is added to the name.
-
-Unreadable files (not images, empty, truncated, over --max_pixels) are reported and skipped;
-the exit status is 0 when at least one image was written and 1 when none was.
-"""
-
-
-def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
-    prog="colorize.py",
-    description=_DESCRIPTION,
-    formatter_class=argparse.RawDescriptionHelpFormatter,
-  )
-  parser.add_argument("inputs", nargs="+", metavar="INPUT", help="files, folders or globs")
-  parser.add_argument(
-    "--ckpt",
-    required=True,
-    help="Orbax checkpoint: a training workdir, its checkpoints/ folder or a converter output",
-  )
-  parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-  parser.add_argument("--output", required=True, help="output folder (created if needed)")
-  parser.add_argument(
-    "--batch_size", "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="%(default)s"
-  )
-  parser.add_argument(
-    "--max_pixels",
-    "--max-pixels",
-    type=int,
-    default=DEFAULT_MAX_PIXELS,
-    help="reject images with more pixels, before decoding them (default %(default)s)",
-  )
-  parser.add_argument(
-    "--compare",
-    action="store_true",
-    help="also write <name>_compare.<ext>: the grey input | the colorized result side by side",
-  )
-  parser.add_argument(
-    "--overwrite",
-    action="store_true",
-    help="replace existing files in --output (input files are never replaced)",
-  )
-  parser.add_argument(
-    "--jpeg_quality", "--jpeg-quality", type=int, default=JPEG_QUALITY, help="%(default)s"
-  )
-  parser.add_argument(
-    "--conv_impl",
-    "--conv-impl",
-    default=None,
-    choices=["auto", *models.CONV_IMPLS],
-    help="convolution algorithm (default: the checkpoint's). On CPU, 'winograd' (what 'auto' "
-    "picks there) is 1.3-2x faster per image but compiles in ~10-20 s instead of ~1 s (once "
-    "per machine with --compilation_cache): 'xla' is quicker for a handful of photos on a "
-    "cold cache",
-  )
-  parser.add_argument(
-    "--compilation_cache",
-    "--compilation-cache",
-    default=compile_cache.DEFAULT_DIR,
-    metavar="DIR",
-    help="keep compiled programs here so that later runs skip the compile; '' turns it off "
-    "(default %(default)s; JAX_COMPILATION_CACHE_DIR, if set, wins)",
-  )
-  parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
-  return parser
-
-
-def _read_all(
-  inputs: Sequence[InputFile], max_pixels: int, report: Callable[[str], None]
-) -> Iterator[Photo]:
-  for item in inputs:
-    try:
-      photo = read_image(item.path, max_pixels)
-    except ImageError as e:
-      report(f"skipped {e}")
-      continue
-    photo.source = item
-    yield photo
-
-
-def run(args: argparse.Namespace, log: Callable[[str], None] = None) -> int:
-  """Colorizes ``args.inputs`` into ``args.output``; returns the exit status."""
-  log = log or (lambda msg: tqdm.tqdm.write(msg, file=sys.stderr))
-  if args.batch_size < 1 or args.max_pixels < 1:
-    log("error: --batch_size and --max_pixels must be positive")
-    return 1
-  inputs, errors = collect_inputs(args.inputs, exclude_dir=args.output)
-  for msg in errors:
-    log(f"skipped {msg}")
-  if not inputs:
-    log("error: no input files")
-    return 1
-  compile_cache.enable(args.compilation_cache, warn=log)
-  try:
-    variables, config = checkpoint.load_generator(args.ckpt, args.step)
-    colorizer = Colorizer(
-      variables, config, batch_size=min(args.batch_size, len(inputs)), conv_impl=args.conv_impl
-    )
-  except (checkpoint.CheckpointError, OSError, ValueError, KeyError) as e:
-    log(f"error: cannot load checkpoint {args.ckpt}: {e}")
-    return 1
-  try:
-    os.makedirs(args.output, exist_ok=True)
-  except OSError as e:
-    log(f"error: cannot create output folder {args.output}: {e.strerror or e}")
-    return 1
-
-  namer = OutputNamer(args.output, [i.path for i in inputs], overwrite=args.overwrite)
-  bar = tqdm.tqdm(total=len(inputs), unit="img", disable=args.no_progress, file=sys.stderr)
-  failed = [len(errors)]
-
-  def report_failure(msg):
-    log(msg)
-    failed[0] += 1
-    bar.update()
-
-  written = 0
-  photos = _read_all(inputs, args.max_pixels, report_failure)
-  for photo, colour, grey in colorizer.stream(photos, with_grey=args.compare):
-    item = photo.source
-    try:
-      fmt, ext = output_format(photo, item.path)
-      path = namer.name(item.relative, ext)
-      save_image(colour, path, fmt, args.jpeg_quality)
-      if grey is not None:
-        side = np.concatenate([grey, colour], axis=1)
-        save_image(side, namer.name(item.relative, ext, COMPARE_SUFFIX), fmt, args.jpeg_quality)
-    except Exception as e:  # noqa: BLE001 - an unwritable output is a per-file error.
-      report_failure(f"skipped {item.path}: cannot write output ({type(e).__name__}: {e})")
-      continue
-    if path != os.path.join(args.output, item.relative + ext):
-      log(f"note: {item.path} -> {path} (the plain name is taken; nothing was overwritten)")
-    written += 1
-    bar.update()
-  bar.close()
-  log(f"colorized {written} image(s) into {args.output}; {failed[0]} input(s) skipped")
-  return 0 if written else 1
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-  """Command-line entry: parses ``argv`` (default ``sys.argv[1:]``) and runs."""
-  return run(build_parser().parse_args(argv))

@@ -45,6 +45,8 @@ from typing import Any
 
 import numpy as np
 
+from chromagan_jax.errors import ConversionError, UserError
+
 # Input preprocessing each weight source was trained with (see models.vgg_preprocess).
 PREPROCESSING_KERAS = "caffe"
 PREPROCESSING_TORCH = "torch"
@@ -110,10 +112,6 @@ _BN_VARS = {
   "moving_variance": "var",
   "running_std": "var",  # Keras 1 name; it held the variance despite the name.
 }
-
-
-class ConversionError(ValueError):
-  """A weight file cannot be converted: wrong kind of file, truncated, or shapes do not fit."""
 
 
 # ----------------------------------------------------------------------------------------
@@ -1032,7 +1030,7 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   try:
     print(convert(args.kind, args.source, args.out))
-  except ConversionError as e:
+  except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   return 0

@@ -34,7 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from chromagan_jax import checkpoint, color, colorize_lib
+from chromagan_jax import checkpoint, color, colorize_files, colorize_lib
+from chromagan_jax.errors import EvalError, ImageError, UserError
 
 DATA_RANGE = 255.0
 # scikit-image's structural_similarity defaults.
@@ -50,10 +51,6 @@ METRICS = ("psnr", "ssim", "colorfulness")
 RESULTS = ("colorized", "baseline")
 # Per-image CSV columns after the image name.
 COLUMNS = tuple(f"{r}_{m}" for r in RESULTS for m in METRICS) + ("truth_colorfulness",)
-
-
-class EvalError(ValueError):
-  """Bad evaluation input (no data, unreadable source); one-line message."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -136,7 +133,7 @@ def evaluate_batch(model, variables, rgb):
 
 
 def _folder_batches(path, size, batch_size, max_pixels, log) -> Iterator[tuple]:
-  inputs, errors = colorize_lib.collect_inputs([path])
+  inputs, errors = colorize_files.collect_inputs([path])
   for msg in errors:
     log(f"skipped {msg}")
   if not inputs:
@@ -145,7 +142,7 @@ def _folder_batches(path, size, batch_size, max_pixels, log) -> Iterator[tuple]:
   for item in inputs:
     try:
       photo = colorize_lib.read_image(item.path, max_pixels)
-    except colorize_lib.ImageError as e:
+    except ImageError as e:
       log(f"skipped {e}")
       continue
     h, w = photo.rgb.shape[:2]
@@ -169,7 +166,7 @@ def _pipeline_batches(config, spec, batch_size, max_images) -> Iterator[tuple]:
   """Batches of ``input_pipeline.create_eval_iterator``: TFDS (``tfds[:NAME[:SPLIT]]``) or
   the photos bundled with scikit-image (``bundled``, the held-out ones)."""
   try:
-    from chromagan_jax import input_pipeline  # noqa: PLC0415 - TensorFlow only when needed.
+    from chromagan_jax import input_pipeline  # TensorFlow only for these sources.
   except ImportError as e:
     raise EvalError(f"{spec} needs chromagan_jax.input_pipeline ({e})") from None
   config = config.copy_and_resolve_references()
@@ -275,7 +272,7 @@ def evaluate(
   ``summary.json`` to ``output``. Returns the summary dict.
 
   Raises:
-    EvalError, checkpoint.CheckpointError: bad data or checkpoint (one-line messages).
+    UserError: bad data or checkpoint (one-line messages).
   """
   log = log or (lambda msg: tqdm.tqdm.write(msg, file=sys.stderr))
   if batch_size < 1:
@@ -362,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       max_pixels=args.max_pixels,
       progress=not args.no_progress,
     )
-  except (EvalError, checkpoint.CheckpointError) as e:
+  except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   print(format_table(summary))

@@ -36,6 +36,8 @@ import tensorflow_datasets as tfds
 from absl import logging
 from PIL import Image, ImageOps
 
+from chromagan_jax.errors import DataError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 IMAGENET_TARS = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
 TFDS_IMAGE_KEY = "image"
@@ -58,10 +60,6 @@ BUNDLED_HOLDOUT = ("chelsea.png", "coffee.png")  # The demo colorizes and scores
 # fraction of the image's short side, its aspect ratio jittered in [3/4, 4/3].
 AUGMENT_MIN_SCALE = 0.35
 AUGMENT_MAX_LOG_ASPECT = float(np.log(4 / 3))
-
-
-class DataError(ValueError):
-  """Missing, empty or unusable input data; the message says what to do."""
 
 
 # --------------------------------------------------------------------------------------------

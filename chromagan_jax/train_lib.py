@@ -29,6 +29,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from chromagan_jax import checkpoint, color, losses, models
+from chromagan_jax.errors import ConfigError, NonFiniteLossError
 
 DATA_AXIS = "data"
 
@@ -354,14 +355,6 @@ class _StopRequest:
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
-
-
-class ConfigError(ValueError):
-  """The config does not fit the machine, the data or the given weights."""
-
-
-class NonFiniteLossError(RuntimeError):
-  """A loss became NaN/inf; the run stops without checkpointing the bad state."""
 
 
 def load_teacher(config):

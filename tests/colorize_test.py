@@ -1,4 +1,5 @@
-"""Tests of colorize_lib / colorize.py on real photos (scikit-image's bundled ones).
+"""Tests of colorize_lib, colorize_files and colorize.py on real photos (scikit-image's bundled
+ones).
 
 References are independent of chromagan_jax.color: scikit-image's Lab conversion and resize,
 NumPy rotations for EXIF orientation, file hashes for "inputs untouched".
@@ -20,6 +21,7 @@ from skimage import color as skcolor
 from skimage import data as skdata
 from skimage import transform as sktransform
 
+import colorize
 from chromagan_jax import checkpoint, colorize_lib, models
 from configs import default
 
@@ -93,7 +95,7 @@ def sha(path):
 
 def run_cli(args):
   messages = []
-  status = colorize_lib.run(colorize_lib.build_parser().parse_args(args), log=messages.append)
+  status = colorize.main(args, log=messages.append)
   return status, "\n".join(messages)
 
 
@@ -379,7 +381,7 @@ def test_cli_conv_impl_switch_gives_the_same_colours(ckpt, tmp_path):
       results[impl] = np.asarray(im).astype(int)
   assert np.abs(results["xla"] - results["winograd4"]).max() <= 1  # uint8 rounding only.
   with pytest.raises(SystemExit):  # argparse: "invalid choice: 'fast'".
-    colorize_lib.build_parser().parse_args(
+    colorize.build_parser().parse_args(
       ["--ckpt", ckpt, "--output", "o", "--conv_impl", "fast", "x"]
     )
 

@@ -1,0 +1,245 @@
+"""Colorizing image files into a folder: input collection, output names, atomic saves.
+
+What ``colorize.py`` does after parsing its flags, as a function: :func:`colorize_files`
+expands files, folders and globs, reads each image (:func:`colorize_lib.read_image`),
+colorizes them in batches (:class:`colorize_lib.Colorizer`) and writes each result under the
+output folder with the input's relative name. Names never clobber an input (nor, without
+``overwrite``, an existing file): ``_colorized``, ``_colorized_2``, ... is added instead.
+JPEG inputs give JPEG outputs (quality 95, no chroma subsampling), everything else PNG.
+Unreadable files are reported one line each and skipped.
+"""
+
+import dataclasses
+import glob
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import tqdm
+from PIL import Image
+
+from chromagan_jax import checkpoint, colorize_lib
+from chromagan_jax.errors import ImageError, UserError
+
+JPEG_QUALITY = 95
+_JPEG_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif")
+# The name suffix used when the natural output name is taken (by an input or an earlier file).
+COLLISION_SUFFIX = "_colorized"
+COMPARE_SUFFIX = "_compare"
+
+
+@dataclasses.dataclass(frozen=True)
+class InputFile:
+  """An input path and its output path relative to the output directory (minus extension)."""
+
+  path: str
+  relative: str
+
+
+def collect_inputs(args: Sequence[str], exclude_dir=None) -> tuple[list[InputFile], list[str]]:
+  """Expands files, folders (recursive, image extensions only) and globs.
+
+  Files under ``exclude_dir`` (the output directory) are left out of folder walks so that a
+  rerun does not colorize its own outputs (unless it is the very folder given). The same file
+  named twice is taken once.
+
+  Returns:
+    (inputs, errors): errors are one-line messages for arguments that matched nothing.
+  """
+  exclude = os.path.realpath(exclude_dir) if exclude_dir else None
+  inputs, errors, seen = [], [], set()
+
+  def add(path, relative):
+    real = os.path.realpath(path)
+    if real not in seen:
+      seen.add(real)
+      inputs.append(InputFile(path, os.path.splitext(relative)[0]))
+
+  def excluded(folder):
+    real = os.path.realpath(folder)
+    return exclude is not None and (real == exclude or real.startswith(exclude + os.sep))
+
+  for arg in args:
+    if os.path.isdir(arg):
+      found = False
+      for root, dirs, files in os.walk(arg):
+        dirs.sort()
+        # The output folder is skipped inside a walk, unless it is the walked folder itself.
+        if excluded(root) and os.path.realpath(root) != os.path.realpath(arg):
+          dirs.clear()
+          continue
+        for name in sorted(files):
+          if os.path.splitext(name)[1].lower() in colorize_lib.IMAGE_EXTENSIONS:
+            found = True
+            path = os.path.join(root, name)
+            add(path, os.path.relpath(path, arg))
+      if not found:
+        errors.append(f"{arg}: folder has no image files")
+    elif os.path.isfile(arg):
+      add(arg, os.path.basename(arg))
+    elif glob.has_magic(arg):
+      matches = [m for m in sorted(glob.glob(arg, recursive=True)) if os.path.isfile(m)]
+      if not matches:
+        errors.append(f"{arg}: no files match this pattern")
+      for m in matches:
+        add(m, os.path.basename(m))
+    else:
+      errors.append(f"{arg}: no such file or folder")
+  return inputs, errors
+
+
+def output_format(photo: colorize_lib.Photo, path: str) -> tuple[str, str]:
+  """(Pillow format, extension) of the output: JPEG for JPEG inputs (their own extension),
+  PNG otherwise (and for anything with alpha)."""
+  if photo.format in ("JPEG", "MPO") and photo.alpha is None:
+    ext = os.path.splitext(path)[1]
+    return "JPEG", ext if ext.lower() in _JPEG_EXTENSIONS else ".jpg"
+  return "PNG", ".png"
+
+
+class OutputNamer:
+  """Chooses output paths that never clobber an input (nor, unless asked, an existing file).
+
+  The natural name is ``<output>/<relative>.<ext>``; when that is an input file, was already
+  written in this run, or exists (without ``overwrite``), ``_colorized``, ``_colorized_2``, ...
+  is appended to the stem.
+  """
+
+  def __init__(self, output_dir: str, input_paths: Iterable[str], overwrite: bool = False):
+    self.output_dir = output_dir
+    self.inputs = {os.path.realpath(p) for p in input_paths}
+    self.overwrite = overwrite
+    self.taken = set()
+
+  def _free(self, path: str) -> bool:
+    real = os.path.realpath(path)
+    if real in self.inputs or real in self.taken:
+      return False
+    return self.overwrite or not os.path.lexists(path)
+
+  def name(self, relative: str, ext: str, suffix: str = "") -> str:
+    base = os.path.join(self.output_dir, relative + suffix)
+    candidates = [base + ext, base + COLLISION_SUFFIX + ext]
+    for path in candidates:
+      if self._free(path):
+        break
+    else:
+      n = 2
+      while not self._free(path := f"{base}{COLLISION_SUFFIX}_{n}{ext}"):
+        n += 1
+    self.taken.add(os.path.realpath(path))
+    return path
+
+
+def save_image(image: np.ndarray, path: str, fmt: str, jpeg_quality: int = JPEG_QUALITY):
+  """Writes uint8 (H, W, 3|4) ``image`` to ``path`` atomically (temp file + rename)."""
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  pil = Image.fromarray(image)
+  tmp = f"{path}.tmp{os.getpid()}"
+  try:
+    if fmt == "JPEG":
+      pil.save(tmp, format="JPEG", quality=jpeg_quality, subsampling=0)
+    else:
+      pil.save(tmp, format="PNG")
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def _read_all(
+  inputs: Sequence[InputFile], max_pixels: int, report: Callable[[str], None]
+) -> Iterator[colorize_lib.Photo]:
+  for item in inputs:
+    try:
+      photo = colorize_lib.read_image(item.path, max_pixels)
+    except ImageError as e:
+      report(f"skipped {e}")
+      continue
+    photo.source = item
+    yield photo
+
+
+def colorize_files(
+  inputs: Sequence[str],
+  output: str,
+  ckpt,
+  *,
+  step: int | None = None,
+  batch_size: int = colorize_lib.DEFAULT_BATCH_SIZE,
+  max_pixels: int = colorize_lib.DEFAULT_MAX_PIXELS,
+  compare: bool = False,
+  overwrite: bool = False,
+  jpeg_quality: int = JPEG_QUALITY,
+  conv_impl: str | None = None,
+  progress: bool = True,
+  log: Callable[[str], None] | None = None,
+) -> int:
+  """Colorizes the images of ``inputs`` (files, folders, globs) into the folder ``output``.
+
+  Args:
+    inputs: files, folders (searched recursively for image extensions) or glob patterns.
+    output: output folder (created if needed); files keep the inputs' relative names.
+    ckpt, step: the generator checkpoint (see :func:`checkpoint.load_generator`).
+    compare: also write ``<name>_compare.<ext>``: the grey input | the result side by side.
+    overwrite: replace existing files in ``output`` (input files are never replaced).
+    conv_impl: see :class:`colorize_lib.Colorizer`.
+    log: where the one-line reports go (default: stderr, above the progress bar).
+
+  Returns:
+    The number of images written. Skipped inputs are reported through ``log``.
+
+  Raises:
+    UserError: bad arguments, no input file at all, an unusable checkpoint or output folder.
+  """
+  log = log or (lambda msg: tqdm.tqdm.write(msg, file=sys.stderr))
+  if batch_size < 1 or max_pixels < 1:
+    raise UserError("--batch_size and --max_pixels must be positive")
+  found, errors = collect_inputs(inputs, exclude_dir=output)
+  for msg in errors:
+    log(f"skipped {msg}")
+  if not found:
+    raise UserError("no input files")
+  try:
+    variables, config = checkpoint.load_generator(ckpt, step)
+    colorizer = colorize_lib.Colorizer(
+      variables, config, batch_size=min(batch_size, len(found)), conv_impl=conv_impl
+    )
+  except (checkpoint.CheckpointError, OSError, ValueError, KeyError) as e:
+    raise UserError(f"cannot load checkpoint {ckpt}: {e}") from None
+  try:
+    os.makedirs(output, exist_ok=True)
+  except OSError as e:
+    raise UserError(f"cannot create output folder {output}: {e.strerror or e}") from None
+
+  namer = OutputNamer(output, [i.path for i in found], overwrite=overwrite)
+  bar = tqdm.tqdm(total=len(found), unit="img", disable=not progress, file=sys.stderr)
+  failed = [len(errors)]
+
+  def report_failure(msg):
+    log(msg)
+    failed[0] += 1
+    bar.update()
+
+  written = 0
+  photos = _read_all(found, max_pixels, report_failure)
+  for photo, colour, grey in colorizer.stream(photos, with_grey=compare):
+    item = photo.source
+    try:
+      fmt, ext = output_format(photo, item.path)
+      path = namer.name(item.relative, ext)
+      save_image(colour, path, fmt, jpeg_quality)
+      if grey is not None:
+        side = np.concatenate([grey, colour], axis=1)
+        save_image(side, namer.name(item.relative, ext, COMPARE_SUFFIX), fmt, jpeg_quality)
+    except Exception as e:  # noqa: BLE001 - an unwritable output is a per-file error.
+      report_failure(f"skipped {item.path}: cannot write output ({type(e).__name__}: {e})")
+      continue
+    if path != os.path.join(output, item.relative + ext):
+      log(f"note: {item.path} -> {path} (the plain name is taken; nothing was overwritten)")
+    written += 1
+    bar.update()
+  bar.close()
+  log(f"colorized {written} image(s) into {output}; {failed[0]} input(s) skipped")
+  return written
