@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 
 import tqdm
 
-from chromagan_jax import colorize_files, colorize_lib, compile_cache, models
+from chromagan_jax import colorize_files, colorize_lib, compile_cache, images, models
 from chromagan_jax.errors import UserError
 
 _DESCRIPTION = """\
@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     "--max_pixels",
     "--max-pixels",
     type=int,
-    default=colorize_lib.DEFAULT_MAX_PIXELS,
+    default=images.DEFAULT_MAX_PIXELS,
     help="reject images with more pixels, before decoding them (default %(default)s)",
   )
   parser.add_argument(

@@ -1,7 +1,7 @@
 """Colorizing image files into a folder: input collection, output names, atomic saves.
 
 What ``colorize.py`` does after parsing its flags, as a function: :func:`colorize_files`
-expands files, folders and globs, reads each image (:func:`colorize_lib.read_image`),
+expands files, folders and globs, reads each image (:func:`images.read`),
 colorizes them in batches (:class:`colorize_lib.Colorizer`) and writes each result under the
 output folder with the input's relative name. Names never clobber an input (nor, without
 ``overwrite``, an existing file): ``_colorized``, ``_colorized_2``, ... is added instead.
@@ -10,7 +10,6 @@ Unreadable files are reported one line each and skipped.
 """
 
 import dataclasses
-import glob
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -19,7 +18,7 @@ import numpy as np
 import tqdm
 from PIL import Image
 
-from chromagan_jax import checkpoint, colorize_lib
+from chromagan_jax import checkpoint, colorize_lib, images
 from chromagan_jax.errors import ImageError, UserError
 
 JPEG_QUALITY = 95
@@ -38,58 +37,34 @@ class InputFile:
 
 
 def collect_inputs(args: Sequence[str], exclude_dir=None) -> tuple[list[InputFile], list[str]]:
-  """Expands files, folders (recursive, image extensions only) and globs.
+  """Expands files, folders and globs with ``images.find`` (one walk for every consumer).
 
-  Files under ``exclude_dir`` (the output directory) are left out of folder walks so that a
-  rerun does not colorize its own outputs (unless it is the very folder given). The same file
-  named twice is taken once.
+  Folders are walked recursively and globs expanded, keeping visible image files; a file named
+  explicitly is always tried. ``exclude_dir`` (the output directory) is left out of folder
+  walks so that a rerun does not colorize its own outputs (unless it is the very folder
+  given). The same file named twice is taken once.
 
   Returns:
     (inputs, errors): errors are one-line messages for arguments that matched nothing.
   """
-  exclude = os.path.realpath(exclude_dir) if exclude_dir else None
   inputs, errors, seen = [], [], set()
-
-  def add(path, relative):
-    real = os.path.realpath(path)
-    if real not in seen:
-      seen.add(real)
-      inputs.append(InputFile(path, os.path.splitext(relative)[0]))
-
-  def excluded(folder):
-    real = os.path.realpath(folder)
-    return exclude is not None and (real == exclude or real.startswith(exclude + os.sep))
-
   for arg in args:
-    if os.path.isdir(arg):
-      found = False
-      for root, dirs, files in os.walk(arg):
-        dirs.sort()
-        # The output folder is skipped inside a walk, unless it is the walked folder itself.
-        if excluded(root) and os.path.realpath(root) != os.path.realpath(arg):
-          dirs.clear()
-          continue
-        for name in sorted(files):
-          if os.path.splitext(name)[1].lower() in colorize_lib.IMAGE_EXTENSIONS:
-            found = True
-            path = os.path.join(root, name)
-            add(path, os.path.relpath(path, arg))
-      if not found:
-        errors.append(f"{arg}: folder has no image files")
-    elif os.path.isfile(arg):
-      add(arg, os.path.basename(arg))
-    elif glob.has_magic(arg):
-      matches = [m for m in sorted(glob.glob(arg, recursive=True)) if os.path.isfile(m)]
-      if not matches:
-        errors.append(f"{arg}: no files match this pattern")
-      for m in matches:
-        add(m, os.path.basename(m))
-    else:
-      errors.append(f"{arg}: no such file or folder")
+    try:
+      found = images.find(arg, exclude=exclude_dir)
+    except ImageError as e:
+      errors.append(str(e))
+      continue
+    folder = os.path.isdir(arg)
+    for path in found:
+      real = os.path.realpath(path)
+      if real not in seen:
+        seen.add(real)
+        relative = os.path.relpath(path, arg) if folder else os.path.basename(path)
+        inputs.append(InputFile(path, os.path.splitext(relative)[0]))
   return inputs, errors
 
 
-def output_format(photo: colorize_lib.Photo, path: str) -> tuple[str, str]:
+def output_format(photo: images.Photo, path: str) -> tuple[str, str]:
   """(Pillow format, extension) of the output: JPEG for JPEG inputs (their own extension),
   PNG otherwise (and for anything with alpha)."""
   if photo.format in ("JPEG", "MPO") and photo.alpha is None:
@@ -150,10 +125,10 @@ def save_image(image: np.ndarray, path: str, fmt: str, jpeg_quality: int = JPEG_
 
 def _read_all(
   inputs: Sequence[InputFile], max_pixels: int, report: Callable[[str], None]
-) -> Iterator[colorize_lib.Photo]:
+) -> Iterator[images.Photo]:
   for item in inputs:
     try:
-      photo = colorize_lib.read_image(item.path, max_pixels)
+      photo = images.read(item.path, max_pixels)
     except ImageError as e:
       report(f"skipped {e}")
       continue
@@ -168,7 +143,7 @@ def colorize_files(
   *,
   step: int | None = None,
   batch_size: int = colorize_lib.DEFAULT_BATCH_SIZE,
-  max_pixels: int = colorize_lib.DEFAULT_MAX_PIXELS,
+  max_pixels: int = images.DEFAULT_MAX_PIXELS,
   compare: bool = False,
   overwrite: bool = False,
   jpeg_quality: int = JPEG_QUALITY,

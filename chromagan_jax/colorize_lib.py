@@ -15,17 +15,14 @@ true height and width are traced scalars of the resize), so a folder of photos o
 compiles a handful of programs, not one per size; the generator runs on a fixed batch shape
 (the last batch is padded).
 
-Decoding: EXIF orientation is applied; grey, grey+alpha, RGB, RGBA (alpha is passed
-through), palette (with or without transparency), 16-bit grey, CMYK and other Pillow modes
-are read. Files in, files out (names, formats, saving) is :mod:`chromagan_jax.colorize_files`;
-the command line is ``colorize.py``.
+Decoding is :mod:`chromagan_jax.images`, as for training and evaluation (EXIF orientation;
+grey, grey+alpha, RGB, RGBA, palette, 16/32-bit grey, CMYK); the alpha channel is kept and
+passed through to the output. Files in, files out (names, formats, saving) is
+:mod:`chromagan_jax.colorize_files`; the command line is ``colorize.py``.
 """
 
-import dataclasses
 import functools
-import os
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -33,143 +30,18 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
-from PIL import Image, ImageOps, UnidentifiedImageError
 
 from chromagan_jax import color, models
-from chromagan_jax.errors import ImageError
+from chromagan_jax import images as image_files
+from chromagan_jax.images import Photo
 
-# 50 megapixels: larger than most camera photos; a header claiming more is rejected before any
-# pixel is decoded (decompression-bomb guard). Raise it with --max_pixels.
-DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_BATCH_SIZE = 8
-# Extensions picked up when a folder is given (explicit files and globs are always tried).
-IMAGE_EXTENSIONS = frozenset(
-  (".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-  + (".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".jp2", ".j2k", ".ico")
-)
 # Training resizes with plain bilinear interpolation (OpenCV/TF default: no antialiasing);
 # the network input is resized the same way so that it sees the statistics it was trained on.
 NETWORK_RESIZE_ANTIALIAS = False
 # ab8 upsampling to the original size; antialiasing only matters when shrinking (inputs
 # smaller than the network size).
 AB_RESIZE_ANTIALIAS = True
-
-
-@dataclasses.dataclass
-class Photo:
-  """A decoded input image.
-
-  Attributes:
-    rgb: (H, W, 3) uint8 sRGB, already in display orientation (grey inputs tiled).
-    alpha: (H, W) uint8 alpha channel, or None.
-    format: Pillow's name of the file format ('JPEG', 'PNG', ...), None for arrays.
-    source: where it came from (a path, or an index for arrays).
-  """
-
-  rgb: np.ndarray
-  alpha: np.ndarray | None = None
-  format: str | None = None
-  source: Any = None
-
-
-# --------------------------------------------------------------------------------------------
-# Decoding.
-
-
-def _grey_to_rgb(grey: np.ndarray) -> np.ndarray:
-  return np.repeat(grey[..., None], 3, axis=-1)
-
-
-def _sixteen_bit_to_uint8(values: np.ndarray) -> np.ndarray:
-  """16-bit grey (0..65535) -> uint8 with rounding (65535 / 255 = 257)."""
-  return np.clip(np.round(values.astype(np.float64) / 257.0), 0, 255).astype(np.uint8)
-
-
-def pil_to_arrays(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
-  """A Pillow image of any common mode -> ((H, W, 3) uint8 RGB, (H, W) uint8 alpha or None).
-
-  Grey modes ('1', 'L', 16-bit 'I;16*', 32-bit 'I' read as 16-bit, float 'F' read as [0, 1])
-  are tiled; palette images become RGB or RGBA (with transparency); CMYK, YCbCr, ... are
-  converted by Pillow (no colour management: embedded ICC profiles are ignored).
-  """
-  mode = im.mode
-  if mode in ("P", "PA"):
-    im = im.convert("RGBA" if mode == "PA" or "transparency" in im.info else "RGB")
-  elif mode in ("L", "RGB") and "transparency" in im.info:
-    im = im.convert("RGBA")
-  elif mode in ("La", "RGBa", "RGBX"):
-    im = im.convert({"La": "LA", "RGBa": "RGBA", "RGBX": "RGB"}[mode])
-  mode = im.mode
-  if mode in ("1", "L"):
-    return _grey_to_rgb(np.asarray(im.convert("L"))), None
-  if mode == "LA":
-    arr = np.asarray(im)
-    return _grey_to_rgb(arr[..., 0]), arr[..., 1].copy()
-  if mode.startswith("I;16") or mode == "I":
-    return _grey_to_rgb(_sixteen_bit_to_uint8(np.asarray(im))), None
-  if mode == "F":
-    arr = np.nan_to_num(np.asarray(im, dtype=np.float64))
-    return _grey_to_rgb(np.clip(np.round(arr * 255.0), 0, 255).astype(np.uint8)), None
-  if mode == "RGBA":
-    arr = np.asarray(im)
-    return np.ascontiguousarray(arr[..., :3]), arr[..., 3].copy()
-  return np.asarray(im.convert("RGB")).copy(), None
-
-
-def read_image(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
-  """Decodes an image file, applying its EXIF orientation.
-
-  The size in the header is checked against ``max_pixels`` before any pixel is decoded.
-
-  Raises:
-    ImageError: unreadable, empty, truncated, not an image, or over the pixel limit; the
-      message names the file.
-  """
-  path = os.fspath(path)
-  try:
-    if os.path.getsize(path) == 0:
-      raise ImageError(f"{path}: empty file (0 bytes)")
-  except OSError as e:
-    raise ImageError(f"{path}: cannot read ({e.strerror or e})") from None
-  # Pillow's own bomb check would fire (or only warn) at its fixed limit; ours replaces it.
-  saved_limit = Image.MAX_IMAGE_PIXELS
-  Image.MAX_IMAGE_PIXELS = None
-  try:
-    with Image.open(path) as im:
-      width, height = im.size
-      if width * height > max_pixels:
-        raise ImageError(
-          f"{path}: {width}x{height} image ({width * height:,} pixels) exceeds the limit of "
-          f"{max_pixels:,} pixels; not decoded (raise --max_pixels to allow it)"
-        )
-      fmt = im.format
-      im.load()
-      rgb, alpha = pil_to_arrays(ImageOps.exif_transpose(im))
-  except ImageError:
-    raise
-  except UnidentifiedImageError:
-    raise ImageError(f"{path}: not an image file Pillow can read") from None
-  except Exception as e:  # noqa: BLE001 - any decoder failure is a per-file error.
-    raise ImageError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from None
-  finally:
-    Image.MAX_IMAGE_PIXELS = saved_limit
-  return Photo(rgb=rgb, alpha=alpha, format=fmt, source=path)
-
-
-def array_to_photo(image, source=None) -> Photo:
-  """uint8 array (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) -> :class:`Photo`."""
-  image = np.asarray(image)
-  if image.dtype != np.uint8:
-    raise ValueError(f"image {source}: expected uint8, got {image.dtype}")
-  if image.ndim == 2:
-    return Photo(_grey_to_rgb(image), source=source)
-  if image.ndim == 3 and image.shape[-1] in (1, 3, 4) and min(image.shape[:2]) > 0:
-    if image.shape[-1] == 1:
-      return Photo(_grey_to_rgb(image[..., 0]), source=source)
-    if image.shape[-1] == 3:
-      return Photo(image, source=source)
-    return Photo(np.ascontiguousarray(image[..., :3]), image[..., 3].copy(), source=source)
-  raise ValueError(f"image {source}: expected shape (H, W), (H, W, 1|3|4), got {image.shape}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -370,7 +242,7 @@ def colorize(
     One uint8 array per input, same height and width: (H, W, 3) RGB, or (H, W, 4) RGBA for
     RGBA inputs.
   """
-  photos = [array_to_photo(im, source=i) for i, im in enumerate(images)]
+  photos = [image_files.array_to_photo(im, source=i) for i, im in enumerate(images)]
   if not photos:
     return []
   colorizer = Colorizer(variables, config, batch_size=min(batch_size, len(photos)))

@@ -51,7 +51,14 @@ def main(argv=None) -> int:
   # Orbax logs every checkpoint operation at INFO; keep the console to training progress.
   std_logging.getLogger("absl").addFilter(lambda record: "orbax" not in record.pathname)
   sys.path.insert(0, _ROOT)
-  from chromagan_jax import checkpoint, colorize_lib, evaluate, input_pipeline, train_lib  # noqa: PLC0415
+  from chromagan_jax import (  # noqa: PLC0415
+    checkpoint,
+    colorize_lib,
+    evaluate,
+    images,
+    input_pipeline,
+    train_lib,
+  )
   from configs import cpu  # noqa: PLC0415
 
   config = cpu.get_config()
@@ -70,7 +77,7 @@ def main(argv=None) -> int:
 
   variables, saved = checkpoint.load_generator(train_dir)
   holdout = input_pipeline.bundled_photos("holdout")
-  originals = [input_pipeline.read_image(p) for p in holdout]
+  originals = [images.read_rgb(p) for p in holdout]
   greys = [np.asarray(Image.fromarray(x).convert("L")) for x in originals]
   colorized = colorize_lib.colorize(greys, variables, saved)
   out_dir = os.path.join(args.workdir, "colorized")

@@ -34,8 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from chromagan_jax import checkpoint, color, colorize_files, colorize_lib
-from chromagan_jax.errors import EvalError, ImageError, UserError
+from chromagan_jax import checkpoint, color, colorize_lib, images
+from chromagan_jax.errors import EvalError, UserError
 
 DATA_RANGE = 255.0
 # scikit-image's structural_similarity defaults.
@@ -133,27 +133,27 @@ def evaluate_batch(model, variables, rgb):
 
 
 def _folder_batches(path, size, batch_size, max_pixels, log) -> Iterator[tuple]:
-  inputs, errors = colorize_files.collect_inputs([path])
-  for msg in errors:
-    log(f"skipped {msg}")
-  if not inputs:
-    raise EvalError(f"{path}: no image files to evaluate on")
-  names, images = [], []
-  for item in inputs:
+  """Batches of a folder/glob/file, read as training reads ``config.data.source='folder'``:
+  ``images.find``, ``images.read_rgb`` (alpha on white) and the training resize
+  (``images.resize``), so the pixels are those a training batch holds."""
+  try:
+    files = images.find(path)
+  except images.ImageError as e:
+    raise EvalError(str(e)) from None
+  names, batch = [], []
+  for file in files:
     try:
-      photo = colorize_lib.read_image(item.path, max_pixels)
-    except ImageError as e:
+      rgb = images.read_rgb(file, max_pixels)
+    except images.ImageError as e:
       log(f"skipped {e}")
       continue
-    h, w = photo.rgb.shape[:2]
-    padded = colorize_lib.pad_to_bucket(photo.rgb)
-    images.append(colorize_lib.resize_for_network(padded, h, w, size))
-    names.append(item.path)
-    if len(images) == batch_size:
-      yield names, np.stack(images), np.ones(len(images), bool)
-      names, images = [], []
-  if images:
-    yield _pad_batch(names, np.stack(images), batch_size)
+    batch.append(images.resize(rgb, size))
+    names.append(file)
+    if len(batch) == batch_size:
+      yield names, np.stack(batch), np.ones(len(batch), bool)
+      names, batch = [], []
+  if batch:
+    yield _pad_batch(names, np.stack(batch), batch_size)
 
 
 def _pad_batch(names, rgb, batch_size):
@@ -264,7 +264,7 @@ def evaluate(
   step: int | None = None,
   batch_size: int = 8,
   max_images: int | None = None,
-  max_pixels: int = colorize_lib.DEFAULT_MAX_PIXELS,
+  max_pixels: int = images.DEFAULT_MAX_PIXELS,
   progress: bool = True,
   log=None,
 ) -> dict:
@@ -339,9 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--output", required=True, help="folder for per_image.csv, summary.json")
   parser.add_argument("--batch_size", "--batch-size", type=int, default=8)
   parser.add_argument("--max_images", "--max-images", type=int, default=None)
-  parser.add_argument(
-    "--max_pixels", "--max-pixels", type=int, default=colorize_lib.DEFAULT_MAX_PIXELS
-  )
+  parser.add_argument("--max_pixels", "--max-pixels", type=int, default=images.DEFAULT_MAX_PIXELS)
   parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
   return parser
 

@@ -7,10 +7,11 @@ images are resized with **no crop**: the aspect ratio is not kept.
 
 Sources (``config.data.source``):
   * ``'tfds'``: a TFDS dataset (``imagenet2012`` by default; its tars are a manual download).
-  * ``'folder'``: a directory (searched recursively) or a glob of JPEG/PNG/WebP/BMP/TIFF/GIF
-    files. Unreadable files are skipped with a warning naming each one (see
-    ``skipped_files``), never crashing a long run; in training, the slot of an unreadable
-    file is filled by the next readable file (sorted order), which keeps resumes exact.
+  * ``'folder'``: a directory (searched recursively) or a glob of image files, found and
+    decoded by :mod:`chromagan_jax.images` (alpha composited on white). Unreadable files are
+    skipped with a warning naming each one (see ``skipped_files``), never crashing a long
+    run; in training, the slot of an unreadable file is filled by the next readable file
+    (sorted order), which keeps resumes exact.
   * ``'bundled'``: real colour photos that ship inside the scikit-image wheel (a demo set).
 
 Training streams are infinite and deterministic given ``config.seed``: the batches of
@@ -22,7 +23,6 @@ This is the only module that imports TensorFlow; the entry script hides accelera
 """
 
 import functools
-import io
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -34,11 +34,10 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
-from PIL import Image, ImageOps
 
+from chromagan_jax import images
 from chromagan_jax.errors import DataError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 IMAGENET_TARS = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
 TFDS_IMAGE_KEY = "image"
 
@@ -96,72 +95,7 @@ def _record_skipped(path: str, reason: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Decoding with PIL (folder and bundled sources).
-
-
-def _grey_to_uint8(arr: np.ndarray) -> np.ndarray:
-  """A single-channel array of any depth -> uint8 [0, 255].
-
-  16-bit data (PIL modes 'I;16*', or 'I' with values above 255) is scaled by 255/65535;
-  float data in [0, 1] by 255; anything else is clipped to [0, 255].
-  """
-  if arr.dtype == np.uint8:
-    return arr
-  if np.issubdtype(arr.dtype, np.floating):
-    arr = arr.astype(np.float64)
-    if np.nanmax(arr, initial=0.0) <= 1.0:
-      arr = arr * 255.0
-    return np.clip(np.nan_to_num(np.round(arr)), 0, 255).astype(np.uint8)
-  if arr.dtype == np.uint16 or arr.max(initial=0) > 255:
-    return np.round(np.clip(arr, 0, 65535) / 257.0).astype(np.uint8)
-  return np.clip(arr, 0, 255).astype(np.uint8)
-
-
-def pil_to_rgb(img: Image.Image) -> np.ndarray:
-  """A PIL image of any mode -> uint8 RGB (H, W, 3) in [0, 255].
-
-  Applies the EXIF orientation (as ``cv2.imread`` does). Alpha (RGBA, LA, PA, palette with
-  transparency) is composited on white: transparent areas look as a viewer shows them, not
-  as whatever colour happens to be stored under alpha = 0. Grey and 16-bit grey are
-  replicated to 3 channels (16-bit scaled to 8); CMYK uses PIL's conversion,
-  RGB = (255 - CMY) * (255 - K) / 255, without colour management. Multi-frame files (GIF,
-  TIFF) give their first frame.
-  """
-  img = ImageOps.exif_transpose(img)
-  mode = img.mode
-  if mode.startswith("I") or mode == "F":
-    grey = _grey_to_uint8(np.asarray(img))
-    return np.repeat(grey[..., None], 3, axis=-1)
-  if mode == "P":
-    img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-  elif mode in ("LA", "PA", "La", "RGBa"):
-    img = img.convert("RGBA")
-  if img.mode == "RGBA":
-    white = Image.new("RGBA", img.size, (255, 255, 255, 255))
-    img = Image.alpha_composite(white, img)
-  rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
-  return rgb
-
-
-def decode_image(data: bytes) -> np.ndarray:
-  """Encoded image bytes (any format PIL reads) -> uint8 RGB (H, W, 3). Raises on bad data."""
-  with Image.open(io.BytesIO(data)) as img:
-    img.load()
-    return pil_to_rgb(img)
-
-
-def read_image(path: str) -> np.ndarray:
-  """Reads an image file -> uint8 RGB (H, W, 3); raises DataError naming the file."""
-  try:
-    with tf.io.gfile.GFile(path, "rb") as f:
-      return decode_image(f.read())
-  except Exception as e:  # noqa: BLE001 (any decoder failure is a bad file)
-    raise DataError(f"cannot read image {path}: {_reason(e)}") from None
-
-
-def _reason(e: Exception) -> str:
-  text = str(e).splitlines()[0] if str(e) else ""
-  return f"{type(e).__name__}: {text}" if text else type(e).__name__
+# Decoding (chromagan_jax.images, the decoder colorize and evaluate use too).
 
 
 class _Loader:
@@ -180,15 +114,9 @@ class _Loader:
       return self._cache[i]
     path = self.files[i]
     try:
-      with tf.io.gfile.GFile(path, "rb") as f:
-        data = f.read()
-      if not data:
-        raise OSError("empty file (0 bytes)")
-      rgb = decode_image(data)
-      if rgb.shape[0] == 0 or rgb.shape[1] == 0:
-        raise OSError(f"image has no pixels ({rgb.shape[1]}x{rgb.shape[0]})")
-    except Exception as e:  # noqa: BLE001 (never crash a long run on one bad file)
-      _record_skipped(path, _reason(e))
+      rgb = images.read_rgb(path)
+    except images.ImageError as e:  # Never crash a long run on one bad file.
+      _record_skipped(path, str(e).removeprefix(f"{path}: "))
       return None
     if self._cache is not None:
       self._cache[i] = rgb
@@ -318,47 +246,18 @@ def _numpy_iterator(ds: tf.data.Dataset, fatal: list) -> Iterator[dict[str, np.n
 def find_images(path: str) -> list[str]:
   """Image files under a directory (recursive), matching a glob, or one file; sorted.
 
-  Hidden files and directories (names starting with '.', e.g. macOS '._x.jpg') are ignored.
-  Raises DataError with what to do when there is nothing to read.
+  ``images.find``: hidden files and folders are skipped. Raises DataError with what to do when
+  there is nothing to read.
   """
   if not path:
     raise DataError(
       "config.data.path is empty: set --config.data.path to a directory of images or a glob "
       "such as '/photos/**/*.jpg'"
     )
-  is_glob = any(c in path for c in "*?[")
-  if is_glob:
-    matches = [p for p in tf.io.gfile.glob(path) if not tf.io.gfile.isdir(p)]
-    if not matches:
-      raise DataError(f"glob {path!r} matches no files: check the pattern and the directory")
-    files = [p for p in matches if _is_image_name(p)]
-    if not files:
-      raise DataError(
-        f"glob {path!r} matches {len(matches)} files but none is an image "
-        f"({', '.join(IMAGE_EXTENSIONS)})"
-      )
-    return sorted(files)
-  if not tf.io.gfile.exists(path):
-    raise DataError(f"image folder {path} does not exist: set --config.data.path to it")
-  if not tf.io.gfile.isdir(path):
-    if not _is_image_name(path):
-      raise DataError(f"{path} is not an image file ({', '.join(IMAGE_EXTENSIONS)})")
-    return [path]
-  files = []
-  for root, dirs, names in tf.io.gfile.walk(path):
-    dirs[:] = [d for d in dirs if not d.startswith(".")]
-    files.extend(os.path.join(root, n) for n in names if _is_image_name(n))
-  if not files:
-    raise DataError(
-      f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {path} (searched recursively): "
-      "point --config.data.path at your photos"
-    )
-  return sorted(files)
-
-
-def _is_image_name(path: str) -> bool:
-  name = os.path.basename(path.rstrip("/"))
-  return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+  try:
+    return images.find(path)
+  except images.ImageError as e:
+    raise DataError(f"{e}: set --config.data.path (or eval_path) to your photos") from None
 
 
 def bundled_photos(split: str) -> list[str]:

@@ -22,7 +22,7 @@ from skimage import data as skdata
 from skimage import transform as sktransform
 
 import colorize
-from chromagan_jax import checkpoint, colorize_lib, models
+from chromagan_jax import checkpoint, colorize_lib, images, models
 from configs import default
 
 jax.config.update("jax_disable_most_optimizations", True)
@@ -347,8 +347,8 @@ def test_bad_inputs_are_reported_and_skipped(ckpt, tmp_path):
   status, log = run_cli(["--ckpt", ckpt, "--output", str(tmp_path / "out2"), str(bad)])
   assert status == 1 and "colorized 0 image(s)" in log
   # A lower limit rejects an ordinary image before decoding it.
-  with pytest.raises(colorize_lib.ImageError, match="exceeds the limit"):
-    colorize_lib.read_image(good / "tiny.png", max_pixels=0)
+  with pytest.raises(images.ImageError, match="exceeds the limit"):
+    images.read(good / "tiny.png", max_pixels=0)
 
 
 def test_script_entry_point(ckpt, tmp_path):

@@ -1,6 +1,6 @@
 """Tests of chromagan_jax.input_pipeline: folder, bundled and (mocked) TFDS sources.
 
-Decoding is checked against hand-computed pixel values, resizing against scikit-image's
+Decoding is tested in images_test.py; here resizing is checked against scikit-image's
 bilinear resize, and the stream's determinism, exact resume and process sharding against
 fresh iterators.
 """
@@ -16,6 +16,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 from skimage import transform
 
+from chromagan_jax import images
 from chromagan_jax import input_pipeline as ip
 from configs import default
 
@@ -138,37 +139,12 @@ def test_find_images_recursive_and_filtered(mixed_folder):
   ]
 
 
-def test_decode_modes_against_hand_computed_values(mixed_folder):
-  read = lambda name: ip.read_image(str(mixed_folder / name)).astype(np.int32)
-  for name in ("rgb.png", "sub/lossless.webp", "sub/deeper/img.BMP", "sub/deeper/img.tiff"):
-    np.testing.assert_array_equal(read(name), RGB, err_msg=name)
-  np.testing.assert_array_equal(read("grey.png"), np.repeat(GREY[..., None], 3, -1))
-  # 16-bit grey: scaled by 255 / 65535, not clipped at 255.
-  np.testing.assert_array_equal(read("grey16.png")[..., 1], np.round(GREY16 / 257.0))
-  # RGBA composited on white.
-  a = ALPHA[..., None] / 255.0
-  np.testing.assert_allclose(read("rgba.png"), RGB * a + 255 * (1 - a), atol=1)
-  # CMYK without colour management: (255 - CMY) * (255 - K) / 255.
-  cmyk = CMYK.astype(np.float64)
-  expected = (255 - cmyk[..., :3]) * (255 - cmyk[..., 3:]) / 255
-  np.testing.assert_allclose(read("cmyk.tif"), expected, atol=1)
-  assert np.abs(read("sub/cmyk.jpg") - expected).mean() < 12  # Lossy CMYK JPEG.
-  np.testing.assert_array_equal(read("sub/palette.gif"), PALETTE[INDICES])
-  assert np.abs(read("photo.jpg") - RGB).mean() < 4
-  for name in ("rgb.png", "grey16.png", "sub/palette.gif"):
-    assert ip.read_image(str(mixed_folder / name)).dtype == np.uint8
-
-
-def test_exif_orientation_is_applied(tmp_path):
-  exif = Image.Exif()
-  exif[0x0112] = 6  # Rotate 90 degrees clockwise on display.
-  Image.fromarray(_smooth_rgb(10, 20)).save(tmp_path / "rot.jpg", exif=exif)
-  assert ip.read_image(str(tmp_path / "rot.jpg")).shape == (20, 10, 3)
-
-
-def test_read_image_error_names_the_file(mixed_folder):
-  with pytest.raises(ip.DataError, match="corrupt.jpg"):
-    ip.read_image(str(mixed_folder / "corrupt.jpg"))
+def test_folder_source_decodes_with_the_images_module(mixed_folder):
+  """Decoding itself is tested in images_test; here: the stream holds those pixels."""
+  config = _config(path="", eval_path=str(mixed_folder / "rgba.png"), batch_size=1)
+  got = next(ip.create_eval_iterator(config, batch_size=1, process_index=0, process_count=1))
+  want = images.resize(images.read_rgb(mixed_folder / "rgba.png"), SIZE)
+  np.testing.assert_array_equal(got["rgb"][0], want)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,9 +255,9 @@ def test_batch_not_divisible_by_processes(colour_folder):
   "path, message",
   [
     ("", "config.data.path is empty"),
-    ("{tmp}/missing", "does not exist"),
-    ("{tmp}/*.jpg", "matches no files"),
-    ("{tmp}/texts", "no image files"),
+    ("{tmp}/missing", "no such file or folder"),
+    ("{tmp}/*.jpg", "no files match this pattern"),
+    ("{tmp}/texts", "folder has no image files"),
     ("{tmp}/texts/*", "none is an image"),
   ],
 )
@@ -312,7 +288,7 @@ def test_bundled_photos_ship_in_the_wheel_are_colour_and_split_disjoint():
   record = {str(f).replace(os.sep, "/") for f in metadata.files("scikit-image")}
   for path in train + holdout:
     assert "skimage/data/" + os.path.basename(path) in record, path
-    rgb = ip.read_image(path)
+    rgb = images.read_rgb(path)
     chroma = rgb.max(-1).astype(np.int32) - rgb.min(-1)
     assert chroma.mean() > 8, f"{path} is nearly grey"
     packed = (rgb[::2, ::2].astype(np.int32) << [16, 8, 0]).sum(-1)
