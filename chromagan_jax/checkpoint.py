@@ -10,15 +10,18 @@ Splitting the generator out lets ``colorize.py`` read ~0.7 GB instead of the ful
 train state, and lets converted weights and trained checkpoints load the same way.
 """
 
+import functools
 import json
 import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 
+from chromagan_jax import models
 from chromagan_jax.errors import CheckpointError
 
 GENERATOR = "generator"
@@ -125,26 +128,76 @@ def load_config(directory, step=None) -> tuple[int, ml_collections.ConfigDict]:
   return step, ml_collections.ConfigDict(json.loads(config_file.read_text()))
 
 
-def load_generator(directory, step=None) -> tuple[dict[str, Any], ml_collections.ConfigDict]:
+def _is_class_head(path) -> bool:
+  return any(getattr(k, "key", None) in models.CLASS_HEAD for k in path)
+
+
+def load_generator(
+  directory, step=None, with_class_head: bool = True
+) -> tuple[dict[str, Any], ml_collections.ConfigDict]:
   """Generator variables ``{'params', 'batch_stats'}`` and the config of a checkpoint.
 
   ``directory``: a training workdir, its ``checkpoints`` directory or a converter output.
+  ``with_class_head=False`` reads only what ab depends on: the class head's arrays
+  (:data:`models.CLASS_HEAD`, 124 M of 171 M parameters at the paper's size) are not read
+  from disk at all (an Orbax partial restore), for ``models.Generator(with_class_head=False)``.
+  Every array's shape is checked against the generator that the stored config describes.
   Arrays are restored on the default device.
+
+  Raises:
+    CheckpointError: missing, unreadable or corrupt checkpoint, or arrays that do not fit
+      its config; one line naming the directory (and the first parameter that differs).
   """
   directory = resolve_directory(directory)
   step, config = load_config(directory, step)
-  mngr = manager(directory, read_only=True)
+  where = f"{directory}/{step}"
   if not (directory / str(step) / GENERATOR).is_dir():
-    raise CheckpointError(f"{directory}/{step}: checkpoint has no generator item")
-  meta = mngr.item_metadata(step)[GENERATOR]
-  device = jax.devices()[0]
-  sharding = jax.sharding.SingleDeviceSharding(device)
+    raise CheckpointError(f"{where}: checkpoint has no generator item")
+  try:
+    model = models.models_from_config(config.model)[0].clone(with_class_head=with_class_head)
+    size = config.model.image_size
+    wanted = jax.eval_shape(
+      functools.partial(model.init, train=False),
+      jax.random.key(0),
+      jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32),
+    )
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    raise CheckpointError(f"{where}: config does not describe a generator ({e})") from None
+  handler = ocp.PyTreeCheckpointHandler()
+  item_dir = directory / str(step) / GENERATOR
+  try:
+    meta = handler.metadata(item_dir).tree
+  except Exception as e:  # noqa: BLE001 - any unreadable metadata is a corrupt checkpoint.
+    raise CheckpointError(f"{where}: cannot read the generator ({type(e).__name__}: {e})") from None
+  found = dict(jax.tree_util.tree_leaves_with_path(meta, is_leaf=_is_array_metadata))
+  found = {jax.tree_util.keystr(p): tuple(m.shape) for p, m in found.items()}
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  for path, leaf in jax.tree_util.tree_leaves_with_path(wanted):
+    key = jax.tree_util.keystr(path)
+    if found.get(key) != tuple(leaf.shape):
+      raise CheckpointError(
+        f"{where} does not fit the generator its config describes (image_size "
+        f"{config.model.image_size}, width {config.model.width}): {GENERATOR}{key} has shape "
+        f"{found.get(key)}, expected {tuple(leaf.shape)}"
+      )
   abstract = jax.tree.map(
-    lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
-    meta,
+    lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), wanted
   )
-  out = mngr.restore(
-    step, args=ocp.args.Composite(**{GENERATOR: ocp.args.StandardRestore(abstract)})
-  )
-  mngr.close()
-  return out[GENERATOR], config
+  try:
+    out = handler.restore(
+      item_dir,
+      args=ocp.args.PyTreeRestore(
+        item=abstract,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+        partial_restore=not with_class_head,
+      ),
+    )
+  except Exception as e:  # noqa: BLE001 - tensorstore/Orbax errors on damaged files.
+    raise CheckpointError(f"{where}: cannot read the generator ({type(e).__name__}: {e})") from None
+  finally:
+    handler.close()
+  return out, config
+
+
+def _is_array_metadata(x) -> bool:
+  return hasattr(x, "shape") and hasattr(x, "dtype")

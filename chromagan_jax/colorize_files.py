@@ -177,7 +177,7 @@ def colorize_files(
   if not found:
     raise UserError("no input files")
   try:
-    variables, config = checkpoint.load_generator(ckpt, step)
+    variables, config = checkpoint.load_generator(ckpt, step, with_class_head=False)
     colorizer = colorize_lib.Colorizer(
       variables, config, batch_size=min(batch_size, len(found)), conv_impl=conv_impl
     )

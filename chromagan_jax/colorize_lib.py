@@ -137,16 +137,19 @@ def compose(rgb_padded, ab_net, height, width, with_grey: bool = False):
 
 
 def generator_from(config) -> nn.Module:
-  """The generator for ``config``: a full config, its ``model`` section, a dict of either,
-  a ready :class:`models.Generator`, or None (the paper's 224x224, width-1 network)."""
+  """The head-free inference generator (``with_class_head=False``: ab only) for ``config``: a
+  full config, its ``model`` section, a dict of either, a :class:`models.Generator`, or None
+  (the paper's 224x224, width-1 network)."""
   if config is None:
-    return models.Generator()
-  if isinstance(config, nn.Module):
-    return config
-  if not isinstance(config, ml_collections.ConfigDict):
-    config = ml_collections.ConfigDict(config)
-  model_config = config.model if "model" in config else config
-  return models.models_from_config(model_config)[0]
+    model = models.Generator()
+  elif isinstance(config, nn.Module):
+    model = config
+  else:
+    if not isinstance(config, ml_collections.ConfigDict):
+      config = ml_collections.ConfigDict(config)
+    model_config = config.model if "model" in config else config
+    model = models.models_from_config(model_config)[0]
+  return model.clone(with_class_head=False)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -159,7 +162,8 @@ class Colorizer:
   """Runs the generator on a stream of :class:`Photo` in fixed-shape batches.
 
   Args:
-    variables: generator variables ``{'params', 'batch_stats'}``.
+    variables: generator variables ``{'params', 'batch_stats'}``, with or without the class
+      head (:func:`checkpoint.load_generator` ``with_class_head=False``); it is not used.
     config: see :func:`generator_from`.
     batch_size: images per generator call (the last batch is padded with zeros).
     conv_impl: overrides the convolution algorithm of ``config`` (``models.CONV_IMPLS`` or
@@ -173,7 +177,7 @@ class Colorizer:
     self.model = generator_from(config)
     if conv_impl is not None:
       self.model = self.model.clone(conv_impl=models.resolve_conv_impl(conv_impl))
-    self.variables = variables
+    self.variables = models.without_class_head(variables)
     self.batch_size = batch_size
     self.image_size = self.model.image_size
 

@@ -75,7 +75,7 @@ def main(argv=None) -> int:
   train_lib.train_and_evaluate(config, train_dir)
   print(f"[demo] trained in {time.time() - t0:.0f} s", flush=True)
 
-  variables, saved = checkpoint.load_generator(train_dir)
+  variables, saved = checkpoint.load_generator(train_dir, with_class_head=False)
   holdout = input_pipeline.bundled_photos("holdout")
   originals = [images.read_rgb(p) for p in holdout]
   greys = [np.asarray(Image.fromarray(x).convert("L")) for x in originals]

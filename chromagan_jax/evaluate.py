@@ -277,7 +277,7 @@ def evaluate(
   log = log or (lambda msg: tqdm.tqdm.write(msg, file=sys.stderr))
   if batch_size < 1:
     raise EvalError(f"batch_size must be >= 1, got {batch_size}")
-  variables, config = checkpoint.load_generator(ckpt, step)
+  variables, config = checkpoint.load_generator(ckpt, step, with_class_head=False)
   step, _ = checkpoint.load_config(ckpt, step)
   model = colorize_lib.generator_from(config)
   size = model.image_size

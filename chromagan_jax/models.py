@@ -7,6 +7,8 @@ names (``global_conv1`` ... ``dec_conv6``) that the converter maps from the auth
 Shapes and values (paper configuration, ``image_size=224``, ``width=1``):
   * ``Generator()(l3)``: ``l3`` (N, 224, 224, 3) grey tiled to 3 channels in [0, 1] ->
     ``ab`` (N, 224, 224, 2) in [0, 1] and the class distribution (N, 1000), rows sum to 1.
+    ``Generator(with_class_head=False)`` is the inference network: the same ab, no class
+    distribution (None) and none of the head's ~124 M parameters (see :data:`CLASS_HEAD`).
   * ``Critic()(ab, L)``: ab (N, 224, 224, 2), L (N, 224, 224, 1) in [0, 1] -> (N, 28, 28, 1)
     unbounded Wasserstein scores.
   * ``VGG16Classifier()(l3)``: ImageNet logits (N, 1000).
@@ -121,7 +123,7 @@ def cpu_bfloat16_problem(dtype, backend: str | None = None) -> str | None:
 
 
 def max_pool(x):
-  return nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+  return nn.max_pool(x, window_shape=(2, 2), strides=(2, 2), padding="VALID")
 
 
 class VGG16Trunk(nn.Module):
@@ -185,12 +187,26 @@ class VGG16Classifier(nn.Module):
     return dense(self.num_classes, "predictions")(x).astype(jnp.float32)
 
 
+# The generator's class-distribution head: the layers that only feed the KL loss (ab does not
+# depend on them). At the paper's size they hold 123.6 M of the generator's 171.2 M parameters.
+CLASS_HEAD = ("class_fc1", "class_fc2", "class_fc3")
+
+
+def without_class_head(variables):
+  """Generator variables ``{'params', 'batch_stats'}`` minus the class head's parameters."""
+  out = dict(variables)
+  out["params"] = {k: v for k, v in variables["params"].items() if k not in CLASS_HEAD}
+  return out
+
+
 class Generator(nn.Module):
   """ChromaGAN colorization network: l3 -> (ab, class distribution).
 
   ``train`` selects batch statistics (and updates ``batch_stats``) vs the moving averages.
   ``remat_trunk`` recomputes the VGG trunk's activations in the backward pass to save memory
-  on accelerators at large batch.
+  on accelerators at large batch. ``with_class_head=False`` leaves out the class head
+  (:data:`CLASS_HEAD`, needed only by the KL loss): it returns ``(ab, None)``, has no head
+  parameters and takes the variables of a full generator after :func:`without_class_head`.
   """
 
   image_size: int = 224
@@ -202,6 +218,7 @@ class Generator(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   conv_impl: str = "xla"
+  with_class_head: bool = True
 
   def _conv(self, channels, kernel, name, strides=1, act=nn.relu):
     conv = nn.Conv(
@@ -251,11 +268,13 @@ class Generator(nn.Module):
     for i, n in enumerate((1024, 512, 256), start=1):
       f = self._dense(w(n), f"global_fc{i}")(f)
     # Class head: two linear Dense layers then a softmax over the classes.
-    c = g
-    for i in (1, 2):
-      c = self._dense(scaled(self.fc_width, self.width), f"class_fc{i}")(c)
-    logits = self._dense(self.num_classes, "class_fc3")(c)
-    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    probs = None
+    if self.with_class_head:
+      c = g
+      for name in CLASS_HEAD[:-1]:
+        c = self._dense(scaled(self.fc_width, self.width), name)(c)
+      logits = self._dense(self.num_classes, CLASS_HEAD[-1])(c)
+      probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
 
     # Mid-level branch.
     m = self._conv(w(512), 3, "mid_conv1")(trunk)

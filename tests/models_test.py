@@ -71,6 +71,12 @@ def test_parameter_counts_at_paper_configuration():
   assert set(v) == {"params", "batch_stats"}
   assert _count(v["params"]) == 171_166_090
   assert _count(v["batch_stats"]) == 5_632
+  # The inference generator: no class head (123,642,856 parameters of class_fc1..3).
+  head_free = jax.eval_shape(
+    gen.clone(with_class_head=False).init, key, jnp.zeros((1, 224, 224, 3))
+  )
+  assert _count(head_free["params"]) == 47_523_234
+  assert jax.tree.structure(head_free) == jax.tree.structure(models.without_class_head(v))
   v = jax.eval_shape(critic.init, key, jnp.zeros((1, 224, 224, 2)), jnp.zeros((1, 224, 224, 1)))
   assert set(v) == {"params"}
   assert _count(v["params"]) == 2_764_737
@@ -155,6 +161,16 @@ def test_generator_forward_ranges(generator):
   np.testing.assert_allclose(np.sum(probs, axis=-1), 1.0, atol=1e-5)
   # Nearest upsampling last: every 2x2 block of the output is constant.
   np.testing.assert_array_equal(ab[:, ::2, ::2], ab[:, 1::2, 1::2])
+
+
+def test_head_free_generator_gives_the_same_ab(generator):
+  gen, variables, infer, _ = generator
+  x = _inputs((BATCH, SIZE, SIZE, 3), seed=5)
+  head_free = gen.clone(with_class_head=False)
+  ab, probs = jax.jit(head_free.apply)(models.without_class_head(variables), x)
+  assert probs is None
+  np.testing.assert_array_equal(ab, infer(variables, x)[0])
+  assert not set(models.CLASS_HEAD) & set(head_free.init(jax.random.key(0), x)["params"])
 
 
 def test_train_mode_updates_batch_stats_and_eval_mode_does_not(generator):

@@ -1,0 +1,90 @@
+"""Tests of checkpoint.load_generator: head-free partial restore and one-line errors."""
+
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from colorize_test import random_generator_variables, small_config
+
+from chromagan_jax import checkpoint, models
+
+jax.config.update("jax_disable_most_optimizations", True)
+
+
+def _save_unpacked(directory, variables, config):
+  """A generator checkpoint with one folder per array (no OCDBT), so single arrays can be
+  damaged on disk; otherwise the layout of checkpoint.save_generator."""
+  handlers = {
+    checkpoint.GENERATOR: ocp.PyTreeCheckpointHandler(use_ocdbt=False),
+    checkpoint.CONFIG: ocp.JsonCheckpointHandler(),
+  }
+  mngr = ocp.CheckpointManager(directory, item_handlers=handlers)
+  mngr.save(
+    0,
+    args=ocp.args.Composite(
+      **{
+        checkpoint.GENERATOR: ocp.args.PyTreeSave(variables),
+        checkpoint.CONFIG: ocp.args.JsonSave(config.to_dict()),
+      }
+    ),
+  )
+  mngr.wait_until_finished()
+  mngr.close()
+
+
+def test_head_free_load_reads_no_class_head_array(tmp_path):
+  config = small_config()
+  variables = random_generator_variables(config)
+  _save_unpacked(tmp_path, variables, config)
+  full, _ = checkpoint.load_generator(tmp_path)
+  jax.tree.map(np.testing.assert_array_equal, full, variables)
+  # Delete the class head's data (keeping each array's .zarray header): a load that read it
+  # would fail, as the full load below does.
+  removed = 0
+  for name in os.listdir(tmp_path / "0" / "generator"):
+    if any(f"params.{layer}." in name for layer in models.CLASS_HEAD):
+      for root, _, files in os.walk(tmp_path / "0" / "generator" / name):
+        for f in files:
+          if not f.startswith("."):
+            os.remove(os.path.join(root, f))
+            removed += 1
+  assert removed >= 2 * len(models.CLASS_HEAD)
+  head_free, saved = checkpoint.load_generator(tmp_path, with_class_head=False)
+  assert saved.model.width == config.model.width
+  jax.tree.map(np.testing.assert_array_equal, head_free, models.without_class_head(variables))
+  with pytest.raises(checkpoint.CheckpointError, match="cannot read the generator"):
+    checkpoint.load_generator(tmp_path)
+
+
+def test_checkpoint_of_another_size_is_one_line(tmp_path):
+  config = small_config()
+  checkpoint.save_generator(tmp_path, random_generator_variables(config), config)
+  # The stored config now claims another width than the arrays have.
+  meta = tmp_path / "0" / "config" / "metadata"
+  meta.write_text(meta.read_text().replace('"width": 0.125', '"width": 0.25'))
+  with pytest.raises(checkpoint.CheckpointError) as err:
+    checkpoint.load_generator(tmp_path, with_class_head=False)
+  msg = str(err.value)
+  assert "\n" not in msg and str(tmp_path) in msg and "width 0.25" in msg
+  assert "has shape" in msg and "expected" in msg
+
+
+def test_corrupt_checkpoint_is_one_line(tmp_path):
+  config = small_config()
+  checkpoint.save_generator(tmp_path, random_generator_variables(config), config)
+  # Overwrite every data file of the generator item with garbage of the same size.
+  damaged = 0
+  for root, _, files in os.walk(tmp_path / "0" / "generator"):
+    for f in files:
+      path = os.path.join(root, f)
+      if os.sep + "d" + os.sep in path:
+        size = os.path.getsize(path)
+        with open(path, "wb") as fh:
+          fh.write(b"\x00garbage" * (size // 8 + 1))
+        damaged += 1
+  assert damaged
+  with pytest.raises(checkpoint.CheckpointError) as err:
+    checkpoint.load_generator(tmp_path, with_class_head=False)
+  assert "\n" not in str(err.value) and str(tmp_path) in str(err.value)
