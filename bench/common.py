@@ -1,7 +1,9 @@
 """Shared helpers of the benchmark scripts: timing, machine facts, matmul peak, JSON output.
 
-The scripts import this module as ``common`` (they put ``bench/`` and ``tests/`` on
-``sys.path``), so they run as ``python bench/<script>.py`` from the repository root.
+The scripts run as ``python bench/<script>.py`` from the repository root (so ``bench/`` is on
+``sys.path``: ``common`` and ``keras_reference``, the TF/Keras contender); importing this
+module puts the root on ``sys.path`` for ``chromagan_jax`` and ``configs``. Nothing here
+imports ``tests/``.
 """
 
 import json
@@ -16,9 +18,8 @@ from collections.abc import Callable
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-for _p in (ROOT, os.path.join(ROOT, "tests")):
-  if _p not in sys.path:
-    sys.path.insert(0, _p)
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 # Before the benchmark loads the cores: a busy machine halves absolute rates.

@@ -1,4 +1,6 @@
-"""Shared pytest setup: repo root importable (``configs.*``), quiet TensorFlow, Keras on TF."""
+"""Shared pytest setup: repo root importable (``configs.*``), ``bench/`` importable (its
+``keras_reference``, the Keras builds the model and converter tests compare with), quiet
+TensorFlow, Keras on TF. Helpers shared by test modules live in ``tests/helpers.py``."""
 
 import importlib.metadata
 import os
@@ -9,8 +11,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-  sys.path.insert(0, _ROOT)
+for _path in (os.path.join(_ROOT, "bench"), _ROOT):
+  if _path not in sys.path:
+    sys.path.insert(0, _path)
 
 # jaxlib 0.12's XLA:CPU YNNPACK fusions compute the bfloat16 VGG trunk wrongly (see
 # models.CPU_BFLOAT16_FLAG): the bf16 tests, which stand in for accelerators, turn them off.

@@ -18,6 +18,7 @@ import keras
 import keras_reference
 import numpy as np
 import pytest
+from helpers import TORCH_CONVS, TORCH_LINEARS, assert_trees_equal, randomize
 from keras.src.legacy.saving import legacy_h5_format
 
 from chromagan_jax import checkpoint, convert, models
@@ -25,16 +26,13 @@ from chromagan_jax import checkpoint, convert, models
 # Small networks: XLA's optimisation passes cost more than they save here.
 jax.config.update("jax_disable_most_optimizations", True)
 
-REL_TOL = 1e-4
+REL_TOL = 1e-4  # float32 Flax vs float32 Keras / float64 NumPy, relative to the largest value.
 WIDTH = 0.125
 GEN_SIZE = 64
 NUM_CLASSES = 10
 FC_WIDTH = 512  # scaled(512, 1/8) = 64 units in the class head.
 VGG_WIDTH = 1 / 16
 VGG_FC = 256  # scaled(256, 1/16) = 16 units in fc1 / fc2.
-# torchvision VGG16 layout: conv indices in `features`, Linear indices in `classifier`.
-TORCH_CONVS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
-TORCH_LINEARS = (0, 3, 6)
 
 
 def assert_rel_close(got, want, tol=REL_TOL):
@@ -43,36 +41,6 @@ def assert_rel_close(got, want, tol=REL_TOL):
   assert got.shape == want.shape
   err = np.max(np.abs(got - want)) / np.max(np.abs(want))
   assert err <= tol, f"relative error {err:.2e} > {tol:.0e}"
-
-
-def assert_trees_equal(got, want):
-  """Same keys, and every array bit-identical."""
-  flat_got = dict(jax.tree_util.tree_leaves_with_path(got))
-  flat_want = dict(jax.tree_util.tree_leaves_with_path(want))
-  assert sorted(map(str, flat_got)) == sorted(map(str, flat_want))
-  for path, value in flat_want.items():
-    np.testing.assert_array_equal(flat_got[path], value, err_msg=jax.tree_util.keystr(path))
-
-
-def randomize(model, seed):
-  """LeCun-normal kernels, small biases, BN with non-trivial gamma/beta/mean/variance."""
-  rng = np.random.default_rng(seed)
-  for layer in model._flatten_layers(include_self=False, recursive=True):
-    if not layer.weights or isinstance(layer, keras.Model):
-      continue
-    values = []
-    for v in layer.weights:
-      shape, name = tuple(v.shape), v.name
-      if name == "kernel":
-        fan_in = int(np.prod(shape[:-1]))
-        values.append(rng.normal(0, 1 / np.sqrt(fan_in), shape))
-      elif name in ("gamma", "moving_variance"):
-        values.append(rng.uniform(0.5, 1.5, shape))
-      elif name == "moving_mean":
-        values.append(rng.normal(0, 0.5, shape))
-      else:  # bias, beta
-        values.append(rng.normal(0, 0.1, shape))
-    layer.set_weights([x.astype(np.float32) for x in values])
 
 
 def save_keras3_weights_h5(model, path):

@@ -25,7 +25,7 @@ def main():
   if nproc > 1:
     jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=nproc, process_id=pid)
   import numpy as np
-  from photos import photo_batch
+  from helpers import photo_batch
 
   from chromagan_jax import train_lib
   from configs import tiny

@@ -1,5 +1,5 @@
 """Tests of chromagan_jax.models: exact parameter counts, shapes, and numerical parity with
-Keras 3 builds of the same spec (tests/keras_reference.py), layer by layer and end to end."""
+Keras 3 builds of the same spec (bench/keras_reference.py), layer by layer and end to end."""
 
 import flax.linen as nn
 import jax
@@ -200,14 +200,17 @@ def test_bfloat16_compute_path(generator, critic):
   ab16, p16 = jax.jit(gen16.apply)(variables, x)
   assert ab16.dtype == p16.dtype == jnp.float32
   assert np.all(np.isfinite(ab16)) and np.all(np.isfinite(p16))
-  assert np.abs(ab16 - ab32).max() < 0.05
-  assert np.abs(p16 - p32).sum(axis=-1).max() < 0.1  # total variation distance * 2
+  # Tolerances ~5x the bf16 error measured here (ab 2.8e-4 of a 0.10 spread; class
+  # distributions 1e-3 apart in L1; critic 0.85% of its largest score): a 1% error in ab,
+  # which the former bound (0.05, half the spread) let through, fails.
+  assert np.abs(ab16 - ab32).max() < 0.015 * np.ptp(ab32)
+  assert np.abs(p16 - p32).sum(axis=-1).max() < 5e-3  # total variation distance * 2
   crit, cvars = critic
   crit16 = models.Critic(width=WIDTH, dtype=jnp.bfloat16)
   ab, lum = _inputs((BATCH, SIZE, SIZE, 2), 6), _inputs((BATCH, SIZE, SIZE, 1), 7)
   s32, s16 = jax.jit(crit.apply)(cvars, ab, lum), jax.jit(crit16.apply)(cvars, ab, lum)
   assert s16.dtype == jnp.float32
-  assert np.abs(s16 - s32).max() < 0.05 * np.abs(s32).max()
+  assert np.abs(s16 - s32).max() < 0.025 * np.abs(s32).max()
 
 
 # --- layer-level parity with Keras --------------------------------------------------------

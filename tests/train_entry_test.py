@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 import tensorflow_datasets as tfds
-from photos import photo_batch
+from helpers import photo_batch
 from PIL import Image
 
 from chromagan_jax import checkpoint, train_lib

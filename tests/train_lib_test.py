@@ -7,9 +7,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import photo_batch
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
-from photos import photo_batch
 
 from chromagan_jax import checkpoint, color, input_pipeline, models, train_lib
 from configs import tiny
@@ -120,9 +120,11 @@ def test_bfloat16_compute_and_trunk_remat_steps():
   for key in m32:
     assert m16[key].dtype == jnp.float32, key
     assert np.isfinite(m16[key]), key
-  # bf16 has 8 mantissa bits: the losses agree with float32 to a few percent.
-  for key in ("g/mse", "d/real", "d/fake"):
-    np.testing.assert_allclose(m16[key], m32[key], rtol=0.1, atol=0.02, err_msg=key)
+  # bf16 has 8 mantissa bits: every loss agrees with float32 to 2% (measured: d/real 1.9%,
+  # the others 0.06-1.1%), so rtol 4e-2; the atol is far below every loss (all > 0.01), so
+  # a zero or halved loss fails (the former atol=0.02 let a zero d/real pass).
+  for key in m32:
+    np.testing.assert_allclose(m16[key], m32[key], rtol=4e-2, atol=1e-4, err_msg=key)
 
 
 def test_bfloat16_on_an_affected_cpu_jaxlib_is_refused_before_training(tmp_path, monkeypatch):

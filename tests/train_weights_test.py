@@ -17,7 +17,7 @@ import jax
 import keras_reference
 import numpy as np
 import pytest
-from convert_test import assert_trees_equal, randomize
+from helpers import TORCH_CONVS, TORCH_LINEARS, assert_trees_equal, randomize
 
 from chromagan_jax import checkpoint, color, convert, models, train_lib
 from configs import tiny
@@ -81,11 +81,6 @@ def assert_one_line_naming(error, path):
 
 # ----------------------------------------------------------------------------------------
 # Weight files.
-
-
-# torchvision's VGG16 layout: conv indices in `features`, Linear indices in `classifier`.
-TORCH_CONVS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
-TORCH_LINEARS = (0, 3, 6)
 
 
 def _torch_state_dict(vgg_params):

@@ -5,10 +5,15 @@ own layers (``Conv2D(padding='same')``, ``BatchNormalization``, ``LeakyReLU``,
 ``UpSampling2D``, ``Flatten``, ``RepeatVector``), whose semantics are what the authors'
 released weights were trained with. Layer names equal the Flax module names, so weights are
 copied by name with :func:`flax_to_keras` / :func:`keras_to_flax`. Used by the model tests,
-the weight-converter tests and the benchmarks.
+the weight-converter tests and the benchmarks (the TF/Keras contender). It lives in
+``bench/`` so that the benchmarks do not import ``tests/``; the tests put ``bench/`` on
+``sys.path`` (``tests/conftest.py``).
 
-``width`` scales channel counts exactly as ``chromagan_jax.models.scaled`` does, so a small
-Keras build (e.g. ``image_size=64, width=0.125``) matches a small Flax build.
+Nothing here is imported from ``chromagan_jax``: the VGG16 block table, the channel scaling
+and the LeakyReLU slope (Keras' default) are written again from the spec, so a mistake in the
+Flax models cannot be copied into their reference. ``width`` scales channel counts as
+``round(channels * width)`` (at least 1), so a small Keras build (e.g. ``image_size=64,
+width=0.125``) matches a small Flax build.
 """
 
 import os
@@ -21,7 +26,14 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from keras import layers  # noqa: E402
 
-from chromagan_jax.models import LEAKY_SLOPE, VGG16_BLOCKS, scaled  # noqa: E402
+# VGG16's convolution blocks (number of 3x3 convs, channels): Simonyan & Zisserman, config D.
+VGG16_BLOCKS = ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))
+
+
+def scaled(channels, width):
+  """Channel count of a layer built at width multiplier ``width`` (at least 1)."""
+  return max(1, int(round(channels * width)))
+
 
 # Flax variable name <-> Keras weight name, per layer kind.
 _PARAM_NAMES = {"kernel": "kernel", "bias": "bias", "scale": "gamma"}
@@ -100,7 +112,7 @@ def build_keras_generator(image_size=224, width=1.0, num_classes=1000, fc_width=
 def build_keras_critic(image_size=224, width=1.0):
   """PatchGAN critic: [ab (N, S, S, 2), L (N, S, S, 1)] -> scores (N, S/8, S/8, 1).
 
-  LeakyReLU uses Keras' default slope, which must equal ``models.LEAKY_SLOPE``.
+  LeakyReLU uses Keras' default slope (0.3), as the authors' ``LeakyReLU()`` did.
   """
   ab = keras.Input((image_size, image_size, 2), name="ab")
   lightness = keras.Input((image_size, image_size, 1), name="L")
@@ -109,9 +121,7 @@ def build_keras_critic(image_size=224, width=1.0):
     x = layers.Conv2D(scaled(c, width), 4, strides=s, padding="same", name=f"conv{i}")(x)
     x = layers.LeakyReLU(name=f"leaky{i}")(x)
   x = layers.Conv2D(1, 4, padding="same", name="conv5")(x)
-  model = keras.Model([ab, lightness], x, name="critic")
-  assert model.get_layer("leaky1").negative_slope == LEAKY_SLOPE
-  return model
+  return keras.Model([ab, lightness], x, name="critic")
 
 
 def build_keras_vgg16_classifier(
