@@ -5,12 +5,14 @@ References are independent of chromagan_jax.color: scikit-image's Lab conversion
 NumPy rotations for EXIF orientation, file hashes for "inputs untouched".
 """
 
+import functools
 import hashlib
 import io
 import os
 import struct
 import subprocess
 import sys
+import warnings
 import zlib
 
 import jax
@@ -61,6 +63,92 @@ def random_generator_variables(config, seed=0):
     return np.zeros(leaf.shape, np.float32)
 
   return jax.tree_util.tree_map_with_path(init, shapes)
+
+
+def colourful_generator_variables(config, seed=0):
+  """Generator variables whose ab varies strongly across the image (spatial std ~15-20 Lab).
+
+  He-scaled kernels keep the activations' magnitude through the ReLU layers (so the output
+  depends on the input); the last conv's kernels, 4x larger, have zero spatial mean per input
+  channel, so ab follows the image's structure around a ~neutral mean instead of one tint.
+  A batch pairing, rotation or wrong network input then shows in every output.
+  """
+  gen = models.models_from_config(config.model)[0]
+  size = config.model.image_size
+  shapes = jax.eval_shape(gen.init, jax.random.key(0), np.zeros((1, size, size, 3), np.float32))
+  rng = np.random.default_rng(seed)
+
+  def init(path, leaf):
+    names = [getattr(p, "key", "") for p in path]
+    if names[-1] == "kernel":
+      fan_in = int(np.prod(leaf.shape[:-1]))
+      kernel = rng.standard_normal(leaf.shape) * np.sqrt(2.0 / fan_in)
+      if "dec_conv6" in names:
+        kernel = 4.0 * (kernel - kernel.mean(axis=(0, 1), keepdims=True))
+      return kernel.astype(np.float32)
+    if names[-1] in ("scale", "var"):
+      return np.ones(leaf.shape, np.float32)
+    return np.zeros(leaf.shape, np.float32)
+
+  return jax.tree_util.tree_map_with_path(init, shapes)
+
+
+@pytest.fixture(scope="module")
+def colourful(tmp_path_factory):
+  """(checkpoint directory, latest variables, config) of the colourful generator; step 1
+  holds ``colourful_generator_variables(config, seed=1)``, the latest (step 2) seed 0."""
+  config = small_config()
+  variables = colourful_generator_variables(config)
+  directory = tmp_path_factory.mktemp("colourful")
+  checkpoint.save_generator(directory, colourful_generator_variables(config, 1), config, step=1)
+  checkpoint.save_generator(directory, variables, config, step=2)
+  return str(directory), variables, config
+
+
+def reference_colorize(rgb, variables, config):
+  """The reference inference without chromagan_jax.color or colorize_lib.
+
+  scikit-image bilinear resize to the network size (rounded to uint8, as training data),
+  its Lab L / 100 tiled -> ``Generator.apply`` -> ab8 = clip(ab * 255) upsampled bilinearly
+  to the input's size -> joined with the full-resolution L -> scikit-image ``lab2rgb``.
+
+  Returns (rgb float in [0, 255] before rounding, in-gamut mask (H, W), ab8 - 128 at the
+  network size).
+  """
+  size = config.model.image_size
+  small = sktransform.resize(
+    rgb.astype(np.float64), (size, size), order=1, mode="edge", anti_aliasing=False
+  )
+  small = np.clip(np.round(small), 0, 255).astype(np.uint8)
+  l3 = np.repeat(skcolor.rgb2lab(small)[..., :1] / 100.0, 3, axis=-1)[None].astype(np.float32)
+  gen = models.models_from_config(config.model)[0]
+  ab = np.asarray(_apply_generator(gen, variables, l3))[0].astype(np.float64)
+  ab8 = np.clip(ab * 255.0, 0, 255)
+  up = sktransform.resize(ab8, rgb.shape[:2], order=1, mode="edge", anti_aliasing=False)
+  lab = np.concatenate([lightness(rgb)[..., None], up - 128.0], axis=-1)
+  # scikit-image clips out-of-gamut colours in XYZ, color.py in linear RGB: compare in gamut.
+  with warnings.catch_warnings():  # "negative Z values clipped": those pixels are left out.
+    warnings.simplefilter("ignore", UserWarning)
+    linear = skcolor.lab2xyz(lab) @ skcolor.colorconv.rgb_from_xyz.T
+    want = skcolor.lab2rgb(lab) * 255.0
+  in_gamut = np.all((linear > 1e-4) & (linear < 1 - 1e-4), axis=-1)
+  return want, in_gamut, ab8 - 128.0
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _apply_generator(gen, variables, l3):
+  return gen.apply(variables, l3, train=False)[0]
+
+
+def assert_matches_reference(result, rgb, variables, config, name=""):
+  """``result`` (uint8) within 1 level of :func:`reference_colorize` on in-gamut pixels."""
+  want, in_gamut, _ = reference_colorize(rgb, variables, config)
+  assert result.shape == want.shape, name
+  assert in_gamut.mean() > 0.6, (name, in_gamut.mean())
+  diff = np.abs(result.astype(np.float64) - want)[in_gamut]
+  # Measured: max 0.50, mean 0.25 (uint8 rounding of the same colour); a swapped, rotated or
+  # wrongly computed ab is off by tens of levels.
+  assert diff.max() <= 1.0 and diff.mean() < 0.35, (name, diff.max(), diff.mean())
 
 
 @pytest.fixture(scope="module")
@@ -174,6 +262,30 @@ def test_colorize_api_kinds(generator):
     colorize_lib.colorize([np.zeros((4, 4, 2), np.uint8)], variables, config)
 
 
+def test_colorize_matches_an_independent_pipeline_whatever_the_batching(colourful):
+  """Every output equals the scikit-image pipeline's, for any batch size and input order."""
+  _, variables, config = colourful
+  images = [
+    photo("astronaut", (150, 120)),
+    photo("camera", (90, 100)),  # grey (H, W)
+    photo("chelsea", (100, 90)),
+    np.dstack([photo("coffee", (130, 110)), np.full((110, 130), 200, np.uint8)]),  # RGBA
+    photo("rocket", (120, 80)),
+  ]
+  # The test generator's colours vary across each picture, not one tint: tens of Lab units.
+  _, _, ab = reference_colorize(images[0], variables, config)
+  assert ab.std(axis=(0, 1)).min() > 10, ab.std(axis=(0, 1))
+  out = colorize_lib.colorize(images, variables, config, batch_size=3)  # a padded last batch
+  for i, (image, result) in enumerate(zip(images, out, strict=True)):
+    assert_matches_reference(result[..., :3], as_rgb(image), variables, config, name=i)
+  np.testing.assert_array_equal(out[3][..., 3], images[3][..., 3])
+  one_by_one = colorize_lib.colorize(images, variables, config, batch_size=1)
+  reversed_pairs = colorize_lib.colorize(images[::-1], variables, config, batch_size=2)[::-1]
+  for i in range(len(images)):
+    for other in (one_by_one[i], reversed_pairs[i]):
+      assert np.abs(other.astype(int) - out[i]).max() <= 1, i  # float rounding at most.
+
+
 # --------------------------------------------------------------------------------------------
 # Files of every kind through the command line.
 
@@ -258,7 +370,30 @@ def test_cli_colorizes_every_input_kind(ckpt, tmp_path):
   assert np.asarray(Image.open(out / "rotated.jpg")).shape == (120, 100, 3)
 
 
-def test_compare_and_step(ckpt, tmp_path):
+def test_cli_colours_follow_the_exif_rotated_picture(colourful, tmp_path):
+  """The network sees the photo as shown (after EXIF orientation), and each file gets its own
+  colours: outputs equal the independent pipeline run on the displayed pixels."""
+  ckpt_dir, variables, config = colourful
+  inputs = tmp_path / "in"
+  inputs.mkdir()
+  astro = photo("astronaut", (120, 100))
+  exif = Image.Exif()
+  exif[0x0112] = 6  # Stored landscape, shown rotated 90 degrees clockwise.
+  Image.fromarray(astro).save(inputs / "rotated.png", exif=exif)
+  cat = photo("chelsea", (96, 110))
+  Image.fromarray(cat).save(inputs / "cat.png")
+  out = tmp_path / "out"
+  status, log = run_cli(["--ckpt", ckpt_dir, "--output", str(out), "--batch_size", "2",
+                         str(inputs)])  # fmt: skip
+  assert status == 0, log
+  shown = np.rot90(astro, k=-1)
+  for name, rgb in (("rotated.png", shown), ("cat.png", cat)):
+    with Image.open(out / name) as im:
+      assert_matches_reference(np.asarray(im), rgb, variables, config, name=name)
+
+
+def test_compare_and_step(colourful, tmp_path):
+  ckpt, latest, config = colourful
   image = photo("chelsea", (100, 80))
   Image.fromarray(image).save(tmp_path / "cat.png")
   out = tmp_path / "out"
@@ -271,10 +406,12 @@ def test_compare_and_step(ckpt, tmp_path):
   grey = side[:, :100].astype(int)
   assert np.abs(grey - grey[..., :1]).max() <= 1  # neutral grey panel
   assert np.abs(lightness(side[:, :100]) - lightness(image)).max() < 1.0
-  # --step selects a checkpoint: step 1 differs from the latest (2).
+  # Without --step the latest checkpoint (2) is used; --step 1 selects the other one.
+  assert_matches_reference(colour, image, latest, config)
   assert run_cli(["--ckpt", ckpt, "--step", "1", "--output", str(tmp_path / "s1"),
                   str(tmp_path / "cat.png")])[0] == 0  # fmt: skip
-  assert not np.array_equal(np.asarray(Image.open(tmp_path / "s1" / "cat.png")), colour)
+  step1 = np.asarray(Image.open(tmp_path / "s1" / "cat.png"))
+  assert_matches_reference(step1, image, colourful_generator_variables(config, 1), config)
   status, log = run_cli(["--ckpt", ckpt, "--step", "7", "--output", str(tmp_path / "s7"),
                          str(tmp_path / "cat.png")])  # fmt: skip
   assert status == 1 and "no checkpoint for step 7" in log
@@ -367,11 +504,13 @@ def test_script_entry_point(ckpt, tmp_path):
   assert (tmp_path / "o" / "g.png").exists()
 
 
-def test_cli_conv_impl_switch_gives_the_same_colours(ckpt, tmp_path):
+def test_cli_conv_impl_switch_gives_the_same_colours(colourful, tmp_path):
   """--conv_impl changes only how convolutions are computed, not the picture."""
+  ckpt, variables, config = colourful
   inputs = tmp_path / "in"
   inputs.mkdir()
-  Image.fromarray(photo("astronaut", (96, 80))).save(inputs / "a.png")
+  image = photo("astronaut", (96, 80))
+  Image.fromarray(image).save(inputs / "a.png")
   results = {}
   for impl in ("xla", "winograd4"):
     out = tmp_path / impl
@@ -380,6 +519,7 @@ def test_cli_conv_impl_switch_gives_the_same_colours(ckpt, tmp_path):
     with Image.open(out / "a.png") as im:
       results[impl] = np.asarray(im).astype(int)
   assert np.abs(results["xla"] - results["winograd4"]).max() <= 1  # uint8 rounding only.
+  assert_matches_reference(results["winograd4"], image, variables, config)
   with pytest.raises(SystemExit):  # argparse: "invalid choice: 'fast'".
     colorize.build_parser().parse_args(
       ["--ckpt", ckpt, "--output", "o", "--conv_impl", "fast", "x"]
