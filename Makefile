@@ -4,14 +4,22 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+JAX2ONNX := jax2onnx==0.17.1
 
-.PHONY: demo test lint format clean
+.PHONY: demo test lint format clean export-deps
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps '$(JAX2ONNX)'
 	touch $(STAMP)
+
+# ONNX export (chromagan_jax/export.py) for a venv made without `make`: jax2onnx without its
+# declared dependencies (they would downgrade orbax-checkpoint; see pyproject's `export`).
+export-deps:
+	$(PY) -m pip install -q -e '.[export]'
+	$(PY) -m pip install -q --no-deps '$(JAX2ONNX)'
 
 demo: $(STAMP)
 	$(PY) -m chromagan_jax.demo --workdir demo_out
