@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 JAX2ONNX := jax2onnx==0.17.1
 
-.PHONY: demo test lint format clean export-deps
+.PHONY: demo test lint format clean export-deps browser
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,7 +24,18 @@ export-deps:
 demo: $(STAMP)
 	$(PY) -m chromagan_jax.demo --workdir demo_out
 
-test: $(STAMP)
+# The web app's browser test (tests/app_test.py) drives Debian's chromium through
+# chromium-driver; installed here when missing and we are root with apt-get. Without them the
+# test is skipped with its reason, and fails under CI=true.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    chromium chromium-driver >/dev/null; \
+	else echo "warning: chromium/chromedriver missing and not root: tests/app_test.py" \
+	  "will be skipped (and fail under CI=true)"; fi
+
+test: $(STAMP) browser
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
 	$(PY) -m pytest -n 2 -q -rs tests
 
