@@ -148,7 +148,7 @@ def generator_from(config) -> nn.Module:
     if not isinstance(config, ml_collections.ConfigDict):
       config = ml_collections.ConfigDict(config)
     model_config = config.model if "model" in config else config
-    model = models.models_from_config(model_config)[0]
+    model = models.models_from_config(model_config, inference=True)[0]
   return model.clone(with_class_head=False)
 
 

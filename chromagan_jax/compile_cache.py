@@ -7,6 +7,10 @@ executable on disk (keyed by the program, the JAX/XLA version, the flags and the
 and later processes load it instead of compiling. The cache is only an optimisation: a
 directory that cannot be created turns it off with a warning, never fails the run.
 
+The per-layer convolution choices of ``conv_impl="auto"`` (conv_choice.py) are kept next to
+it, in ``conv_choices`` beside the cache directory: both are per-machine measurements of how
+to run the same programs.
+
 The cache holds executable code: like JAX's own documentation says, do not point it at a
 directory that others can write to.
 """
@@ -31,8 +35,12 @@ def enable(path: str | None, warn: Callable[[str], None] = logging.warning) -> s
   """
   import jax  # noqa: PLC0415 - keeps `--help` of the entry scripts fast.
 
+  from chromagan_jax import conv_choice  # noqa: PLC0415
+
   configured = jax.config.jax_compilation_cache_dir
   if configured or not path:
+    if configured:
+      conv_choice.set_directory(choices_dir(configured))
     return configured or None
   path = os.path.abspath(os.path.expanduser(path))
   try:
@@ -41,4 +49,10 @@ def enable(path: str | None, warn: Callable[[str], None] = logging.warning) -> s
     warn(f"warning: compilation cache off: cannot create {path} ({e.strerror or e})")
     return None
   jax.config.update("jax_compilation_cache_dir", path)
+  conv_choice.set_directory(choices_dir(path))
   return path
+
+
+def choices_dir(cache_dir: str) -> str:
+  """Where conv_choice keeps its files for the XLA cache ``cache_dir``: a sibling directory."""
+  return os.path.join(os.path.dirname(os.path.abspath(cache_dir)), "conv_choices")

@@ -24,6 +24,11 @@ gradient penalty needs, were 4-5x faster than XLA's own on the critic's middle l
 (bench/RESULTS.md).
 """
 
+import contextlib
+import contextvars
+import functools
+
+import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -74,11 +79,29 @@ def _combine(matrix, terms):
   return out
 
 
-def conv3x3(x, w, m: int = 4):
-  """'SAME' 3x3 stride-1 convolution of NHWC ``x`` with HWIO ``w`` by Winograd F(m x m, 3x3)."""
+def filter_transform(w, m: int):
+  """Winograd filter transform ``G g G^T`` of HWIO 3x3 ``w`` -> ((m+2)^2, Cin, Cout).
+
+  It depends on the weights only: inference can compute it once per weight set
+  (:func:`recording_filters` / :func:`using_filters`) instead of in every call.
+  """
   if m not in _MATRICES:
     raise ValueError(f"Winograd tile size must be one of {TILE_SIZES}, got {m}")
-  bt, g, at = _MATRICES[m]
+  g = _MATRICES[m][1]
+  a = m + 2
+  gw = _combine(g, [w[i] for i in range(3)])  # a x (3, Cin, Cout)
+  u = jnp.stack([jnp.stack(_combine(g, [r[j] for j in range(3)])) for r in gw])
+  return u.reshape(a * a, *w.shape[2:])
+
+
+def conv3x3(x, w, m: int = 4, u=None):
+  """'SAME' 3x3 stride-1 convolution of NHWC ``x`` with HWIO ``w`` by Winograd F(m x m, 3x3).
+
+  ``u``: ``filter_transform(w, m)`` when already computed (``w`` is then not read).
+  """
+  if m not in _MATRICES:
+    raise ValueError(f"Winograd tile size must be one of {TILE_SIZES}, got {m}")
+  bt, _, at = _MATRICES[m]
   a = m + 2
   n, h, wd, _ = x.shape
   th, tw = -(-h // m), -(-wd // m)
@@ -87,16 +110,14 @@ def conv3x3(x, w, m: int = 4):
 
   # Input transform B^T d B, separably: rows, then columns of every tile. Stacking each stage
   # lets XLA write one contiguous buffer per stage instead of recomputing per output.
-  rows = [xp[:, u : u + m * th : m] for u in range(a)]  # (N, th, W', C) each.
+  rows = [xp[:, i : i + m * th : m] for i in range(a)]  # (N, th, W', C) each.
   t = jnp.stack(_combine(bt, rows))  # (a, N, th, W', C)
   cols = [t[:, :, :, v : v + m * tw : m] for v in range(a)]
   v = jnp.stack(_combine(bt, cols), axis=1)  # (a, a, N, th, tw, C)
   v = v.reshape(a * a, n * th * tw, -1)
 
   # Filter transform G g G^T.
-  gw = _combine(g, [w[i] for i in range(3)])  # a x (3, Cin, Cout)
-  u = jnp.stack([jnp.stack(_combine(g, [r[j] for j in range(3)])) for r in gw])
-  u = u.reshape(a * a, *w.shape[2:]).astype(x.dtype)
+  u = (filter_transform(w, m) if u is None else u).astype(x.dtype)
 
   # (m+2)^2 independent channel matmuls.
   prod = lax.dot_general(v, u, (((2,), (1,)), ((0,), (0,))))  # (a*a, P, Cout)
@@ -130,24 +151,71 @@ def im2col_conv(x, w, strides, padding):
   return (patches @ w.reshape(kh * kw * cin, cout)).reshape(n, ho, wo, cout)
 
 
-def _is_same_3x3(rhs, window_strides, padding) -> bool:
-  if rhs.shape[:2] != (3, 3) or tuple(window_strides) != (1, 1):
-    return False
-  return padding == "SAME" or (
-    not isinstance(padding, str) and [tuple(p) for p in padding] == [(1, 1), (1, 1)]
-  )
+# Algorithms by name: "xla" (lax.conv_general_dilated), "winograd2" / "winograd4" (F(2x2) /
+# F(4x4, 3x3), 3x3 stride-1 'SAME' convs only), "im2col" (any kernel, stride and padding).
+ALGORITHMS = ("xla", "winograd2", "winograd4", "im2col")
+
+# im2col gathers kh*kw copies of the input: beyond this many patch elements (1 GiB of float32)
+# it is not a candidate.
+_MAX_PATCH_ELEMENTS = 1 << 28
+_SAME_3X3_PADS = ((1, 1), (1, 1))
 
 
-def _is_nhwc(lhs, rhs, dimension_numbers) -> bool:
+def explicit_pads(lhs_shape, rhs_shape, strides, padding) -> tuple:
+  """``padding`` ('SAME', 'VALID' or pairs) of an NHWC x HWIO conv as ((top, bottom), (l, r))."""
+  if isinstance(padding, str):
+    padding = lax.padtype_to_pads(lhs_shape[1:3], rhs_shape[:2], strides, padding)
+  return tuple((int(lo), int(hi)) for lo, hi in padding)
+
+
+def is_plain(
+  lhs,
+  rhs,
+  dimension_numbers,
+  lhs_dilation=None,
+  rhs_dilation=None,
+  feature_group_count=1,
+  batch_group_count=1,
+  preferred_element_type=None,
+) -> bool:
+  """True for the convs this module computes: float32 NHWC x HWIO, no dilation nor groups."""
   if lhs.ndim != 4 or dimension_numbers is None:
     return False
   want = lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
-  return lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == want
+  return (
+    lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == want
+    and all(d == 1 for d in (lhs_dilation or (1, 1)))
+    and all(d == 1 for d in (rhs_dilation or (1, 1)))
+    and feature_group_count == 1
+    and batch_group_count == 1
+    and preferred_element_type is None
+    and lhs.dtype == jnp.float32
+    and rhs.dtype == jnp.float32
+  )
 
 
-# im2col gathers kh*kw copies of the input: beyond this many patch elements (1 GiB of float32)
-# XLA's own convolution is used instead.
-_MAX_PATCH_ELEMENTS = 1 << 28
+def candidates(lhs_shape, rhs_shape, strides, pads) -> tuple[str, ...]:
+  """The :data:`ALGORITHMS` that can compute this plain conv (``pads`` explicit); xla first."""
+  names = ["xla"]
+  if tuple(rhs_shape[:2]) == (3, 3) and tuple(strides) == (1, 1) and pads == _SAME_3X3_PADS:
+    names += ["winograd2", "winograd4"]
+  (sh, sw), (kh, kw, cin, _) = strides, rhs_shape
+  out_h = (lhs_shape[1] + sum(pads[0]) - kh) // sh + 1
+  out_w = (lhs_shape[2] + sum(pads[1]) - kw) // sw + 1
+  if lhs_shape[0] * out_h * out_w * kh * kw * cin <= _MAX_PATCH_ELEMENTS:
+    names.append("im2col")
+  return tuple(names)
+
+
+def run(name: str, x, w, strides, pads, u=None):
+  """Plain NHWC x HWIO conv ``x * w`` by algorithm ``name``; ``u``: pre-transformed filters."""
+  if name == "xla":
+    return lax.conv_general_dilated(x, w, tuple(strides), pads, dimension_numbers=_NHWC)
+  if name in ("winograd2", "winograd4"):
+    return conv3x3(x, w, int(name[-1]), u=u)
+  if name == "im2col":
+    return im2col_conv(x, w, tuple(strides), pads)
+  raise ValueError(f"unknown convolution algorithm {name!r}; expected one of {ALGORITHMS}")
 
 
 def choose_tile(batch: int, height: int, width: int, min_tiles: int = 512) -> int:
@@ -161,21 +229,90 @@ def choose_tile(batch: int, height: int, width: int, min_tiles: int = 512) -> in
   return 4 if batch * (-(-height // 4)) * (-(-width // 4)) >= min_tiles else 2
 
 
-def make_conv(tile="auto", min_channels: int = 64, min_im2col_features: int = 8):
-  """A drop-in ``conv_general_dilated`` for ``flax.linen.Conv(conv_general_dilated=...)``.
+def rule(
+  lhs_shape, rhs_shape, strides, pads, tile="auto", min_channels=64, min_im2col_features=8
+) -> str:
+  """The fixed per-layer rule measured on an AMD EPYC with AVX2 (bench/RESULTS.md).
 
-  For NHWC float32 convolutions without dilation or groups:
-    * 3x3 stride-1 'SAME' ones with at least ``min_channels`` input and output channels use
-      :func:`conv3x3` with tile size ``tile`` (2, 4 or "auto": :func:`choose_tile`);
-    * other kernel sizes and strides (the critic's 4x4 convs, strided and 1x1 convs) with at
-      least ``min_im2col_features`` output channels use :func:`im2col_conv`.
-  Everything else goes to ``lax.conv_general_dilated`` unchanged: thin 3x3 layers (the
-  3-channel first one, the 64->32 and 32->2 decoder ones), where the tile transforms cost more
-  than they save and a full-resolution im2col is memory-bound (bench/conv_layers.py: im2col
-  ran dec_conv5's forward at half XLA's speed), and the 1-channel critic output.
+  3x3 stride-1 'SAME' convs with at least ``min_channels`` input and output channels:
+  Winograd with tile size ``tile`` (2, 4 or "auto": :func:`choose_tile`); other kernel sizes
+  and strides (the critic's 4x4 convs, strided and 1x1 convs) with at least
+  ``min_im2col_features`` output channels: im2col; everything else (thin 3x3 layers, where the
+  tile transforms cost more than they save and a full-resolution im2col is memory-bound; the
+  1-channel critic output): XLA. Not right on every CPU (issue 14: AVX-512), which is why
+  ``conv_impl="auto"`` measures instead (conv_choice.py).
   """
-  if tile != "auto" and tile not in _MATRICES:
-    raise ValueError(f"Winograd tile size must be 'auto' or one of {TILE_SIZES}, got {tile!r}")
+  names = candidates(lhs_shape, rhs_shape, strides, pads)
+  if "winograd2" in names:
+    if min(rhs_shape[2:]) >= min_channels:
+      return f"winograd{choose_tile(*lhs_shape[:3]) if tile == 'auto' else tile}"
+    return "xla"
+  return "im2col" if "im2col" in names and rhs_shape[3] >= min_im2col_features else "xla"
+
+
+# Inference-time Winograd filters: G g G^T depends on the weights only, so an inference program
+# can take the transformed filters of every layer as inputs (computed once per weight set)
+# instead of transforming in every call. Layers are identified by the path of the flax module
+# being called, which a method interceptor tracks (flax calls the conv function inside it).
+_LAYER = contextvars.ContextVar("cpu_conv_layer", default=None)
+_FILTERS = contextvars.ContextVar("cpu_conv_filters", default=None)
+_RECORD = contextvars.ContextVar("cpu_conv_record", default=None)
+
+
+def _track_layer(next_fun, args, kwargs, context):
+  if context.method_name != "__call__":
+    return next_fun(*args, **kwargs)
+  token = _LAYER.set("/".join(context.module.scope.path) if context.module.scope else None)
+  try:
+    return next_fun(*args, **kwargs)
+  finally:
+    _LAYER.reset(token)
+
+
+@contextlib.contextmanager
+def recording_filters():
+  """Within: Winograd layers of flax models also store their transformed filters in the
+  yielded dict ``{"<module path>:m<tile>": ((m+2)^2, Cin, Cout) array}``."""
+  record = {}
+  token = _RECORD.set(record)
+  try:
+    with nn.intercept_methods(_track_layer):
+      yield record
+  finally:
+    _RECORD.reset(token)
+
+
+@contextlib.contextmanager
+def using_filters(filters):
+  """Within: Winograd layers take their transformed filters from ``filters`` (as recorded by
+  :func:`recording_filters`) instead of transforming their kernel; gradients with respect to
+  the kernel are then lost, so this is for inference only."""
+  token = _FILTERS.set(filters)
+  try:
+    with nn.intercept_methods(_track_layer):
+      yield
+  finally:
+    _FILTERS.reset(token)
+
+
+def dispatch(name: str, x, w, strides, pads):
+  """:func:`run`, with the inference filters of the current layer when there are any."""
+  if not name.startswith("winograd"):
+    return run(name, x, w, strides, pads)
+  layer, filters, record = _LAYER.get(), _FILTERS.get(), _RECORD.get()
+  key = f"{layer}:m{name[-1]}"
+  if layer is not None and filters is not None and key in filters:
+    return run(name, x, w, strides, pads, u=filters[key])
+  if layer is not None and record is not None:
+    record[key] = filter_transform(w, int(name[-1]))
+    return run(name, x, w, strides, pads, u=record[key])
+  return run(name, x, w, strides, pads)
+
+
+def conv_with(choose):
+  """A drop-in ``conv_general_dilated`` (for ``flax.linen.Conv(conv_general_dilated=...)``)
+  computing plain convs (:func:`is_plain`) by algorithm ``choose(lhs_shape, rhs_shape, strides,
+  pads) -> name`` and everything else by ``lax.conv_general_dilated`` unchanged."""
 
   def conv(
     lhs,
@@ -190,32 +327,22 @@ def make_conv(tile="auto", min_channels: int = 64, min_im2col_features: int = 8)
     precision=None,
     preferred_element_type=None,
   ):
-    plain = (
-      _is_nhwc(lhs, rhs, dimension_numbers)
-      and all(d == 1 for d in (lhs_dilation or (1, 1)))
-      and all(d == 1 for d in (rhs_dilation or (1, 1)))
-      and feature_group_count == 1
-      and batch_group_count == 1
-      and preferred_element_type is None
-      and lhs.dtype == jnp.float32
-      and rhs.dtype == jnp.float32
+    plain = is_plain(
+      lhs,
+      rhs,
+      dimension_numbers,
+      lhs_dilation,
+      rhs_dilation,
+      feature_group_count,
+      batch_group_count,
+      preferred_element_type,
     )
-    same_3x3 = plain and _is_same_3x3(rhs, window_strides, padding)
-    if same_3x3 and min(rhs.shape[2], rhs.shape[3]) >= min_channels:
-      m = choose_tile(*lhs.shape[:3]) if tile == "auto" else tile
-      return conv3x3(lhs, rhs, m)
-    (sh, sw), (kh, kw, cin, _) = window_strides, rhs.shape
-    patch_elements = lhs.shape[0] * -(-lhs.shape[1] // sh) * -(-lhs.shape[2] // sw) * kh * kw * cin
-    if (
-      plain
-      and not same_3x3
-      and rhs.shape[3] >= min_im2col_features
-      and patch_elements <= _MAX_PATCH_ELEMENTS
-      and (
-        isinstance(padding, str) and padding in ("SAME", "VALID") or not isinstance(padding, str)
-      )
-    ):
-      return im2col_conv(lhs, rhs, tuple(window_strides), padding)
+    if plain:
+      strides = tuple(int(s) for s in window_strides)
+      pads = explicit_pads(lhs.shape, rhs.shape, strides, padding)
+      name = choose(tuple(lhs.shape), tuple(rhs.shape), strides, pads)
+      if name != "xla":
+        return dispatch(name, lhs, rhs, strides, pads)
     return lax.conv_general_dilated(
       lhs,
       rhs,
@@ -231,3 +358,14 @@ def make_conv(tile="auto", min_channels: int = 64, min_im2col_features: int = 8)
     )
 
   return conv
+
+
+def make_conv(tile="auto", min_channels: int = 64, min_im2col_features: int = 8):
+  """:func:`conv_with` the fixed :func:`rule` (``conv_impl`` "winograd", "winograd2/4")."""
+  if tile != "auto" and tile not in _MATRICES:
+    raise ValueError(f"Winograd tile size must be 'auto' or one of {TILE_SIZES}, got {tile!r}")
+  return conv_with(
+    functools.partial(
+      rule, tile=tile, min_channels=min_channels, min_im2col_features=min_im2col_features
+    )
+  )

@@ -29,7 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from chromagan_jax import cpu_conv
+from chromagan_jax import conv_choice, cpu_conv
 
 # Keras' BatchNormalization defaults (Flax's momentum has the same meaning).
 BN_MOMENTUM = 0.99
@@ -73,10 +73,12 @@ def upsample_nearest(x, factor: int = 2):
 
 # How convolutions are computed (the values are the same up to float32 rounding):
 #   "xla": lax.conv_general_dilated (XLA's kernels; cuDNN on GPU);
-#   "winograd", "winograd2", "winograd4": the fast path on CPU (cpu_conv.py): Winograd
-#     F(m x m, 3x3) for the 3x3 stride-1 convs (tile size chosen per layer, or fixed 2 / 4),
-#     im2col matmuls for the strided, 1x1 and 4x4 ones.
-# "auto" (config only) resolves with resolve_conv_impl().
+#   "winograd", "winograd2", "winograd4": cpu_conv.py's fixed rule (measured on an AMD EPYC,
+#     AVX2): Winograd F(m x m, 3x3) for the 3x3 stride-1 convs with >= 64 channels (tile size
+#     chosen per layer, or fixed 2 / 4), im2col matmuls for the strided, 1x1 and 4x4 ones;
+#   "auto" (resolve_conv_impl): on CPU in float32, each layer's algorithm measured on the
+#     machine at hand for the layer's use (conv_choice.py), written "auto:<objective>" with an
+#     objective of conv_choice.OBJECTIVES; XLA's own convolutions elsewhere.
 CONV_IMPLS = ("xla", "winograd", "winograd2", "winograd4")
 
 
@@ -87,16 +89,24 @@ def conv_general_dilated(impl: str):
     return None
   if impl in CONV_IMPLS:
     return cpu_conv.make_conv(tile=int(impl[-1]) if impl[-1].isdigit() else "auto")
+  if impl.startswith("auto:") and impl[5:] in conv_choice.OBJECTIVES:
+    return conv_choice.make_conv(impl[5:])
   raise ValueError(f"unknown conv_impl {impl!r}; expected 'auto' or one of {CONV_IMPLS}")
 
 
-def resolve_conv_impl(impl: str, dtype=jnp.float32, backend: str | None = None) -> str:
-  """``"auto"`` -> Winograd for float32 on CPU (measured faster there), XLA's convs elsewhere."""
+def resolve_conv_impl(
+  impl: str, dtype=jnp.float32, backend: str | None = None, objective: str = "fwd"
+) -> str:
+  """``"auto"`` -> per-layer measured choices for ``objective`` ("fwd": inference, "train":
+  a trained network, "gp": the critic, see conv_choice.py) for float32 on CPU, XLA's convs
+  elsewhere (accelerators have their own algorithms; Winograd loses too much in bfloat16)."""
   if impl != "auto":
     conv_general_dilated(impl)  # Validates the name.
     return impl
+  if objective not in conv_choice.OBJECTIVES:
+    raise ValueError(f"unknown objective {objective!r}; expected one of {conv_choice.OBJECTIVES}")
   backend = backend or jax.default_backend()
-  return "winograd" if backend == "cpu" and jnp.dtype(dtype) == jnp.float32 else "xla"
+  return f"auto:{objective}" if backend == "cpu" and jnp.dtype(dtype) == jnp.float32 else "xla"
 
 
 # jaxlib 0.12's XLA:CPU computes the bfloat16 VGG trunk wrongly through its YNNPACK fusions:
@@ -340,28 +350,31 @@ class Critic(nn.Module):
     return x.astype(jnp.float32)
 
 
-def models_from_config(model_config, dtype=jnp.float32):
+def models_from_config(model_config, dtype=jnp.float32, inference: bool = False):
   """(Generator, Critic, VGG16Classifier) built from ``config.model``.
 
-  ``model_config.conv_impl`` applies to all three ("auto": :func:`resolve_conv_impl`).
+  ``model_config.conv_impl`` applies to all three ("auto": :func:`resolve_conv_impl`, with the
+  generator's convs chosen for training unless ``inference``, the critic's for its gradient
+  penalty and the frozen teacher's for its forward pass).
   """
   common = dict(width=model_config.width, dtype=dtype)
-  conv_impl = resolve_conv_impl(model_config.get("conv_impl", "xla"), dtype)
+  impl = model_config.get("conv_impl", "xla")
+  conv_impl = lambda objective: resolve_conv_impl(impl, dtype, objective=objective)  # noqa: E731
   gen = Generator(
     image_size=model_config.image_size,
     num_classes=model_config.num_classes,
     fc_width=model_config.fc_width,
     vgg_preprocessing=model_config.vgg_preprocessing,
     remat_trunk=model_config.get("remat_trunk", False),
-    conv_impl=conv_impl,
+    conv_impl=conv_impl("fwd" if inference else "train"),
     **common,
   )
-  critic = Critic(conv_impl=conv_impl, **common)
+  critic = Critic(conv_impl=conv_impl("gp"), **common)
   teacher = VGG16Classifier(
     num_classes=model_config.num_classes,
     fc_width=model_config.fc_width,
     preprocessing=model_config.vgg_preprocessing,
-    conv_impl=conv_impl,
+    conv_impl=conv_impl("fwd"),
     **common,
   )
   return gen, critic, teacher

@@ -10,6 +10,11 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
+# conv_impl="auto" measures each layer's convolution algorithms on first use (conv_choice.py):
+# the suite uses the fixed rule instead, so that its programs never depend on timing noise
+# (tests/conv_choice_test.py injects its own timings). Subprocesses inherit it.
+os.environ.setdefault("CHROMAGAN_CONV_CHOICE", "rule")
+
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 for _path in (os.path.join(_ROOT, "bench"), _ROOT):
   if _path not in sys.path:

@@ -31,25 +31,6 @@ def test_conv3x3_matches_direct_convolution(m, hw):
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.abs(want).max()))
 
 
-@pytest.mark.parametrize("m", cpu_conv.TILE_SIZES)
-def test_gradients_and_second_derivatives_match_direct_convolution(m):
-  x, w = _data((2, 10, 6), 4, 3, seed=1)
-  probe = jnp.asarray(np.random.default_rng(2).standard_normal((2, 10, 6, 3), np.float32))
-
-  def loss(conv):
-    return lambda x, w: jnp.sum(jnp.tanh(conv(x, w)) * probe)
-
-  def penalty(conv):  # The critic's gradient-penalty pattern: a gradient of an input gradient.
-    return lambda x, w: jnp.sum(jax.grad(loss(conv))(x, w) ** 2)
-
-  wino = lambda x, w: cpu_conv.conv3x3(x, w, m)  # noqa: E731
-  for fn in (loss, penalty):
-    got = jax.jit(jax.grad(fn(wino), argnums=(0, 1)))(x, w)
-    want = jax.jit(jax.grad(fn(_direct), argnums=(0, 1)))(x, w)
-    for g, r in zip(got, want, strict=True):
-      np.testing.assert_allclose(g, r, rtol=2e-4, atol=2e-4 * float(jnp.abs(r).max()))
-
-
 def test_bad_tile_size_is_rejected():
   x, w = _data((1, 4, 4), 2, 2)
   with pytest.raises(ValueError, match="tile size"):
@@ -64,29 +45,46 @@ def test_choose_tile_prefers_big_tiles_only_when_there_are_many():
   assert cpu_conv.choose_tile(16, 28, 28) == 4
 
 
-@pytest.mark.parametrize(
-  "kernel,stride,padding",
-  [(4, 2, "SAME"), (4, 1, "SAME"), (1, 1, "SAME"), (3, 2, "SAME"), (3, 1, "VALID"),
-   (4, 2, ((2, 1), (0, 3)))],
-)  # fmt: skip
-def test_im2col_values_gradients_and_second_derivatives_match_direct(kernel, stride, padding):
-  x, w = _data((2, 9, 8), 3, 4, seed=4)
-  w = w[:kernel, :kernel] if kernel <= 3 else jnp.tile(w, (2, 2, 1, 1))[:kernel, :kernel]
+LAYERS = {  # (input HW, Cin, kernel, Cout, stride, padding): every candidates() case.
+  "3x3_same": ((7, 9), 5, 3, 6, 1, "SAME"),
+  "3x3_same_1x1_map": ((1, 1), 4, 3, 3, 1, "SAME"),
+  "4x4_stride2": ((9, 8), 3, 4, 4, 2, "SAME"),
+  "3x3_stride2": ((8, 8), 4, 3, 5, 2, "SAME"),
+  "1x1": ((5, 6), 6, 1, 4, 1, "SAME"),
+  "4x4_stride1": ((6, 7), 3, 4, 2, 1, "SAME"),
+  "4x4_explicit_pads": ((9, 8), 3, 4, 4, 2, ((2, 1), (0, 3))),
+  "3x3_valid": ((9, 8), 3, 3, 4, 1, "VALID"),
+}
+
+
+@pytest.mark.parametrize("name", cpu_conv.ALGORITHMS)
+@pytest.mark.parametrize("layer", LAYERS)
+def test_every_choosable_algorithm_matches_direct_convolution(name, layer):
+  """Values, gradients and the gradient-penalty second derivatives of cpu_conv.run(name)
+  against lax.conv, for every algorithm conv_choice can pick for the layer."""
+  hw, cin, k, cout, stride, padding = LAYERS[layer]
+  strides = (stride, stride)
+  x, w = _data((2, *hw), cin, cout, seed=5)
+  w = jnp.tile(w, (2, 2, 1, 1))[:k, :k]
+  pads = cpu_conv.explicit_pads(x.shape, w.shape, strides, padding)
+  if name not in cpu_conv.candidates(x.shape, w.shape, strides, pads):
+    pytest.skip(f"{name} is not a candidate for {layer}")
   direct = lambda x, w: jax.lax.conv_general_dilated(  # noqa: E731
-    x, w, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
   )
-  im2col = lambda x, w: cpu_conv.im2col_conv(x, w, (stride, stride), padding)  # noqa: E731
+  fast = lambda x, w: cpu_conv.run(name, x, w, strides, pads)  # noqa: E731
   want = direct(x, w)
-  np.testing.assert_allclose(im2col(x, w), want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(fast(x, w), want, rtol=1e-4, atol=1e-4 * float(jnp.abs(want).max()))
 
   def penalty(conv):  # Gradient of an input-gradient norm, as in WGAN-GP.
     inner = lambda x, w: jnp.sum(jnp.tanh(conv(x, w)))  # noqa: E731
     return lambda x, w: inner(x, w) + jnp.sum(jax.grad(inner)(x, w) ** 2)
 
-  got = jax.jit(jax.grad(penalty(im2col), argnums=(0, 1)))(x, w)
-  ref = jax.jit(jax.grad(penalty(direct), argnums=(0, 1)))(x, w)
-  for g, r in zip(got, ref, strict=True):
-    np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4 * float(jnp.abs(r).max()))
+  for fn in (penalty, lambda conv: lambda x, w: jnp.sum(jnp.tanh(conv(x, w)))):
+    got = jax.jit(jax.grad(fn(fast), argnums=(0, 1)))(x, w)
+    ref = jax.jit(jax.grad(fn(direct), argnums=(0, 1)))(x, w)
+    for g, r in zip(got, ref, strict=True):
+      np.testing.assert_allclose(g, r, rtol=2e-4, atol=2e-4 * float(jnp.abs(r).max()))
 
 
 @pytest.mark.parametrize(
@@ -154,10 +152,31 @@ def test_networks_with_cpu_conv_match_xla():
     np.testing.assert_allclose(g, r, rtol=1e-3, atol=1e-4 * float(jnp.abs(r).max()))
 
 
-def test_auto_conv_impl_is_winograd_only_for_float32_on_cpu():
-  assert models.resolve_conv_impl("auto", jnp.float32, backend="cpu") == "winograd"
+def test_auto_conv_impl_is_measured_only_for_float32_on_cpu():
+  assert models.resolve_conv_impl("auto", jnp.float32, backend="cpu") == "auto:fwd"
+  assert models.resolve_conv_impl("auto", backend="cpu", objective="gp") == "auto:gp"
   assert models.resolve_conv_impl("auto", jnp.bfloat16, backend="cpu") == "xla"
   assert models.resolve_conv_impl("auto", jnp.float32, backend="gpu") == "xla"
   assert models.resolve_conv_impl("winograd4", jnp.float32, backend="tpu") == "winograd4"
   with pytest.raises(ValueError, match="unknown conv_impl 'fast'"):
     models.resolve_conv_impl("fast")
+  with pytest.raises(ValueError, match="unknown objective"):
+    models.resolve_conv_impl("auto", objective="eval")
+  with pytest.raises(ValueError, match="unknown conv_impl 'auto:eval'"):
+    models.conv_general_dilated("auto:eval")
+
+
+def test_models_from_config_chooses_per_use():
+  from configs import tiny  # noqa: PLC0415
+
+  config = tiny.get_config()
+  config.model.conv_impl = "auto"
+  gen, critic, teacher = models.models_from_config(config.model)
+  assert (gen.conv_impl, critic.conv_impl, teacher.conv_impl) == (
+    "auto:train",
+    "auto:gp",
+    "auto:fwd",
+  )
+  assert models.models_from_config(config.model, inference=True)[0].conv_impl == "auto:fwd"
+  config.model.conv_impl = "winograd2"
+  assert {m.conv_impl for m in models.models_from_config(config.model)} == {"winograd2"}

@@ -1,0 +1,201 @@
+"""conv_choice: per-layer algorithm choice, its on-disk cache (keying, invalidation, fallbacks).
+
+Timings are injected (a fake timer), so no test depends on this machine's speed or load; one
+test runs the real measurement on a tiny layer, inside a jit trace as the models do.
+"""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from chromagan_jax import compile_cache, conv_choice, cpu_conv, models
+
+SAME_3X3 = ((2, 8, 8, 16), (3, 3, 16, 16), (1, 1), ((1, 1), (1, 1)))
+STRIDED_4X4 = ((2, 8, 8, 16), (4, 4, 16, 8), (2, 2), ((1, 2), (1, 2)))
+
+
+class FakeTimer:
+  """Pretends ``fastest`` takes 1 s and every other candidate 2 s; counts the calls."""
+
+  def __init__(self, fastest=("winograd2",), seconds=None):
+    self.fastest, self.seconds, self.calls = fastest, seconds or {}, []
+
+  def __call__(self, names, objective, lhs_shape, rhs_shape, dtype, strides, pads):
+    self.calls.append((objective, lhs_shape))
+    return {n: self.seconds.get(n, 1.0 if n in self.fastest else 2.0) for n in names}
+
+
+def choose(chooser, layer=SAME_3X3, objective="fwd"):
+  lhs, rhs, strides, pads = layer
+  return chooser.choose(lhs, rhs, jnp.float32, strides, pads, objective)
+
+
+def test_pick_keeps_xla_unless_another_is_clearly_faster():
+  assert conv_choice.pick({"xla": 1.0, "winograd2": 0.5, "im2col": 0.7}) == "winograd2"
+  almost = 1.0 - conv_choice.MARGIN / 2
+  assert conv_choice.pick({"xla": 1.0, "winograd2": almost}) == "xla"  # Within noise: XLA.
+  assert conv_choice.pick({"xla": 1.0, "im2col": 2.0}) == "xla"
+
+
+def test_candidates_always_include_xla():
+  assert cpu_conv.candidates(*SAME_3X3) == ("xla", "winograd2", "winograd4", "im2col")
+  assert cpu_conv.candidates(*STRIDED_4X4) == ("xla", "im2col")
+  huge = ((64, 512, 512, 64), (3, 3, 64, 64), (1, 1), ((1, 1), (1, 1)))  # 9.7e9 patch elements.
+  assert cpu_conv.candidates(*huge) == ("xla", "winograd2", "winograd4")
+
+
+def test_choice_is_measured_once_then_read_from_disk(tmp_path):
+  timer = FakeTimer(fastest=("winograd4",))
+  first = conv_choice.Chooser(str(tmp_path), timer=timer)
+  assert choose(first) == "winograd4"
+  assert choose(first) == "winograd4"
+  assert len(timer.calls) == 1  # Measured once per layer use.
+  (path,) = tmp_path.iterdir()
+  assert str(path) == first.path
+  data = json.loads(path.read_text())
+  assert data["machine"] == conv_choice.machine_key()
+  ((key, entry),) = data["choices"].items()
+  assert key == "fwd 2x8x8x16 3x3x16x16 float32 s1x1 p1,1,1,1"
+  assert entry["choice"] == "winograd4" and set(entry["seconds"]) == set(cpu_conv.ALGORITHMS)
+
+  # A new process (chooser) with the same directory: same choice, nothing timed.
+  again = FakeTimer(fastest=("im2col",))
+  assert choose(conv_choice.Chooser(str(tmp_path), timer=again)) == "winograd4"
+  assert again.calls == []
+
+
+def test_objectives_and_shapes_are_chosen_separately(tmp_path):
+  timer = FakeTimer(fastest=("winograd2", "im2col"), seconds={"im2col": 0.5})
+  chooser = conv_choice.Chooser(str(tmp_path), timer=timer)
+  assert choose(chooser, objective="fwd") == "im2col"
+  assert choose(chooser, objective="gp") == "im2col"
+  assert choose(chooser, STRIDED_4X4, objective="train") == "im2col"
+  assert [c[0] for c in timer.calls] == ["fwd", "gp", "train"]
+  assert len(chooser.choices()) == 3
+
+
+def test_another_machine_key_measures_again(tmp_path, monkeypatch):
+  choose(conv_choice.Chooser(str(tmp_path), timer=FakeTimer()))
+  key = conv_choice.machine_key()
+  for field, value in [("jax", "9.9.9"), ("isa", ["avx512f"]), ("cpu", "Other CPU"),
+                       ("xla_flags", "--xla_cpu_use_onednn=true")]:  # fmt: skip
+    monkeypatch.setattr(conv_choice, "machine_key", lambda f=field, v=value: {**key, f: v})
+    timer = FakeTimer(fastest=("im2col",))
+    other = conv_choice.Chooser(str(tmp_path), timer=timer)
+    assert choose(other) == "im2col", field
+    assert len(timer.calls) == 1, field
+  assert len(list(tmp_path.iterdir())) == 5  # One file per machine key; none overwritten.
+
+
+def test_unreadable_or_stale_files_are_measured_again_with_a_warning(tmp_path):
+  chooser = conv_choice.Chooser(str(tmp_path), timer=FakeTimer())
+  choose(chooser)
+  path = chooser.path
+  with open(path, "w") as f:
+    f.write("{not json")
+  warnings, timer = [], FakeTimer(fastest=("winograd4",))
+  assert choose(conv_choice.Chooser(str(tmp_path), timer=timer, warn=warnings.append)) == (
+    "winograd4"
+  )
+  assert len(timer.calls) == 1 and "ignoring the convolution choices in" in warnings[0]
+  assert json.loads(open(path).read())["choices"]  # Rewritten whole.
+
+  # A recorded choice that is no candidate for the layer (edited, or an old algorithm set).
+  data = json.loads(open(path).read())
+  for entry in data["choices"].values():
+    entry["choice"] = "winograd7"
+  with open(path, "w") as f:
+    json.dump(data, f)
+  timer = FakeTimer(fastest=("im2col",))
+  assert choose(conv_choice.Chooser(str(tmp_path), timer=timer)) == "im2col"
+  assert len(timer.calls) == 1
+
+
+def test_unwritable_directory_keeps_choices_in_memory(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("")
+  warnings, timer = [], FakeTimer()
+  chooser = conv_choice.Chooser(str(blocker / "sub"), timer=timer, warn=warnings.append)
+  assert choose(chooser) == "winograd2"
+  assert choose(chooser, STRIDED_4X4) == "xla"  # Only winograd2 is "fast" in this timer.
+  assert choose(chooser) == "winograd2"
+  assert len(timer.calls) == 2
+  assert len(warnings) == 1 and "kept in memory only" in warnings[0]
+
+
+def test_rule_policy_never_times():
+  timer = FakeTimer(fastest=("xla",))
+  chooser = conv_choice.Chooser(None, policy="rule", timer=timer)
+  layer = ((2, 8, 8, 64), (3, 3, 64, 64), (1, 1), ((1, 1), (1, 1)))
+  assert choose(chooser, layer) == cpu_conv.rule(*layer) == "winograd2"
+  assert choose(chooser, STRIDED_4X4) == "im2col"
+  assert timer.calls == []
+  with pytest.raises(ValueError, match="policy"):
+    conv_choice.Chooser(None, policy="fastest")
+
+
+def test_compile_cache_puts_the_choices_next_to_it(tmp_path, monkeypatch):
+  monkeypatch.setattr(conv_choice, "_directory", conv_choice._directory)
+  monkeypatch.setattr(conv_choice, "_chooser", None)
+  assert compile_cache.choices_dir(str(tmp_path / "xla")) == str(tmp_path / "conv_choices")
+  configured = jax.config.jax_compilation_cache_dir  # conftest's: it wins over the path.
+  assert compile_cache.enable(str(tmp_path / "other")) == configured
+  assert conv_choice.chooser().directory == compile_cache.choices_dir(configured)
+
+
+def test_models_trace_with_the_chosen_algorithms(monkeypatch):
+  """The chooser decides per layer at trace time; a forced choice changes the program."""
+  size, width = 16, 0.25
+  kw = dict(image_size=size, width=width, fc_width=16, num_classes=4)
+  x = jnp.asarray(np.random.default_rng(0).random((1, size, size, 3), np.float32))
+  ref = models.Generator(**kw)
+  variables = jax.jit(ref.init)(jax.random.key(0), x)
+  want = ref.apply(variables, x)[0]
+  auto = models.Generator(**kw, conv_impl=models.resolve_conv_impl("auto", objective="fwd"))
+
+  def program_with(fastest):
+    timer = FakeTimer(fastest=(fastest,))
+    conv_choice.set_chooser(conv_choice.Chooser(None, timer=timer))
+    try:
+      fn = jax.jit(lambda v, x: auto.apply(v, x)[0])
+      text = fn.lower(variables, x).as_text()
+      return text, fn(variables, x), timer
+    finally:
+      conv_choice.set_chooser(None)
+
+  xla_text, got, timer = program_with("xla")
+  assert {c[0] for c in timer.calls} == {"fwd"} and len(timer.calls) >= 10
+  np.testing.assert_allclose(got, want, atol=1e-6)
+  assert "convolution" in xla_text
+  wino_text, got, _ = program_with("winograd2")
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  assert wino_text.count("convolution(") < xla_text.count("convolution(")
+
+
+def test_real_measurement_inside_a_jit_trace(tmp_path):
+  """measure() times its own programs while the caller's jit traces (concrete shapes)."""
+  chooser = conv_choice.Chooser(str(tmp_path))
+  conv_choice.set_chooser(chooser)
+  try:
+    conv = conv_choice.make_conv("train")
+    x = jnp.ones((1, 6, 6, 4))
+    w = jnp.ones((3, 3, 4, 4))
+    dn = ("NHWC", "HWIO", "NHWC")
+    y = jax.jit(lambda x, w: conv(x, w, (1, 1), "SAME", dimension_numbers=dn))(x, w)
+  finally:
+    conv_choice.set_chooser(None)
+  np.testing.assert_allclose(
+    y, jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn), rtol=1e-5
+  )
+  ((key, entry),) = chooser.choices().items()
+  assert key.startswith("train 1x6x6x4 3x3x4x4")
+  assert entry["choice"] in cpu_conv.ALGORITHMS
+  assert set(entry["seconds"]) == set(
+    cpu_conv.candidates((1, 6, 6, 4), (3, 3, 4, 4), (1, 1), ((1, 1), (1, 1)))
+  )
+  assert all(0 < s < 10 for s in entry["seconds"].values())
+  assert os.path.exists(chooser.path)
