@@ -45,6 +45,7 @@ import tempfile
 import time
 from collections.abc import Callable
 
+import flax.linen.module as flax_module
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -288,13 +289,26 @@ def chooser() -> Chooser:
   return _chooser
 
 
+def _initializing() -> bool:
+  """True while flax initialises the calling module (``Module.init``, often under
+  ``jax.eval_shape``): only shapes matter then, nothing is worth measuring."""
+  try:
+    module = flax_module._context.module_stack[-1]
+    return module is not None and module.is_initializing()
+  except (AttributeError, IndexError):
+    return False
+
+
 def make_conv(objective: str):
   """A drop-in ``conv_general_dilated`` choosing each plain conv's algorithm for ``objective``
-  with :func:`chooser` at trace time (XLA's own convolution for everything else)."""
+  with :func:`chooser` at trace time (XLA's own convolution for everything else; the fixed
+  rule, unmeasured, while a model is being initialised)."""
   if objective not in OBJECTIVES:
     raise ValueError(f"unknown objective {objective!r}; expected one of {OBJECTIVES}")
 
   def choose(lhs_shape, rhs_shape, strides, pads):
+    if _initializing():
+      return cpu_conv.rule(lhs_shape, rhs_shape, strides, pads)
     return chooser().choose(lhs_shape, rhs_shape, jnp.float32, strides, pads, objective)
 
   return cpu_conv.conv_with(choose)

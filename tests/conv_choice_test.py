@@ -156,6 +156,11 @@ def test_models_trace_with_the_chosen_algorithms(monkeypatch):
   variables = jax.jit(ref.init)(jax.random.key(0), x)
   want = ref.apply(variables, x)[0]
   auto = models.Generator(**kw, conv_impl=models.resolve_conv_impl("auto", objective="fwd"))
+  init_timer = FakeTimer()
+  conv_choice.set_chooser(conv_choice.Chooser(None, timer=init_timer))
+  jax.eval_shape(auto.init, jax.random.key(0), x)
+  conv_choice.set_chooser(None)
+  assert init_timer.calls == []  # Initialising (shapes only) measures nothing.
 
   def program_with(fastest):
     timer = FakeTimer(fastest=(fastest,))
