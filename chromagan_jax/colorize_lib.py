@@ -10,10 +10,11 @@ The procedure is the reference's inference (see ``/work/shared/spec/chromagan.md
    encoding, a8 = a + 128) is resized (bilinear) to the ORIGINAL resolution and joined with the
    original-resolution ``L``; Lab -> sRGB with :mod:`chromagan_jax.color`.
 
-Steps 1-3 run on device. Images of different sizes are edge-padded to a few bucket shapes (the
-true height and width are traced scalars of the resize), so a folder of photos of many sizes
-compiles a handful of programs, not one per size; the generator runs on a fixed batch shape
-(the last batch is padded).
+Step 2's resize runs on the host (NumPy, :func:`chromagan_jax.images.resize`, the training
+data's resize); the rest runs on device. Images of different sizes are edge-padded to a few
+bucket shapes (the true height and width are traced scalars of the ab resize), so a folder
+of photos of many sizes compiles a handful of programs, not one per size; the generator runs
+on a fixed batch shape (the last batch is padded).
 
 Decoding is :mod:`chromagan_jax.images`, as for training and evaluation (EXIF orientation;
 grey, grey+alpha, RGB, RGBA, palette, 16/32-bit grey, CMYK); the alpha channel is kept and
@@ -36,9 +37,6 @@ from chromagan_jax import images as image_files
 from chromagan_jax.images import Photo
 
 DEFAULT_BATCH_SIZE = 8
-# Training resizes with plain bilinear interpolation (OpenCV/TF default: no antialiasing);
-# the network input is resized the same way so that it sees the statistics it was trained on.
-NETWORK_RESIZE_ANTIALIAS = False
 # ab8 upsampling to the original size; antialiasing only matters when shrinking (inputs
 # smaller than the network size).
 AB_RESIZE_ANTIALIAS = True
@@ -84,18 +82,6 @@ def _resize_padded(image, height, width, shape, antialias, target=None):
     method="linear",
     antialias=antialias,
   )
-
-
-@functools.partial(jax.jit, static_argnames="size")
-def resize_for_network(rgb_padded, height, width, size: int):
-  """Edge-padded uint8 (Hp, Wp, 3) whose true size is (height, width) -> uint8 (size, size, 3).
-
-  Bilinear, no crop, no antialiasing, rounded to uint8: the training data's resize.
-  """
-  small = _resize_padded(
-    rgb_padded, height, width, (size, size), antialias=NETWORK_RESIZE_ANTIALIAS
-  )
-  return jnp.clip(jnp.round(small), 0, 255).astype(jnp.uint8)
 
 
 @jax.jit
@@ -184,9 +170,10 @@ class Colorizer:
   def _colorize_batch(self, photos: Sequence[Photo], with_grey: bool):
     padded = [pad_to_bucket(p.rgb) for p in photos]
     sizes = [p.rgb.shape[:2] for p in photos]
-    smalls = [
-      resize_for_network(x, h, w, self.image_size) for x, (h, w) in zip(padded, sizes, strict=True)
-    ]
+    # The network input is resized exactly as the training data is (images.resize: bilinear,
+    # no antialiasing, uint8). On the host in NumPy it reads only the rows and columns it
+    # needs: 12 ms for a 12 MP photo, against 0.6 s CPU for a jax.image resize of it.
+    smalls = [image_files.resize(p.rgb, self.image_size) for p in photos]
     l3 = network_input(jnp.stack(smalls))
     if len(photos) < self.batch_size:
       l3 = jnp.pad(l3, ((0, self.batch_size - len(photos)), (0, 0), (0, 0), (0, 0)))
