@@ -10,6 +10,7 @@ in a ``tf.function`` without XLA (TensorFlow's oneDNN kernels), its fastest CPU 
 """
 
 import argparse
+import time
 
 import common  # noqa: I001 (sets sys.path and TF env before the imports below)
 import jax
@@ -18,7 +19,7 @@ import keras_reference
 import numpy as np
 import tensorflow as tf
 
-from chromagan_jax import models
+from chromagan_jax import colorize_lib, conv_choice, cpu_conv, models
 
 
 def parse_args(argv=None):
@@ -32,8 +33,10 @@ def parse_args(argv=None):
   p.add_argument("--repeats", type=int, default=5, help="timed calls per framework and batch")
   p.add_argument(
     "--conv_impl",
-    default="xla,winograd",
-    help="comma-separated models.CONV_IMPLS to time side by side (each against the same Keras)",
+    default="xla,winograd,auto,auto+pre",
+    help="comma-separated models.CONV_IMPLS or 'auto' (measured per layer, conv_choice.py) to "
+    "time side by side (each against the same Keras); '+pre' after one: Winograd filters "
+    "transformed once beforehand (colorize_lib.inference_filters), as colorize does",
   )
   p.add_argument("--json", default="bench/results/generator_inference.json")
   args = p.parse_args(argv)
@@ -43,7 +46,14 @@ def parse_args(argv=None):
   return args
 
 
+def predict(gen, variables, x, filters):
+  """(ab, class distribution), with Winograd ``filters`` transformed beforehand if any."""
+  with cpu_conv.using_filters(filters):
+    return gen.apply(variables, x, train=False)
+
+
 def run(args) -> dict:
+  filters_s = {}  # (batch, impl) -> seconds to transform the filters once.
   size, width = args.image_size, args.width
   impls = args.conv_impl.split(",")
   gens = {
@@ -52,7 +62,7 @@ def run(args) -> dict:
       width=width,
       fc_width=args.fc_width,
       num_classes=args.num_classes,
-      conv_impl=impl,
+      conv_impl=models.resolve_conv_impl(impl.removesuffix("+pre"), objective="fwd"),
     )
     for impl in ["xla", *impls]
   }
@@ -70,12 +80,21 @@ def run(args) -> dict:
     xj, xt = jnp.asarray(x), tf.constant(x)
     ab_k, _ = keras_fn(xt)
     compiled, flops, compile_s, max_diff, fns = {}, {}, {}, {}, {}
-    for impl in gens:
-      fn = jax.jit(lambda v, x, g=gens[impl]: g.apply(v, x, train=False))
-      compiled[impl], flops[impl], compile_s[impl] = common.compile_with_cost(fn, variables, xj)
-      ab_j, _ = compiled[impl](variables, xj)
+    for impl, gen in gens.items():
+      filters = {}
+      if impl.endswith("+pre"):
+        start = time.perf_counter()
+        filters = jax.block_until_ready(colorize_lib.inference_filters(gen, variables, xj))
+        filters_s[batch, impl] = time.perf_counter() - start
+      fn = jax.jit(lambda v, x, f, g=gen: predict(g, v, x, f))
+      compiled[impl], flops[impl], compile_s[impl] = common.compile_with_cost(
+        fn, variables, xj, filters
+      )
+      ab_j, _ = compiled[impl](variables, xj, filters)
       max_diff[impl] = float(np.max(np.abs(np.asarray(ab_j) - ab_k.numpy())))
-      fns[impl] = lambda xj=xj, f=compiled[impl]: jax.block_until_ready(f(variables, xj))
+      fns[impl] = lambda xj=xj, f=compiled[impl], ff=filters: jax.block_until_ready(
+        f(variables, xj, ff)
+      )
     fns["keras"] = lambda xt=xt: [t.numpy() for t in keras_fn(xt)]
     times = common.interleaved({k: fns[k] for k in [*impls, "keras"]}, args.repeats)
     tk = common.median(times["keras"])
@@ -88,6 +107,7 @@ def run(args) -> dict:
           "conv_impl": impl,
           **common.speed_fields(batch, tj, tk, "keras", model_flops, flops[impl], peak, "call"),
           "jax_compile_s": compile_s[impl],
+          "filter_transform_once_s": filters_s.get((batch, impl)),
           "max_abs_diff_ab": max_diff[impl],
           "times_s": {impl: times[impl], "keras": times["keras"]},
         }
@@ -99,6 +119,7 @@ def run(args) -> dict:
     "repeats": args.repeats,
     "matmul_peak_gflop_s": peak,
     "rows": rows,
+    "conv_choices": conv_choice.chooser().choices(),
     "peak_rss_mib_both_frameworks": common.peak_rss_mib(),
     "machine": common.machine_info(),
   }

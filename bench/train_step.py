@@ -21,7 +21,7 @@ import keras_reference
 import numpy as np
 import tensorflow as tf
 
-from chromagan_jax import color, train_lib
+from chromagan_jax import color, conv_choice, train_lib
 from configs import default
 
 
@@ -38,7 +38,8 @@ def parse_args(argv=None):
   p.add_argument(
     "--conv_impl",
     default="xla,winograd",
-    help="comma-separated models.CONV_IMPLS for the generator and teacher, timed side by side "
+    help="comma-separated models.CONV_IMPLS or 'auto' (measured per layer and use: "
+    "conv_choice.py) for the three networks, timed side by side "
     "(each against the same TF step)",
   )
   p.add_argument("--json", default="bench/results/train_step.json")
@@ -180,6 +181,7 @@ def run(args) -> dict:
     "repeats": args.repeats,
     "matmul_peak_gflop_s": peak,
     "rows": rows,
+    "conv_choices": conv_choice.chooser().choices(),
     "peak_rss_mib_both_frameworks": common.peak_rss_mib(),
     "machine": common.machine_info(),
   }

@@ -32,7 +32,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from chromagan_jax import color, models
+from chromagan_jax import color, cpu_conv, models
 from chromagan_jax import images as image_files
 from chromagan_jax.images import Photo
 
@@ -139,9 +139,24 @@ def generator_from(config) -> nn.Module:
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def predict_ab(model, variables, l3):
-  """Generator ``model`` (static, hashable) on l3 (N, S, S, 3) -> ab (N, S, S, 2) in [0, 1]."""
-  return model.apply(variables, l3, train=False)[0]
+def predict_ab(model, variables, l3, filters=None):
+  """Generator ``model`` (static, hashable) on l3 (N, S, S, 3) -> ab (N, S, S, 2) in [0, 1].
+
+  ``filters``: the model's Winograd filters already transformed (:func:`inference_filters`).
+  """
+  if not filters:
+    return model.apply(variables, l3, train=False)[0]
+  with cpu_conv.using_filters(filters):
+    return model.apply(variables, l3, train=False)[0]
+
+
+def inference_filters(model, variables, l3) -> dict:
+  """``model``'s Winograd filters for inputs shaped like ``l3``, transformed once per weight
+  set rather than in every call (cpu_conv.inference_filters); {} without Winograd layers."""
+  if model.conv_impl == "xla":
+    return {}
+  apply = lambda v, x: model.apply(v, x, train=False)  # noqa: E731
+  return cpu_conv.inference_filters(apply, variables, jnp.zeros(l3.shape, l3.dtype))
 
 
 class Colorizer:
@@ -153,8 +168,9 @@ class Colorizer:
     config: see :func:`generator_from`.
     batch_size: images per generator call (the last batch is padded with zeros).
     conv_impl: overrides the convolution algorithm of ``config`` (``models.CONV_IMPLS`` or
-      "auto"); None keeps the checkpoint's. On CPU "winograd" runs 1.3-1.8x faster but
-      compiles in ~10-20 s instead of ~1 s (bench/RESULTS.md): "xla" wins for a few photos.
+      "auto"); None keeps the checkpoint's. On CPU "auto" measures each layer's algorithms
+      once per machine (conv_choice.py) and Winograd layers get their filters transformed
+      once, at the first batch (:func:`inference_filters`).
   """
 
   def __init__(self, variables, config=None, batch_size: int = DEFAULT_BATCH_SIZE, conv_impl=None):
@@ -164,6 +180,7 @@ class Colorizer:
     if conv_impl is not None:
       self.model = self.model.clone(conv_impl=models.resolve_conv_impl(conv_impl))
     self.variables = models.without_class_head(variables)
+    self.filters = None  # Winograd filters, transformed once at the first batch.
     self.batch_size = batch_size
     self.image_size = self.model.image_size
 
@@ -177,7 +194,9 @@ class Colorizer:
     l3 = network_input(jnp.stack(smalls))
     if len(photos) < self.batch_size:
       l3 = jnp.pad(l3, ((0, self.batch_size - len(photos)), (0, 0), (0, 0), (0, 0)))
-    ab = predict_ab(self.model, self.variables, l3)
+    if self.filters is None:
+      self.filters = inference_filters(self.model, self.variables, l3)
+    ab = predict_ab(self.model, self.variables, l3, self.filters)
     outs = [
       compose(x, ab[i], h, w, with_grey=with_grey)
       for i, (x, (h, w)) in enumerate(zip(padded, sizes, strict=True))

@@ -29,6 +29,7 @@ import contextvars
 import functools
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -293,6 +294,22 @@ def using_filters(filters):
       yield
   finally:
     _FILTERS.reset(token)
+
+
+def inference_filters(apply_fn, variables, *args) -> dict:
+  """The transformed filters of every Winograd layer that ``apply_fn(variables, *args)`` runs,
+  for :func:`using_filters` with the same model and input shapes.
+
+  One jitted program records them; the network's outputs are unused, so XLA drops its
+  computation and only the filter transforms run.
+  """
+
+  def record(variables, *args):
+    with recording_filters() as filters:
+      apply_fn(variables, *args)
+    return dict(filters)
+
+  return jax.jit(record)(variables, *args)
 
 
 def dispatch(name: str, x, w, strides, pads):

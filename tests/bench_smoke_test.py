@@ -30,10 +30,11 @@ def _load(path):
 
 def test_generator_inference_smoke(tmp_path):
   out = tmp_path / "gi.json"
-  generator_inference.main(["--smoke", "--conv_impl", "xla,winograd", "--json", str(out)])
+  argv = ["--smoke", "--conv_impl", "xla,auto+pre", "--json", str(out)]
+  generator_inference.main(argv)
   result = _load(out)
   assert [(r["batch"], r["conv_impl"]) for r in result["rows"]] == [
-    (1, "xla"), (1, "winograd"), (2, "xla"), (2, "winograd")
+    (1, "xla"), (1, "auto+pre"), (2, "xla"), (2, "auto+pre")
   ]  # fmt: skip
   for r in result["rows"]:
     assert r["jax_img_s"] > 0 and r["keras_img_s"] > 0

@@ -180,3 +180,26 @@ def test_models_from_config_chooses_per_use():
   assert models.models_from_config(config.model, inference=True)[0].conv_impl == "auto:fwd"
   config.model.conv_impl = "winograd2"
   assert {m.conv_impl for m in models.models_from_config(config.model)} == {"winograd2"}
+
+
+def test_inference_filters_replace_the_per_call_transform():
+  """colorize's pre-transformed Winograd filters give the same ab, and are really used."""
+  from chromagan_jax import colorize_lib  # noqa: PLC0415
+
+  size = 32
+  gen = models.Generator(
+    image_size=size, width=0.25, fc_width=16, num_classes=4, conv_impl="winograd"
+  )
+  x = jnp.asarray(np.random.default_rng(6).random((2, size, size, 3), np.float32))
+  variables = jax.jit(gen.init)(jax.random.key(0), x)
+  filters = colorize_lib.inference_filters(gen, variables, x)
+  # Width 1/4: the >= 64-channel 3x3 layers (block2_conv1 .. mid_conv2, dec_conv2..4) only.
+  assert "vgg16/block3_conv2:m2" in filters and "dec_conv5:m2" not in str(list(filters))
+  assert all(f.shape[0] == 16 for f in filters.values())  # F(2x2): 4x4 transformed taps.
+  want = colorize_lib.predict_ab(gen, variables, x)
+  same = np.abs(colorize_lib.predict_ab(gen, variables, x, filters) - want).max()
+  zeroed = {**filters, "vgg16/block3_conv2:m2": jnp.zeros_like(filters["vgg16/block3_conv2:m2"])}
+  changed = np.abs(colorize_lib.predict_ab(gen, variables, x, zeroed) - want).max()
+  # Random init: ab stays near 0.5, so compare with the float32 rounding of the same model.
+  assert same <= 1e-6 and changed > max(100 * same, 1e-5), (same, changed)
+  assert colorize_lib.inference_filters(gen.clone(conv_impl="xla"), variables, x) == {}
