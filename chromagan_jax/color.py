@@ -4,6 +4,13 @@ One implementation used by training, inference and evaluation. Everything is jit
 differentiable (the cube root and the sRGB gamma are evaluated on clamped arguments so that
 their unused branch never produces NaN gradients).
 
+Precision: every conversion computes in float32 with its two 3x3 colour matrices multiplied at
+``jax.lax.Precision.HIGHEST``, whatever the model's compute dtype and whatever
+``jax_default_matmul_precision`` says. A TF32 (GPU) or one-pass bfloat16 (TPU) product keeps
+only 10 or 8 mantissa bits of each operand, which moves L and ab by tenths of a Lab unit (more
+than the 0.05 units this module matches scikit-image to): the ab targets of training would
+depend on the accelerator. ``tests/color_test.py`` checks this under bfloat16 matmul settings.
+
 Value ranges:
   * ``rgb``: float in [0, 1] (``uint8`` inputs are divided by 255).
   * ``lab``: L in [0, 100], a and b roughly in [-128, 127] (out-of-gamut colours may exceed).
@@ -13,6 +20,7 @@ Value ranges:
     ``L_net = L8 / 255 = L / 100`` and ``ab_net = (ab + 128) / 255``, all in [0, 1].
 """
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -35,14 +43,27 @@ _XYZ_TO_RGB = np.linalg.inv(_RGB_TO_XYZ_64).astype(np.float32)
 _WHITE_D65 = np.array([0.95047, 1.0, 1.08883], dtype=np.float32)
 
 _DELTA = 6.0 / 29.0
+# Full float32 products for the colour matrices (see the module docstring).
+_PRECISION = jax.lax.Precision.HIGHEST
 
 
 def _as_float(x):
-  """uint8 images become floats in [0, 1]; float images pass through."""
+  """uint8 images become float32 in [0, 1]; float images become at least float32."""
   x = jnp.asarray(x)
   if jnp.issubdtype(x.dtype, jnp.integer):
     return x.astype(jnp.float32) / 255.0
+  return _at_least_f32(x)
+
+
+def _at_least_f32(x):
+  """Float values in float32 (bfloat16/float16 are widened; float64 is kept)."""
+  x = jnp.asarray(x)
   return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def _matmul(x, matrix):
+  """``x @ matrix`` at full precision (no TF32 / one-pass bf16) in ``x``'s float dtype."""
+  return jnp.matmul(x, jnp.asarray(matrix, x.dtype), precision=_PRECISION)
 
 
 def srgb_to_linear(rgb):
@@ -78,7 +99,7 @@ def _f_inv(t):
 def rgb_to_lab(rgb):
   """sRGB (..., 3), uint8 or float in [0, 1] -> Lab (..., 3) float32."""
   rgb = _as_float(rgb)
-  xyz = srgb_to_linear(rgb) @ _RGB_TO_XYZ.T.astype(rgb.dtype)
+  xyz = _matmul(srgb_to_linear(rgb), _RGB_TO_XYZ.T)
   fx, fy, fz = jnp.moveaxis(_f(xyz / _WHITE_D65.astype(rgb.dtype)), -1, 0)
   lightness = 116.0 * fy - 16.0
   a = 500.0 * (fx - fy)
@@ -100,7 +121,7 @@ def lab_to_rgb(lab, clip=True):
   fx = fy + a / 500.0
   fz = fy - b / 200.0
   xyz = _f_inv(jnp.stack([fx, fy, fz], axis=-1)) * _WHITE_D65
-  lin = xyz @ _XYZ_TO_RGB.T
+  lin = _matmul(xyz, _XYZ_TO_RGB.T)
   if clip:
     lin = jnp.clip(lin, 0.0, 1.0)
   rgb = linear_to_srgb(lin)
@@ -109,6 +130,7 @@ def lab_to_rgb(lab, clip=True):
 
 def lab_to_lab8(lab):
   """Lab -> the reference's 8-bit encoding (float, not rounded): L*255/100, a+128, b+128."""
+  lab = _at_least_f32(lab)
   return jnp.concatenate([lab[..., :1] * (255.0 / 100.0), lab[..., 1:] + 128.0], axis=-1)
 
 
@@ -130,7 +152,7 @@ def net_to_lab(lightness, ab):
   ``ab`` is clipped to [0, 1] first, i.e. to the 8-bit range a, b in [-128, 127], as the
   reference does with ``clip(ab * 255, 0, 255)``.
   """
-  ab = jnp.clip(ab, 0.0, 1.0)
+  lightness, ab = _at_least_f32(lightness), jnp.clip(_at_least_f32(ab), 0.0, 1.0)
   return lab8_to_lab(jnp.concatenate([lightness * 255.0, ab * 255.0], axis=-1))
 
 

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.extend import core as jax_core
 from skimage import color as skcolor
 
 from chromagan_jax import color
@@ -198,3 +199,113 @@ def test_gradient_matches_finite_differences():
     for e in np.eye(3)
   ]
   np.testing.assert_allclose(got, fd, rtol=2e-3)
+
+
+# --- Precision: Lab conversion must not follow the default matmul precision ----------------
+# CPU computes every float32 dot exactly, whatever the precision setting, so a plain run
+# cannot show what an accelerator would do. _eval_like_tpu evaluates a function's jaxpr with
+# the operands of every dot_general that is not pinned to Precision.HIGHEST rounded to
+# bfloat16: a TPU's one-pass bf16 product (its DEFAULT precision; a GPU's TF32 keeps 10 bits
+# instead of 8, a smaller but same-kind error).
+_LOW_PRECISION_SETTINGS = ["bfloat16", "tensorfloat32", "BF16_BF16_F32"]
+
+
+def _pinned(eqn) -> bool:
+  precision = eqn.params.get("precision")
+  return isinstance(precision, tuple) and all(p == jax.lax.Precision.HIGHEST for p in precision)
+
+
+def _sub_jaxprs(eqn):
+  for value in eqn.params.values():
+    if isinstance(value, jax_core.ClosedJaxpr):
+      yield value
+    elif isinstance(value, jax_core.Jaxpr):
+      yield jax_core.ClosedJaxpr(value, ())
+
+
+def _eqns(jaxpr):
+  """Every equation of ``jaxpr``, nested jaxprs (jit, custom_jvp, ...) included."""
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for sub in _sub_jaxprs(eqn):
+      yield from _eqns(sub.jaxpr)
+
+
+def _eval_like_tpu(jaxpr, consts, *args):
+  env = {}
+
+  def read(v):
+    return v.val if isinstance(v, jax_core.Literal) else env[v]
+
+  for var, x in [*zip(jaxpr.constvars, consts, strict=True), *zip(jaxpr.invars, args, strict=True)]:
+    env[var] = x
+  for eqn in jaxpr.eqns:
+    ins = [read(v) for v in eqn.invars]
+    subs = list(_sub_jaxprs(eqn))
+    if eqn.primitive.name == "dot_general" and not _pinned(eqn):
+      ins = [jnp.asarray(x).astype(jnp.bfloat16).astype(jnp.asarray(x).dtype) for x in ins]
+      outs = eqn.primitive.bind(*ins, **eqn.params)
+    elif eqn.primitive.name in ("jit", "pjit"):
+      outs = _eval_like_tpu(subs[0].jaxpr, subs[0].consts, *ins)
+    else:
+      # Any other higher-order primitive would hide its dots from the emulation.
+      assert not any(e.primitive.name == "dot_general" for s in subs for e in _eqns(s.jaxpr))
+      outs = eqn.primitive.bind(*ins, **eqn.params)
+    outs = outs if eqn.primitive.multiple_results else [outs]
+    for var, x in zip(eqn.outvars, outs, strict=True):
+      env[var] = x
+  return [read(v) for v in jaxpr.outvars]
+
+
+def _net_like_tpu(rgb8):
+  closed = jax.make_jaxpr(color.rgb_to_net)(rgb8)
+  assert any(e.primitive.name == "dot_general" for e in _eqns(closed.jaxpr))
+  return _eval_like_tpu(closed.jaxpr, closed.consts, rgb8)
+
+
+@pytest.mark.parametrize("setting", _LOW_PRECISION_SETTINGS)
+def test_rgb_to_net_under_low_matmul_precision_matches_skimage(setting):
+  """The ab targets stay put when a bf16 / TF32 matmul precision is the default.
+
+  Both ways of setting it: the context manager and the jax_default_matmul_precision option.
+  """
+  rgb8 = np.concatenate(
+    [
+      (CORNERS * 255).astype(np.uint8),
+      np.random.default_rng(9).integers(0, 256, (4096, 3), dtype=np.uint8),
+    ]
+  )
+  sk = skcolor.rgb2lab(rgb8)
+  want_l, want_ab = sk[:, :1] / 100.0, (sk[:, 1:] + 128.0) / 255.0
+  before = jax.config.jax_default_matmul_precision
+  try:
+    with jax.default_matmul_precision(setting):
+      results = [_net_like_tpu(rgb8), jax.jit(color.rgb_to_net)(rgb8)]
+    jax.config.update("jax_default_matmul_precision", setting)
+    results.append(_net_like_tpu(rgb8))
+  finally:
+    jax.config.update("jax_default_matmul_precision", before)
+  for lightness, ab in results:
+    assert lightness.dtype == ab.dtype == jnp.float32
+    np.testing.assert_allclose(lightness, want_l, atol=LAB_TOL / 100, rtol=0)
+    np.testing.assert_allclose(ab, want_ab, atol=LAB_TOL / 255, rtol=0)
+
+
+def test_the_tpu_emulation_shows_what_an_unpinned_product_does():
+  """Control for the test above: the same emulation on a plain ``@`` moves Lab by > 0.05."""
+  rgb = np.random.default_rng(10).uniform(0.0, 1.0, (4096, 3)).astype(np.float32)
+
+  def unpinned_rgb_to_lab(x):
+    xyz = color.srgb_to_linear(x) @ jnp.asarray(color._RGB_TO_XYZ.T)
+    f = color._f(xyz / jnp.asarray(color._WHITE_D65))
+    return jnp.stack(
+      [116.0 * f[:, 1] - 16.0, 500.0 * (f[:, 0] - f[:, 1]), 200.0 * (f[:, 1] - f[:, 2])], -1
+    )
+
+  with jax.default_matmul_precision("bfloat16"):
+    closed = jax.make_jaxpr(unpinned_rgb_to_lab)(rgb)
+  (got,) = _eval_like_tpu(closed.jaxpr, closed.consts, rgb)
+  err = np.abs(np.asarray(got) - skcolor.rgb2lab(rgb)).max()
+  assert err > 4 * LAB_TOL, err
+  # Without the emulation, CPU computes the same unpinned product exactly.
+  np.testing.assert_allclose(unpinned_rgb_to_lab(rgb), skcolor.rgb2lab(rgb), atol=LAB_TOL)

@@ -225,3 +225,48 @@ def test_critic_loss_total_with_reference_weights():
   np.testing.assert_allclose(total, want, rtol=1e-5)
   np.testing.assert_allclose([terms["real"], terms["fake"]], [d_real.mean(), d_fake.mean()], 1e-5)
   np.testing.assert_allclose(terms["gp"], 0.37, rtol=1e-6)
+
+
+# --- precision: bf16 inputs are reduced in float32, no matmul precision reaches the losses ---
+_REDUCTIONS = {"reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "cumsum", "argmax"}
+
+
+def _eqns(jaxpr):
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for v in eqn.params.values():
+      sub = getattr(v, "jaxpr", v)
+      if hasattr(sub, "eqns"):
+        yield from _eqns(sub)
+
+
+def _all_losses(ab_fake, ab_real, p_fake, p_teacher, d_fake, d_real, eps):
+  weights = default.get_config().loss
+  lightness = ab_real[..., :1]
+
+  def critic(ab, lum):  # Patch scores in the input's dtype, no reduction of its own.
+    return ab[..., :1] * ab[..., 1:] * lum.astype(ab.dtype)
+
+  gp = losses.gradient_penalty(critic, ab_real, ab_fake, lightness, eps)
+  g_total, g_terms = losses.generator_loss(ab_fake, ab_real, p_fake, p_teacher, d_fake, weights)
+  d_total, d_terms = losses.critic_loss(d_real, d_fake, gp, weights)
+  return g_total, g_terms, d_total, d_terms
+
+
+def test_losses_of_bfloat16_inputs_reduce_in_float32_under_bf16_matmul_precision():
+  ab_fake, ab_real, p_fake, p_teacher, d_fake = _generator_inputs(seed=50)
+  d_real = np.random.default_rng(51).normal(size=d_fake.shape).astype(np.float32)
+  inputs = [ab_fake, ab_real, p_fake, p_teacher, d_fake, d_real, _uniform((2,), 52)]
+  as_bf16 = [jnp.asarray(x, jnp.bfloat16) for x in inputs]
+  with jax.default_matmul_precision("bfloat16"):
+    closed = jax.make_jaxpr(_all_losses)(*as_bf16)
+    got = jax.jit(_all_losses)(*as_bf16)
+  for eqn in _eqns(closed.jaxpr):
+    assert eqn.primitive.name != "dot_general", eqn
+    if eqn.primitive.name in _REDUCTIONS:
+      assert all(v.aval.dtype == jnp.float32 for v in eqn.invars), eqn
+  # The same bf16 values given as float32: bitwise the same losses (no bf16 arithmetic).
+  want = jax.jit(_all_losses)(*[x.astype(jnp.float32) for x in as_bf16])
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+    assert a.dtype == jnp.float32
+    np.testing.assert_array_equal(a, b)
