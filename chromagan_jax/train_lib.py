@@ -247,10 +247,22 @@ def loss_weights_from_config(config) -> dict[str, float]:
   return {k: float(v) for k, v in config.loss.items()}
 
 
+# XLA options that make the step bitwise reproducible on GPU (deterministic scatters, cuDNN
+# algorithms without atomics, no timing-based autotuning). XLA:CPU and XLA:TPU steps are
+# deterministic already and ignore it. The cost on GPU is in README "Training on GPUs and pods".
+DETERMINISTIC_XLA_OPTIONS = {"xla_gpu_deterministic_ops": True}
+
+
+def xla_compiler_options(config) -> dict[str, Any]:
+  """Compiler options of the train step: deterministic ops where ``config.deterministic_ops``."""
+  return dict(DETERMINISTIC_XLA_OPTIONS) if config.get("deterministic_ops", True) else {}
+
+
 def make_train_step(nets: Networks, config, mesh: Mesh, with_teacher: bool) -> Callable:
   """The jitted, sharded step ``(state, batch, teacher_params) -> (state, metrics)``.
 
-  The state is donated: its buffers are reused for the new state.
+  The state is donated: its buffers are reused for the new state. Compiled with
+  :func:`xla_compiler_options` (exact resume on GPU needs deterministic ops).
   """
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
@@ -265,20 +277,29 @@ def make_train_step(nets: Networks, config, mesh: Mesh, with_teacher: bool) -> C
     in_shardings=(replicated, batch_sharding, replicated if with_teacher else None),
     out_shardings=(replicated, replicated),
     donate_argnums=(0,),
+    compiler_options=xla_compiler_options(config) or None,
   )
 
 
-def check_batch_size(config, mesh: Mesh) -> None:
-  n = mesh.devices.size
-  if config.batch_size % n:
-    raise ConfigError(
-      f"batch_size={config.batch_size} is not divisible by the {n} devices; "
-      f"set --config.batch_size to a multiple of {n}"
-    )
-  if config.batch_size % jax.process_count():
-    raise ConfigError(
-      f"batch_size={config.batch_size} is not divisible by the {jax.process_count()} processes"
-    )
+def nearest_valid_batch_sizes(batch_size: int, multiple: int) -> list[int]:
+  """The multiples of ``multiple`` just below and above ``batch_size`` (positive ones only)."""
+  below = batch_size // multiple * multiple
+  return [b for b in (below, below + multiple) if b > 0]
+
+
+def check_batch_size(config, mesh: Mesh, num_processes: int | None = None) -> None:
+  """One-line ConfigError unless the global batch splits evenly over devices and processes."""
+  devices = mesh.devices.size
+  processes = jax.process_count() if num_processes is None else num_processes
+  multiple = math.lcm(devices, processes)
+  if config.batch_size > 0 and config.batch_size % multiple == 0:
+    return
+  over = f"the {devices} devices" + (f" of {processes} processes" if processes > 1 else "")
+  sizes = " or ".join(map(str, nearest_valid_batch_sizes(config.batch_size, multiple)))
+  raise ConfigError(
+    f"batch_size={config.batch_size} does not split evenly over {over}: set "
+    f"--config.batch_size={sizes} (a multiple of {multiple})"
+  )
 
 
 def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

@@ -148,11 +148,45 @@ def test_bfloat16_on_an_affected_cpu_jaxlib_is_refused_before_training(tmp_path,
   assert models.cpu_bfloat16_problem(jnp.bfloat16) is None
 
 
-def test_batch_size_not_divisible_by_devices_is_a_clear_error():
+def test_batch_size_not_divisible_by_devices_is_one_line_naming_the_nearest_sizes():
   config = tiny.get_config()
-  config.batch_size = 6
-  with pytest.raises(train_lib.ConfigError, match="multiple of 8"):
-    train_lib.check_batch_size(config, train_lib.make_mesh())
+  mesh = train_lib.make_mesh()
+  cases = [
+    (100, 1, "batch_size=100 does not split evenly over the 8 devices: "
+     "set --config.batch_size=96 or 104 (a multiple of 8)"),
+    (6, 1, "set --config.batch_size=8 (a multiple of 8)"),
+    (0, 1, "set --config.batch_size=8 (a multiple of 8)"),
+    # Processes count too: 8 devices over 16 processes (never seen, but lcm is the rule).
+    (40, 16, "over the 8 devices of 16 processes: set --config.batch_size=32 or 48"),
+  ]  # fmt: skip
+  for batch_size, processes, message in cases:
+    config.batch_size = batch_size
+    with pytest.raises(train_lib.ConfigError) as e:
+      train_lib.check_batch_size(config, mesh, num_processes=processes)
+    assert message in str(e.value) and "\n" not in str(e.value)
+  for batch_size in (8, 16, 256):
+    config.batch_size = batch_size
+    train_lib.check_batch_size(config, mesh)
+  assert train_lib.nearest_valid_batch_sizes(250, 32) == [224, 256]
+  config.batch_size = 3
+  train_lib.check_batch_size(config, train_lib.make_mesh(jax.devices()[:3]))
+
+
+def test_deterministic_ops_reach_the_compiler(monkeypatch):
+  """config.deterministic_ops compiles the step with DETERMINISTIC_XLA_OPTIONS (a misspelt
+  option name makes XLA refuse the compile: the options really get there). Every other step
+  test compiles with the real option on (the default), which XLA:CPU accepts and ignores."""
+  config = tiny.get_config()
+  assert config.deterministic_ops
+  assert train_lib.xla_compiler_options(config) == {"xla_gpu_deterministic_ops": True}
+  config.deterministic_ops = False
+  assert train_lib.xla_compiler_options(config) == {}
+  monkeypatch.setattr(train_lib, "DETERMINISTIC_XLA_OPTIONS", {"xla_gpu_no_such_option": True})
+  config.deterministic_ops = True
+  mesh, _, state, step = _setup(config, jax.devices()[:1])
+  lowered = step.lower(state, train_lib.global_batch(photo_batch(), mesh), None)
+  with pytest.raises(Exception, match="xla_gpu_no_such_option"):
+    lowered.compile()  # Refused before compiling: fast.
 
 
 def _leaves_equal(a, b):

@@ -1,0 +1,71 @@
+"""configs/imagenet.py: the paper's recipe, and the ``:gpu`` variant with its LR rule."""
+
+import math
+
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from chromagan_jax import train_lib
+from configs import default, imagenet
+
+
+def _parse(*args):
+  """The config as train.py's flags build it (lock_config=True, command-line overrides)."""
+  argv = ["train.py", *args]
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file(
+    "config", None, "", flag_values=values, lock_config=True, sys_argv=argv
+  )
+  values(argv)
+  return values.config
+
+
+def test_reference_recipe_is_kept():
+  config = imagenet.get_config()
+  ref = default.get_config()
+  assert (config.batch_size, config.dtype, config.num_epochs) == (10, "float32", 5.0)
+  assert config.g_learning_rate == config.d_learning_rate == 2e-5
+  assert (config.adam_b1, config.loss.to_dict()) == (0.5, ref.loss.to_dict())
+  assert config.deterministic_ops
+
+
+def test_gpu_variant_bf16_batch_multiple_of_devices_and_sqrt_lr():
+  config = _parse("--config=configs/imagenet.py:gpu")
+  assert (config.dtype, config.batch_size) == ("bfloat16", 256)
+  # A multiple of every power-of-two device count up to 256 (8 GPUs: 32 each).
+  assert all(config.batch_size % 2**k == 0 for k in range(9))
+  want = 2e-5 * math.sqrt(256 / 10)
+  assert config.g_learning_rate == pytest.approx(want) == pytest.approx(1.0119e-4, rel=1e-4)
+  assert config.d_learning_rate == pytest.approx(want)
+  # Only what a big accelerator needs changes: networks, losses, betas, epochs stay.
+  ref = imagenet.get_config().to_dict()
+  for field in ("model", "loss", "adam_b1", "adam_b2", "num_epochs", "data"):
+    assert config.to_dict()[field] == ref[field], field
+
+
+def test_gpu_learning_rate_follows_the_batch_unless_set():
+  config = _parse("--config=configs/imagenet.py:gpu", "--config.batch_size=1024")
+  assert config.g_learning_rate == pytest.approx(2e-5 * math.sqrt(102.4))
+  assert config.d_learning_rate == pytest.approx(2e-5 * math.sqrt(102.4))
+  config = _parse(
+    "--config=configs/imagenet.py:gpu", "--config.batch_size=64", "--config.g_learning_rate=3e-5"
+  )
+  assert config.g_learning_rate == 3e-5
+  assert config.d_learning_rate == pytest.approx(2e-5 * math.sqrt(6.4))
+  # The config that checkpoints store is plain values.
+  assert config.to_dict()["d_learning_rate"] == pytest.approx(2e-5 * math.sqrt(6.4))
+
+
+def test_arguments_combine_and_unknown_ones_are_refused():
+  config = imagenet.get_config("gpu,smoke")
+  assert (config.dtype, config.num_train_steps) == ("bfloat16", 20)
+  assert imagenet.get_config("smoke").dtype == "float32"
+  with pytest.raises(ValueError, match="unknown config argument 'tpu'; known: smoke, gpu"):
+    imagenet.get_config("gpu,tpu")
+
+
+def test_gpu_batch_passes_the_batch_check_on_eight_devices():
+  train_lib.check_batch_size(imagenet.get_config("gpu"), train_lib.make_mesh())
+  with pytest.raises(train_lib.ConfigError, match="multiple of 8"):
+    train_lib.check_batch_size(imagenet.get_config(), train_lib.make_mesh())
