@@ -78,3 +78,28 @@ def test_conv_layers_smoke(tmp_path):
   assert critic_passes == {"fwd", "vjp", "gp"}
   for r in result["rows"]:
     assert r["xla_gflop_s"] > 0 and r["winograd_gflop_s"] > 0 and r["tf_gflop_s"] > 0
+
+
+@pytest.mark.slow
+def test_colorize_bench_smoke(tmp_path):
+  from colorize_test import random_generator_variables, small_config
+
+  import colorize as colorize_bench  # bench/colorize.py
+  from chromagan_jax import checkpoint
+
+  config = small_config()
+  ckpt = tmp_path / "ckpt"
+  checkpoint.save_generator(ckpt, random_generator_variables(config), config)
+  out = tmp_path / "colorize.json"
+  colorize_bench.main(["--ckpt", str(ckpt), "--sizes", "0.3", "--repeats", "1"]
+                      + ["--output", str(out)])  # fmt: skip
+  result = _load(out)
+  (row,) = result["photos"]
+  assert row["size"] == "640x480" and row["end_to_end_s"] > 0
+  assert row["sum_of_stages_s"] == pytest.approx(sum(row[f"{s}_s"] for s in colorize_bench.STAGES))
+  # The 8-bit LittleCMS path agrees with ours to a few levels (8-bit Lab rounding).
+  assert row["littlecms_vs_ours_max_abs"] <= 8
+  for name, diff in result["network"]["max_abs_ab_vs_colorize"].items():
+    assert diff < (5e-2 if "int8" in name else 1e-4), name
+  full, head_free = result["loading"]
+  assert full["params_loaded"] > head_free["params_loaded"] > 0

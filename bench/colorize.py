@@ -1,0 +1,334 @@
+"""Times colorize.py's whole per-photo path, stage by stage, and the network in other runtimes.
+
+  python bench/colorize.py                      # random paper-size weights, 0.3 / 2 / 12 MP
+  python bench/colorize.py --ckpt DIR --sizes 12 --repeats 5 --markdown
+
+Photos: JPEGs of 640x480 (0.3 MP), 1728x1152 (2 MP) and 4000x3000 (12 MP), made from a bundled
+photo (scikit-image's chelsea) upscaled with Lanczos plus Gaussian grain (sigma 3 levels) so
+that JPEG decoding and encoding cost what a camera photo's do; quality 90.
+
+Stages (batch 1, warm: each program compiled by a first run; the median of --repeats):
+  decode    images.read: Pillow decode + EXIF orientation -> uint8 RGB
+  resize    images.resize to S x S (the training data's resize) + the network's L input
+  network   the head-free generator (conv_impl 'auto', what colorize uses) -> ab (S, S, 2)
+  compose   edge-pad to the bucket shape, ab upsample (bilinear) to the photo's size, its
+            full-resolution L, Lab -> sRGB, uint8, back to the host
+  encode    JPEG, quality 95, no chroma subsampling (colorize.py's output)
+and, for comparison in the same run: Pillow's resize for the resize stage; an 8-bit
+Pillow/LittleCMS path (ImageCms Lab -> sRGB, ab upsampled by Pillow) for the compose stage,
+with its error against ours; the network stage in TF/Keras (bench/keras_reference.py, the same
+weights; it computes the class head too), ONNX Runtime and TFLite on the exported model
+(chromagan_jax.export), and JAX with XLA's own convolutions.
+
+Loading (separate processes, one photo each): parameters read, peak RSS, checkpoint load time
+and time to the first colorized photo, for the full generator (before head-free inference)
+and the head-free one.
+"""
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import common  # noqa: I001 (sets sys.path and TF env before the imports below)
+import jax
+import numpy as np
+from PIL import Image, ImageCms
+
+from chromagan_jax import checkpoint, colorize_lib, export, images, models
+from configs import default
+
+PHOTO_SIZES = {"0.3": (640, 480), "2": (1728, 1152), "12": (4000, 3000)}
+GRAIN_SIGMA = 3.0
+JPEG_INPUT_QUALITY = 90
+STAGES = ("decode", "resize", "network", "compose", "encode")
+
+
+def make_photo(folder, size, seed=0) -> str:
+  """A grainy JPEG of ``size`` = (width, height) from a bundled photo; returns its path."""
+  from skimage import data as skdata  # noqa: PLC0415
+
+  w, h = size
+  im = Image.fromarray(skdata.chelsea()).resize((w, h), Image.LANCZOS)
+  grain = np.random.default_rng(seed).normal(0.0, GRAIN_SIGMA, (h, w, 3))
+  rgb = np.clip(np.asarray(im, np.float32) + grain, 0, 255).astype(np.uint8)
+  path = os.path.join(folder, f"photo_{w}x{h}.jpg")
+  Image.fromarray(rgb).save(path, quality=JPEG_INPUT_QUALITY)
+  return path
+
+
+def random_checkpoint(folder) -> str:
+  """A paper-size (224, width 1) generator checkpoint with random weights (NumPy, no compile)."""
+  config = default.get_config()
+  gen = models.models_from_config(config.model)[0]
+  s = config.model.image_size
+  shapes = jax.eval_shape(gen.init, jax.random.key(0), jax.ShapeDtypeStruct((1, s, s, 3), "f4"))
+  rng = np.random.default_rng(0)
+
+  def init(path, leaf):
+    names = [getattr(p, "key", "") for p in path]
+    if names[-1] == "kernel":
+      scale = 0.05 if "dec_conv6" in names else 1.0
+      fan_in = int(np.prod(leaf.shape[:-1]))
+      return (rng.standard_normal(leaf.shape, np.float32) * scale / np.sqrt(fan_in)).astype("f4")
+    if names[-1] in ("scale", "var"):
+      return np.ones(leaf.shape, np.float32)
+    return np.zeros(leaf.shape, np.float32)
+
+  directory = os.path.join(folder, "ckpt")
+  checkpoint.save_generator(directory, jax.tree_util.tree_map_with_path(init, shapes), config)
+  return directory
+
+
+def count(tree) -> int:
+  return int(sum(x.size for x in jax.tree.leaves(tree)))
+
+
+# --------------------------------------------------------------------------------------------
+# Loading: one process per variant.
+
+
+def load_child(mode: str, ckpt: str, photo: str) -> dict:
+  """Loads ``ckpt`` as colorize does ('head_free') or as it did before ('full') and colorizes
+  ``photo``; run in a fresh process so that peak RSS is this alone."""
+  t0 = time.perf_counter()
+  variables, config = checkpoint.load_generator(ckpt, with_class_head=mode == "full")
+  jax.block_until_ready(variables)
+  load_s = time.perf_counter() - t0
+  colorizer = colorize_lib.Colorizer(variables, config, batch_size=1)
+  if mode == "full":  # the generator as it ran before: class head loaded and computed
+    colorizer.model = colorizer.model.clone(with_class_head=True)
+    colorizer.variables = variables
+  t1 = time.perf_counter()
+  next(colorizer.stream([images.read(photo)]))
+  return {
+    "mode": mode,
+    "params_loaded": count(variables["params"]),
+    "load_s": load_s,
+    "first_photo_s": time.perf_counter() - t1,
+    "peak_rss_mib": common.peak_rss_mib(),
+  }
+
+
+def measure_loading(ckpt: str, photo: str) -> list[dict]:
+  rows = []
+  for mode in ("full", "head_free"):
+    out = subprocess.run(
+      [sys.executable, __file__, "--_load_child", mode, "--ckpt", ckpt, "--_photo", photo],
+      capture_output=True,
+      text=True,
+      check=True,
+    )
+    rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+  return rows
+
+
+# --------------------------------------------------------------------------------------------
+# The per-photo path.
+
+
+def encode_jpeg(rgb) -> bytes:
+  buf = io.BytesIO()
+  Image.fromarray(rgb).save(buf, format="JPEG", quality=95, subsampling=0)
+  return buf.getvalue()
+
+
+class Pipeline:
+  """colorize's per-photo path split into its stages (the calls Colorizer makes)."""
+
+  def __init__(self, colorizer: colorize_lib.Colorizer):
+    self.c = colorizer
+
+  def run(self, path) -> dict:
+    t, times = time.perf_counter(), {}
+
+    def lap(name):
+      nonlocal t
+      now = time.perf_counter()
+      times[name] = now - t
+      t = now
+
+    photo = images.read(path)
+    lap("decode")
+    small = images.resize(photo.rgb, self.c.image_size)
+    l3 = colorize_lib.network_input(small[None])
+    jax.block_until_ready(l3)
+    lap("resize")
+    ab = colorize_lib.predict_ab(self.c.model, self.c.variables, l3)
+    jax.block_until_ready(ab)
+    lap("network")
+    h, w = photo.rgb.shape[:2]
+    out = colorize_lib.compose(colorize_lib.pad_to_bucket(photo.rgb), ab[0], h, w)
+    colour = np.asarray(out)[:h, :w]
+    lap("compose")
+    encode_jpeg(colour)
+    lap("encode")
+    self.last = (photo.rgb, np.asarray(ab[0]), colour)
+    return times
+
+
+def littlecms_compose(rgb, ab_net) -> np.ndarray:
+  """The compose stage with Pillow only: 8-bit Lab (L from LittleCMS, ab upsampled by Pillow's
+  8-bit bilinear resize), LittleCMS Lab -> sRGB. The reference's own uint8 Lab path."""
+  h, w = rgb.shape[:2]
+  srgb, lab = ImageCms.createProfile("sRGB"), ImageCms.createProfile("LAB")
+  to_lab = ImageCms.buildTransform(srgb, lab, "RGB", "LAB")
+  to_rgb = ImageCms.buildTransform(lab, srgb, "LAB", "RGB")
+  lightness = ImageCms.applyTransform(Image.fromarray(rgb), to_lab).getchannel("L")
+  ab8 = np.clip(np.round(ab_net * 255.0), 0, 255).astype(np.uint8)
+  a, b = (Image.fromarray(ab8[..., i]).resize((w, h), Image.BILINEAR) for i in range(2))
+  return np.asarray(ImageCms.applyTransform(Image.merge("LAB", (lightness, a, b)), to_rgb))
+
+
+def median_times(fn, repeats: int) -> dict:
+  fn()  # warm
+  runs = [fn() for _ in range(repeats)]
+  return {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
+
+
+def timed(fn, repeats: int) -> float:
+  fn()
+  return common.median([common.time_once(fn) for _ in range(repeats)])
+
+
+def network_contenders(ckpt, variables, config, l3: np.ndarray, repeats: int, folder: str):
+  """Seconds per batch-1 network call in JAX ('xla' convs), TF/Keras, ONNX Runtime, TFLite."""
+  import keras_reference  # noqa: PLC0415
+  import onnx  # noqa: PLC0415
+  import onnxruntime as ort  # noqa: PLC0415
+  import tensorflow as tf  # noqa: PLC0415
+
+  out, ab = {}, {}
+  size = config.model.image_size
+  fn = export.network_fn(models.models_from_config(config.model)[0], variables)
+  net_l = np.ascontiguousarray(l3[..., :1])
+  xla = jax.jit(fn)
+  out["jax_xla_convs"] = timed(lambda: jax.block_until_ready(xla(net_l)), repeats)
+  ab["jax_xla_convs"] = np.asarray(xla(net_l))
+
+  keras_model = keras_reference.build_keras_generator(
+    size, config.model.width, config.model.num_classes, config.model.fc_width
+  )
+  full, _ = checkpoint.load_generator(ckpt)  # Keras builds the whole generator
+  keras_reference.flax_to_keras(jax.device_get(full), keras_model)
+  keras_fn = tf.function(lambda x: keras_model(x, training=False)[0], jit_compile=False)
+  x3 = tf.constant(l3)
+  out["tf_keras"] = timed(lambda: keras_fn(x3).numpy(), repeats)
+  ab["tf_keras"] = keras_fn(x3).numpy()
+
+  onnx_path = os.path.join(folder, "generator.onnx")
+  onnx.save(export.to_onnx(fn, size), onnx_path)
+  session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+  run_onnx = lambda: session.run([export.OUTPUT_NAME], {export.INPUT_NAME: net_l})[0]  # noqa: E731
+  out["onnxruntime"] = timed(run_onnx, repeats)
+  ab["onnxruntime"] = run_onnx()
+
+  interpreter = tf.lite.Interpreter(model_content=export.to_tflite(fn, size), num_threads=2)
+  interpreter.allocate_tensors()
+
+  def run_tflite():
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], net_l)
+    interpreter.invoke()
+    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+
+  out["tflite"] = timed(run_tflite, repeats)
+  ab["tflite"] = run_tflite()
+
+  # Reduced precision: TFLite's dynamic-range int8 weights (activations stay float).
+  converter = tf.lite.TFLiteConverter.from_concrete_functions(
+    [export.to_tf_function(fn, size).get_concrete_function()]
+  )
+  converter.optimizations = [tf.lite.Optimize.DEFAULT]
+  interpreter = tf.lite.Interpreter(model_content=converter.convert(), num_threads=2)
+  interpreter.allocate_tensors()
+  out["tflite_int8_weights"] = timed(run_tflite, repeats)
+  ab["tflite_int8_weights"] = run_tflite()
+  return out, ab
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--ckpt", default=None, help="default: random paper-size weights")
+  parser.add_argument("--sizes", default="0.3,2,12", help="megapixels, of " + ",".join(PHOTO_SIZES))
+  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--skip_contenders", action="store_true", help="JAX path only")
+  parser.add_argument("--skip_loading", action="store_true")
+  parser.add_argument("--output", default=os.path.join(common.ROOT, "bench/results/colorize.json"))
+  parser.add_argument("--markdown", action="store_true")
+  parser.add_argument("--_load_child", default=None, help=argparse.SUPPRESS)
+  parser.add_argument("--_photo", default=None, help=argparse.SUPPRESS)
+  args = parser.parse_args(argv)
+  if args._load_child:
+    print(json.dumps(load_child(args._load_child, args.ckpt, args._photo)))
+    return
+  folder = tempfile.mkdtemp(prefix="bench_colorize_")
+  args.ckpt = args.ckpt or random_checkpoint(folder)
+  photos = {mp: make_photo(folder, PHOTO_SIZES[mp]) for mp in args.sizes.split(",")}
+  result = {"machine": common.machine_info(), "ckpt": args.ckpt, "repeats": args.repeats}
+
+  variables, config = checkpoint.load_generator(args.ckpt, with_class_head=False)
+  colorizer = colorize_lib.Colorizer(variables, config, batch_size=1)
+  pipe = Pipeline(colorizer)
+  rows = []
+  for mp, path in photos.items():
+    stages = median_times(lambda path=path: pipe.run(path), args.repeats)
+    rgb, ab_net, colour = pipe.last
+    total = sum(stages[s] for s in STAGES)
+    # The same photo through Colorizer.stream + encode, as colorize.py runs it.
+    end_to_end = timed(
+      lambda path=path: encode_jpeg(next(colorizer.stream([images.read(path)]))[1]),
+      args.repeats,
+    )
+    pillow_resize = timed(
+      lambda rgb=rgb: np.asarray(
+        Image.fromarray(rgb).resize((colorizer.image_size,) * 2, Image.BILINEAR)
+      ),
+      args.repeats,
+    )
+    lcms = littlecms_compose(rgb, ab_net)
+    lcms_s = timed(lambda rgb=rgb, ab=ab_net: littlecms_compose(rgb, ab), args.repeats)
+    diff = np.abs(lcms.astype(int) - colour.astype(int))
+    row = {
+      "photo_mp": float(mp),
+      "size": f"{rgb.shape[1]}x{rgb.shape[0]}",
+      **{f"{s}_s": stages[s] for s in STAGES},
+      "sum_of_stages_s": total,
+      "end_to_end_s": end_to_end,
+      **{f"{s}_share": stages[s] / total for s in STAGES},
+      "pillow_resize_s": pillow_resize,
+      "littlecms_compose_s": lcms_s,
+      "littlecms_vs_ours_max_abs": int(diff.max()),
+      "littlecms_vs_ours_mean_abs": float(diff.mean()),
+    }
+    rows.append(row)
+    print(json.dumps(row), flush=True)
+  result["photos"] = rows
+
+  if not args.skip_contenders:
+    small = images.resize(pipe.last[0], config.model.image_size)
+    l3 = np.asarray(colorize_lib.network_input(small[None]))
+    net, ab = network_contenders(args.ckpt, variables, config, l3, args.repeats, folder)
+    net["jax_auto (colorize)"] = float(np.median([r["network_s"] for r in rows]))
+    ours = np.asarray(colorize_lib.predict_ab(colorizer.model, colorizer.variables, l3))
+    result["network"] = {
+      "seconds": net,
+      "max_abs_ab_vs_colorize": {k: float(np.abs(v - ours).max()) for k, v in ab.items()},
+    }
+    print(json.dumps(result["network"], indent=1), flush=True)
+  # After the in-process runs: per-machine conv choices (conv_choice) are on disk by then, so
+  # both variants' first photo costs the same compile work but for the class head.
+  if not args.skip_loading:
+    result["loading"] = measure_loading(args.ckpt, photos[min(photos, key=float)])
+    print(json.dumps(result["loading"], indent=1), flush=True)
+  result["machine"]["load_average_1_5_15_at_end"] = list(os.getloadavg())
+  common.write_json(args.output, result)
+  columns = ["photo_mp", "size", *[f"{s}_s" for s in STAGES], "sum_of_stages_s", "end_to_end_s"]
+  common.print_table(rows, columns, markdown=args.markdown)
+
+
+if __name__ == "__main__":
+  main()
