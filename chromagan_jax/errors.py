@@ -45,3 +45,8 @@ class EvalError(UserError):
 
 class NonFiniteLossError(UserError):
   """A loss became NaN/inf; the run stops without checkpointing the bad state."""
+
+
+class VideoError(UserError):
+  """A video file cannot be colorized: empty, not a video, no video stream, unsupported codec,
+  corrupt or truncated; the message names the file and the problem."""

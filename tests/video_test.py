@@ -1,0 +1,329 @@
+"""Video colorization: streams, timestamps, audio, L fidelity, smoothing, flicker, bad input.
+
+The clips are made here from bundled photos (a slow pan and zoom, a hard cut to another photo,
+film grain, a sine tone), 96x64 at a rational 24000/1001 fps. The generator is configs/tiny.py
+with random weights whose last layer is scaled up so that its ab varies across the picture
+and from frame to frame (with the plain initialisation it is a near-constant 0.5).
+"""
+
+import fractions
+import os
+import subprocess
+import sys
+import textwrap
+
+import av
+import jax
+import numpy as np
+import pytest
+import skimage.data
+
+from chromagan_jax import color, colorize_lib, evaluate, video
+from configs import tiny
+
+SIZE = (96, 64)  # (W, H)
+SHOT = 12  # frames per shot; the cut is at frame SHOT.
+RATE = fractions.Fraction(24000, 1001)
+GRAIN = 3.0
+# dec_conv6 kernel x 1000: ab spatial std ~0.08 (20 Lab units), frame-to-frame ~4 Lab units.
+AB_GAIN = 1000.0
+# L of the output vs the input, both decoded (Lab L units, 0-100). Measured: per-frame mean
+# <= 1.51, 99th percentile 5.7 (gamut clipping of the strong random ab 0.31 mean, the rest is
+# H.264 4:2:0 at CRF 18 on a 96x64 picture). An output one frame late gives a per-frame mean
+# of ~4.5 on this pan.
+L_MEAN_TOL = 2.5
+L_P99_TOL = 9.0
+
+
+def _photos():
+  return [skimage.data.astronaut(), skimage.data.coffee()]
+
+
+@pytest.fixture(scope="module")
+def colorizer():
+  config = tiny.get_config()
+  model = colorize_lib.generator_from(config)
+  size = config.model.image_size
+  variables = model.init(jax.random.PRNGKey(0), np.zeros((1, size, size, 3)), train=False)
+  params = dict(variables["params"])
+  params["dec_conv6"] = dict(params["dec_conv6"])
+  params["dec_conv6"]["kernel"] = params["dec_conv6"]["kernel"] * AB_GAIN
+  variables = {**variables, "params": params}
+  return colorize_lib.Colorizer(variables, config, batch_size=8, conv_impl="xla")
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp("clips") / "film.mp4")
+  frames = video.pan_zoom_frames(_photos(), SIZE, SHOT, grain=GRAIN)
+  assert video.write_clip(path, frames, SIZE, RATE) == 2 * SHOT
+  return path
+
+
+def _decode(path):
+  with av.open(path) as c:
+    s = c.streams.video[0]
+    frames = [(f.pts, f.to_ndarray(format="rgb24")) for f in c.decode(s)]
+    return s, frames
+
+
+def _lightness(rgb):
+  return np.asarray(color.rgb_to_lab(rgb)[..., 0])
+
+
+def test_output_keeps_frames_rate_size_duration_audio(clip, colorizer, tmp_path):
+  out = str(tmp_path / "out" / "film.mp4")
+  result = video.colorize_video(clip, out, colorizer, progress=False)
+  assert result.frames == 2 * SHOT and result.cuts == 1
+  assert result.audio == ["aac copied"]
+  src, dst = video.probe(clip), video.probe(out)
+  assert (dst.width, dst.height) == SIZE and dst.frame_rate == RATE == src.frame_rate
+  assert dst.frames == src.frames == 2 * SHOT
+  assert dst.duration == pytest.approx(src.duration, abs=1e-3)
+  assert dst.audio == ("aac",)
+  with av.open(clip) as a, av.open(out) as b:
+    sa, sb = a.streams.audio[0], b.streams.audio[0]
+    assert sb.duration * sb.time_base == pytest.approx(sa.duration * sa.time_base, abs=1e-3)
+    # The audio packets are the input's, byte for byte.
+    pa = [bytes(p) for p in a.demux(sa) if p.size]
+    pb = [bytes(p) for p in b.demux(sb) if p.size]
+    assert pa == pb
+  # Presentation times kept exactly (the encoder may pick another time base).
+  (s_in, f_in), (s_out, f_out) = _decode(clip), _decode(out)
+  times_in = [p * s_in.time_base for p, _ in f_in]
+  times_out = [p * s_out.time_base for p, _ in f_out]
+  assert times_out == times_in
+  assert os.listdir(os.path.dirname(out)) == ["film.mp4"]  # no temporary left
+
+
+def test_lightness_of_every_frame_is_the_inputs(clip, colorizer, tmp_path):
+  out = str(tmp_path / "film.mkv")
+  video.colorize_video(clip, out, colorizer, progress=False)
+  (_, f_in), (_, f_out) = _decode(clip), _decode(out)
+  assert len(f_in) == len(f_out) == 2 * SHOT
+  for i, ((_, a), (_, b)) in enumerate(zip(f_in, f_out, strict=True)):
+    diff = np.abs(_lightness(a) - _lightness(b))
+    assert diff.mean() < L_MEAN_TOL, (i, diff.mean())
+    assert np.percentile(diff, 99) < L_P99_TOL, (i, np.percentile(diff, 99))
+    # The output is coloured (the test would pass for a grey copy otherwise).
+    lab = np.asarray(color.rgb_to_lab(b))
+    assert np.abs(lab[..., 1:]).mean() > 3.0
+
+
+def test_cut_detected_and_resets_smoothing(clip, colorizer):
+  frames = [rgb for _, rgb in _decode(clip)[1]]
+  smoother = video.TemporalSmoother(strength=0.6)
+  raw, smoothed, cuts = [], [], []
+  for i in range(0, len(frames), colorizer.batch_size):
+    batch = frames[i : i + colorizer.batch_size]
+    lightness, ab = colorizer.predict_network(batch)
+    out, cut = smoother(lightness, ab, len(batch))
+    raw.append(np.asarray(ab)[: len(batch)])
+    smoothed.append(np.asarray(out)[: len(batch)])
+    cuts.append(cut)
+  raw, smoothed, cuts = np.concatenate(raw), np.concatenate(smoothed), np.concatenate(cuts)
+  assert np.flatnonzero(cuts).tolist() == [SHOT]
+  # A restart takes the new frame's own prediction; within a shot the past is mixed in.
+  np.testing.assert_allclose(smoothed[SHOT], raw[SHOT], atol=1e-6)
+  np.testing.assert_allclose(smoothed[0], raw[0], atol=1e-6)
+  for t in (1, SHOT - 1, SHOT + 1, 2 * SHOT - 1):
+    assert np.abs(smoothed[t] - raw[t]).mean() > 1e-3, t
+  # Off: predictions pass through, cuts are still found.
+  off = video.TemporalSmoother(strength=0.0)
+  lightness, ab = colorizer.predict_network(frames[SHOT - 4 : SHOT + 4])
+  out, cut = off(lightness, ab, 8)
+  np.testing.assert_array_equal(np.asarray(out), np.asarray(ab))
+  assert cut.tolist() == [False] * 4 + [True] + [False] * 3
+
+
+def test_smoothing_lowers_flicker_without_lowering_psnr(clip, colorizer):
+  result = evaluate.evaluate_video(clip, colorizer)
+  flicker, psnr = result["flicker"], result["psnr"]
+  assert result["frames"] == 2 * SHOT and result["cuts"] == 1
+  assert result["static_fraction"] > 0.2
+  # Measured: 1.37 smoothed, 2.54 unsmoothed, 0.72 for the video's own colours.
+  assert flicker["colorized"] < 0.7 * flicker["unsmoothed"]
+  assert psnr["colorized"] >= psnr["unsmoothed"] - 0.05
+  off = evaluate.evaluate_video(clip, colorizer, smoothing=0.0)
+  assert off["flicker"]["colorized"] == pytest.approx(off["flicker"]["unsmoothed"])
+
+
+def test_variable_frame_rate_timestamps_kept(colorizer, tmp_path):
+  path = str(tmp_path / "vfr.mkv")
+  frames = list(video.pan_zoom_frames(_photos()[:1], SIZE, 10))
+  pts = [0, 40, 80, 100, 120, 200, 240, 250, 260, 400]  # ms
+  with av.open(path, "w") as out:
+    s = out.add_stream("libx264", rate=25)
+    s.width, s.height, s.pix_fmt = *SIZE, "yuv420p"
+    s.codec_context.time_base = fractions.Fraction(1, 1000)
+    for p, rgb in zip(pts, frames, strict=True):
+      f = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+      f.pts, f.time_base = p, fractions.Fraction(1, 1000)
+      out.mux(s.encode(f))
+    out.mux(s.encode(None))
+  for ext in (".mkv", ".mp4"):
+    dst = str(tmp_path / f"out{ext}")
+    video.colorize_video(path, dst, colorizer, progress=False)
+    s_out, f_out = _decode(dst)
+    assert [p * s_out.time_base for p, _ in f_out] == [fractions.Fraction(p, 1000) for p in pts]
+
+
+@pytest.mark.parametrize(
+  "ext, audio_codec, out_ext, video_codec, audio_note",
+  [
+    (".webm", "libopus", None, "vp9", "opus copied"),
+    # AVI becomes mp4 (ffmpeg's mp4 muxer takes PCM as ISO 23003-5 ipcm).
+    (".avi", "pcm_s16le", None, "h264", "pcm_s16le copied"),
+    (".mkv", "aac", ".webm", "vp9", "aac -> libopus re-encoded"),
+  ],
+)
+def test_other_containers(colorizer, tmp_path, ext, audio_codec, out_ext, video_codec, audio_note):
+  src = str(tmp_path / f"in{ext}")
+  frames = video.pan_zoom_frames(_photos()[:1], SIZE, 6)
+  codec = {".webm": "libvpx-vp9", ".avi": "mpeg4"}.get(ext, "libx264")
+  video.write_clip(src, frames, SIZE, RATE, codec=codec, audio_codec=audio_codec)
+  options = video.VideoOptions(extension=out_ext)
+  dst = str(tmp_path / f"out{video.output_extension(src, options)}")
+  result = video.colorize_video(src, dst, colorizer, options, progress=False)
+  assert result.audio[0].startswith(audio_note), result.audio
+  info = video.probe(dst)
+  assert info.codec == video_codec and info.frames == 6 and (info.width, info.height) == SIZE
+  assert len(info.audio) == 1
+  assert info.duration == pytest.approx(video.probe(src).duration, abs=0.05)
+  with av.open(dst) as c:  # the audio decodes, and lasts as long as the input's
+    seconds = sum(f.samples / f.sample_rate for f in c.decode(audio=0))
+  assert seconds == pytest.approx(6 / RATE, abs=0.03)
+
+
+def test_animated_gif(colorizer, tmp_path):
+  src = str(tmp_path / "anim.gif")
+  video.write_clip(src, video.pan_zoom_frames(_photos(), SIZE, 4), SIZE, 10, codec="gif")
+  assert video.is_video(src)
+  dst = str(tmp_path / "out" / "anim.gif")
+  video.colorize_video(src, dst, colorizer, progress=False)
+  s, frames = _decode(dst)
+  assert len(frames) == 8 and frames[0][1].shape == (SIZE[1], SIZE[0], 3)
+  lab = np.asarray(color.rgb_to_lab(frames[3][1]))
+  assert np.abs(lab[..., 1:]).mean() > 3.0
+
+
+def test_odd_size_uses_444(colorizer, tmp_path):
+  src = str(tmp_path / "odd.mkv")
+  size = (33, 21)
+  video.write_clip(src, video.pan_zoom_frames(_photos()[:1], size, 3), size, codec="ffv1")
+  dst = str(tmp_path / "odd_out.mp4")
+  video.colorize_video(src, dst, colorizer, progress=False)
+  with av.open(dst) as c:
+    s = c.streams.video[0]
+    assert (s.width, s.height, s.codec_context.pix_fmt) == (33, 21, "yuv444p")
+
+
+def _bad_inputs(folder, clip):
+  """name -> (path, words the message must contain)."""
+  out = {}
+  empty = os.path.join(folder, "empty.mp4")
+  open(empty, "wb").close()
+  out["empty"] = (empty, "empty file")
+  text = os.path.join(folder, "notes.mp4")
+  with open(text, "w") as f:
+    f.write("not a video\n" * 20)
+  out["not a video"] = (text, "not a video file")
+  data = open(clip, "rb").read()
+  half_mp4 = os.path.join(folder, "half.mp4")
+  with open(half_mp4, "wb") as f:
+    f.write(data[: len(data) // 2])
+  out["truncated mp4"] = (half_mp4, "not a video file")
+  mkv = os.path.join(folder, "full.mkv")
+  video.write_clip(mkv, video.pan_zoom_frames(_photos(), SIZE, SHOT), SIZE, RATE)
+  half_mkv = os.path.join(folder, "half.mkv")
+  data = open(mkv, "rb").read()
+  with open(half_mkv, "wb") as f:
+    f.write(data[: len(data) // 2])
+  out["truncated mkv"] = (half_mkv, "truncated")
+  audio = os.path.join(folder, "sound.mp4")
+  with av.open(audio, "w") as c:
+    s = c.add_stream("aac", rate=16000)
+    s.layout = "mono"
+    f = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+    f.sample_rate = 16000
+    c.mux(s.encode(f))
+    c.mux(s.encode(None))
+  out["no video stream"] = (audio, "no video stream")
+  avi = os.path.join(folder, "mpeg4.avi")
+  video.write_clip(avi, video.pan_zoom_frames(_photos()[:1], SIZE, 3), SIZE, codec="mpeg4")
+  unknown = os.path.join(folder, "unknown.avi")
+  with open(unknown, "wb") as f:
+    f.write(open(avi, "rb").read().replace(b"FMP4", b"ZZZZ"))
+  out["unsupported codec"] = (unknown, "unsupported video codec")
+  os.remove(mkv)
+  os.remove(avi)
+  return out
+
+
+def test_bad_inputs_one_line_no_output(clip, colorizer, tmp_path):
+  bad = _bad_inputs(str(tmp_path), clip)
+  out_dir = tmp_path / "out"
+  for name, (path, words) in bad.items():
+    with pytest.raises(video.VideoError) as e:
+      video.colorize_video(path, str(out_dir / "x.mp4"), colorizer, progress=False)
+    msg = str(e.value)
+    assert path in msg and words in msg and "\n" not in msg, (name, msg)
+  assert not out_dir.exists() or os.listdir(out_dir) == []
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError])
+def test_interrupt_leaves_no_output(clip, colorizer, tmp_path, error):
+  seen = []
+
+  def hook(rgb, colour):
+    seen.append(1)
+    if len(seen) == 10:
+      raise error("stop")
+
+  out = tmp_path / "film.mp4"
+  with pytest.raises(error):
+    video.colorize_video(clip, str(out), colorizer, progress=False, frame_hook=hook)
+  assert len(seen) == 10
+  assert os.listdir(tmp_path) == []
+
+
+_MEMORY_SCRIPT = textwrap.dedent(
+  """
+  import resource, sys
+  sys.path.insert(0, {root!r})
+  import jax, numpy as np, skimage.data
+  jax.config.update("jax_disable_most_optimizations", True)
+  from chromagan_jax import colorize_lib, video
+  from configs import tiny
+  config = tiny.get_config()
+  model = colorize_lib.generator_from(config)
+  variables = model.init(jax.random.PRNGKey(0), np.zeros((1, 64, 64, 3)), train=False)
+  c = colorize_lib.Colorizer(variables, config, batch_size=8, conv_impl="xla")
+  photos = [skimage.data.astronaut(), skimage.data.coffee()]
+  size = (320, 240)
+  for n in (24, 240):
+    src = f"{{sys.argv[1]}}/in{{n}}.mp4"
+    frames = video.pan_zoom_frames(photos, size, n // 2)
+    video.write_clip(src, frames, size, preset="ultrafast")
+    r = video.colorize_video(src, f"{{sys.argv[1]}}/out{{n}}.mp4", c, progress=False,
+                             options=video.VideoOptions(preset="ultrafast"))
+    assert r.frames == n
+    print(n, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)
+  """
+)
+
+
+def test_memory_flat_for_a_10x_longer_video(tmp_path):
+  """Peak RSS after a 24-frame video, then after a 240-frame one, in one fresh process (the
+  compile and library memory is paid by the first). Holding the frames of the long video
+  would add 240 x 320 x 240 x 3 bytes = 55 MB per copy; measured growth: see the assert."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  script = tmp_path / "mem.py"
+  script.write_text(_MEMORY_SCRIPT.format(root=root))
+  proc = subprocess.run(
+    [sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=300
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  peaks = dict(map(int, line.split()) for line in proc.stdout.split("\n") if line.strip())
+  growth_mb = (peaks[240] - peaks[24]) / 1024
+  assert growth_mb < 15, f"peak RSS grew by {growth_mb:.1f} MB for a 10x longer video"
