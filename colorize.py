@@ -1,6 +1,6 @@
-"""Colorize photos with a ChromaGAN checkpoint; see ``python colorize.py --help``.
+"""Colorize photos and videos with a ChromaGAN checkpoint; see ``python colorize.py --help``.
 
-  python colorize.py --ckpt /tmp/chromagan --output colorized/ photos/ more/*.jpg
+  python colorize.py --ckpt /tmp/chromagan --output colorized/ photos/ more/*.jpg film.mp4
 
 The flags live here; the work is :func:`chromagan_jax.colorize_files.colorize_files`.
 """
@@ -11,18 +11,18 @@ from collections.abc import Callable, Sequence
 
 import tqdm
 
-from chromagan_jax import colorize_files, colorize_lib, compile_cache, images, models
+from chromagan_jax import colorize_files, colorize_lib, compile_cache, images, models, video
 from chromagan_jax.errors import UserError
 
 _DESCRIPTION = """\
-Colorize photos with a ChromaGAN generator checkpoint.
+Colorize photos and videos with a ChromaGAN generator checkpoint.
 
   python colorize.py --ckpt DIR --output OUT INPUT...
 
-INPUT: image files, folders (searched recursively for image extensions) or glob patterns
-(quote them; ** is recursive). Grey, grey+alpha, RGB, RGBA, palette, 16-bit grey and CMYK
-images are read; EXIF orientation is applied. Colour inputs are colorized from their
-lightness alone (their own colours are discarded).
+INPUT: image or video files, folders (searched recursively for image and video extensions)
+or glob patterns (quote them; ** is recursive). Grey, grey+alpha, RGB, RGBA, palette, 16-bit
+grey and CMYK images are read; EXIF orientation is applied. Colour inputs are colorized from
+their lightness alone (their own colours are discarded).
 
 Outputs keep each input's size and name (folder inputs keep their sub-folders):
 JPEG inputs are written as JPEG (quality 95, no chroma subsampling) with the input's
@@ -31,8 +31,19 @@ palette-with-transparency inputs keep their alpha channel (PNG output). Input fi
 overwritten: if a name is taken by an input (e.g. --output is the input folder) or by an
 existing file, "_colorized" (then "_colorized_2", ...) is added to the name.
 
-Unreadable files (not images, empty, truncated, over --max_pixels) are reported and skipped;
-the exit status is 0 when at least one image was written and 1 when none was.
+Videos (mp4, m4v, mov, mkv, webm, avi, mpg, ts, wmv, flv, ogv, 3gp, animated GIF) are
+streamed: decoded, colorized in batches of --batch_size frames and encoded, so memory does not
+grow with their length. The output keeps the size, the frame timestamps (frame rate, variable
+ones included) and the audio (copied when the container takes its codec, else re-encoded to
+AAC, or Opus in webm). mp4/m4v/mov/mkv stay so, with H.264 (yuv420p, CRF 18); webm gets VP9
+(CRF 32); GIF stays GIF; other containers become mp4. Colours are smoothed over time within a
+shot (--smoothing; shot cuts restart it); L is always the frame's own. Each video is written
+to a hidden temporary file and renamed when complete: Ctrl-C or an error leaves nothing
+under its name.
+
+Unreadable files (not images or videos, empty, truncated, corrupt, no video stream,
+unsupported codec, over --max_pixels) are reported one line each and skipped; the exit status
+is 0 when at least one output was written and 1 when none was.
 """
 
 
@@ -99,8 +110,68 @@ def build_parser() -> argparse.ArgumentParser:
     help="keep compiled programs here so that later runs skip the compile; '' turns it off "
     "(default %(default)s; JAX_COMPILATION_CACHE_DIR, if set, wins)",
   )
+  group = parser.add_argument_group("videos")
+  group.add_argument(
+    "--smoothing",
+    type=float,
+    default=video.DEFAULT_SMOOTHING,
+    help="temporal smoothing strength of the colours in [0, 1): the weight of the past in an "
+    "exponential moving average of ab within a shot, less where the picture moves "
+    "(default %(default)s; 0 = off)",
+  )
+  group.add_argument(
+    "--no_smoothing", "--no-smoothing", action="store_true", help="same as --smoothing 0"
+  )
+  group.add_argument(
+    "--cut_threshold",
+    "--cut-threshold",
+    type=float,
+    default=video.CUT_THRESHOLD,
+    help="shot-cut score (L histogram distance + block difference) above which smoothing "
+    "restarts (default %(default)s)",
+  )
+  group.add_argument(
+    "--video_codec",
+    "--video-codec",
+    default=None,
+    help="FFmpeg video encoder, e.g. libx264, libx265, libvpx-vp9, libsvtav1 (default: "
+    "libx264; libvpx-vp9 for webm; gif for GIF)",
+  )
+  group.add_argument(
+    "--crf",
+    type=int,
+    default=None,
+    help="constant rate factor, lower is better and bigger (default: 18 for libx264, "
+    "32 for libvpx-vp9)",
+  )
+  group.add_argument(
+    "--preset",
+    default=video.DEFAULT_PRESET,
+    help="x264/x265 speed preset, ultrafast ... veryslow (default %(default)s)",
+  )
+  group.add_argument(
+    "--video_format",
+    "--video-format",
+    default=None,
+    choices=sorted(video.MUXERS),
+    help="output container for every video (default: the input's; others become .mp4)",
+  )
+  group.add_argument("--no_audio", "--no-audio", action="store_true", help="drop the audio")
   parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
   return parser
+
+
+def video_options(args: argparse.Namespace) -> video.VideoOptions:
+  """The video flags as :class:`video.VideoOptions`; ValueError for bad values."""
+  return video.VideoOptions(
+    codec=args.video_codec,
+    crf=args.crf,
+    preset=args.preset,
+    extension=args.video_format,
+    smoothing=0.0 if args.no_smoothing else args.smoothing,
+    cut_threshold=args.cut_threshold,
+    audio=not args.no_audio,
+  )
 
 
 def main(argv: Sequence[str] | None = None, log: Callable[[str], None] | None = None) -> int:
@@ -110,6 +181,11 @@ def main(argv: Sequence[str] | None = None, log: Callable[[str], None] | None = 
   """
   args = build_parser().parse_args(argv)
   log = log or (lambda msg: tqdm.tqdm.write(msg, file=sys.stderr))
+  try:
+    options = video_options(args)
+  except ValueError as e:
+    log(f"error: {e}")
+    return 1
   compile_cache.enable(args.compilation_cache, warn=log)
   try:
     written = colorize_files.colorize_files(
@@ -123,6 +199,7 @@ def main(argv: Sequence[str] | None = None, log: Callable[[str], None] | None = 
       overwrite=args.overwrite,
       jpeg_quality=args.jpeg_quality,
       conv_impl=args.conv_impl,
+      video_options=options,
       progress=not args.no_progress,
       log=log,
     )

@@ -18,8 +18,8 @@ import numpy as np
 import tqdm
 from PIL import Image
 
-from chromagan_jax import checkpoint, colorize_lib, images
-from chromagan_jax.errors import ImageError, UserError
+from chromagan_jax import checkpoint, colorize_lib, images, video
+from chromagan_jax.errors import ImageError, UserError, VideoError
 
 JPEG_QUALITY = 95
 _JPEG_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif")
@@ -36,13 +36,16 @@ class InputFile:
   relative: str
 
 
-def collect_inputs(args: Sequence[str], exclude_dir=None) -> tuple[list[InputFile], list[str]]:
+def collect_inputs(
+  args: Sequence[str], exclude_dir=None, extensions: tuple[str, ...] = images.IMAGE_EXTENSIONS
+) -> tuple[list[InputFile], list[str]]:
   """Expands files, folders and globs with ``images.find`` (one walk for every consumer).
 
   Folders are walked recursively and globs expanded, keeping visible image files; a file named
   explicitly is always tried. ``exclude_dir`` (the output directory) is left out of folder
   walks so that a rerun does not colorize its own outputs (unless it is the very folder
-  given). The same file named twice is taken once.
+  given). The same file named twice is taken once. ``extensions``: what folder walks and globs
+  keep (colorize adds :data:`video.VIDEO_EXTENSIONS`).
 
   Returns:
     (inputs, errors): errors are one-line messages for arguments that matched nothing.
@@ -50,7 +53,7 @@ def collect_inputs(args: Sequence[str], exclude_dir=None) -> tuple[list[InputFil
   inputs, errors, seen = [], [], set()
   for arg in args:
     try:
-      found = images.find(arg, exclude=exclude_dir)
+      found = images.find(arg, exclude=exclude_dir, extensions=extensions)
     except ImageError as e:
       errors.append(str(e))
       continue
@@ -148,22 +151,26 @@ def colorize_files(
   overwrite: bool = False,
   jpeg_quality: int = JPEG_QUALITY,
   conv_impl: str | None = None,
+  video_options: video.VideoOptions | None = None,
   progress: bool = True,
   log: Callable[[str], None] | None = None,
 ) -> int:
-  """Colorizes the images of ``inputs`` (files, folders, globs) into the folder ``output``.
+  """Colorizes the images and videos of ``inputs`` (files, folders, globs) into ``output``.
 
   Args:
-    inputs: files, folders (searched recursively for image extensions) or glob patterns.
+    inputs: files, folders (searched recursively for image and video extensions) or globs.
+      Videos (:func:`video.is_video`: video extensions, animated GIFs) go through
+      :func:`video.colorize_video`, after the photos.
     output: output folder (created if needed); files keep the inputs' relative names.
     ckpt, step: the generator checkpoint (see :func:`checkpoint.load_generator`).
     compare: also write ``<name>_compare.<ext>``: the grey input | the result side by side.
     overwrite: replace existing files in ``output`` (input files are never replaced).
     conv_impl: see :class:`colorize_lib.Colorizer`.
+    video_options: encoding and temporal smoothing of videos (default ``VideoOptions()``).
     log: where the one-line reports go (default: stderr, above the progress bar).
 
   Returns:
-    The number of images written. Skipped inputs are reported through ``log``.
+    The number of images and videos written. Skipped inputs are reported through ``log``.
 
   Raises:
     UserError: bad arguments, no input file at all, an unusable checkpoint or output folder.
@@ -171,16 +178,20 @@ def colorize_files(
   log = log or (lambda msg: tqdm.tqdm.write(msg, file=sys.stderr))
   if batch_size < 1 or max_pixels < 1:
     raise UserError("--batch_size and --max_pixels must be positive")
-  found, errors = collect_inputs(inputs, exclude_dir=output)
+  video_options = video_options or video.VideoOptions()
+  extensions = tuple(images.IMAGE_EXTENSIONS) + tuple(sorted(video.VIDEO_EXTENSIONS))
+  found, errors = collect_inputs(inputs, exclude_dir=output, extensions=extensions)
   for msg in errors:
     log(f"skipped {msg}")
   if not found:
     raise UserError("no input files")
+  clips = [item for item in found if video.is_video(item.path)]
+  found = [item for item in found if item not in clips]
   try:
     variables, config = checkpoint.load_generator(ckpt, step, with_class_head=False)
-    colorizer = colorize_lib.Colorizer(
-      variables, config, batch_size=min(batch_size, len(found)), conv_impl=conv_impl
-    )
+    # A video fills whole batches; photos alone need no bigger batch than their number.
+    size = batch_size if clips else min(batch_size, len(found))
+    colorizer = colorize_lib.Colorizer(variables, config, batch_size=size, conv_impl=conv_impl)
   except (checkpoint.CheckpointError, OSError, ValueError, KeyError) as e:
     raise UserError(f"cannot load checkpoint {ckpt}: {e}") from None
   try:
@@ -188,8 +199,8 @@ def colorize_files(
   except OSError as e:
     raise UserError(f"cannot create output folder {output}: {e.strerror or e}") from None
 
-  namer = OutputNamer(output, [i.path for i in found], overwrite=overwrite)
-  bar = tqdm.tqdm(total=len(found), unit="img", disable=not progress, file=sys.stderr)
+  namer = OutputNamer(output, [i.path for i in found + clips], overwrite=overwrite)
+  bar = tqdm.tqdm(total=len(found), unit="img", disable=not progress or not found, file=sys.stderr)
   failed = [len(errors)]
 
   def report_failure(msg):
@@ -216,5 +227,30 @@ def colorize_files(
     written += 1
     bar.update()
   bar.close()
-  log(f"colorized {written} image(s) into {output}; {failed[0]} input(s) skipped")
-  return written
+  videos = 0
+  for item in clips:
+    path = namer.name(item.relative, video.output_extension(item.path, video_options))
+    try:
+      result = video.colorize_video(item.path, path, colorizer, video_options, progress=progress)
+    except VideoError as e:
+      log(f"skipped {e}")
+      failed[0] += 1
+      continue
+    except OSError as e:  # an unwritable output folder or full disk: this file only.
+      log(f"skipped {item.path}: cannot write {path} ({e.strerror or e})")
+      failed[0] += 1
+      continue
+    audio = "; audio: " + ", ".join(result.audio) if result.audio else "; no audio"
+    log(
+      f"{item.path} -> {path}: {result.frames} frames, {result.cuts} cut(s), "
+      f"{video.frames_per_second(result):.2f} frames/s{audio}"
+    )
+    videos += 1
+  if clips:
+    log(
+      f"colorized {written} image(s) and {videos} video(s) into {output}; "
+      f"{failed[0]} input(s) skipped"
+    )
+  else:
+    log(f"colorized {written} image(s) into {output}; {failed[0]} input(s) skipped")
+  return written + videos

@@ -283,10 +283,11 @@ def resize(rgb: np.ndarray, size: int) -> np.ndarray:
 # Finding image files.
 
 
-def is_image_name(path: str) -> bool:
-  """A visible file name (not starting with '.') with an image extension."""
+def is_image_name(path: str, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> bool:
+  """A visible file name (not starting with '.') with one of ``extensions`` (lower case;
+  colorize also passes video extensions)."""
   name = os.path.basename(os.fspath(path).rstrip("/"))
-  return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+  return not name.startswith(".") and name.lower().endswith(tuple(extensions))
 
 
 def _is_hidden(path: str, below: str = "") -> bool:
@@ -295,7 +296,9 @@ def _is_hidden(path: str, below: str = "") -> bool:
   return any(part.startswith(".") and part not in (".", "..") for part in rel.split(os.sep))
 
 
-def walk(folder: str, exclude: str | None = None) -> list[str]:
+def walk(
+  folder: str, exclude: str | None = None, extensions: tuple[str, ...] = IMAGE_EXTENSIONS
+) -> list[str]:
   """Image files under ``folder``, recursively, sorted by path.
 
   Hidden files and folders (names starting with '.', e.g. macOS '._x.jpg' or '.git') are
@@ -313,14 +316,17 @@ def walk(folder: str, exclude: str | None = None) -> list[str]:
         continue
       keep.append(d)
     dirs[:] = keep
-    files.extend(os.path.join(root, n) for n in names if is_image_name(n))
+    files.extend(os.path.join(root, n) for n in names if is_image_name(n, extensions))
   return sorted(files)
 
 
-def find(path: str, exclude: str | None = None) -> list[str]:
+def find(
+  path: str, exclude: str | None = None, extensions: tuple[str, ...] = IMAGE_EXTENSIONS
+) -> list[str]:
   """Image files named by ``path``: a folder (walked), a glob (``**`` recursive) or one file.
 
-  Folders and globs keep visible files with an image extension (:data:`IMAGE_EXTENSIONS`);
+  Folders and globs keep visible files with one of ``extensions`` (default
+  :data:`IMAGE_EXTENSIONS`);
   a file named explicitly is always returned (the decoder decides whether it is an image).
 
   Returns:
@@ -331,10 +337,10 @@ def find(path: str, exclude: str | None = None) -> list[str]:
   """
   path = os.fspath(path)
   if os.path.isdir(path):
-    files = walk(path, exclude)
+    files = walk(path, exclude, extensions)
     if not files:
       raise ImageError(
-        f"{path}: folder has no image files ({' '.join(IMAGE_EXTENSIONS)}; searched "
+        f"{path}: folder has no image files ({' '.join(extensions)}; searched "
         "recursively, hidden files skipped)"
       )
     return files
@@ -344,11 +350,13 @@ def find(path: str, exclude: str | None = None) -> list[str]:
     matches = [m for m in glob.glob(path, recursive=True) if os.path.isfile(m)]
     if not matches:
       raise ImageError(f"{path}: no files match this pattern")
-    files = sorted(m for m in matches if is_image_name(m) and not _is_hidden(m, _stem(path)))
+    files = sorted(
+      m for m in matches if is_image_name(m, extensions) and not _is_hidden(m, _stem(path))
+    )
     if not files:
       raise ImageError(
         f"{path}: {len(matches)} files match this pattern but none is an image "
-        f"({' '.join(IMAGE_EXTENSIONS)}; hidden files skipped)"
+        f"({' '.join(extensions)}; hidden files skipped)"
       )
     return files
   raise ImageError(f"{path}: no such file or folder")

@@ -45,13 +45,11 @@ from PIL import Image
 from chromagan_jax import colorize_lib
 from chromagan_jax.errors import VideoError
 
-__all__ = ["VideoError"]  # re-exported: video.VideoError is errors.VideoError.
-
 # Extensions taken as videos when a folder is walked. ".gif" is a video only when animated
 # (see is_video); a still GIF stays a photo.
 VIDEO_EXTENSIONS = frozenset(
   (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".gif", ".mpg", ".mpeg", ".ts", ".wmv")
-  + (".flv", ".ogv", ".3gp")
+  + (".flv", ".ogv", ".3gp", ".mts", ".m2ts", ".vob", ".mxf")
 )
 # Output container per input extension; others become mp4 (H.264 in AVI/MPEG-PS/TS/WMV
 # works badly or not at all, and mp4 plays everywhere).

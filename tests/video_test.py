@@ -17,8 +17,10 @@ import jax
 import numpy as np
 import pytest
 import skimage.data
+from PIL import Image
 
-from chromagan_jax import color, colorize_lib, evaluate, video
+import colorize
+from chromagan_jax import checkpoint, color, colorize_lib, evaluate, video
 from configs import tiny
 
 SIZE = (96, 64)  # (W, H)
@@ -40,7 +42,7 @@ def _photos():
 
 
 @pytest.fixture(scope="module")
-def colorizer():
+def generator():
   config = tiny.get_config()
   model = colorize_lib.generator_from(config)
   size = config.model.image_size
@@ -48,7 +50,12 @@ def colorizer():
   params = dict(variables["params"])
   params["dec_conv6"] = dict(params["dec_conv6"])
   params["dec_conv6"]["kernel"] = params["dec_conv6"]["kernel"] * AB_GAIN
-  variables = {**variables, "params": params}
+  return {**variables, "params": params}, config
+
+
+@pytest.fixture(scope="module")
+def colorizer(generator):
+  variables, config = generator
   return colorize_lib.Colorizer(variables, config, batch_size=8, conv_impl="xla")
 
 
@@ -287,11 +294,12 @@ def test_interrupt_leaves_no_output(clip, colorizer, tmp_path, error):
   assert os.listdir(tmp_path) == []
 
 
+MEMORY_SIZE = (320, 240)
 _MEMORY_SCRIPT = textwrap.dedent(
   """
   import resource, sys
   sys.path.insert(0, {root!r})
-  import jax, numpy as np, skimage.data
+  import jax, numpy as np
   jax.config.update("jax_disable_most_optimizations", True)
   from chromagan_jax import colorize_lib, video
   from configs import tiny
@@ -299,31 +307,68 @@ _MEMORY_SCRIPT = textwrap.dedent(
   model = colorize_lib.generator_from(config)
   variables = model.init(jax.random.PRNGKey(0), np.zeros((1, 64, 64, 3)), train=False)
   c = colorize_lib.Colorizer(variables, config, batch_size=8, conv_impl="xla")
-  photos = [skimage.data.astronaut(), skimage.data.coffee()]
-  size = (320, 240)
-  for n in (24, 240):
-    src = f"{{sys.argv[1]}}/in{{n}}.mp4"
-    frames = video.pan_zoom_frames(photos, size, n // 2)
-    video.write_clip(src, frames, size, preset="ultrafast")
-    r = video.colorize_video(src, f"{{sys.argv[1]}}/out{{n}}.mp4", c, progress=False,
-                             options=video.VideoOptions(preset="ultrafast"))
-    assert r.frames == n
-    print(n, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)
+  options = video.VideoOptions(preset="ultrafast")
+  for name in sys.argv[1:]:
+    r = video.colorize_video(name, name + ".out.mp4", c, options, progress=False)
+    print(r.frames, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)
   """
 )
 
 
 def test_memory_flat_for_a_10x_longer_video(tmp_path):
   """Peak RSS after a 24-frame video, then after a 240-frame one, in one fresh process (the
-  compile and library memory is paid by the first). Holding the frames of the long video
-  would add 240 x 320 x 240 x 3 bytes = 55 MB per copy; measured growth: see the assert."""
+  compile and library memory is paid by the first). Keeping every output frame of the long
+  video would add 240 x 320 x 240 x 3 bytes = 55 MB (measured: +59 MB, by a frame hook that
+  keeps copies); streaming measured +0.3 to +1 MB (and +1 MB from frame 160 to 960 of a
+  960-frame video)."""
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  clips = []
+  for n in (24, 240):
+    clips.append(str(tmp_path / f"in{n}.mp4"))
+    frames = video.pan_zoom_frames(_photos(), MEMORY_SIZE, n // 2)
+    video.write_clip(clips[-1], frames, MEMORY_SIZE, preset="ultrafast")
   script = tmp_path / "mem.py"
   script.write_text(_MEMORY_SCRIPT.format(root=root))
   proc = subprocess.run(
-    [sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=300
+    [sys.executable, str(script), *clips], capture_output=True, text=True, timeout=300
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   peaks = dict(map(int, line.split()) for line in proc.stdout.split("\n") if line.strip())
   growth_mb = (peaks[240] - peaks[24]) / 1024
   assert growth_mb < 15, f"peak RSS grew by {growth_mb:.1f} MB for a 10x longer video"
+
+
+def test_cli_takes_videos_beside_photos(clip, generator, tmp_path):
+  variables, config = generator
+  ckpt = str(tmp_path / "ckpt")
+  checkpoint.save_generator(ckpt, variables, config, step=1)
+  clips = tmp_path / "clips"
+  clips.mkdir()
+  os.link(clip, clips / "film.mov")  # a mov container holding H.264 + AAC
+  (clips / "broken.mkv").write_bytes(b"\x1a\x45\xdf\xa3 not really matroska")
+  (clips / "notes.txt").write_text("not picked up by the folder walk")
+  photo = tmp_path / "cat.png"
+  Image.fromarray(skimage.data.chelsea()[::4, ::4]).save(photo)
+  out = tmp_path / "out"
+  messages = []
+  argv = ["--ckpt", ckpt, "--output", str(out), "--conv_impl", "xla", "--no_progress"]
+  status = colorize.main([*argv, clip, str(clips), str(photo)], log=messages.append)
+  log = "\n".join(messages)
+  assert status == 0, log
+  assert sorted(os.listdir(out)) == ["cat.png", "film.mov", "film.mp4"], log
+  broken = [m for m in messages if "broken.mkv" in m]
+  assert len(broken) == 1 and broken[0].startswith(f"skipped {clips / 'broken.mkv'}: "), log
+  assert "1 image(s) and 2 video(s)" in log and "1 input(s) skipped" in log
+  for name in ("film.mp4", "film.mov"):
+    info = video.probe(str(out / name))
+    assert info.frames == 2 * SHOT and info.audio == ("aac",) and info.frame_rate == RATE
+  # Smoothing off gives other colours from the second frame on; a bad value is one line.
+  raw = tmp_path / "raw"
+  status = colorize.main([*argv[:3], str(raw), *argv[4:], "--no_smoothing", clip])
+  assert status == 0
+  a = [rgb for _, rgb in _decode(str(out / "film.mp4"))[1]]
+  b = [rgb for _, rgb in _decode(str(raw / "film.mp4"))[1]]
+  assert np.abs(a[5].astype(int) - b[5]).mean() > 0.5
+  messages.clear()
+  assert colorize.main([*argv, "--smoothing", "1.5", clip], log=messages.append) == 1
+  assert messages == ["error: smoothing must be in [0, 1), got 1.5"]
