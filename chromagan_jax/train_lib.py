@@ -248,14 +248,21 @@ def loss_weights_from_config(config) -> dict[str, float]:
 
 
 # XLA options that make the step bitwise reproducible on GPU (deterministic scatters, cuDNN
-# algorithms without atomics, no timing-based autotuning). XLA:CPU and XLA:TPU steps are
-# deterministic already and ignore it. The cost on GPU is in README "Training on GPUs and pods".
+# algorithms without atomics, no timing-based autotuning). The cost on GPU is in README
+# "Training on GPUs and pods".
 DETERMINISTIC_XLA_OPTIONS = {"xla_gpu_deterministic_ops": True}
 
 
-def xla_compiler_options(config) -> dict[str, Any]:
-  """Compiler options of the train step: deterministic ops where ``config.deterministic_ops``."""
-  return dict(DETERMINISTIC_XLA_OPTIONS) if config.get("deterministic_ops", True) else {}
+def xla_compiler_options(config, backend: str | None = None) -> dict[str, Any]:
+  """Compiler options of the train step: deterministic GPU ops if ``config.deterministic_ops``.
+
+  Only on GPU: XLA's CPU and TPU steps are deterministic already, and a TPU runtime need not
+  accept GPU options.
+  """
+  backend = backend or jax.default_backend()
+  if config.get("deterministic_ops", True) and backend == "gpu":
+    return dict(DETERMINISTIC_XLA_OPTIONS)
+  return {}
 
 
 def make_train_step(nets: Networks, config, mesh: Mesh, with_teacher: bool) -> Callable:

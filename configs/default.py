@@ -28,9 +28,10 @@ def get_config():
   # im2col matmuls for the strided, 1x1 and 4x4 convs, critic included).
   config.model.conv_impl = "auto"
   config.dtype = "float32"  # Compute dtype: 'float32' or 'bfloat16' (params and losses f32).
-  # Compile the train step with --xla_gpu_deterministic_ops so that GPU steps are bitwise
-  # reproducible: what makes resume exact there (CPU and TPU are deterministic anyway). It
-  # costs GPU speed (README "Training on GPUs and pods"); False trades exactness for it.
+  # Compile the train step with --xla_gpu_deterministic_ops on GPU so that GPU steps are
+  # bitwise reproducible: what makes resume exact there (CPU and TPU steps are deterministic
+  # anyway). It costs GPU speed (README "Training on GPUs and pods"); False trades exact
+  # resume for it.
   config.deterministic_ops = True
 
   # --- data ---------------------------------------------------------------------------------

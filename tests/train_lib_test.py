@@ -172,21 +172,25 @@ def test_batch_size_not_divisible_by_devices_is_one_line_naming_the_nearest_size
   train_lib.check_batch_size(config, train_lib.make_mesh(jax.devices()[:3]))
 
 
-def test_deterministic_ops_reach_the_compiler(monkeypatch):
-  """config.deterministic_ops compiles the step with DETERMINISTIC_XLA_OPTIONS (a misspelt
-  option name makes XLA refuse the compile: the options really get there). Every other step
-  test compiles with the real option on (the default), which XLA:CPU accepts and ignores."""
+def test_deterministic_ops_reach_the_compiler_on_gpu(monkeypatch):
+  """config.deterministic_ops compiles the GPU step with DETERMINISTIC_XLA_OPTIONS: with a
+  misspelt option name in it, XLA refuses the compile, i.e. the options really get there."""
   config = tiny.get_config()
   assert config.deterministic_ops
-  assert train_lib.xla_compiler_options(config) == {"xla_gpu_deterministic_ops": True}
+  options = train_lib.xla_compiler_options
+  assert options(config, "gpu") == {"xla_gpu_deterministic_ops": True}
+  assert options(config, "cpu") == options(config, "tpu") == {}
   config.deterministic_ops = False
-  assert train_lib.xla_compiler_options(config) == {}
-  monkeypatch.setattr(train_lib, "DETERMINISTIC_XLA_OPTIONS", {"xla_gpu_no_such_option": True})
+  assert options(config, "gpu") == {}
   config.deterministic_ops = True
-  mesh, _, state, step = _setup(config, jax.devices()[:1])
-  lowered = step.lower(state, train_lib.global_batch(photo_batch(), mesh), None)
+  monkeypatch.setattr(train_lib, "DETERMINISTIC_XLA_OPTIONS", {"xla_gpu_no_such_option": True})
+  mesh, _, state, _ = _setup(config, jax.devices()[:1])
+  batch = train_lib.global_batch(photo_batch(), mesh)
+  nets = train_lib.make_networks(config)
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # As make_train_step sees it.
+  step = train_lib.make_train_step(nets, config, mesh, with_teacher=False)
   with pytest.raises(Exception, match="xla_gpu_no_such_option"):
-    lowered.compile()  # Refused before compiling: fast.
+    step.lower(state, batch, None).compile()  # Refused before compiling: fast.
 
 
 def _leaves_equal(a, b):
