@@ -1,8 +1,9 @@
 """Smoke test of the benchmark scripts in bench/: each runs end to end in its --smoke mode.
 
 Keeps the scripts from rotting as the library changes. Timings are not checked (the machine is
-shared); the outputs are: positive rates, consistent ratios, and for the inference benchmark
-the Keras build with the copied weights must reproduce the JAX generator's output.
+shared); the outputs are: positive rates, and for the inference benchmark the Keras build with
+the copied weights must reproduce the JAX generator's output. The derived figures (ratios,
+GFLOP/s, MFU) are checked once, in ``common.speed_fields``, from times with known answers.
 """
 
 import json
@@ -17,6 +18,7 @@ jax.config.update("jax_disable_most_optimizations", True)
 BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
 sys.path.insert(0, BENCH)
 
+import common  # noqa: E402
 import conv_layers  # noqa: E402
 import generator_inference  # noqa: E402
 import input_pipeline as input_pipeline_bench  # noqa: E402
@@ -28,6 +30,18 @@ def _load(path):
     return json.load(f)
 
 
+def test_speed_fields_from_known_times():
+  """The derived figures of every benchmark, from times whose answers are known: 8 images in
+  2 s (JAX) vs 4 s (TF) is 4 vs 2 img/s, JAX 2x faster; 10 GFLOP per call at a 20 GFLOP/s
+  peak is 5 vs 2.5 GFLOP/s, MFU 25% vs 12.5%."""
+  fields = common.speed_fields(8, 2.0, 4.0, "tf", 10e9, 6e9, {"jnp_dot": 20.0}, "call")
+  assert fields == pytest.approx({
+    "jax_img_s": 4.0, "tf_img_s": 2.0, "ratio_jax_over_tf": 2.0,
+    "model_gflop_per_call": 10.0, "executed_gflop_per_call": 6.0,
+    "jax_model_gflop_s": 5.0, "tf_model_gflop_s": 2.5, "jax_mfu": 0.25, "tf_mfu": 0.125,
+  })  # fmt: skip
+
+
 def test_generator_inference_smoke(tmp_path):
   out = tmp_path / "gi.json"
   argv = ["--smoke", "--conv_impl", "xla,auto+pre", "--json", str(out)]
@@ -37,8 +51,7 @@ def test_generator_inference_smoke(tmp_path):
     (1, "xla"), (1, "auto+pre"), (2, "xla"), (2, "auto+pre")
   ]  # fmt: skip
   for r in result["rows"]:
-    assert r["jax_img_s"] > 0 and r["keras_img_s"] > 0
-    assert r["ratio_jax_over_keras"] == pytest.approx(r["jax_img_s"] / r["keras_img_s"])
+    assert r["jax_img_s"] > 0 and r["keras_img_s"] > 0 and r["ratio_jax_over_keras"] > 0
     assert r["executed_gflop_per_call"] > 0 and r["model_gflop_per_call"] > 0
     # Same weights in both frameworks -> the same colours (float32 round-off only).
     assert r["max_abs_diff_ab"] < 1e-4
@@ -55,7 +68,7 @@ def test_train_step_smoke(tmp_path):
   (row,) = result["rows"]
   assert (row["teacher"], row["conv_impl"], row["batch"]) == ("on", "winograd", 2)
   assert row["jax_img_s"] > 0 and row["tf_img_s"] > 0 and row["model_gflop_per_step"] > 0
-  assert row["ratio_jax_over_tf"] == pytest.approx(row["jax_img_s"] / row["tf_img_s"])
+  assert row["ratio_jax_over_tf"] > 0
 
 
 def test_input_pipeline_smoke(tmp_path):
