@@ -18,6 +18,7 @@ import zlib
 import jax
 import numpy as np
 import pytest
+from helpers import colourful_generator_variables
 from PIL import Image
 from skimage import color as skcolor
 from skimage import data as skdata
@@ -60,34 +61,6 @@ def random_generator_variables(config, seed=0):
       return np.ones(leaf.shape, np.float32)
     if names[-1] == "bias" and "dec_conv6" in names:
       return np.array([0.15, -0.15], np.float32)  # a mild constant tint: a8 ~ 137, b8 ~ 118.
-    return np.zeros(leaf.shape, np.float32)
-
-  return jax.tree_util.tree_map_with_path(init, shapes)
-
-
-def colourful_generator_variables(config, seed=0):
-  """Generator variables whose ab varies strongly across the image (spatial std ~15-20 Lab).
-
-  He-scaled kernels keep the activations' magnitude through the ReLU layers (so the output
-  depends on the input); the last conv's kernels, 4x larger, have zero spatial mean per input
-  channel, so ab follows the image's structure around a ~neutral mean instead of one tint.
-  A batch pairing, rotation or wrong network input then shows in every output.
-  """
-  gen = models.models_from_config(config.model)[0]
-  size = config.model.image_size
-  shapes = jax.eval_shape(gen.init, jax.random.key(0), np.zeros((1, size, size, 3), np.float32))
-  rng = np.random.default_rng(seed)
-
-  def init(path, leaf):
-    names = [getattr(p, "key", "") for p in path]
-    if names[-1] == "kernel":
-      fan_in = int(np.prod(leaf.shape[:-1]))
-      kernel = rng.standard_normal(leaf.shape) * np.sqrt(2.0 / fan_in)
-      if "dec_conv6" in names:
-        kernel = 4.0 * (kernel - kernel.mean(axis=(0, 1), keepdims=True))
-      return kernel.astype(np.float32)
-    if names[-1] in ("scale", "var"):
-      return np.ones(leaf.shape, np.float32)
     return np.zeros(leaf.shape, np.float32)
 
   return jax.tree_util.tree_map_with_path(init, shapes)

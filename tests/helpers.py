@@ -1,14 +1,16 @@
 """Helpers shared by several test modules (test modules never import each other).
 
-Real photos (scikit-image ships them inside its wheel), a tree assertion,
-random Keras weights, and torchvision's VGG16 layout. Keras is imported only by the helpers
-that need it, so importing this module stays cheap.
+Real photos (scikit-image ships them inside its wheel), a tree assertion, random Keras
+weights, torchvision's VGG16 layout, and generator weights whose colours vary across the
+picture. Keras is imported only by the helper that needs it, so importing this stays cheap.
 """
 
 import jax
 import numpy as np
 import skimage.data
 import skimage.transform
+
+from chromagan_jax import models
 
 # torchvision's VGG16 layout: conv indices in `features`, Linear indices in `classifier`.
 TORCH_CONVS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
@@ -58,3 +60,31 @@ def randomize(model, seed):
       else:  # bias, beta
         values.append(rng.normal(0, 0.1, shape))
     layer.set_weights([x.astype(np.float32) for x in values])
+
+
+def colourful_generator_variables(config, seed=0):
+  """Generator variables whose ab varies strongly across the image (spatial std ~15-20 Lab).
+
+  He-scaled kernels keep the activations' magnitude through the ReLU layers (so the output
+  depends on the input); the last conv's kernels, 4x larger, have zero spatial mean per input
+  channel, so ab follows the image's structure around a ~neutral mean instead of one tint.
+  A batch pairing, rotation or wrong network input then shows in every output.
+  """
+  gen = models.models_from_config(config.model)[0]
+  size = config.model.image_size
+  shapes = jax.eval_shape(gen.init, jax.random.key(0), np.zeros((1, size, size, 3), np.float32))
+  rng = np.random.default_rng(seed)
+
+  def init(path, leaf):
+    names = [getattr(p, "key", "") for p in path]
+    if names[-1] == "kernel":
+      fan_in = int(np.prod(leaf.shape[:-1]))
+      kernel = rng.standard_normal(leaf.shape) * np.sqrt(2.0 / fan_in)
+      if "dec_conv6" in names:
+        kernel = 4.0 * (kernel - kernel.mean(axis=(0, 1), keepdims=True))
+      return kernel.astype(np.float32)
+    if names[-1] in ("scale", "var"):
+      return np.ones(leaf.shape, np.float32)
+    return np.zeros(leaf.shape, np.float32)
+
+  return jax.tree_util.tree_map_with_path(init, shapes)
