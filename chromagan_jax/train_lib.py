@@ -28,7 +28,7 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from chromagan_jax import checkpoint, color, losses, models
+from chromagan_jax import checkpoint, color, losses, models, multihost
 from chromagan_jax.errors import ConfigError, NonFiniteLossError
 
 DATA_AXIS = "data"
@@ -504,15 +504,38 @@ def apply_initial_weights(state: TrainState, config, teacher_params, mesh) -> Tr
 
 
 def _mean_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
+  """Means of replicated scalar metrics (every process holds their full values)."""
   host = jax.device_get(history)
   return {k: float(np.mean([h[k] for h in host])) for k in host[0]}
+
+
+def make_sample_fn(nets: Networks, mesh: Mesh) -> Callable:
+  """Jitted ``(generator variables, {'rgb', 'mask'}) -> (grey, colorized, rgb, mask)``.
+
+  The batch is sharded over the processes; the outputs are replicated, so that every
+  process (in particular process 0, which writes the grid) holds all rows.
+  """
+  replicated = NamedSharding(mesh, P())
+
+  def sample(variables, batch):
+    return *colorize_batch(nets, variables, batch["rgb"]), batch["mask"]
+
+  return jax.jit(sample, out_shardings=replicated)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains ChromaGAN per ``config``, checkpointing and logging into ``workdir``.
 
   Resumes from the latest checkpoint in ``workdir`` if there is one. Returns the final state.
+  With several processes, every process runs this with the same arguments: stopping (a
+  signal to any process, a non-finite loss) is decided jointly, so that all save the same
+  step and leave together.
   """
+  with _StopRequest() as stop:  # From the start: a signal during setup stops at step 1.
+    return _train(config, workdir, stop)
+
+
+def _train(config, workdir, stop: "_StopRequest") -> TrainState:
   from clu import metric_writers  # noqa: PLC0415 (TF-backed writers: loop only)
 
   from chromagan_jax import input_pipeline  # noqa: PLC0415 (TF: loop only)
@@ -523,6 +546,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     raise ConfigError(f"config.dtype={config.dtype!r}: {problem}")
   nets = make_networks(config)
   is_chief = jax.process_index() == 0
+  ckpt_dir = checkpoint.epath.Path(workdir) / "checkpoints"
+  mngr = checkpoint.manager(ckpt_dir, max_to_keep=config.max_checkpoints_to_keep)
+  latest = mngr.latest_step()
+  multihost.check_or_record_topology(workdir, resuming=latest is not None)
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
   if is_chief:
     writer.write_hparams(
@@ -532,9 +559,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   teacher_params = load_teacher(config)
   if teacher_params is not None:
     teacher_params = jax.device_put(teacher_params, NamedSharding(mesh, P()))
-  ckpt_dir = checkpoint.epath.Path(workdir) / "checkpoints"
-  mngr = checkpoint.manager(ckpt_dir, max_to_keep=config.max_checkpoints_to_keep)
-  latest = mngr.latest_step()
   if latest is not None:
     abstract = split_state(abstract_train_state(nets, config, mesh))
     state = merge_state(*checkpoint.restore(mngr, latest, *abstract))
@@ -548,51 +572,63 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     state = apply_initial_weights(state, config, teacher_params, mesh)
 
   total_steps = num_train_steps(config, input_pipeline.num_train_examples(config))
-  start_step = int(jax.device_get(state.step))
+  start_step = int(jax.device_get(state.step))  # Replicated: every process holds it.
   step_fn = make_train_step(nets, config, mesh, with_teacher=teacher_params is not None)
-  sample_fn = jax.jit(functools.partial(colorize_batch, nets))
+  sample_fn = make_sample_fn(nets, mesh)
+  joint = multihost.JointFlags(mesh)
+  flags = joint.none
   train_iter = input_pipeline.create_train_iterator(config, start_step=start_step)
   sample_batch = None
   history, last_log, last_log_step = [], time.time(), start_step
-  with _StopRequest() as stop:
-    for step in range(start_step + 1, total_steps + 1):
-      batch = global_batch(next(train_iter), mesh)
-      with jax.transfer_guard("disallow"):
-        state, metrics = step_fn(state, batch, teacher_params)
-      history.append(metrics)
-      stopping = stop.signum is not None or step == total_steps
-      should_save = stopping or step % config.checkpoint_every_steps == 0
-      # Metrics are fetched (a host sync) only when logging or before a save, and a save
-      # never writes a state whose losses went non-finite.
-      if should_save or step % config.log_every_steps == 0:
-        summary = _mean_metrics(history)
-        history = []
-        if not all(map(math.isfinite, summary.values())):
-          mngr.wait_until_finished()
-          raise NonFiniteLossError(
-            f"non-finite loss at step {step}: {summary}; stopping. The last good checkpoint "
-            f"(step {mngr.latest_step()}) in {ckpt_dir} is kept; lower the learning rates "
-            "or use float32 and resume."
-          )
-        now = time.time()
-        summary["images_per_sec"] = (
-          (step - last_log_step) * config.batch_size / max(now - last_log, 1e-9)
-        )
-        # Unreadable files are skipped with a warning; the running count shows how many.
-        summary["data/skipped_files"] = float(input_pipeline.num_skipped_files())
-        _log_progress(writer, step, total_steps, summary, config.batch_size)
-        last_log, last_log_step = now, step
-      if config.sample_every_steps > 0 and (step % config.sample_every_steps == 0 or stopping):
-        if sample_batch is None:
-          sample_batch = _first_eval_batch(input_pipeline, config, mesh)
-        if sample_batch is not None:
-          grid = sample_grid(*sample_fn(state.generator_variables, sample_batch["rgb"]))
+  for step in range(start_step + 1, total_steps + 1):
+    batch = global_batch(next(train_iter), mesh)
+    with jax.transfer_guard("disallow"):
+      state, metrics = step_fn(state, batch, teacher_params)
+    history.append(metrics)
+    previous = flags
+    flags = joint(multihost.STOP if stop.signum is not None else 0, metrics, previous)
+    periodic = step == total_steps or step % config.checkpoint_every_steps == 0
+    logs = step % config.log_every_steps == 0
+    # Every process reads the same (replicated) flags at the same step, so all take the same
+    # decision. Steps that fetch the metrics anyway (logging, saving) read this step's flags;
+    # the others read the previous step's, complete by now, so that the host keeps
+    # dispatching a step ahead of the device. A save thus never writes a state whose losses
+    # (at that step or before) went non-finite.
+    bits = int(flags if periodic or logs else previous)
+    if bits & multihost.NON_FINITE:
+      mngr.wait_until_finished()
+      raise NonFiniteLossError(
+        f"non-finite loss at step {step} or just before: {_mean_metrics(history)}; "
+        f"stopping. The last good checkpoint (step {mngr.latest_step()}) in {ckpt_dir} is "
+        "kept; lower the learning rates or use float32 and resume."
+      )
+    stopping = bool(bits & multihost.STOP) or step == total_steps
+    if periodic or logs or stopping:
+      summary = _mean_metrics(history)
+      history = []
+      now = time.time()
+      summary["images_per_sec"] = (
+        (step - last_log_step) * config.batch_size / max(now - last_log, 1e-9)
+      )
+      # Unreadable files are skipped with a warning; the running count shows how many.
+      summary["data/skipped_files"] = float(input_pipeline.num_skipped_files())
+      _log_progress(writer, step, total_steps, summary, config.batch_size)
+      last_log, last_log_step = now, step
+    # Save before sampling: a failure while sampling must not lose the final/SIGTERM save.
+    if stopping or periodic:
+      checkpoint.save(mngr, step, *split_state(state), config, force=True)
+    if config.sample_every_steps > 0 and (step % config.sample_every_steps == 0 or stopping):
+      if sample_batch is None:
+        sample_batch = _first_eval_batch(input_pipeline, config, mesh)
+      if sample_batch is not None:
+        grey, colorized, truth, mask = sample_fn(state.generator_variables, sample_batch)
+        if is_chief:  # Replicated outputs: process 0 holds every row.
+          mask = np.asarray(mask)
+          grid = sample_grid(*(np.asarray(x)[mask] for x in (grey, colorized, truth)))
           writer.write_images(step, {"samples": grid[None]})
-      if should_save:
-        checkpoint.save(mngr, step, *split_state(state), config, force=True)
-      if stop.signum is not None:
-        logging.warning("stopped at step %d; checkpoint saved in %s", step, ckpt_dir)
-        break
+    if stopping and step < total_steps:
+      logging.warning("stopped at step %d; checkpoint saved in %s", step, ckpt_dir)
+      break
   mngr.wait_until_finished()
   mngr.close()
   writer.flush()
@@ -608,4 +644,5 @@ def _first_eval_batch(input_pipeline, config, mesh) -> dict[str, jax.Array] | No
   except (StopIteration, ValueError) as e:
     logging.warning("no sample images (%s); skipping sample grids", e)
     return None
-  return global_batch({"rgb": batch["rgb"]}, mesh)
+  # 'mask' is False on the rows that pad the last process's share.
+  return global_batch({"rgb": batch["rgb"], "mask": batch["mask"]}, mesh)
