@@ -20,12 +20,16 @@ for _path in (os.path.join(_ROOT, "bench"), _ROOT):
   if _path not in sys.path:
     sys.path.insert(0, _path)
 
+# Tests run with XLA's optimisations off (compiles cost more than they save on these small
+# programs) and, on jaxlib 0.12, the YNNPACK fusions off. CHROMAGAN_TEST_XLA_DEFAULTS=1 keeps
+# XLA's defaults instead, the float32 path users run: xla_defaults_test runs the numerics
+# tests of models and cpu_conv that way once.
+XLA_DEFAULTS = os.environ.get("CHROMAGAN_TEST_XLA_DEFAULTS") == "1"
 # jaxlib 0.12's XLA:CPU YNNPACK fusions compute the bfloat16 VGG trunk wrongly (see
 # models.CPU_BFLOAT16_FLAG): the bf16 tests, which stand in for accelerators, turn them off.
-if importlib.metadata.version("jaxlib").startswith("0.12."):
-  os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_cpu_experimental_ynn_fusion_type="
-  ).strip()
+YNN_FUSIONS_OFF = "--xla_cpu_experimental_ynn_fusion_type="
+if importlib.metadata.version("jaxlib").startswith("0.12.") and not XLA_DEFAULTS:
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + YNN_FUSIONS_OFF).strip()
 
 # Eight fake CPU devices so multi-device paths (data-parallel mesh) are tested on one CPU;
 # single-device code uses device 0. A persistent compilation cache lets the subprocesses and
@@ -35,7 +39,7 @@ import tempfile  # noqa: E402
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
-jax.config.update("jax_disable_most_optimizations", True)
+jax.config.update("jax_disable_most_optimizations", not XLA_DEFAULTS)
 _CACHE = os.environ.setdefault(
   "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "chromagan_jax_test_cache")
 )

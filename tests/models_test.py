@@ -13,8 +13,6 @@ from keras import layers
 from chromagan_jax import models
 from configs import tiny
 
-jax.config.update("jax_disable_most_optimizations", True)
-
 # Small build used for forward passes: the real code at 64x64 and 1/8 width.
 SIZE = 64
 WIDTH = 0.125
