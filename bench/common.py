@@ -39,10 +39,14 @@ def cpu_model() -> str:
 
 
 def machine_info() -> dict:
-  """CPU, core count, load average and library versions, recorded with every result."""
-  import jax  # noqa: PLC0415
-  import tensorflow as tf  # noqa: PLC0415
+  """CPU, core count, load average and library versions, recorded with every result.
 
+  TensorFlow's version is recorded when the benchmark imported it; this never imports it
+  (bench/accelerator.py runs where there is none).
+  """
+  import jax  # noqa: PLC0415
+
+  tf = sys.modules.get("tensorflow")
   return {
     "cpu": cpu_model(),
     "cores": os.cpu_count(),
@@ -51,7 +55,7 @@ def machine_info() -> dict:
     "python": platform.python_version(),
     "jax": jax.__version__,
     "jax_backend": jax.default_backend(),
-    "tensorflow": tf.__version__,
+    "tensorflow": getattr(tf, "__version__", None),
     "xla_flags": os.environ.get("XLA_FLAGS", ""),
   }
 

@@ -1,0 +1,505 @@
+"""The real train step on an accelerator: img/s, TFLOP/s, MFU, compile time, memory, parity.
+
+  python bench/accelerator.py                 # 224x224, width 1, the full grid (~1 hour)
+  python bench/accelerator.py --smoke         # CPU, minutes: tiny model, batch 2, in-process
+  python bench/accelerator.py --dtypes bfloat16 --batches 256 --remat off \
+      --deterministic off,on                  # what --xla_gpu_deterministic_ops costs
+
+Imports no TensorFlow, tfds or clu: an accelerator machine with jax (CUDA/TPU), flax, optax
+and orbax runs it. The step is ``train_lib.make_train_step`` (generator update with MSE + KL to
+a random VGG16 teacher + adversarial term, critic update with WGAN-GP, Adam for both, Lab
+conversion on device) over a 1-D data mesh of all devices, fed synthetic uint8 RGB batches.
+
+Grid: dtype {float32, bfloat16} x global batch {10, 64, 256, largest that fits} x trunk remat
+{off, on} (x ``--deterministic``, default on as train.py runs). Per case:
+  * ``img_s``: images per second over ``--steps`` steps after ``--warmup`` (dispatched back to
+    back, one block at the end, as the training loop runs).
+  * ``model_tflop_s``: model FLOPs per step / step time. **Model FLOPs** are XLA's cost
+    analysis of the *unoptimised* float32 step without remat at that batch
+    (``jit(...).lower(...).cost_analysis()``): what the networks compute, the same count for
+    both dtypes and without remat's recomputation. ``executed_gflop_per_step`` is the compiled
+    program's own count (remat included; on GPU it may omit cuDNN/cuBLAS custom calls).
+  * ``mfu``: model TFLOP/s / the matmul peak measured in this process in the same dtype at
+    default precision (an (n, n) @ (n, n) ``jnp.dot``; float32 at default precision is TF32
+    on recent NVIDIA GPUs, as the step's float32 convolutions are).
+  * ``compile_s`` (lower + compile), ``xla_bytes`` (the compiled program's planned footprint:
+    arguments + outputs + temporaries - donated aliases), ``peak_bytes_in_use`` (the device's
+    high-water mark, ``device.memory_stats()``; ``n/a`` on CPU, which has none).
+  * ``largest that fits``: ``max`` in ``--batches``. Fitted as a line through the planned
+    footprint of two batches, then checked by compiling: the largest multiple of
+    ``--granularity`` x devices whose ``xla_bytes`` is within ``--memory_fraction`` of the
+    device's ``bytes_limit`` (``--memory_limit_bytes`` overrides it, e.g. on CPU) and whose
+    next multiple is not. With JAX's default preallocation ``bytes_limit`` is 75% of the GPU.
+
+``--isolate`` (default on except with ``--smoke``) runs every case in its own process, so the
+peak memory is that case's and an out-of-memory case cannot disturb the next.
+
+Parity: ``--parity_steps`` steps (3) from one state and the same batches with float32 at
+``Precision.HIGHEST``, float32 at default precision and bfloat16; losses per step and the
+parameters (and their updates) after the last step compared with the HIGHEST run (max
+relative differences). Output: a table and ``--json`` (bench/results/accelerator.json).
+"""
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import common  # noqa: I001 (sets sys.path before the imports below)
+import numpy as np
+
+DTYPES = ("float32", "bfloat16")
+MAX = "max"  # The "largest batch that fits" entry of --batches.
+CASE_PREFIX = "ACCELERATOR_CASE_JSON "  # A child process's result line (--isolate).
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  p.add_argument("--smoke", action="store_true", help="tiny model, small batches, in-process")
+  p.add_argument("--dtypes", default="float32,bfloat16")
+  p.add_argument("--batches", default=f"10,64,256,{MAX}", help=f"global batches; '{MAX}' = fits")
+  p.add_argument("--remat", default="off,on", help="trunk remat: 'off', 'on' or 'off,on'")
+  p.add_argument("--deterministic", default="on", help="--xla_gpu_deterministic_ops: on/off")
+  p.add_argument("--teacher", default="on", choices=["on", "off"], help="KL teacher in the step")
+  p.add_argument("--image_size", type=int, default=224)
+  p.add_argument("--width", type=float, default=1.0)
+  p.add_argument("--fc_width", type=int, default=4096)
+  p.add_argument("--num_classes", type=int, default=1000)
+  p.add_argument("--num_devices", type=int, default=0, help="devices in the mesh (0: all)")
+  p.add_argument("--steps", type=int, default=20, help="timed steps per case")
+  p.add_argument("--warmup", type=int, default=3, help="untimed steps per case")
+  p.add_argument("--matmul_n", type=int, default=8192, help="size of the peak-matmul operands")
+  p.add_argument("--granularity", type=int, default=8, help="max batch: multiple of this x devs")
+  p.add_argument("--max_batch_cap", type=int, default=16384, help="max batch: never above this")
+  p.add_argument("--memory_fraction", type=float, default=0.95, help="of bytes_limit, max batch")
+  p.add_argument("--memory_limit_bytes", type=int, default=0, help="replaces bytes_limit if > 0")
+  p.add_argument("--parity_steps", type=int, default=3, help="0 skips the parity part")
+  p.add_argument("--parity_batch", type=int, default=10)
+  p.add_argument("--isolate", default="auto", choices=["auto", "on", "off"])
+  p.add_argument("--json", default="bench/results/accelerator.json")
+  p.add_argument("--case", default="", help=argparse.SUPPRESS)  # A child's one case (JSON).
+  args = p.parse_args(argv)
+  if args.smoke:
+    args.image_size, args.width, args.fc_width, args.num_classes = 32, 0.0625, 256, 16
+    if args.batches == p.get_default("batches"):
+      args.batches = f"2,{MAX}"  # 'max' is n/a on CPU unless --memory_limit_bytes is given.
+    args.steps, args.warmup, args.matmul_n, args.granularity = 2, 1, 256, 1
+    args.parity_batch = 2
+  if args.isolate == "auto":
+    args.isolate = "off" if args.smoke else "on"
+  args.argv = list(sys.argv[1:] if argv is None else argv)  # What children are started with.
+  return args
+
+
+def _split(text):
+  return [x for x in text.split(",") if x]
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  dtype: str
+  batch: int | str  # An int, or MAX.
+  remat: bool
+  deterministic: bool
+
+
+def grid(args) -> list[Case]:
+  flags = {"off": False, "on": True}
+  return [
+    Case(dtype, b if b == MAX else int(b), flags[remat], flags[det])
+    for dtype in _split(args.dtypes)
+    for det in _split(args.deterministic)
+    for remat in _split(args.remat)
+    for b in _split(args.batches)
+  ]
+
+
+def search_largest_batch(need, limit: int, g: int, listed: list[int], cap: int) -> dict:
+  """Largest multiple ``b`` of ``g`` (<= ``cap``) with ``need(b) <= limit < need(b + g)``.
+
+  ``need(batch)`` is the planned bytes of the step at that batch (a compile each, so few
+  calls): a line through the two largest ``listed`` batches (or g and 2g) guesses ``b``, then
+  single steps of ``g`` settle it. Returns ``{'batch', 'limit_bytes', 'probes'}`` or
+  ``{'error', 'probes'}`` when not even ``g`` fits.
+  """
+  listed = sorted(listed)
+  b1, b2 = listed[-2:] if len(listed) >= 2 else (g, 2 * g)
+  b1, b2 = max(g, b1 // g * g), max(2 * g, b2 // g * g)
+  if b2 <= b1:
+    b2 = b1 + g
+  probes = {b1: need(b1), b2: need(b2)}
+  per_image = max((probes[b2] - probes[b1]) / (b2 - b1), 1.0)
+  guess = int((limit - (probes[b1] - per_image * b1)) / per_image) // g * g
+  batch = min(max(g, guess), cap // g * g)
+  for _ in range(16):  # The line is close: a step or two settles it.
+    if batch not in probes:
+      probes[batch] = need(batch)
+    if probes[batch] > limit:
+      if batch <= g:
+        return {"error": f"even batch {g} needs {probes[batch]} > {limit} bytes", "probes": probes}
+      batch -= g
+      continue
+    if batch + g > cap:
+      break
+    if batch + g not in probes:
+      probes[batch + g] = need(batch + g)
+    if probes[batch + g] > limit:
+      break
+    batch += g
+  return {
+    "batch": batch,
+    "limit_bytes": limit,
+    "probes": {str(k): probes[k] for k in sorted(probes)},
+  }
+
+
+# --- in-process measurement -----------------------------------------------------------------
+
+
+class Bench:
+  """One process's measurements: networks, mesh, synthetic batches, compiled steps."""
+
+  def __init__(self, args):
+    import jax  # noqa: PLC0415 (after the child/parent split: the parent never starts JAX)
+
+    from chromagan_jax import train_lib  # noqa: PLC0415
+    from configs import default  # noqa: PLC0415
+
+    self.jax, self.train_lib, self.default, self.args = jax, train_lib, default, args
+    devices = jax.devices()[: args.num_devices or None]
+    self.mesh = train_lib.make_mesh(devices)
+    self.n_devices = len(devices)
+    self._peaks, self._model_flops, self._teachers, self._needs = {}, {}, {}, {}
+    self._state = None
+    replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+    self._copy = jax.jit(lambda t: jax.tree.map(jax.numpy.copy, t), out_shardings=replicated)
+
+  def fresh_state(self, nets, config):
+    """A new on-device train state (the step donates, i.e. consumes, the one it is given).
+
+    Initialised once and copied: parameters are float32 and laid out alike for every dtype
+    and remat setting, and one init compile per case would double the smoke run's time.
+    """
+    if self._state is None:
+      base = self.config("float32", False, True, config.batch_size)
+      self._state = self.train_lib.create_train_state(
+        self.train_lib.make_networks(base), base, self.mesh
+      )
+    want = self.train_lib.abstract_train_state(nets, config, self.mesh)
+    if self.jax.tree.structure(want) != self.jax.tree.structure(self._state):
+      return self.train_lib.create_train_state(nets, config, self.mesh)
+    return self._copy(self._state)
+
+  def config(self, dtype, remat, deterministic, batch):
+    c = self.default.get_config()
+    a = self.args
+    c.model.image_size, c.model.width = a.image_size, a.width
+    c.model.fc_width, c.model.num_classes = a.fc_width, a.num_classes
+    # XLA's convolutions, as "auto" picks on GPU/TPU; on CPU it would pick Winograd for
+    # float32 and the smoke run's executed FLOPs would not be the model's.
+    c.model.conv_impl = "xla"
+    c.model.remat_trunk = remat
+    c.dtype, c.deterministic_ops, c.batch_size = dtype, deterministic, batch
+    return c
+
+  def batch(self, n, seed=0):
+    s = self.args.image_size
+    rgb = np.random.default_rng(seed).integers(0, 256, (n, s, s, 3), dtype=np.uint8)
+    return self.train_lib.global_batch({"rgb": rgb}, self.mesh)
+
+  def teacher(self, nets):
+    """Random VGG16 teacher weights (None with --teacher off), replicated on the mesh."""
+    if self.args.teacher == "off":
+      return None
+    key = (self.args.image_size, self.args.width)
+    if key not in self._teachers:
+      jax, s = self.jax, self.args.image_size
+      replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+      init = jax.jit(nets.teacher.init, out_shardings=replicated)
+      self._teachers[key] = init(jax.random.key(1), np.zeros((1, s, s, 3), np.float32))["params"]
+    return self._teachers[key]
+
+  def lowered(self, config):
+    """(networks, the step lowered for abstract inputs of ``config.batch_size``, teacher)."""
+    jax, s = self.jax, self.args.image_size
+    nets = self.train_lib.make_networks(config)
+    teacher = self.teacher(nets)
+    step = self.train_lib.make_train_step(nets, config, self.mesh, teacher is not None)
+    state = self.train_lib.abstract_train_state(nets, config, self.mesh)
+    sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec("data"))
+    rgb = jax.ShapeDtypeStruct((config.batch_size, s, s, 3), np.uint8, sharding=sharding)
+    return nets, step.lower(state, {"rgb": rgb}, teacher), teacher
+
+  def model_flops(self, batch):
+    """FLOPs of the unoptimised float32 step without remat at ``batch`` (see the docstring)."""
+    if batch not in self._model_flops:
+      cost = self.lowered(self.config("float32", False, True, batch))[1].cost_analysis()
+      cost = cost[0] if isinstance(cost, list | tuple) else cost
+      self._model_flops[batch] = float(cost["flops"])
+    return self._model_flops[batch]
+
+  def matmul_peak_tflops(self, dtype):
+    """Best-of-5 TFLOP/s of an (n, n) @ (n, n) product in ``dtype`` at default precision."""
+    if dtype not in self._peaks:
+      jax, n = self.jax, self.args.matmul_n
+      rng = np.random.default_rng(0)
+      a, b = (jax.numpy.asarray(rng.standard_normal((n, n)), dtype) for _ in range(2))
+      dot = jax.jit(jax.numpy.dot)
+      dot(a, b).block_until_ready()
+      one = common.time_once(lambda: dot(a, b).block_until_ready())
+      calls, best = max(1, int(0.02 / one)), float("inf")  # >= ~20 ms per timing.
+      for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(calls):
+          out = dot(a, b)
+        out.block_until_ready()
+        best = min(best, (time.perf_counter() - start) / calls)
+      self._peaks[dtype] = 2.0 * n**3 / best / 1e12
+    return self._peaks[dtype]
+
+  def compile(self, case: Case, batch: int):
+    """(compiled step, networks, config, teacher, lower + compile seconds, planned bytes)."""
+    config = self.config(case.dtype, case.remat, case.deterministic, batch)
+    start = time.perf_counter()
+    nets, lowered, teacher = self.lowered(config)
+    compiled = lowered.compile()
+    seconds = time.perf_counter() - start
+    m = compiled.memory_analysis()
+    planned = (
+      m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+      - m.alias_size_in_bytes
+    )  # fmt: skip
+    self._needs[(case.dtype, case.remat, case.deterministic, batch)] = planned
+    return compiled, nets, config, teacher, seconds, planned
+
+  def need(self, case: Case, batch: int) -> int:
+    key = (case.dtype, case.remat, case.deterministic, batch)
+    if key not in self._needs:
+      self.compile(case, batch)
+    return self._needs[key]
+
+  def memory_limit(self):
+    stats = self.jax.devices()[0].memory_stats() or {}
+    limit = self.args.memory_limit_bytes or stats.get("bytes_limit")
+    return None if not limit else int(limit * self.args.memory_fraction)
+
+  def largest_batch(self, case: Case) -> dict:
+    """The largest batch whose planned bytes fit (:func:`search_largest_batch`)."""
+    limit = self.memory_limit()
+    if limit is None:
+      return {"error": "n/a: the device reports no memory limit (pass --memory_limit_bytes)"}
+    listed = [int(b) for b in _split(self.args.batches) if b != MAX]
+    return search_largest_batch(
+      lambda b: self.need(case, b),
+      limit,
+      self.args.granularity * self.n_devices,
+      listed,
+      self.args.max_batch_cap,
+    )
+
+  def run_case(self, case: Case) -> dict:
+    jax, args = self.jax, self.args
+    from chromagan_jax import models  # noqa: PLC0415
+
+    row = {**dataclasses.asdict(case), "devices": self.n_devices}
+    print(f"case {row}", file=sys.stderr, flush=True)  # Progress: a full grid takes a while.
+    if problem := models.cpu_bfloat16_problem(self.train_lib.compute_dtype(self.config(
+      case.dtype, case.remat, case.deterministic, 1
+    ))):  # fmt: skip
+      return {**row, "error": f"skipped: {problem}"}
+    batch = case.batch
+    if batch == MAX:
+      search = self.largest_batch(case)
+      row["search"] = search
+      if "batch" not in search:
+        return {**row, "error": search["error"]}
+      batch = search["batch"]
+    if batch % self.n_devices:
+      return {**row, "error": f"batch {batch} is not a multiple of {self.n_devices} devices"}
+    row["batch"] = batch
+    for attempt in range(3):
+      try:
+        compiled, nets, config, teacher, compile_s, planned = self.compile(case, batch)
+        state = self.fresh_state(nets, config)
+        data = self.batch(batch)
+        for _ in range(args.warmup):
+          state, metrics = compiled(state, data, teacher)
+        jax.block_until_ready(metrics)
+        start = time.perf_counter()
+        for _ in range(args.steps):
+          state, metrics = compiled(state, data, teacher)
+        jax.block_until_ready((state, metrics))
+        seconds = (time.perf_counter() - start) / args.steps
+        break
+      except Exception as e:  # noqa: BLE001 (XlaRuntimeError's class moved between versions)
+        if "RESOURCE_EXHAUSTED" not in str(e) or case.batch != MAX or attempt == 2:
+          return {**row, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+        row.setdefault("out_of_memory_at", []).append(batch)
+        batch -= args.granularity * self.n_devices
+        row["batch"] = batch
+        state = None  # Frees the failed attempt's buffers before the next one.
+    flops = self.model_flops(batch)
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    peak = self.matmul_peak_tflops(case.dtype)
+    stats = jax.devices()[0].memory_stats()
+    losses = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    return {
+      **row,
+      "img_s": batch / seconds,
+      "step_s": seconds,
+      "model_gflop_per_step": flops / 1e9,
+      "executed_gflop_per_step": float(cost.get("flops", float("nan"))) / 1e9,
+      "model_tflop_s": flops / seconds / 1e12,
+      "matmul_peak_tflop_s": peak,
+      "mfu": flops / seconds / 1e12 / peak,
+      "compile_s": compile_s,
+      "xla_bytes": planned,
+      "peak_bytes_in_use": stats["peak_bytes_in_use"] if stats else "n/a",
+      "bytes_limit": stats.get("bytes_limit", "n/a") if stats else "n/a",
+      "finite_losses": all(map(math.isfinite, losses.values())),
+    }
+
+  def parity(self) -> dict:
+    """``--parity_steps`` steps from one state in f32-highest, f32-default and bf16."""
+    jax, args = self.jax, self.args
+    from chromagan_jax import models  # noqa: PLC0415
+
+    n = args.parity_batch
+    print(f"parity: {args.parity_steps} steps at batch {n}", file=sys.stderr, flush=True)
+    modes = {"float32_highest": ("float32", "highest"), "float32_default": ("float32", None)}
+    if not models.cpu_bfloat16_problem(jax.numpy.bfloat16):
+      modes["bfloat16"] = ("bfloat16", None)
+    batches = [self.batch(n, seed=100 + i) for i in range(args.parity_steps)]
+    base = self.config("float32", False, True, n)
+    nets = self.train_lib.make_networks(base)
+    start = jax.device_get(self.fresh_state(nets, base))
+    teacher = self.teacher(nets)
+    runs = {}
+    for mode, (dtype, precision) in modes.items():
+      config = self.config(dtype, False, True, n)
+      nets = self.train_lib.make_networks(config)
+      state = self._copy(start)  # The same start for every mode.
+      step = self.train_lib.make_train_step(nets, config, self.mesh, teacher is not None)
+      with jax.default_matmul_precision(precision):  # Read when the step is traced.
+        step = step.lower(state, batches[0], teacher).compile()
+      history = []
+      for data in batches:
+        state, metrics = step(state, data, teacher)
+        history.append({k: float(v) for k, v in jax.device_get(metrics).items()})
+      runs[mode] = (history, jax.device_get(state))
+    ref_hist, ref_state = runs["float32_highest"]
+    out = {"batch": n, "steps": args.parity_steps, "modes": list(modes), "losses": {}}
+    for mode, (hist, state) in runs.items():
+      out["losses"][mode] = hist
+      if mode == "float32_highest":
+        continue
+      loss_rel = max(
+        abs(h[k] - r[k]) / max(abs(r[k]), 1e-12)
+        for h, r in zip(hist, ref_hist, strict=True)
+        for k in r
+      )
+      params, ref_params, init = (
+        jax.tree.leaves((s.g_params, s.d_params)) for s in (state, ref_state, start)
+      )
+      param_rel = max(
+        float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12))
+        for a, b in zip(params, ref_params, strict=True)
+      )
+      # Updates (final - initial): parameters move ~lr per step, so their own relative
+      # difference is tiny whatever the precision; the updates show it.
+      d = sum(float(np.sum((a - b) ** 2)) for a, b in zip(params, ref_params, strict=True))
+      u = sum(float(np.sum((b - i) ** 2)) for b, i in zip(ref_params, init, strict=True))
+      out[mode] = {
+        "losses_max_rel_diff": loss_rel,
+        "params_max_rel_diff": param_rel,
+        "updates_rel_l2_diff": math.sqrt(d / max(u, 1e-30)),
+      }
+    return out
+
+
+def machine(bench: "Bench | None" = None) -> dict:
+  info = common.machine_info()
+  if bench is not None:
+    d = bench.jax.devices()[0]
+    info.update(device_kind=d.device_kind, device_count=bench.jax.device_count())
+  return info
+
+
+# --- orchestration --------------------------------------------------------------------------
+
+
+def _child(args, spec: dict) -> dict:
+  """Runs one case (or the parity part) in a fresh process (--isolate)."""
+  cmd = [sys.executable, os.path.abspath(__file__), *args.argv, "--isolate=off"]
+  proc = subprocess.run([*cmd, "--case", json.dumps(spec)], capture_output=True, text=True)
+  for line in proc.stdout.splitlines():
+    if line.startswith(CASE_PREFIX):
+      return json.loads(line[len(CASE_PREFIX) :])
+  tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]
+  return {**spec, "error": f"child exited {proc.returncode}: {tail}"}
+
+
+def run(args) -> dict:
+  if args.case:  # A child: one case (or the parity part), printed as one JSON line.
+    spec = json.loads(args.case)
+    bench = Bench(args)
+    result = bench.parity() if spec.get("parity") else bench.run_case(Case(**spec))
+    result["machine"] = machine(bench)
+    print(CASE_PREFIX + json.dumps(result), flush=True)
+    return result
+  cases = grid(args)
+  if args.isolate == "on":
+    rows = [_child(args, dataclasses.asdict(case)) for case in cases]
+    parity = _child(args, {"parity": True}) if args.parity_steps else None
+    # The children's machine facts: the parent never starts a JAX backend (on a GPU it would
+    # hold memory that the cases need).
+    infos = [r.pop("machine") for r in [*rows, parity or {}] if "machine" in r]
+    info = infos[0] if infos else {"error": "no case ran"}
+  else:
+    bench = Bench(args)
+    rows = [bench.run_case(case) for case in cases]
+    parity = bench.parity() if args.parity_steps else None
+    info = machine(bench)
+  return {
+    "benchmark": "accelerator",
+    "image_size": args.image_size,
+    "width": args.width,
+    "teacher": args.teacher,
+    "steps": args.steps,
+    "isolated": args.isolate == "on",
+    "flops": "model FLOPs: XLA cost analysis of the unoptimised float32 step without remat",
+    "rows": rows,
+    "parity": parity,
+    "machine": info,
+  }
+
+
+COLUMNS = [
+  "dtype", "remat", "deterministic", "batch", "img_s", "model_tflop_s", "mfu",
+  "matmul_peak_tflop_s", "compile_s", "xla_bytes", "peak_bytes_in_use", "error",
+]  # fmt: skip
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  result = run(args)
+  if args.case:
+    return result
+  common.print_table(result["rows"], COLUMNS)
+  if result["parity"]:
+    p = result["parity"]
+    print(f"parity ({p['steps']} steps, batch {p['batch']}, vs float32_highest):")
+    for mode in p["modes"][1:]:
+      print(f"  {mode}: {p[mode]}")
+  print(f"machine: {result['machine']}")
+  common.write_json(args.json, result)
+  return result
+
+
+if __name__ == "__main__":
+  main()
