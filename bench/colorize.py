@@ -11,10 +11,12 @@ Stages (batch 1, warm: each program compiled by a first run; the median of --rep
   decode    images.read: Pillow decode + EXIF orientation -> uint8 RGB
   resize    images.resize to S x S (the training data's resize) + the network's L input
   network   the head-free generator (conv_impl 'auto', what colorize uses) -> ab (S, S, 2)
-  compose   edge-pad to the bucket shape, ab upsample (bilinear) to the photo's size, its
-            full-resolution L, Lab -> sRGB, uint8, back to the host
+  compose   ab upsample (bilinear) to the photo's size, its full-resolution L, Lab -> sRGB,
+            uint8 (colorize_lib.compose_host, OpenCV; the XLA compose for photos smaller
+            than the network input)
   encode    JPEG, quality 95, no chroma subsampling (colorize.py's output)
-and, for comparison in the same run: Pillow's resize for the resize stage; an 8-bit
+and, for comparison in the same run: Pillow's resize for the resize stage; the compose stage
+in XLA (colorize_lib.compose, on device, what colorize used before) and an 8-bit
 Pillow/LittleCMS path (ImageCms Lab -> sRGB, ab upsampled by Pillow) for the compose stage,
 with its error against ours; the network stage in TF/Keras (bench/keras_reference.py, the same
 weights; it computes the class head too), ONNX Runtime and TFLite on the exported model
@@ -158,12 +160,16 @@ class Pipeline:
     l3 = colorize_lib.network_input(small[None])
     jax.block_until_ready(l3)
     lap("resize")
-    ab = colorize_lib.predict_ab(self.c.model, self.c.variables, l3)
-    jax.block_until_ready(ab)
+    if self.c.filters is None:
+      self.c.filters = colorize_lib.inference_filters(self.c.model, self.c.variables, l3)
+    ab = np.asarray(colorize_lib.predict_ab(self.c.model, self.c.variables, l3, self.c.filters))
     lap("network")
     h, w = photo.rgb.shape[:2]
-    out = colorize_lib.compose(colorize_lib.pad_to_bucket(photo.rgb), ab[0], h, w)
-    colour = np.asarray(out)[:h, :w]
+    if min(h, w) >= self.c.image_size:
+      colour = colorize_lib.compose_host(photo.rgb, ab[0])
+    else:
+      out = colorize_lib.compose(colorize_lib.pad_to_bucket(photo.rgb), ab[0], h, w)
+      colour = np.asarray(out)[:h, :w]
     lap("compose")
     encode_jpeg(colour)
     lap("encode")
@@ -182,6 +188,12 @@ def littlecms_compose(rgb, ab_net) -> np.ndarray:
   ab8 = np.clip(np.round(ab_net * 255.0), 0, 255).astype(np.uint8)
   a, b = (Image.fromarray(ab8[..., i]).resize((w, h), Image.BILINEAR) for i in range(2))
   return np.asarray(ImageCms.applyTransform(Image.merge("LAB", (lightness, a, b)), to_rgb))
+
+
+def xla_compose(rgb, ab_net) -> np.ndarray:
+  """The compose stage in XLA (colorize_lib.compose on the bucket-padded photo)."""
+  h, w = rgb.shape[:2]
+  return np.asarray(colorize_lib.compose(colorize_lib.pad_to_bucket(rgb), ab_net, h, w))[:h, :w]
 
 
 def median_times(fn, repeats: int) -> dict:
@@ -289,6 +301,8 @@ def main(argv=None):
       ),
       args.repeats,
     )
+    xla_compose_s = timed(lambda rgb=rgb, ab=ab_net: xla_compose(rgb, ab), args.repeats)
+    xla = xla_compose(rgb, ab_net).astype(int)
     lcms = littlecms_compose(rgb, ab_net)
     lcms_s = timed(lambda rgb=rgb, ab=ab_net: littlecms_compose(rgb, ab), args.repeats)
     diff = np.abs(lcms.astype(int) - colour.astype(int))
@@ -300,6 +314,8 @@ def main(argv=None):
       "end_to_end_s": end_to_end,
       **{f"{s}_share": stages[s] / total for s in STAGES},
       "pillow_resize_s": pillow_resize,
+      "xla_compose_s": xla_compose_s,
+      "xla_compose_vs_ours_max_abs": int(np.abs(xla - colour.astype(int)).max()),
       "littlecms_compose_s": lcms_s,
       "littlecms_vs_ours_max_abs": int(diff.max()),
       "littlecms_vs_ours_mean_abs": float(diff.mean()),
@@ -313,7 +329,9 @@ def main(argv=None):
     l3 = np.asarray(colorize_lib.network_input(small[None]))
     net, ab = network_contenders(args.ckpt, variables, config, l3, args.repeats, folder)
     net["jax_auto (colorize)"] = float(np.median([r["network_s"] for r in rows]))
-    ours = np.asarray(colorize_lib.predict_ab(colorizer.model, colorizer.variables, l3))
+    ours = np.asarray(
+      colorize_lib.predict_ab(colorizer.model, colorizer.variables, l3, colorizer.filters)
+    )
     result["network"] = {
       "seconds": net,
       "max_abs_ab_vs_colorize": {k: float(np.abs(v - ours).max()) for k, v in ab.items()},

@@ -25,6 +25,7 @@ passed through to the output. Files in, files out (names, formats, saving) is
 import functools
 from collections.abc import Iterable, Iterator, Sequence
 
+import cv2
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -116,6 +117,61 @@ def compose(rgb_padded, ab_net, height, width, with_grey: bool = False):
     return out
   grey = color.lab_to_rgb(jnp.concatenate([lightness, jnp.zeros_like(ab8)], axis=-1))
   return out, color.to_uint8(grey)
+
+
+# Exact linear value of each uint8 sRGB code, and the Y row of sRGB -> XYZ.
+_LINEAR_OF_CODE = np.asarray(color.srgb_to_linear(np.arange(256) / np.float32(255.0)), np.float32)
+_Y_ROW = np.asarray(color._RGB_TO_XYZ[1:2], np.float32)
+_DELTA = 6.0 / 29.0
+
+
+def _host_lightness(rgb: np.ndarray) -> np.ndarray:
+  """uint8 sRGB (H, W, 3) -> Lab L (H, W) float32 in [0, 100], to float32 precision.
+
+  OpenCV's own float RGB -> Lab is off by up to 0.18 L (its gamma table), about half a uint8
+  level of the result; this is exact per code (a 256-entry table) and as fast.
+  """
+  y = cv2.transform(_LINEAR_OF_CODE[rgb], _Y_ROW)
+  f = cv2.pow(y, 1.0 / 3.0)
+  dark = y <= np.float32(_DELTA**3)
+  if dark.any():
+    f[dark] = y[dark] / np.float32(3 * _DELTA**2) + np.float32(4.0 / 29.0)
+  return f * np.float32(116.0) - np.float32(16.0)
+
+
+def compose_host(rgb, ab_net, with_grey: bool = False):
+  """:func:`compose` on the host with OpenCV, for photos at least as large as the network input.
+
+  The same procedure and formulas: ab8 upsampled bilinearly (half-pixel centres, edge
+  clamping, which for enlarging equals :func:`compose`'s antialiased resize), joined with the
+  photo's full-resolution L (:func:`_host_lightness`), Lab -> sRGB by OpenCV (the reference's
+  converter: D65, the same matrix, clipping in linear RGB; within 0.02 uint8 levels of
+  scikit-image in gamut), rounded to uint8. Several times less CPU than :func:`compose` in
+  XLA at 12 MP (bench/colorize.py), and no padding or compile per size.
+
+  Args:
+    rgb: uint8 (H, W, 3) photo with H, W >= the network size.
+    ab_net: (S, S, 2) network output in [0, 1].
+    with_grey: also return the photo's L rendered as grey (a = b = 0).
+
+  Returns:
+    uint8 (H, W, 3) colour image; and the grey one if asked.
+  """
+  h, w = rgb.shape[:2]
+  # Resizing is linear, so ab8 - 128 (= a, b) is resized directly.
+  ab8 = np.clip(np.asarray(ab_net, np.float32) * 255.0, 0.0, 255.0) - 128.0
+  a, b = cv2.split(cv2.resize(ab8, (w, h), interpolation=cv2.INTER_LINEAR))
+  lightness = _host_lightness(rgb)
+
+  def to_rgb(a, b):
+    out = cv2.cvtColor(cv2.merge([lightness, a, b]), cv2.COLOR_Lab2RGB)
+    return cv2.convertScaleAbs(out, alpha=255.0)  # round, saturate to uint8
+
+  colour = to_rgb(a, b)
+  if not with_grey:
+    return colour
+  zero = np.zeros_like(lightness)
+  return colour, to_rgb(zero, zero)
 
 
 # --------------------------------------------------------------------------------------------
@@ -211,6 +267,9 @@ class Colorizer:
     """Input uint8 (H, W, 3) + network ab (S, S, 2) in [0, 1] -> uint8 (H, W, 3) colour image
     (its L is the input's, at full resolution), and the grey rendering if ``with_grey``."""
     h, w = rgb.shape[:2]
+    if min(h, w) >= ab_net.shape[0]:  # Enlarging ab: OpenCV on the host, several times faster.
+      return compose_host(rgb, np.asarray(ab_net), with_grey=with_grey)
+    # Shrinking ab (a photo smaller than the network input): the XLA compose's antialiasing.
     out = compose(pad_to_bucket(rgb), ab_net, h, w, with_grey=with_grey)
     if not with_grey:
       return np.asarray(out)[:h, :w]
