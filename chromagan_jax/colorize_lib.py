@@ -147,7 +147,7 @@ def compose_host(rgb, ab_net, with_grey: bool = False):
   photo's full-resolution L (:func:`_host_lightness`), Lab -> sRGB by OpenCV (the reference's
   converter: D65, the same matrix, clipping in linear RGB; within 0.02 uint8 levels of
   scikit-image in gamut), rounded to uint8. Several times less CPU than :func:`compose` in
-  XLA at 12 MP (bench/colorize.py), and no padding or compile per size.
+  XLA at 12 MP (bench/colorize_e2e.py), and no padding or compile per size.
 
   Args:
     rgb: uint8 (H, W, 3) photo with H, W >= the network size.

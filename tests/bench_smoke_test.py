@@ -95,9 +95,9 @@ def test_conv_layers_smoke(tmp_path):
 
 @pytest.mark.slow
 def test_colorize_bench_smoke(tmp_path):
+  import colorize_e2e as colorize_bench
   from colorize_test import random_generator_variables, small_config
 
-  import colorize as colorize_bench  # bench/colorize.py
   from chromagan_jax import checkpoint
 
   config = small_config()

@@ -1,7 +1,7 @@
 """Times colorize.py's whole per-photo path, stage by stage, and the network in other runtimes.
 
-  python bench/colorize.py                      # random paper-size weights, 0.3 / 2 / 12 MP
-  python bench/colorize.py --ckpt DIR --sizes 12 --repeats 5 --markdown
+  python bench/colorize_e2e.py                      # random paper-size weights, 0.3 / 2 / 12 MP
+  python bench/colorize_e2e.py --ckpt DIR --sizes 12 --repeats 5 --markdown
 
 Photos: JPEGs of 640x480 (0.3 MP), 1728x1152 (2 MP) and 4000x3000 (12 MP), made from a bundled
 photo (scikit-image's chelsea) upscaled with Lanczos plus Gaussian grain (sigma 3 levels) so
@@ -269,7 +269,9 @@ def main(argv=None):
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--skip_contenders", action="store_true", help="JAX path only")
   parser.add_argument("--skip_loading", action="store_true")
-  parser.add_argument("--output", default=os.path.join(common.ROOT, "bench/results/colorize.json"))
+  parser.add_argument(
+    "--output", default=os.path.join(common.ROOT, "bench/results/colorize_e2e.json")
+  )
   parser.add_argument("--markdown", action="store_true")
   parser.add_argument("--_load_child", default=None, help=argparse.SUPPRESS)
   parser.add_argument("--_photo", default=None, help=argparse.SUPPRESS)
