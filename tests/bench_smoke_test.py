@@ -16,7 +16,8 @@ import pytest
 jax.config.update("jax_disable_most_optimizations", True)
 
 BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
-sys.path.insert(0, BENCH)
+if BENCH not in sys.path:  # conftest puts it after the root: root modules win a name clash
+  sys.path.append(BENCH)
 
 import common  # noqa: E402
 import conv_layers  # noqa: E402

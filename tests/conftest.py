@@ -16,9 +16,12 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("CHROMAGAN_CONV_CHOICE", "rule")
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The root goes first even when `python -m pytest` already put it on the path: bench/ has
+# scripts named like root modules (bench/colorize.py), which must not shadow colorize.py.
 for _path in (os.path.join(_ROOT, "bench"), _ROOT):
-  if _path not in sys.path:
-    sys.path.insert(0, _path)
+  while _path in sys.path:
+    sys.path.remove(_path)
+  sys.path.insert(0, _path)
 
 # Tests run with XLA's optimisations off (compiles cost more than they save on these small
 # programs) and, on jaxlib 0.12, the YNNPACK fusions off. CHROMAGAN_TEST_XLA_DEFAULTS=1 keeps
