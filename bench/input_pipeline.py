@@ -1,13 +1,17 @@
-"""Input-pipeline images/s on the bundled photos vs what the train step consumes.
+"""Input-pipeline images/s (per worker process and per core) and resume cost.
 
-  python bench/input_pipeline.py               # 224x224, batch 8, augment off and on
-  python bench/input_pipeline.py --smoke       # seconds: 32x32, batch 2, a few batches
+  python bench/input_pipeline.py                        # bundled photos, 224x224
+  python bench/input_pipeline.py --path '/work/photos/photos/**/*.jpg' --processes 0,1,2
+  python bench/input_pipeline.py --smoke                # seconds: 32x32, a few batches
 
-Runs ``input_pipeline.create_train_iterator`` with ``data.source='bundled'`` (decode with PIL,
-resize with TF, optional random crops/flips). The first batches include decoding (the bundled
-set is cached in memory afterwards), so the cold rate and the steady rate are both reported.
-If ``bench/results/train_step.json`` exists, the table adds the train step's consumption
-(JAX images/s) and the headroom ratio pipeline / step.
+Runs ``input_pipeline.create_train_iterator`` (decode with ``chromagan_jax.images``, optional
+crop/flip, resize; in ``--processes`` worker processes, 0 = in the calling process) on the
+bundled photos or on a folder/glob of your photos (``--path``; e.g. the shared photo set,
+``bash /work/shared/data/fetch_photos.sh /work/photos``). Reports, per process count, the
+steady rate after ``--cold_batches`` and that rate per core used. Then the resume cost: the
+time from ``create_train_iterator(start_step=s)`` to its first batch at 10% and at 90% of an
+epoch (equal when resuming reads nothing it skips). If ``bench/results/train_step.json``
+exists, rows add the train step's consumption (JAX images/s) and the ratio pipeline / step.
 """
 
 import argparse
@@ -16,48 +20,90 @@ import os
 import time
 
 import common  # noqa: I001 (sets sys.path and TF env before the imports below)
+import numpy as np
 
-from chromagan_jax import input_pipeline
+from chromagan_jax import images, input_pipeline
 from configs import default
 
 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   p.add_argument("--smoke", action="store_true", help="tiny sizes, to check the script runs")
+  p.add_argument("--path", default="", help="folder or glob of photos (default: bundled)")
+  p.add_argument("--processes", default="0,2", help="comma-separated decode process counts")
+  p.add_argument("--augment", action="store_true", help="random crops and flips on")
   p.add_argument("--image_size", type=int, default=224)
   p.add_argument("--batch", type=int, default=8)
-  p.add_argument("--batches", type=int, default=40, help="batches timed after the cold ones")
-  p.add_argument("--cold_batches", type=int, default=3, help="batches counted as 'cold'")
+  p.add_argument("--batches", type=int, default=20, help="batches timed after the cold ones")
+  p.add_argument("--cold_batches", type=int, default=3, help="batches not timed (start-up)")
   p.add_argument("--train_step_json", default="bench/results/train_step.json")
   p.add_argument("--json", default="bench/results/input_pipeline.json")
   args = p.parse_args(argv)
   if args.smoke:
     args.image_size, args.batch, args.batches, args.cold_batches = 32, 2, 2, 1
+  args.processes = [int(n) for n in args.processes.split(",")]
   return args
 
 
-def measure(args, augment: bool) -> dict:
+def make_config(args, processes: int):
   config = default.get_config()
-  config.data.source = "bundled"
-  config.data.augment = augment
+  config.data.source = "folder" if args.path else "bundled"
+  config.data.path = args.path
+  config.data.augment = args.augment
+  config.data.decode_processes = processes
   config.model.image_size = args.image_size
   config.batch_size = args.batch
-  start = time.perf_counter()
+  return config
+
+
+def measure(args, processes: int) -> dict:
+  config = make_config(args, processes)
   it = input_pipeline.create_train_iterator(config, process_index=0, process_count=1)
   for _ in range(args.cold_batches):
     batch = next(it)
-  cold = time.perf_counter() - start
   start = time.perf_counter()
   for _ in range(args.batches):
     batch = next(it)
   steady = time.perf_counter() - start
   assert batch["rgb"].shape == (args.batch, args.image_size, args.image_size, 3)
+  rate = args.batches * args.batch / steady
   return {
-    "augment": augment,
+    "decode_processes": processes,
     "batch": args.batch,
-    "cold_img_s": args.cold_batches * args.batch / cold,
-    "steady_img_s": args.batches * args.batch / steady,
-    "num_photos": input_pipeline.num_train_examples(config),
+    "img_s": rate,
+    "img_s_per_core": rate / max(1, processes),
+  }
+
+
+def resume_cost(args, processes: int) -> dict:
+  """Seconds from create_train_iterator(start_step) to its first batch, at 10% and 90%."""
+  config = make_config(args, processes)
+  steps_per_epoch = max(1, input_pipeline.num_train_examples(config) // args.batch)
+  out = {"decode_processes": processes, "steps_per_epoch": steps_per_epoch}
+  for fraction in (0.1, 0.9):
+    step = int(fraction * steps_per_epoch)
+    start = time.perf_counter()
+    next(input_pipeline.create_train_iterator(config, start_step=step, process_index=0,
+                                              process_count=1))  # fmt: skip
+    out[f"resume_s_at_{round(fraction * 100)}pct"] = time.perf_counter() - start
+  return out
+
+
+def dataset_facts(args) -> dict:
+  config = make_config(args, 0)
+  files = input_pipeline._train_files(config)
+  pixels = []
+  for f in files:
+    try:
+      pixels.append(np.prod(images.read(f).rgb.shape[:2]))
+    except images.ImageError:
+      continue
+  return {
+    "source": args.path or "bundled",
+    "files": len(files),
+    "megapixels_mean": float(np.mean(pixels) / 1e6),
+    "megapixels_median": float(np.median(pixels) / 1e6),
+    "mib_on_disk": sum(os.path.getsize(f) for f in files) / 2**20,
   }
 
 
@@ -71,15 +117,18 @@ def train_step_rate(path: str) -> float | None:
 
 
 def run(args) -> dict:
-  rows = [measure(args, augment) for augment in (False, True)]
+  rows = [measure(args, n) for n in args.processes]
   consumption = train_step_rate(args.train_step_json)
   for r in rows:
     r["train_step_img_s"] = consumption if consumption is not None else "n/a"
-    r["pipeline_over_step"] = r["steady_img_s"] / consumption if consumption else "n/a"
+    r["pipeline_over_step"] = r["img_s"] / consumption if consumption else "n/a"
   return {
     "benchmark": "input_pipeline",
     "image_size": args.image_size,
+    "augment": args.augment,
+    "data": dataset_facts(args),
     "rows": rows,
+    "resume": [resume_cost(args, n) for n in args.processes[-1:]],
     "peak_rss_mib": common.peak_rss_mib(),
     "machine": common.machine_info(),
   }
@@ -88,10 +137,13 @@ def run(args) -> dict:
 def main(argv=None):
   args = parse_args(argv)
   result = run(args)
+  print(result["data"])
   common.print_table(
     result["rows"],
-    ["augment", "batch", "cold_img_s", "steady_img_s", "train_step_img_s", "pipeline_over_step"],
-  )
+    ["decode_processes", "batch", "img_s", "img_s_per_core", "train_step_img_s",
+     "pipeline_over_step"],
+  )  # fmt: skip
+  common.print_table(result["resume"], list(result["resume"][0]))
   common.write_json(args.json, result)
   return result
 

@@ -16,7 +16,6 @@ def get_config(arg: str | None = None):
   config.model.width = 0.25
   config.data.source = "bundled"
   config.data.augment = True
-  config.data.shuffle_buffer = 256
   config.batch_size = 8
   config.num_train_steps = 300
   # A tiny set and a tiny model tolerate (and need) a larger step than ImageNet's 2e-5.

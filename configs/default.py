@@ -48,14 +48,15 @@ def get_config():
   )
   config.data.path = ""  # Directory or glob of images when source == 'folder'.
   config.data.eval_path = ""  # Optional held-out directory/glob for sample grids ('folder').
-  # Examples in the TFDS shuffle buffer, per process (folder/bundled: a full permutation).
-  config.data.shuffle_buffer = 10_000
   # Keep decoded images in host memory ('folder'; 'bundled' always does; ignored for 'tfds').
   config.data.cache = False
   # Random crops (several scales) and flips of training images. A deviation from the
   # reference (no augmentation), meant for the tiny 'bundled' demo set: off for the recipe.
   config.data.augment = False
   config.data.prefetch = 2  # Batches prefetched to the host.
+  # Worker processes that decode, augment and resize (Pillow holds the GIL, so threads would
+  # not decode in parallel); None: one per CPU core this process may use; 0: in this process.
+  config.data.decode_processes = None
 
   # --- optimisation -------------------------------------------------------------------------
   config.batch_size = 10  # Global batch (all devices, all processes). Reference: 10.

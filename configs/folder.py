@@ -14,7 +14,6 @@ def get_config(arg: str | None = None):
   config = default.get_config()
   config.data.source = "folder"
   config.data.path = arg or ""  # Also settable as configs/folder.py:/photos/train.
-  config.data.shuffle_buffer = 2_000
   config.num_epochs = 20.0
   config.checkpoint_every_steps = 2_000
   config.sample_every_steps = 1_000

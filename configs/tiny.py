@@ -11,7 +11,6 @@ def get_config(arg: str | None = None):
   config.model.image_size = 64
   config.model.width = 0.125
   config.data.source = "bundled"
-  config.data.shuffle_buffer = 16
   config.batch_size = 8
   config.num_train_steps = 4
   config.g_learning_rate = 1e-3

@@ -78,10 +78,12 @@ def test_input_pipeline_smoke(tmp_path):
     ["--smoke", "--json", str(out), "--train_step_json", str(tmp_path / "missing.json")]
   )
   result = _load(out)
-  assert [r["augment"] for r in result["rows"]] == [False, True]
+  assert [r["decode_processes"] for r in result["rows"]] == [0, 2]
+  assert result["data"]["files"] > 0
   for r in result["rows"]:
-    assert r["steady_img_s"] > 0 and r["num_photos"] > 0
+    assert r["img_s"] > 0 and r["img_s_per_core"] > 0
     assert r["train_step_img_s"] == "n/a"
+  assert result["resume"][0]["resume_s_at_90pct"] > 0
 
 
 def test_conv_layers_smoke(tmp_path):

@@ -28,8 +28,8 @@ def _config(source="folder", path="", batch_size=4, **data):
   config.model.image_size = SIZE
   config.data.source = source
   config.data.path = path
-  config.data.shuffle_buffer = 8
   config.batch_size = batch_size
+  config.data.decode_processes = 0  # In this process; test_worker_processes_... covers the pool.
   for k, v in data.items():
     config.data[k] = v
   return config
@@ -354,3 +354,92 @@ def test_unknown_source_and_dataset():
   config.data.tfds_name = "no_such_dataset_xyz"
   with pytest.raises(ip.DataError, match="unknown TFDS dataset"):
     ip.num_train_examples(config)
+
+
+def test_tfrecord_only_dataset_is_one_line_saying_how_to_convert(monkeypatch):
+  config = _config(source="tfds")
+  config.data.tfds_name = "imagenet2012"
+
+  def tfrecord_only(self, *args, **kwargs):
+    raise NotImplementedError("Random access data source for file format TFRECORD ...")
+
+  monkeypatch.setattr(tfds.core.DatasetBuilder, "as_data_source", tfrecord_only)
+  monkeypatch.setattr(tfds.core.DatasetBuilder, "is_prepared", lambda self: True)
+  for fn in (ip.num_train_examples, ip.create_train_iterator):
+    with pytest.raises(ip.DataError, match="stored as tfrecord") as e:
+      fn(config)
+    assert "\n" not in str(e.value) and "--out_file_format=array_record" in str(e.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Worker processes and resume cost.
+
+
+def test_worker_processes_give_the_same_batches_as_in_process(mixed_folder):
+  """The pool (spawned processes) and in-process decoding: identical streams, skips too."""
+  for config in (
+    _config(path=str(mixed_folder), eval_path=str(mixed_folder), batch_size=3),
+    _config(source="bundled", batch_size=4, augment=True),
+  ):
+    streams = []
+    for processes in (0, 2):
+      config.data.decode_processes = processes
+      ip.reset_skipped_files()
+      train = _take(ip.create_train_iterator(config, start_step=3, process_index=0,
+                                             process_count=1), 6)  # fmt: skip
+      evals = list(ip.create_eval_iterator(config, batch_size=4, process_index=0,
+                                           process_count=1))  # fmt: skip
+      streams.append((train, [b["rgb"] for b in evals], [b["mask"] for b in evals],
+                      sorted(ip.skipped_files())))  # fmt: skip
+    for a, b in zip(*streams, strict=True):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+class _Counting:
+  """Counts what a stream reads: decoded images (folder) or records fetched (TFDS)."""
+
+  def __init__(self, inner=None):
+    self.inner, self.calls = inner, 0
+
+  def __call__(self, *args, **kwargs):
+    self.calls += 1
+    return self.inner(*args, **kwargs)
+
+  def __getitem__(self, i):
+    self.calls += 1
+    return self.inner[i]
+
+  def __len__(self):
+    return len(self.inner)
+
+
+def test_resume_reads_only_the_resumed_batch(colour_folder, monkeypatch):
+  """Starting at step 10**6 reads exactly one batch's images (no skipping through data)."""
+  config = _config(path=str(colour_folder), batch_size=3)
+  counter = _Counting(images.read_rgb)
+  monkeypatch.setattr(images, "read_rgb", counter)
+  far = next(ip.create_train_iterator(config, start_step=10**6, process_index=0, process_count=1))
+  assert counter.calls == 3
+  # And it is the batch an uninterrupted stream has there: example t is perm_e[t mod 7].
+  t = np.arange(3 * 10**6, 3 * 10**6 + 3)
+  perms = {e: np.random.default_rng([config.seed, 0, e]).permutation(7) for e in set(t // 7)}
+  assert _colour_ids(far["rgb"]) == [int(perms[u // 7][u % 7]) for u in t]
+
+
+def test_tfds_resume_fetches_only_the_resumed_batch(monkeypatch):
+  config = _config(source="tfds", batch_size=2)
+  config.data.tfds_name = "imagenet2012"
+  real = ip._tfds_source
+  counters = []
+
+  def counting_source(*args):
+    counters.append(_Counting(real(*args)))
+    return counters[-1]
+
+  with tfds.testing.mock_data(num_examples=6):
+    first = _take(ip.create_train_iterator(config, process_index=0, process_count=1), 9)
+    monkeypatch.setattr(ip, "_tfds_source", counting_source)
+    resumed = next(ip.create_train_iterator(config, start_step=8, process_index=0,
+                                            process_count=1))  # fmt: skip
+  np.testing.assert_array_equal(resumed["rgb"], first[8])
+  assert sum(c.calls for c in counters) == 2  # The 2 records of batch 8, nothing before.

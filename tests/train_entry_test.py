@@ -49,7 +49,6 @@ def test_training_on_mock_imagenet2012(tmp_path):
   config = tiny.get_config()
   config.data.source = "tfds"
   config.data.tfds_name = "imagenet2012"
-  config.data.shuffle_buffer = 8
   config.num_train_steps = 2
   with tfds.testing.mock_data(num_examples=16):
     state = train_lib.train_and_evaluate(config, str(tmp_path))

@@ -1,0 +1,222 @@
+"""Training and eval examples made in worker processes: decode, augment, resize.
+
+Decoding JPEG/PNG/WebP with Pillow holds the GIL for most of its time, so threads cannot
+decode in parallel. :class:`Workers` runs :func:`make_examples` in a pool of processes
+started with ``spawn`` (forking a process that runs JAX or TensorFlow threads can deadlock);
+each task is a chunk of examples, and results come back in task order, a bounded number of
+chunks ahead. The work per example is the ONE decoder (:func:`chromagan_jax.images.decode`),
+alpha composited on white, an optional random crop/flip, then the training resize
+(:func:`chromagan_jax.images.resize`): only (S, S, 3) uint8 arrays cross the process boundary.
+
+This module imports NumPy and Pillow only (through ``images``), so workers start in a fraction
+of a second and never load TensorFlow or JAX.
+"""
+
+import collections
+import contextlib
+import dataclasses
+import multiprocessing
+import os
+import sys
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from chromagan_jax import images
+
+# Random crops of the optional augmentation (config.data.augment): the crop's side is this
+# fraction of the image's short side, its aspect ratio jittered in [3/4, 4/3].
+AUGMENT_MIN_SCALE = 0.35
+AUGMENT_MAX_LOG_ASPECT = float(np.log(4 / 3))
+# A worker's decoded-image cache (config.data.cache, the bundled photos) holds at most this
+# many images; it is meant for demo-sized sets.
+CACHE_MAX_IMAGES = 1024
+
+
+def u31(x: int) -> int:
+  """A non-negative int31 from any int (seeds)."""
+  return int(x) % (2**31 - 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExampleSpec:
+  """How to turn a decoded image into an example (picklable, sent with each task).
+
+  Attributes:
+    size: output side S (``config.model.image_size``).
+    augment: random crop + flip before the resize (``config.data.augment``).
+    seed: ``config.seed``; with ``process_index`` and the example's position t it seeds the
+      augmentation of example t.
+    process_index: this JAX process.
+    cache: keep decoded images in the worker's memory (small sets only).
+    max_pixels: decompression-bomb limit passed to the decoder.
+  """
+
+  size: int
+  augment: bool = False
+  seed: int = 0
+  process_index: int = 0
+  cache: bool = False
+  max_pixels: int = images.DEFAULT_MAX_PIXELS
+
+
+class EpochOrder:
+  """Example t of a process's stream -> item index: a fresh permutation per epoch.
+
+  The permutation of epoch e is seeded by (seed, process, e), so example t depends only on t:
+  a resumed stream starts at t = start_step * batch with nothing to read, skip or decode, in
+  time independent of t.
+  """
+
+  def __init__(self, n: int, seed: int, process_index: int):
+    self.n = n
+    self._key = (u31(seed), process_index)
+    self._lock = threading.Lock()
+    self._perms: dict[int, np.ndarray] = {}
+
+  def __call__(self, t: int) -> int:
+    epoch, pos = divmod(int(t), self.n)
+    with self._lock:
+      perm = self._perms.get(epoch)
+      if perm is None:
+        perm = np.random.default_rng([*self._key, epoch]).permutation(self.n)
+        self._perms = {epoch: perm, **{e: p for e, p in self._perms.items() if e > epoch - 2}}
+    return int(perm[pos])
+
+
+def random_crop_flip(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  """A random crop (several scales, jittered aspect) and a random horizontal flip.
+
+  Only for tiny training sets (config.data.augment; the reference uses no augmentation). The
+  crop's side is in [AUGMENT_MIN_SCALE, 1] x the short side, so one photo yields views from
+  whole-image to close-up.
+
+  Args:
+    rgb: uint8 (H, W, 3).
+    rng: the example's generator; the same state gives the same crop.
+
+  Returns:
+    uint8 (h, w, 3) with 1 <= h <= H, 1 <= w <= W.
+  """
+  h, w = rgb.shape[:2]
+  side = min(h, w) * rng.uniform(AUGMENT_MIN_SCALE, 1.0)
+  aspect = np.exp(rng.uniform(-AUGMENT_MAX_LOG_ASPECT, AUGMENT_MAX_LOG_ASPECT))
+  crop_h = int(np.clip(round(side / np.sqrt(aspect)), 1, h))
+  crop_w = int(np.clip(round(side * np.sqrt(aspect)), 1, w))
+  top = int(rng.integers(0, h - crop_h + 1))
+  left = int(rng.integers(0, w - crop_w + 1))
+  out = rgb[top : top + crop_h, left : left + crop_w]
+  return out[:, ::-1] if rng.uniform() < 0.5 else out
+
+
+_cache: collections.OrderedDict = collections.OrderedDict()  # Per process: name -> rgb.
+
+
+def _decoded(spec: ExampleSpec, source, name: str) -> np.ndarray:
+  if spec.cache and name in _cache:
+    return _cache[name]
+  rgb = images.read_rgb(source, spec.max_pixels, name=name)
+  if spec.cache:
+    _cache[name] = rgb
+    while len(_cache) > CACHE_MAX_IMAGES:
+      _cache.popitem(last=False)
+  return rgb
+
+
+def make_example(spec: ExampleSpec, t: int, source, name: str) -> np.ndarray:
+  """One example: uint8 (S, S, 3). Raises images.ImageError (one line naming ``name``).
+
+  Args:
+    spec: see :class:`ExampleSpec`.
+    t: the example's position in its stream (seeds its augmentation).
+    source: a file path or the encoded bytes (a TFDS record's image).
+    name: how messages (and the cache) name it.
+  """
+  rgb = _decoded(spec, source, name)
+  if spec.augment:
+    rgb = random_crop_flip(rgb, np.random.default_rng([u31(spec.seed), spec.process_index, t]))
+  return images.resize(rgb, spec.size)
+
+
+def make_examples(spec: ExampleSpec, items: Sequence[tuple]) -> list[tuple]:
+  """:func:`make_example` over (t, source, name) items -> [(uint8 (S, S, 3) or None, why)].
+
+  An item that cannot be read gives (None, the reason, without the name) instead of raising:
+  the caller decides (skip it, or fill its slot with another file).
+  """
+  out = []
+  for t, source, name in items:
+    try:
+      out.append((make_example(spec, t, source, name), None))
+    except images.ImageError as e:
+      out.append((None, str(e).removeprefix(f"{name}: ")))
+  return out
+
+
+@contextlib.contextmanager
+def _without_main_module():
+  """Spawned workers would re-import the parent's ``__main__`` (train.py: JAX, TensorFlow,
+  seconds and hundreds of MB each); the tasks only need this module, so hide it meanwhile."""
+  main = sys.modules.get("__main__")
+  saved = {k: getattr(main, k) for k in ("__file__", "__spec__") if hasattr(main, k)}
+  try:
+    for k in saved:
+      if k == "__file__":
+        delattr(main, k)
+      else:
+        setattr(main, k, None)
+    yield
+  finally:
+    for k, v in saved.items():
+      setattr(main, k, v)
+
+
+def default_processes() -> int:
+  """The CPU cores this process may use (its affinity mask)."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # Not Linux.
+    return os.cpu_count() or 1
+
+
+class Workers:
+  """Runs :func:`make_examples` on chunks of items, in worker processes, in order.
+
+  Args:
+    processes: worker processes; 0 runs everything in the calling thread (tests, debugging).
+  """
+
+  def __init__(self, processes: int):
+    if processes < 0:
+      raise ValueError(f"processes must be >= 0, got {processes}")
+    self.processes = processes
+    self._pool = None
+    if processes:
+      with _without_main_module():
+        self._pool = multiprocessing.get_context("spawn").Pool(processes)
+
+  def map(
+    self, spec: ExampleSpec, chunks: Iterable[Sequence[tuple]], ahead: int
+  ) -> Iterator[list[tuple]]:
+    """``make_examples(spec, chunk)`` for each chunk, in order, up to ``ahead`` in flight."""
+    if self._pool is None:
+      for chunk in chunks:
+        yield make_examples(spec, chunk)
+      return
+    pending = collections.deque()
+    chunks = iter(chunks)
+    for chunk in chunks:
+      pending.append(self._pool.apply_async(make_examples, (spec, chunk)))
+      if len(pending) >= max(1, ahead):
+        yield pending.popleft().get()
+    while pending:
+      yield pending.popleft().get()
+
+  def close(self):
+    if self._pool is not None:
+      self._pool.terminate()
+      self._pool = None
+
+  def __del__(self):
+    self.close()
