@@ -8,10 +8,12 @@ Runs ``input_pipeline.create_train_iterator`` (decode with ``chromagan_jax.image
 crop/flip, resize; in ``--processes`` worker processes, 0 = in the calling process) on the
 bundled photos or on a folder/glob of your photos (``--path``; e.g. the shared photo set,
 ``bash /work/shared/data/fetch_photos.sh /work/photos``). Reports, per process count, the
-steady rate after ``--cold_batches`` and that rate per core used. Then the resume cost: the
-time from ``create_train_iterator(start_step=s)`` to its first batch at 10% and at 90% of an
-epoch (equal when resuming reads nothing it skips). If ``bench/results/train_step.json``
-exists, rows add the train step's consumption (JAX images/s) and the ratio pipeline / step.
+steady rate after ``--cold_batches`` and images per CPU-second of the main process and its
+workers (img/s per core: the rate one free core sustains, meaningful on a busy machine too).
+Then the resume cost: the time from ``create_train_iterator(start_step=s)`` to its first
+batch at 10% and at 90% of an epoch (equal when resuming reads nothing it skips). If
+``bench/results/train_step.json`` exists, rows add the train step's consumption (JAX
+images/s) and the ratio pipeline / step.
 """
 
 import argparse
@@ -56,22 +58,40 @@ def make_config(args, processes: int):
   return config
 
 
+def cpu_seconds(pids) -> float:
+  """User + system CPU time of these processes (all their threads), from /proc."""
+  total = 0
+  for pid in pids:
+    with open(f"/proc/{pid}/stat") as f:
+      fields = f.read().rsplit(")", 1)[1].split()
+    total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15).
+  return total / os.sysconf("SC_CLK_TCK")
+
+
 def measure(args, processes: int) -> dict:
+  """Wall-clock rate, and images per CPU-second of the main process and the workers.
+
+  On a shared machine the wall-clock rate depends on what else runs; images per CPU-second
+  does not (much): it is the rate one free core sustains, i.e. img/s per core.
+  """
   config = make_config(args, processes)
   it = input_pipeline.create_train_iterator(config, process_index=0, process_count=1)
   for _ in range(args.cold_batches):
     batch = next(it)
-  start = time.perf_counter()
+  pids = [os.getpid(), *input_pipeline._workers(processes).pids()]
+  cpu0, start = cpu_seconds(pids), time.perf_counter()
   for _ in range(args.batches):
     batch = next(it)
-  steady = time.perf_counter() - start
+  steady, cpu = time.perf_counter() - start, cpu_seconds(pids) - cpu0
   assert batch["rgb"].shape == (args.batch, args.image_size, args.image_size, 3)
-  rate = args.batches * args.batch / steady
+  n = args.batches * args.batch
   return {
     "decode_processes": processes,
     "batch": args.batch,
-    "img_s": rate,
-    "img_s_per_core": rate / max(1, processes),
+    "img_s": n / steady,
+    "cpu_s": cpu,
+    "img_per_cpu_s": n / cpu,
+    "load_1min": os.getloadavg()[0],
   }
 
 
@@ -140,7 +160,7 @@ def main(argv=None):
   print(result["data"])
   common.print_table(
     result["rows"],
-    ["decode_processes", "batch", "img_s", "img_s_per_core", "train_step_img_s",
+    ["decode_processes", "batch", "img_s", "img_per_cpu_s", "load_1min", "train_step_img_s",
      "pipeline_over_step"],
   )  # fmt: skip
   common.print_table(result["resume"], list(result["resume"][0]))

@@ -213,6 +213,10 @@ class Workers:
     while pending:
       yield pending.popleft().get()
 
+  def pids(self) -> list[int]:
+    """Process ids of the workers (benchmarks count their CPU time)."""
+    return [] if self._pool is None else [p.pid for p in self._pool._pool]
+
   def close(self):
     if self._pool is not None:
       self._pool.terminate()

@@ -81,7 +81,7 @@ def test_input_pipeline_smoke(tmp_path):
   assert [r["decode_processes"] for r in result["rows"]] == [0, 2]
   assert result["data"]["files"] > 0
   for r in result["rows"]:
-    assert r["img_s"] > 0 and r["img_s_per_core"] > 0
+    assert r["img_s"] > 0 and r["img_per_cpu_s"] > 0
     assert r["train_step_img_s"] == "n/a"
   assert result["resume"][0]["resume_s_at_90pct"] > 0
 
