@@ -32,6 +32,7 @@ read and skipped). Each process reads a disjoint slice of the data (multi-host);
 here are per process.
 """
 
+import concurrent.futures
 import functools
 import os
 import threading
@@ -301,6 +302,18 @@ def _workers(processes: int) -> input_workers.Workers:
   return input_workers.Workers(processes)
 
 
+def _results(workers, spec, chunks, ahead):
+  """``workers.map``; a worker killed under us is one DataError line, not a hang."""
+  try:
+    yield from workers.map(spec, chunks, ahead)
+  except concurrent.futures.process.BrokenProcessPool:
+    _workers.cache_clear()  # The next iterator starts a fresh pool.
+    raise DataError(
+      f"a decode worker process died (killed for memory?): lower --config.data.decode_processes "
+      f"(now {workers.processes}) or free memory, then resume"
+    ) from None
+
+
 def _decode_processes(config) -> int:
   n = config.data.get("decode_processes", None)
   return input_workers.default_processes() if n is None else int(n)
@@ -350,7 +363,7 @@ def _train_stream(config, items: _Items, start: int, batch: int, process_index: 
       t += chunk
 
   rgbs, t = [], start
-  for results in workers.map(spec, chunks(), _ahead(config, processes, chunk, batch)):
+  for results in _results(workers, spec, chunks(), _ahead(config, processes, chunk, batch)):
     for rgb, error in results:
       if rgb is None:
         i = order(t)
@@ -372,7 +385,7 @@ def _eval_stream(config, items: _Items, batch: int, num_batches: int, process_in
   chunks = ([(0, *items(i)) for i in range(k, min(k + chunk, items.n))] for k in starts)
   size = config.model.image_size
   rgbs, i = [], 0
-  for results in workers.map(spec, chunks, _ahead(config, processes, chunk, batch)):
+  for results in _results(workers, spec, chunks, _ahead(config, processes, chunk, batch)):
     for rgb, error in results:
       if rgb is None:
         _record_skipped(items(i)[1], error)

@@ -13,6 +13,7 @@ of a second and never load TensorFlow or JAX.
 """
 
 import collections
+import concurrent.futures
 import contextlib
 import dataclasses
 import multiprocessing
@@ -183,6 +184,10 @@ def default_processes() -> int:
 class Workers:
   """Runs :func:`make_examples` on chunks of items, in worker processes, in order.
 
+  A ``concurrent.futures`` pool rather than ``multiprocessing.Pool``: a worker that dies (e.g.
+  killed for memory) fails the pending tasks with ``BrokenProcessPool`` instead of leaving
+  them unanswered forever.
+
   Args:
     processes: worker processes; 0 runs everything in the calling thread (tests, debugging).
   """
@@ -193,33 +198,42 @@ class Workers:
     self.processes = processes
     self._pool = None
     if processes:
-      with _without_main_module():
-        self._pool = multiprocessing.get_context("spawn").Pool(processes)
+      self._pool = concurrent.futures.ProcessPoolExecutor(
+        processes, mp_context=multiprocessing.get_context("spawn")
+      )
+
+  def _submit(self, spec, chunk):
+    # Workers are started on demand inside submit(); the parent's __main__ stays hidden then.
+    with _without_main_module():
+      return self._pool.submit(make_examples, spec, chunk)
 
   def map(
     self, spec: ExampleSpec, chunks: Iterable[Sequence[tuple]], ahead: int
   ) -> Iterator[list[tuple]]:
-    """``make_examples(spec, chunk)`` for each chunk, in order, up to ``ahead`` in flight."""
+    """``make_examples(spec, chunk)`` for each chunk, in order, up to ``ahead`` in flight.
+
+    Raises:
+      concurrent.futures.process.BrokenProcessPool: a worker died.
+    """
     if self._pool is None:
       for chunk in chunks:
         yield make_examples(spec, chunk)
       return
     pending = collections.deque()
-    chunks = iter(chunks)
     for chunk in chunks:
-      pending.append(self._pool.apply_async(make_examples, (spec, chunk)))
+      pending.append(self._submit(spec, chunk))
       if len(pending) >= max(1, ahead):
-        yield pending.popleft().get()
+        yield pending.popleft().result()
     while pending:
-      yield pending.popleft().get()
+      yield pending.popleft().result()
 
   def pids(self) -> list[int]:
-    """Process ids of the workers (benchmarks count their CPU time)."""
-    return [] if self._pool is None else [p.pid for p in self._pool._pool]
+    """Process ids of the workers started so far (benchmarks count their CPU time)."""
+    return [] if self._pool is None else list(self._pool._processes or {})
 
   def close(self):
     if self._pool is not None:
-      self._pool.terminate()
+      self._pool.shutdown(wait=False, cancel_futures=True)
       self._pool = None
 
   def __del__(self):

@@ -8,6 +8,7 @@ fresh iterators.
 import io
 import logging
 import os
+import signal
 from importlib import metadata
 
 import numpy as np
@@ -443,3 +444,18 @@ def test_tfds_resume_fetches_only_the_resumed_batch(monkeypatch):
                                             process_count=1))  # fmt: skip
   np.testing.assert_array_equal(resumed["rgb"], first[8])
   assert sum(c.calls for c in counters) == 2  # The 2 records of batch 8, nothing before.
+
+
+def test_a_killed_worker_is_one_line_not_a_hang(colour_folder):
+  config = _config(path=str(colour_folder), batch_size=2, decode_processes=1)
+  it = ip.create_train_iterator(config, process_index=0, process_count=1)
+  next(it)
+  for pid in ip._workers(1).pids():
+    os.kill(pid, signal.SIGKILL)
+  with pytest.raises(ip.DataError, match="decode worker process died") as e:
+    for _ in range(100):  # Batches already decoded may still come out first.
+      next(it)
+  assert "\n" not in str(e.value)
+  # The next iterator gets a fresh pool.
+  fresh = next(ip.create_train_iterator(config, process_index=0, process_count=1))
+  assert fresh["rgb"].shape == (2, SIZE, SIZE, 3)
