@@ -78,7 +78,8 @@ class Photo:
   """A decoded image.
 
   Attributes:
-    rgb: uint8 (H, W, 3) sRGB in display orientation (grey inputs replicated).
+    rgb: uint8 (H, W, 3) sRGB in display orientation (grey inputs replicated); may be
+      read-only (copy it to modify it in place).
     alpha: uint8 (H, W) alpha channel (255 = opaque), or None.
     format: Pillow's name of the file format ('JPEG', 'PNG', ...), None for arrays.
     source: where it came from (a path, or an index for arrays).
@@ -136,7 +137,9 @@ def pil_to_arrays(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
   if mode == "RGBA":
     arr = np.asarray(im)
     return np.ascontiguousarray(arr[..., :3]), arr[..., 3].copy()
-  return np.array(im.convert("RGB"), dtype=np.uint8), None
+  # No convert() (a full copy) when the pixels already are RGB: decoding big photos is
+  # memory-bound enough that each copy shows in images/s.
+  return np.asarray(im if mode == "RGB" else im.convert("RGB")), None
 
 
 def _one_line(e: Exception) -> str:
@@ -188,7 +191,8 @@ def decode(source, name: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
         )
       fmt = im.format
       im.load()
-      rgb, alpha = pil_to_arrays(ImageOps.exif_transpose(im))
+      ImageOps.exif_transpose(im, in_place=True)  # In place: no copy when upright.
+      rgb, alpha = pil_to_arrays(im)
   except ImageError:
     raise
   except UnidentifiedImageError:
