@@ -247,7 +247,10 @@ class Chooser:
       self._loaded = True
     if key not in self._choices or self._choices[key]["choice"] not in names:
       times = self.timer(names, objective, lhs_shape, rhs_shape, dtype, strides, pads)
-      self._choices[key] = {"choice": pick(times), "seconds": times}
+      # The load average says how much to trust the figures: on a busy machine delete the file
+      # (Chooser.path) to measure again when it is quiet.
+      load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+      self._choices[key] = {"choice": pick(times), "seconds": times, "load_1min": load}
       logging.info("conv choice %s: %s (%s)", key, self._choices[key]["choice"], times)
       self._write()
     return self._choices[key]["choice"]

@@ -300,8 +300,9 @@ def inference_filters(apply_fn, variables, *args) -> dict:
   """The transformed filters of every Winograd layer that ``apply_fn(variables, *args)`` runs,
   for :func:`using_filters` with the same model and input shapes.
 
-  One jitted program records them; the network's outputs are unused, so XLA drops its
-  computation and only the filter transforms run.
+  The model is traced abstractly (``jax.eval_shape``, nothing compiled) to learn which layers
+  use Winograd with which tile size; then one small jitted program transforms those kernels
+  (``variables['params'][<layer path>]['kernel']``).
   """
 
   def record(variables, *args):
@@ -309,7 +310,17 @@ def inference_filters(apply_fn, variables, *args) -> dict:
       apply_fn(variables, *args)
     return dict(filters)
 
-  return jax.jit(record)(variables, *args)
+  keys = sorted(jax.eval_shape(record, variables, *args))
+
+  def transform(params):
+    out = {}
+    for key in keys:
+      path, m = key.rsplit(":m", 1)
+      layer = functools.reduce(lambda tree, name: tree[name], path.split("/"), params)
+      out[key] = filter_transform(layer["kernel"], int(m))
+    return out
+
+  return jax.jit(transform)(variables["params"])
 
 
 def dispatch(name: str, x, w, strides, pads):
