@@ -1,6 +1,7 @@
 """Train step and loop: learning, data-parallel equivalence, exact resume, SIGTERM, bad input."""
 
 import os
+import re
 import signal
 
 import jax
@@ -198,6 +199,7 @@ def _leaves_equal(a, b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+@pytest.mark.slow  # three training runs
 def test_resume_is_exact(tmp_path, monkeypatch):
   config = tiny.get_config()
   config.num_train_steps = 4
@@ -254,5 +256,13 @@ def test_workdir_with_a_different_model_is_a_clear_error(tmp_path):
   train_lib.train_and_evaluate(config, str(tmp_path))
   config.model.width = 0.25
   config.num_train_steps = 2
-  with pytest.raises(checkpoint.CheckpointError, match="does not fit"):
+  with pytest.raises(checkpoint.CheckpointError, match="does not fit") as error:
     train_lib.train_and_evaluate(config, str(tmp_path))
+  # One line naming the checkpoint, the first parameter that differs and both shapes.
+  message = str(error.value)
+  assert "\n" not in message and str(tmp_path / "checkpoints") in message, message
+  shape = r"\(\d+(, \d+)*,?\)"
+  assert re.search(
+    rf"generator\['\w+'\]\['\w+'\]\['\w+'\] has shape {shape}, the config needs {shape}",
+    message,
+  ), message
