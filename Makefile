@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 JAX2ONNX := jax2onnx==0.17.1
 
-.PHONY: demo test lint format clean export-deps browser
+.PHONY: demo test test-fast lint format clean export-deps browser
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,9 +35,14 @@ browser:
 	else echo "warning: chromium/chromedriver missing and not root: tests/app_test.py" \
 	  "will be skipped (and fail under CI=true)"; fi
 
+# `make test` (and CI) run every test, slow ones included; `make test-fast` leaves out those
+# marked `slow` (each > ~30 s of CPU: training runs, subprocesses, optimised compiles).
 test: $(STAMP) browser
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
 	$(PY) -m pytest -n 2 -q -rs tests
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -n 2 -q -rs -m "not slow" tests
 
 lint: $(STAMP)
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .

@@ -169,6 +169,7 @@ def setup():
   return config, nets, reference_functions(nets)
 
 
+@pytest.mark.slow  # two train-step and reference compiles: ~30 s of CPU each
 @pytest.mark.parametrize("bn_update_in_critic_step", [False, True])
 def test_train_step_matches_the_hand_written_reference(setup, bn_update_in_critic_step):
   config, nets, fns = setup
