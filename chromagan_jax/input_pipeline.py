@@ -32,11 +32,11 @@ read and skipped). Each process reads a disjoint slice of the data (multi-host);
 here are per process.
 """
 
-import concurrent.futures
 import functools
 import os
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures.process import BrokenProcessPool
 from importlib import metadata
 
 import jax
@@ -306,7 +306,7 @@ def _results(workers, spec, chunks, ahead):
   """``workers.map``; a worker killed under us is one DataError line, not a hang."""
   try:
     yield from workers.map(spec, chunks, ahead)
-  except concurrent.futures.process.BrokenProcessPool:
+  except BrokenProcessPool:
     _workers.cache_clear()  # The next iterator starts a fresh pool.
     raise DataError(
       f"a decode worker process died (killed for memory?): lower --config.data.decode_processes "

@@ -5,6 +5,7 @@ bilinear resize, and the stream's determinism, exact resume and process sharding
 fresh iterators.
 """
 
+import gc
 import io
 import logging
 import os
@@ -459,3 +460,12 @@ def test_a_killed_worker_is_one_line_not_a_hang(colour_folder):
   # The next iterator gets a fresh pool.
   fresh = next(ip.create_train_iterator(config, process_index=0, process_count=1))
   assert fresh["rgb"].shape == (2, SIZE, SIZE, 3)
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+def test_closing_an_in_process_stream_is_clean(colour_folder):
+  it = ip.create_train_iterator(_config(path=str(colour_folder)), process_index=0, process_count=1)
+  next(it)
+  it.close()  # GeneratorExit passes the worker-death handler without touching the pool.
+  del it
+  gc.collect()
