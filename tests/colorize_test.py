@@ -9,16 +9,14 @@ import functools
 import hashlib
 import io
 import os
-import struct
 import subprocess
 import sys
 import warnings
-import zlib
 
 import jax
 import numpy as np
 import pytest
-from helpers import colourful_generator_variables
+from helpers import colourful_generator_variables, png_header_only
 from PIL import Image
 from skimage import color as skcolor
 from skimage import data as skdata
@@ -415,17 +413,6 @@ def test_never_overwrites(ckpt, tmp_path):
 
 # --------------------------------------------------------------------------------------------
 # Bad inputs.
-
-
-def png_header_only(width, height):
-  """A PNG signature, an IHDR claiming width x height 8-bit RGB, and IEND: no pixel data."""
-
-  def chunk(kind, payload):
-    body = kind + payload
-    return struct.pack(">I", len(payload)) + body + struct.pack(">I", zlib.crc32(body))
-
-  ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-  return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
 
 
 def test_bad_inputs_are_reported_and_skipped(ckpt, tmp_path):

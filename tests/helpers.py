@@ -2,8 +2,12 @@
 
 Real photos (scikit-image ships them inside its wheel), a tree assertion, random Keras
 weights, torchvision's VGG16 layout, and generator weights whose colours vary across the
-picture. Keras is imported only by the helper that needs it, so importing this stays cheap.
+picture; test images (a smooth random photo, a PNG header with no pixels). Keras is
+imported only by the helper that needs it, so importing this stays cheap.
 """
+
+import struct
+import zlib
 
 import jax
 import numpy as np
@@ -88,3 +92,23 @@ def colourful_generator_variables(config, seed=0):
     return np.zeros(leaf.shape, np.float32)
 
   return jax.tree_util.tree_map_with_path(init, shapes)
+
+
+def smooth_rgb(h, w, seed=0):
+  """A smooth random uint8 (h, w, 3) image (JPEG-friendly)."""
+  rng = np.random.default_rng(seed)
+  y, x = np.mgrid[0:h, 0:w] / max(h, w)
+  phases = rng.uniform(0, 2 * np.pi, (3, 2))
+  chans = [127.5 + 120 * np.sin(3 * x + p0) * np.cos(2 * y + p1) for p0, p1 in phases]
+  return np.stack(chans, -1).round().astype(np.uint8)
+
+
+def png_header_only(width, height):
+  """A PNG signature, an IHDR claiming width x height 8-bit RGB, and IEND: no pixel data."""
+
+  def chunk(kind, payload):
+    body = kind + payload
+    return struct.pack(">I", len(payload)) + body + struct.pack(">I", zlib.crc32(body))
+
+  ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+  return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")

@@ -7,12 +7,11 @@ computed here with NumPy (not by the decoder). Then the same files go through ev
 
 import io
 import os
-import struct
-import zlib
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import png_header_only, smooth_rgb
 from PIL import Image
 
 from chromagan_jax import colorize_files, evaluate, images
@@ -22,17 +21,8 @@ from configs import default
 H, W = 10, 12
 
 
-def _smooth_rgb(h, w, seed=0):
-  """A smooth random uint8 (h, w, 3) image (JPEG-friendly)."""
-  rng = np.random.default_rng(seed)
-  y, x = np.mgrid[0:h, 0:w] / max(h, w)
-  phases = rng.uniform(0, 2 * np.pi, (3, 2))
-  chans = [127.5 + 120 * np.sin(3 * x + p0) * np.cos(2 * y + p1) for p0, p1 in phases]
-  return np.stack(chans, -1).round().astype(np.uint8)
-
-
-RGB = _smooth_rgb(H, W, seed=1)
-GREY = _smooth_rgb(H, W, seed=2)[..., 0]
+RGB = smooth_rgb(H, W, seed=1)
+GREY = smooth_rgb(H, W, seed=2)[..., 0]
 ALPHA = np.tile(np.linspace(0, 255, W).round().astype(np.uint8), (H, 1))
 BITS = np.random.default_rng(5).integers(0, 2, (H, W)).astype(bool)
 GREY16 = (np.arange(H * W).reshape(H, W) * 541).astype(np.uint16)  # Up to 64379.
@@ -222,20 +212,9 @@ def test_find_errors_are_one_line_naming_the_path(tree, arg, message):
 # Bad files.
 
 
-def png_header_only(width, height):
-  """A PNG signature, an IHDR claiming width x height 8-bit RGB, and IEND: no pixel data."""
-
-  def chunk(kind, payload):
-    body = kind + payload
-    return struct.pack(">I", len(payload)) + body + struct.pack(">I", zlib.crc32(body))
-
-  ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-  return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
-
-
 def _write_bad(root):
   jpeg = io.BytesIO()
-  Image.fromarray(_smooth_rgb(64, 64)).save(jpeg, "JPEG")
+  Image.fromarray(smooth_rgb(64, 64)).save(jpeg, "JPEG")
   files = {
     "empty.png": (b"", "empty file"),
     "notes.jpg": (b"this is not an image\n", "not an image file"),
@@ -306,7 +285,7 @@ def test_the_same_file_gives_the_same_pixels_to_every_consumer(tmp_path):
   root = tmp_path / "photos"
   root.mkdir()
   # At the network size the resize is the identity: the decoded pixels themselves are compared.
-  (rgb16, grey16) = (_smooth_rgb(SIZE, SIZE, 7), (np.arange(SIZE * SIZE) * 250).reshape(SIZE, -1))
+  (rgb16, grey16) = (smooth_rgb(SIZE, SIZE, 7), (np.arange(SIZE * SIZE) * 250).reshape(SIZE, -1))
   alpha = np.tile(np.linspace(0, 255, SIZE).round().astype(np.uint8), (SIZE, 1))
   Image.fromarray(np.dstack([rgb16, alpha])).save(root / "a_rgba.png")
   Image.fromarray(grey16.astype(np.uint16)).save(root / "b_grey16.png")
@@ -315,7 +294,7 @@ def test_the_same_file_gives_the_same_pixels_to_every_consumer(tmp_path):
   pal.save(root / "c_palette.png", transparency=2)
   Image.fromarray(rgb16).save(root / "d_exif.png", exif=_exif(6))
   Image.fromarray(CMYK.repeat(2, 0)[:SIZE].repeat(2, 1)[:, :SIZE], "CMYK").save(root / "e.tif")
-  Image.fromarray(_smooth_rgb(23, 37, 8)).save(root / "f_resized.png")  # Not at SIZE: resized.
+  Image.fromarray(smooth_rgb(23, 37, 8)).save(root / "f_resized.png")  # Not at SIZE: resized.
   Image.fromarray(rgb16).save(root / ".hidden.png")
   (root / "notes.txt").write_text("x")
   files = sorted(str(p) for p in root.iterdir() if images.is_image_name(p.name))

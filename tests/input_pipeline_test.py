@@ -15,6 +15,7 @@ from importlib import metadata
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from helpers import smooth_rgb
 from PIL import Image
 from skimage import transform
 
@@ -37,15 +38,6 @@ def _config(source="folder", path="", batch_size=4, **data):
   return config
 
 
-def _smooth_rgb(h, w, seed=0):
-  """A smooth random uint8 (h, w, 3) image (bilinear-friendly, JPEG-friendly)."""
-  rng = np.random.default_rng(seed)
-  y, x = np.mgrid[0:h, 0:w] / max(h, w)
-  phases = rng.uniform(0, 2 * np.pi, (3, 2))
-  chans = [127.5 + 120 * np.sin(3 * x + p0) * np.cos(2 * y + p1) for p0, p1 in phases]
-  return np.stack(chans, -1).round().astype(np.uint8)
-
-
 def _take(it, n):
   return [next(it)["rgb"] for _ in range(n)]
 
@@ -53,8 +45,8 @@ def _take(it, n):
 # ---------------------------------------------------------------------------------------------
 # A folder of every kind of file the pipeline must handle, plus unreadable ones.
 
-RGB = _smooth_rgb(10, 12, seed=1)
-GREY = _smooth_rgb(10, 12, seed=2)[..., 0]
+RGB = smooth_rgb(10, 12, seed=1)
+GREY = smooth_rgb(10, 12, seed=2)[..., 0]
 ALPHA = np.tile(np.linspace(0, 255, 12).round().astype(np.uint8), (10, 1))
 GREY16 = (np.arange(120).reshape(10, 12) * 541).astype(np.uint16)  # Up to 64379.
 CMYK = np.random.default_rng(3).integers(0, 256, (10, 12, 4), dtype=np.uint8)
@@ -79,7 +71,7 @@ def _write_mixed_folder(root):
   Image.fromarray(RGB).save(root / "sub" / "deeper" / "img.BMP")
   Image.fromarray(RGB).save(root / "sub" / "deeper" / "img.tiff")
   jpeg = io.BytesIO()
-  Image.fromarray(_smooth_rgb(64, 64)).save(jpeg, "JPEG")
+  Image.fromarray(smooth_rgb(64, 64)).save(jpeg, "JPEG")
   (root / "corrupt.jpg").write_bytes(jpeg.getvalue()[: len(jpeg.getvalue()) // 2])
   (root / "zero.png").write_bytes(b"")
   (root / "notes.txt").write_text("not an image")
@@ -173,7 +165,7 @@ def test_folder_batches_skip_and_count_unreadable_files(mixed_folder, caplog):
 
 @pytest.mark.parametrize("shape", [(37, 23), (9, 11)])
 def test_resize_matches_scikit_image_bilinear(tmp_path, shape):
-  img = _smooth_rgb(*shape, seed=5)
+  img = smooth_rgb(*shape, seed=5)
   Image.fromarray(img).save(tmp_path / "one.png")
   config = _config(path=str(tmp_path), batch_size=1)
   got = next(ip.create_train_iterator(config, process_index=0, process_count=1))["rgb"][0]
