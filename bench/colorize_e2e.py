@@ -112,8 +112,17 @@ def load_child(mode: str, ckpt: str, photo: str) -> dict:
     "params_loaded": count(variables["params"]),
     "load_s": load_s,
     "first_photo_s": time.perf_counter() - t1,
-    "peak_rss_mib": common.peak_rss_mib(),
+    "peak_rss_mib": vm_hwm_mib(),
   }
+
+
+def vm_hwm_mib() -> float:
+  """This process's peak RSS since its exec (VmHWM; ru_maxrss would carry the parent's)."""
+  with open("/proc/self/status") as f:
+    for line in f:
+      if line.startswith("VmHWM:"):
+        return int(line.split()[1]) / 1024.0
+  return common.peak_rss_mib()
 
 
 def measure_loading(ckpt: str, photo: str) -> list[dict]:
