@@ -145,6 +145,7 @@ def _wait_file(folder, name):
   return path
 
 
+@pytest.mark.slow  # ~60 s on 2 shared cores: server start, checkpoint, compiles, browser
 def test_app_in_headless_chromium(server, browser, tmp_path):
   driver, downloads = browser
   driver.get(server)
