@@ -486,6 +486,7 @@ def test_cli_conv_impl_switch_gives_the_same_colours(colourful, tmp_path):
     )
 
 
+@pytest.mark.slow  # three colorize.py processes
 def test_compilation_cache_skips_the_compile_of_a_second_run(ckpt, tmp_path):
   """By default colorize.py keeps its compiled programs under XDG_CACHE_HOME and reuses them."""
   Image.fromarray(photo("astronaut", (64, 48))).save(tmp_path / "a.png")

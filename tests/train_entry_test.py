@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import tensorflow_datasets as tfds
 from helpers import photo_batch
 from PIL import Image
@@ -15,6 +16,7 @@ from configs import tiny
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow  # two train.py processes (each imports TensorFlow and JAX, then trains)
 def test_train_py_on_a_folder_with_a_corrupt_file(tmp_path):
   photos = tmp_path / "photos"
   photos.mkdir()

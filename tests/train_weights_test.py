@@ -323,6 +323,7 @@ def test_init_critic_from_of_another_width_is_one_clear_error(critic_files, fmt,
 # A checkpoint in the workdir wins over initial weights.
 
 
+@pytest.mark.slow  # two training runs
 def test_resume_ignores_init_from(generator_files, critic_files, first_step, tmp_path, caplog):
   workdir = str(tmp_path)
   before = _host(train_lib.train_and_evaluate(_config(num_train_steps=1), workdir))
