@@ -3,7 +3,9 @@
 tests/convert_formats.py writes the Keras 2 and torch layouts without those libraries, from
 the converter's own model of the formats; these golden files were written by tf_keras (Keras
 2.21) and torch 2.13 themselves (tests/fixtures/make_fixtures.py, which also stored each
-library's output on a fixed input). The converted weights must reproduce those outputs.
+library's output on a fixed input): VGG16 in four formats and a whole ChromaGAN generator
+saved by Keras 2, as the authors' files are. The converted weights must reproduce those
+outputs.
 """
 
 import importlib.util
@@ -44,3 +46,17 @@ def test_vgg16_files_written_by_the_real_libraries(name, out, preprocessing):
   want = np.load(os.path.join(FIXTURES, out)).astype(np.float64)
   assert np.abs(want).max() > 0.05 and np.ptp(want, axis=-1).min() > 0.01  # not degenerate
   np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max() + 1e-7)
+
+
+def test_generator_saved_whole_by_keras2():
+  """The authors' kind of file: a whole generator saved by Keras 2 (tf_keras) model.save."""
+  path = os.path.join(FIXTURES, "generator_tiny_keras2_model.h5")
+  variables, fields = convert.chromagan_generator_with_config(path)
+  assert fields["image_size"] == make_fixtures.GEN_SIZE
+  assert fields["width"] == pytest.approx(make_fixtures.GEN_WIDTH)
+  gen = models.Generator(**fields)
+  ab, probs = gen.apply(variables, make_fixtures.generator_input(), train=False)
+  want = np.load(os.path.join(FIXTURES, "generator_tiny_keras2_out.npz"))
+  assert np.ptp(want["ab"]) > 0.01  # not a constant output
+  np.testing.assert_allclose(np.asarray(ab), want["ab"], rtol=0, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(probs), want["probs"], rtol=0, atol=1e-6)
