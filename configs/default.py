@@ -22,10 +22,11 @@ def get_config():
   # to 3 channels), 'caffe' (Keras ImageNet weights) or 'torch' (torchvision weights).
   config.model.vgg_preprocessing = "none"
   config.model.remat_trunk = False  # Recompute trunk activations in backward (saves memory).
-  # Convolution algorithm of the three networks: 'auto' = Winograd F(m x m, 3x3) (+ im2col) for
-  # float32 on CPU (faster there, bench/RESULTS.md), XLA's convolutions on GPU/TPU; or one of
-  # models.CONV_IMPLS ('xla', 'winograd', 'winograd2', 'winograd4'; the last three also use
-  # im2col matmuls for the strided, 1x1 and 4x4 convs, critic included).
+  # Convolution algorithm of the three networks: 'auto' = for float32 on CPU, each layer's
+  # fastest of XLA / Winograd F(2x2, 4x4) / im2col, measured once per machine for its use
+  # (conv_choice.py; cached next to the XLA cache), XLA's convolutions on GPU/TPU; or one of
+  # models.CONV_IMPLS ('xla', 'winograd', 'winograd2', 'winograd4': the fixed rule measured on
+  # an AMD EPYC, Winograd for >= 64-channel 3x3 convs, im2col for strided, 1x1 and 4x4 ones).
   config.model.conv_impl = "auto"
   config.dtype = "float32"  # Compute dtype: 'float32' or 'bfloat16' (params and losses f32).
   # Compile the train step with --xla_gpu_deterministic_ops on GPU so that GPU steps are
