@@ -167,7 +167,7 @@ class Bench:
     import jax  # noqa: PLC0415 (after the child/parent split: the parent never starts JAX)
 
     from chromagan_jax import train_lib  # noqa: PLC0415
-    from configs import default  # noqa: PLC0415
+    from chromagan_jax.configs import default  # noqa: PLC0415
 
     self.jax, self.train_lib, self.default, self.args = jax, train_lib, default, args
     devices = jax.devices()[: args.num_devices or None]

@@ -41,8 +41,8 @@ import jax
 import numpy as np
 from PIL import Image, ImageCms
 
-from chromagan_jax import checkpoint, colorize_lib, export, images, models
-from configs import default
+from chromagan_jax import checkpoint, color, colorize_lib, export, images, models
+from chromagan_jax.configs import default
 
 PHOTO_SIZES = {"0.3": (640, 480), "2": (1728, 1152), "12": (4000, 3000)}
 GRAIN_SIGMA = 3.0
@@ -52,7 +52,7 @@ STAGES = ("decode", "resize", "network", "compose", "encode")
 
 def make_photo(folder, size, seed=0) -> str:
   """A grainy JPEG of ``size`` = (width, height) from a bundled photo; returns its path."""
-  from skimage import data as skdata  # noqa: PLC0415
+  from skimage import data as skdata  # Only for the synthetic photos.
 
   w, h = size
   im = Image.fromarray(skdata.chelsea()).resize((w, h), Image.LANCZOS)
@@ -166,12 +166,12 @@ class Pipeline:
     photo = images.read(path)
     lap("decode")
     small = images.resize(photo.rgb, self.c.image_size)
-    l3 = colorize_lib.network_input(small[None])
-    jax.block_until_ready(l3)
     lap("resize")
+    rgb = small[None]
     if self.c.filters is None:
-      self.c.filters = colorize_lib.inference_filters(self.c.model, self.c.variables, l3)
-    ab = np.asarray(colorize_lib.predict_ab(self.c.model, self.c.variables, l3, self.c.filters))
+      self.c.filters = colorize_lib.inference_filters(self.c.model, self.c.variables, rgb)
+    _, ab = colorize_lib.predict_ab(self.c.model, self.c.variables, rgb, self.c.filters)
+    ab = np.asarray(ab)
     lap("network")
     h, w = photo.rgb.shape[:2]
     if min(h, w) >= self.c.image_size:
@@ -218,10 +218,11 @@ def timed(fn, repeats: int) -> float:
 
 def network_contenders(ckpt, variables, config, l3: np.ndarray, repeats: int, folder: str):
   """Seconds per batch-1 network call in JAX ('xla' convs), TF/Keras, ONNX Runtime, TFLite."""
-  import keras_reference  # noqa: PLC0415
-  import onnx  # noqa: PLC0415
-  import onnxruntime as ort  # noqa: PLC0415
-  import tensorflow as tf  # noqa: PLC0415
+  # The contenders' libraries only when they run (--skip_contenders skips them).
+  import keras_reference
+  import onnx
+  import onnxruntime as ort
+  import tensorflow as tf
 
   out, ab = {}, {}
   size = config.model.image_size
@@ -337,12 +338,13 @@ def main(argv=None):
 
   if not args.skip_contenders:
     small = images.resize(pipe.last[0], config.model.image_size)
-    l3 = np.asarray(colorize_lib.network_input(small[None]))
+    l3 = np.asarray(color.gray_to_l3(color.rgb_to_net(small[None])[0]))
     net, ab = network_contenders(args.ckpt, variables, config, l3, args.repeats, folder)
     net["jax_auto (colorize)"] = float(np.median([r["network_s"] for r in rows]))
-    ours = np.asarray(
-      colorize_lib.predict_ab(colorizer.model, colorizer.variables, l3, colorizer.filters)
+    _, ours = colorize_lib.predict_ab(
+      colorizer.model, colorizer.variables, small[None], colorizer.filters
     )
+    ours = np.asarray(ours)
     result["network"] = {
       "seconds": net,
       "max_abs_ab_vs_colorize": {k: float(np.abs(v - ours).max()) for k, v in ab.items()},

@@ -2,7 +2,8 @@
 
 The scripts run as ``python bench/<script>.py`` from the repository root (so ``bench/`` is on
 ``sys.path``: ``common`` and ``keras_reference``, the TF/Keras contender); importing this
-module puts the root on ``sys.path`` for ``chromagan_jax`` and ``configs``. Nothing here
+module puts the root on ``sys.path`` for ``chromagan_jax`` (configs included) when it is not
+installed. Nothing here
 imports ``tests/``.
 """
 
@@ -44,7 +45,7 @@ def machine_info() -> dict:
   TensorFlow's version is recorded when the benchmark imported it; this never imports it
   (bench/accelerator.py runs where there is none).
   """
-  import jax  # noqa: PLC0415
+  import jax  # Imported when called, as the benchmarks set their environment first.
 
   tf = sys.modules.get("tensorflow")
   return {
@@ -92,8 +93,8 @@ def median(xs: list[float]) -> float:
 
 def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> dict[str, float]:
   """Best-of-``repeats`` fp32 GFLOP/s of an (n, n) @ (n, n) product with jnp.dot and np.dot."""
-  import jax  # noqa: PLC0415
-  import jax.numpy as jnp  # noqa: PLC0415
+  import jax  # As in machine_info.
+  import jax.numpy as jnp
 
   rng = np.random.default_rng(0)
   a = rng.standard_normal((n, n), dtype=np.float32)

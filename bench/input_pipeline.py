@@ -25,7 +25,7 @@ import common  # noqa: I001 (sets sys.path and TF env before the imports below)
 import numpy as np
 
 from chromagan_jax import images, input_pipeline
-from configs import default
+from chromagan_jax.configs import default
 
 
 def parse_args(argv=None):

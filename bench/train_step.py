@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from chromagan_jax import color, conv_choice, train_lib
-from configs import default
+from chromagan_jax.configs import default
 
 
 def parse_args(argv=None):

@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from chromagan_jax import colorize_lib, input_pipeline, models, video  # noqa: E402
-from configs import default  # noqa: E402
+from chromagan_jax.configs import default  # noqa: E402
 
 WARMUP_FRAMES = 8
 RATE = fractions.Fraction(24000, 1001)

@@ -1,13 +1,19 @@
 """Orbax checkpoints: one layout shared by training, the converter and colorization.
 
-A checkpoint directory holds one sub-directory per step, each with three items:
+A checkpoint directory holds one sub-directory per step, each with a ``config`` item and the
+weights items it has:
   * ``generator``: ``{'params', 'batch_stats'}`` of the generator, all that inference needs;
-  * ``train``: everything else of the train state (critic, optimizer states, step, rng),
-    absent from converted checkpoints;
+  * ``train``: everything else of the train state (critic, optimizer states, step, rng);
+  * ``vgg16``: VGG16 classifier (or trunk-only) params: ``convert vgg16`` output;
+  * ``critic``: critic ``{'params'}``: ``convert critic`` output;
   * ``config``: the JSON config the checkpoint was trained (or converted) with; its ``model``
-    section rebuilds the generator.
-Splitting the generator out lets ``colorize.py`` read ~0.7 GB instead of the full ~2.7 GB
-train state, and lets converted weights and trained checkpoints load the same way.
+    section rebuilds the networks, and converted checkpoints record ``converted`` (kind,
+    source file, the input preprocessing the weights were trained with).
+Training writes ``generator`` + ``train``; ``python -m chromagan_jax.convert`` writes step 0
+with one weights item. Splitting the generator out lets ``colorize.py`` read ~0.7 GB instead
+of the full ~2.7 GB train state, and lets converted weights and trained checkpoints load the
+same way. Directories written by earlier converters (``params/`` + ``conversion.json``) still
+load through :func:`load_item`, with a logged note.
 """
 
 import functools
@@ -18,16 +24,26 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
 
-from chromagan_jax import models
+from chromagan_jax import models, shapes
 from chromagan_jax.errors import CheckpointError
 
 GENERATOR = "generator"
 TRAIN = "train"
+VGG16 = "vgg16"
+CRITIC = "critic"
 CONFIG = "config"
-ITEMS = (GENERATOR, TRAIN, CONFIG)
+WEIGHT_ITEMS = (GENERATOR, TRAIN, VGG16, CRITIC)
+ITEMS = (*WEIGHT_ITEMS, CONFIG)
+# The layout of earlier converters: an Orbax PyTree in params/ and a JSON description.
+LEGACY_PARAMS = "params"
+LEGACY_INFO = "conversion.json"
+# Which item a legacy directory's 'kind' holds, and how its params nest in that item.
+_LEGACY_ITEMS = {"vgg16": VGG16, "critic": CRITIC}
 
 
 def absolute(path) -> epath.Path:
@@ -48,11 +64,8 @@ def manager(directory, max_to_keep=None, read_only=False) -> ocp.CheckpointManag
   options = ocp.CheckpointManagerOptions(
     max_to_keep=max_to_keep, create=not read_only, read_only=read_only
   )
-  handlers = {
-    GENERATOR: ocp.StandardCheckpointHandler(),
-    TRAIN: ocp.StandardCheckpointHandler(),
-    CONFIG: ocp.JsonCheckpointHandler(),
-  }
+  handlers = {item: ocp.StandardCheckpointHandler() for item in WEIGHT_ITEMS}
+  handlers[CONFIG] = ocp.JsonCheckpointHandler()
   return ocp.CheckpointManager(absolute(directory), options=options, item_handlers=handlers)
 
 
@@ -68,22 +81,32 @@ def save(mngr, step: int, generator, train, config, force: bool = False) -> bool
 def restore(mngr, step: int, abstract_generator, abstract_train):
   """Restores (generator, train) onto the shardings of the given abstract pytrees.
 
-  Shapes are checked against the checkpoint's metadata first: Orbax would otherwise restore
-  arrays of another model size without complaint.
+  Shapes are checked against the checkpoint's metadata first (:func:`shapes.check_shapes`):
+  Orbax would otherwise restore arrays of another model size without complaint.
   """
+  source = f"checkpoint {mngr.directory}/{step}"
   meta = mngr.item_metadata(step)
-  for name, abstract in ((GENERATOR, abstract_generator), (TRAIN, abstract_train)):
-    # Leaf order is compared (optax's named tuples are stored under other key names).
-    saved = [tuple(m.shape) for m in jax.tree.leaves(meta[name])]
-    wanted = jax.tree_util.tree_leaves_with_path(abstract)
-    for i, (path, leaf) in enumerate(wanted):
-      found = saved[i] if i < len(saved) and len(saved) == len(wanted) else None
-      if found != tuple(leaf.shape):
-        raise CheckpointError(
-          f"checkpoint {mngr.directory}/{step} does not fit this model/config: "
-          f"{name}{jax.tree_util.keystr(path)} has shape {found}, the config needs "
-          f"{tuple(leaf.shape)}; use a fresh --workdir or the config it was trained with"
-        )
+  wanted = {GENERATOR: abstract_generator, TRAIN: abstract_train}
+  found = {}
+  for name, abstract in wanted.items():
+    # Matched by leaf order: optax's named tuples are stored under other key names.
+    leaves = jax.tree.leaves(meta[name])
+    if len(leaves) != len(jax.tree.leaves(abstract)):
+      raise shapes.mismatch(
+        source,
+        f"its {name} item holds {len(leaves)} arrays, the config needs "
+        f"{len(jax.tree.leaves(abstract))}",
+        made_for_fields=lambda: _saved_model_fields(mngr.directory, step),
+        remedy=_RESUME_REMEDY,
+      )
+    found[name] = jax.tree.unflatten(jax.tree.structure(abstract), leaves)
+  shapes.check_shapes(
+    found,
+    wanted,
+    source,
+    made_for_fields=lambda: _saved_model_fields(mngr.directory, step),
+    remedy=_RESUME_REMEDY,
+  )
   try:
     out = mngr.restore(
       step,
@@ -96,18 +119,35 @@ def restore(mngr, step: int, abstract_generator, abstract_train):
     )
   except (ValueError, KeyError, TypeError) as e:
     raise CheckpointError(
-      f"checkpoint {mngr.directory}/{step} does not fit this model/config ({e}); "
-      "use a fresh --workdir or the config it was trained with"
+      f"{source} does not fit this model/config ({e}); use a fresh --workdir or the config "
+      "it was trained with"
     ) from e
   return out[GENERATOR], out[TRAIN]
 
 
-def save_generator(directory, variables, config, step: int = 0) -> None:
-  """Writes generator variables as a checkpoint that ``colorize.py --ckpt`` accepts."""
+_RESUME_REMEDY = "use that model config, or a fresh --workdir"
+
+
+def _saved_model_fields(directory, step) -> dict[str, Any]:
+  """The model fields a checkpoint's stored config names (for error messages)."""
+  return load_config(directory, step)[1].model.to_dict()
+
+
+def save_weights(directory, item: str, tree, config, step: int = 0) -> None:
+  """Writes one weights ``item`` (see the module docstring) and ``config`` as a checkpoint."""
+  if item not in WEIGHT_ITEMS:
+    raise ValueError(f"unknown checkpoint item {item!r}; expected one of {WEIGHT_ITEMS}")
+  config_dict = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config
   mngr = manager(directory)
-  save(mngr, step, variables, None, config, force=True)
+  args = {item: ocp.args.StandardSave(tree), CONFIG: ocp.args.JsonSave(config_dict)}
+  mngr.save(step, args=ocp.args.Composite(**args), force=True)
   mngr.wait_until_finished()
   mngr.close()
+
+
+def save_generator(directory, variables, config, step: int = 0) -> None:
+  """Writes generator variables as a checkpoint that ``colorize.py --ckpt`` accepts."""
+  save_weights(directory, GENERATOR, variables, config, step)
 
 
 def load_config(directory, step=None) -> tuple[int, ml_collections.ConfigDict]:
@@ -128,8 +168,108 @@ def load_config(directory, step=None) -> tuple[int, ml_collections.ConfigDict]:
   return step, ml_collections.ConfigDict(json.loads(config_file.read_text()))
 
 
-def _is_class_head(path) -> bool:
-  return any(getattr(k, "key", None) in models.CLASS_HEAD for k in path)
+def is_legacy_conversion(directory) -> bool:
+  """Whether ``directory`` is an earlier converter's ``params/`` + ``conversion.json``."""
+  directory = epath.Path(directory)
+  return (directory / LEGACY_INFO).is_file() and (directory / LEGACY_PARAMS).is_dir()
+
+
+def _load_legacy(directory, item: str) -> tuple[dict[str, Any], ml_collections.ConfigDict]:
+  """(item tree, config) of an earlier converter's directory, with a logged note."""
+  info = json.loads((directory / LEGACY_INFO).read_text())
+  kind = info.get("kind")
+  if _LEGACY_ITEMS.get(kind) != item:
+    raise CheckpointError(
+      f"{directory}: holds converted {kind!r} weights, {item!r} weights were expected"
+    )
+  logging.info(
+    "%s: converted with the earlier layout (%s/ + %s); it loads as is, and re-running "
+    "python -m chromagan_jax.convert writes the checkpoint layout",
+    directory,
+    LEGACY_PARAMS,
+    LEGACY_INFO,
+  )
+  with ocp.StandardCheckpointer() as ckptr:
+    params = ckptr.restore(absolute(directory / LEGACY_PARAMS))  # NumPy arrays as saved.
+  params = jax.tree.map(np.asarray, params)
+  tree = {"params": params} if item == CRITIC else params
+  converted = {k: v for k, v in info.items() if k in ("kind", "source", "preprocessing")}
+  config = {"converted": converted}
+  if "preprocessing" in info:
+    config["model"] = {"vgg_preprocessing": info["preprocessing"]}
+  return tree, ml_collections.ConfigDict(config)
+
+
+def _is_array_metadata(x) -> bool:
+  return hasattr(x, "shape") and hasattr(x, "dtype")
+
+
+def _restore_item(directory, step, config, item: str, expected=None, partial: bool = False):
+  """Restores ``item`` of ``directory/step`` on the default device.
+
+  ``expected`` (a ``jax.ShapeDtypeStruct`` pytree, e.g. from the stored config's model) is
+  shape-checked against the saved arrays first and is what gets restored (``partial``: its
+  leaves may be a subset of the saved ones, the rest is not read); without it the item is
+  restored as saved. Unreadable or damaged data raises CheckpointError.
+  """
+  where = f"{directory}/{step}"
+  item_dir = directory / str(step) / item
+  if not item_dir.is_dir():
+    if "converted" in config:
+      raise CheckpointError(
+        f"{directory}: holds converted {config.converted.kind!r} weights, {item!r} weights "
+        "were expected"
+      )
+    raise CheckpointError(f"{where}: checkpoint has no {item} item")
+  handler = ocp.PyTreeCheckpointHandler()
+  try:
+    try:
+      meta = handler.metadata(item_dir).tree
+    except Exception as e:  # noqa: BLE001 - any unreadable metadata is a corrupt checkpoint.
+      raise CheckpointError(f"{where}: cannot read the {item} ({type(e).__name__}: {e})") from None
+    if expected is None:
+      expected = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), meta, is_leaf=_is_array_metadata
+      )
+    else:
+      fields = shapes.describe(config.model)
+      shapes.check_shapes(
+        {item: meta},
+        {item: expected},
+        where,
+        target=f"the model its config describes ({fields})",
+      )
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(
+      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), expected
+    )
+    try:
+      return handler.restore(
+        item_dir,
+        args=ocp.args.PyTreeRestore(
+          item=abstract,
+          restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+          partial_restore=partial,
+        ),
+      )
+    except Exception as e:  # noqa: BLE001 - tensorstore/Orbax errors on damaged files.
+      raise CheckpointError(f"{where}: cannot read the {item} ({type(e).__name__}: {e})") from None
+  finally:
+    handler.close()
+
+
+def load_item(directory, item: str, step=None) -> tuple[dict[str, Any], ml_collections.ConfigDict]:
+  """One weights item (see the module docstring), as saved, and the config of a checkpoint.
+
+  ``directory``: a training workdir, its ``checkpoints`` directory or a converter output
+  (earlier converters' ``params/`` + ``conversion.json`` directories too). Arrays are restored
+  on the default device.
+  """
+  directory = resolve_directory(directory)
+  if is_legacy_conversion(directory):
+    return _load_legacy(directory, item)
+  step, config = load_config(directory, step)
+  return _restore_item(directory, step, config, item), config
 
 
 def load_generator(
@@ -145,14 +285,11 @@ def load_generator(
   Arrays are restored on the default device.
 
   Raises:
-    CheckpointError: missing, unreadable or corrupt checkpoint, or arrays that do not fit
-      its config; one line naming the directory (and the first parameter that differs).
+    CheckpointError: missing, unreadable or corrupt checkpoint (one line naming it).
+    ShapeError: arrays that do not fit its config (naming the first parameter that differs).
   """
   directory = resolve_directory(directory)
   step, config = load_config(directory, step)
-  where = f"{directory}/{step}"
-  if not (directory / str(step) / GENERATOR).is_dir():
-    raise CheckpointError(f"{where}: checkpoint has no generator item")
   try:
     model = models.models_from_config(config.model)[0].clone(with_class_head=with_class_head)
     size = config.model.image_size
@@ -162,42 +299,7 @@ def load_generator(
       jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32),
     )
   except (AttributeError, KeyError, TypeError, ValueError) as e:
+    where = f"{directory}/{step}"
     raise CheckpointError(f"{where}: config does not describe a generator ({e})") from None
-  handler = ocp.PyTreeCheckpointHandler()
-  item_dir = directory / str(step) / GENERATOR
-  try:
-    meta = handler.metadata(item_dir).tree
-  except Exception as e:  # noqa: BLE001 - any unreadable metadata is a corrupt checkpoint.
-    raise CheckpointError(f"{where}: cannot read the generator ({type(e).__name__}: {e})") from None
-  found = dict(jax.tree_util.tree_leaves_with_path(meta, is_leaf=_is_array_metadata))
-  found = {jax.tree_util.keystr(p): tuple(m.shape) for p, m in found.items()}
-  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  for path, leaf in jax.tree_util.tree_leaves_with_path(wanted):
-    key = jax.tree_util.keystr(path)
-    if found.get(key) != tuple(leaf.shape):
-      raise CheckpointError(
-        f"{where} does not fit the generator its config describes (image_size "
-        f"{config.model.image_size}, width {config.model.width}): {GENERATOR}{key} has shape "
-        f"{found.get(key)}, expected {tuple(leaf.shape)}"
-      )
-  abstract = jax.tree.map(
-    lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), wanted
-  )
-  try:
-    out = handler.restore(
-      item_dir,
-      args=ocp.args.PyTreeRestore(
-        item=abstract,
-        restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
-        partial_restore=not with_class_head,
-      ),
-    )
-  except Exception as e:  # noqa: BLE001 - tensorstore/Orbax errors on damaged files.
-    raise CheckpointError(f"{where}: cannot read the generator ({type(e).__name__}: {e})") from None
-  finally:
-    handler.close()
+  out = _restore_item(directory, step, config, GENERATOR, wanted, partial=not with_class_head)
   return out, config
-
-
-def _is_array_metadata(x) -> bool:
-  return hasattr(x, "shape") and hasattr(x, "dtype")

@@ -128,16 +128,22 @@ def lab_to_rgb(lab, clip=True):
   return jnp.clip(rgb, 0.0, 1.0) if clip else rgb
 
 
+# The 8-bit Lab encoding (OpenCV's, the reference's) stores a8 = a + 128, b8 = b + 128.
+AB8_OFFSET = 128.0
+# A neutral grey (a = b = 0) in network values: a8 = b8 = 128, over 255. The grey baseline.
+GREY_AB_NET = AB8_OFFSET / 255.0
+
+
 def lab_to_lab8(lab):
   """Lab -> the reference's 8-bit encoding (float, not rounded): L*255/100, a+128, b+128."""
   lab = _at_least_f32(lab)
-  return jnp.concatenate([lab[..., :1] * (255.0 / 100.0), lab[..., 1:] + 128.0], axis=-1)
+  return jnp.concatenate([lab[..., :1] * (255.0 / 100.0), lab[..., 1:] + AB8_OFFSET], axis=-1)
 
 
 def lab8_to_lab(lab8):
   """Inverse of :func:`lab_to_lab8`."""
   lab8 = jnp.asarray(lab8, jnp.float32)
-  return jnp.concatenate([lab8[..., :1] * (100.0 / 255.0), lab8[..., 1:] - 128.0], axis=-1)
+  return jnp.concatenate([lab8[..., :1] * (100.0 / 255.0), lab8[..., 1:] - AB8_OFFSET], axis=-1)
 
 
 def lab_to_net(lab):

@@ -85,13 +85,6 @@ def _resize_padded(image, height, width, shape, antialias, target=None):
   )
 
 
-@jax.jit
-def network_input(rgb_small):
-  """uint8 RGB (..., S, S, 3) -> l3 (..., S, S, 3) in [0, 1]: its L / 100 tiled."""
-  lightness, _ = color.rgb_to_net(rgb_small)
-  return color.gray_to_l3(lightness)
-
-
 @functools.partial(jax.jit, static_argnames="with_grey")
 def compose(rgb_padded, ab_net, height, width, with_grey: bool = False):
   """Joins the original-resolution L with the predicted ab upsampled to that resolution.
@@ -112,7 +105,8 @@ def compose(rgb_padded, ab_net, height, width, with_grey: bool = False):
   # columns below (height, width) are exactly jax.image.resize(ab8, (height, width)).
   ab8 = _resize_padded(ab8, s, s, rgb_padded.shape[:2], AB_RESIZE_ANTIALIAS, (height, width))
   lightness = color.rgb_to_lab(rgb_padded)[..., :1]
-  out = color.to_uint8(color.lab_to_rgb(jnp.concatenate([lightness, ab8 - 128.0], axis=-1)))
+  lab = jnp.concatenate([lightness, ab8 - color.AB8_OFFSET], axis=-1)
+  out = color.to_uint8(color.lab_to_rgb(lab))
   if not with_grey:
     return out
   grey = color.lab_to_rgb(jnp.concatenate([lightness, jnp.zeros_like(ab8)], axis=-1))
@@ -195,24 +189,48 @@ def generator_from(config) -> nn.Module:
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def predict_ab(model, variables, l3, filters=None):
-  """Generator ``model`` (static, hashable) on l3 (N, S, S, 3) -> ab (N, S, S, 2) in [0, 1].
+def predict_ab(model, variables, rgb, filters=None):
+  """The generator on uint8 RGB at the network size: its L, then the predicted ab.
 
-  ``filters``: the model's Winograd filters already transformed (:func:`inference_filters`).
+  Args:
+    model: a :class:`models.Generator` (static: modules are hashable).
+    variables: its ``{'params', 'batch_stats'}``; inference mode (moving averages).
+    rgb: uint8 (or 0-255 float) RGB (N, S, S, 3), S = ``model.image_size``; colour inputs
+      are colorized from their L alone.
+    filters: the model's Winograd filters already transformed (:func:`inference_filters`).
+
+  Returns:
+    (L (N, S, S, 1), ab (N, S, S, 2)), network values in [0, 1].
   """
+  lightness, _ = color.rgb_to_net(rgb)
+  l3 = color.gray_to_l3(lightness)
   if not filters:
-    return model.apply(variables, l3, train=False)[0]
+    return lightness, model.apply(variables, l3, train=False)[0]
   with cpu_conv.using_filters(filters):
-    return model.apply(variables, l3, train=False)[0]
+    return lightness, model.apply(variables, l3, train=False)[0]
 
 
-def inference_filters(model, variables, l3) -> dict:
-  """``model``'s Winograd filters for inputs shaped like ``l3``, transformed once per weight
-  set rather than in every call (cpu_conv.inference_filters); {} without Winograd layers."""
+@functools.partial(jax.jit, static_argnums=0)
+def colorize_small(model, variables, rgb, filters=None):
+  """The generator on uint8 RGB (N, S, S, 3) at the network size -> uint8 (grey, colour).
+
+  ``grey`` is the input's L alone (a = b = 0: the grey baseline), ``colour`` its L with the
+  predicted ab; both (N, S, S, 3). Train-time sample grids and ``evaluate`` use this; the
+  full-resolution path (:class:`Colorizer`) uses :func:`predict_ab` and :func:`compose`.
+  """
+  lightness, ab = predict_ab(model, variables, rgb, filters)
+  grey = color.net_to_rgb(lightness, jnp.full_like(ab, color.GREY_AB_NET))
+  return color.to_uint8(grey), color.to_uint8(color.net_to_rgb(lightness, ab))
+
+
+def inference_filters(model, variables, rgb) -> dict:
+  """``model``'s Winograd filters for network inputs shaped like ``rgb`` (N, S, S, 3),
+  transformed once per weight set rather than in every call (cpu_conv.inference_filters);
+  {} without Winograd layers."""
   if model.conv_impl == "xla":
     return {}
   apply = lambda v, x: model.apply(v, x, train=False)  # noqa: E731
-  return cpu_conv.inference_filters(apply, variables, jnp.zeros(l3.shape, l3.dtype))
+  return cpu_conv.inference_filters(apply, variables, jnp.zeros(rgb.shape, jnp.float32))
 
 
 class Colorizer:
@@ -254,13 +272,13 @@ class Colorizer:
     # The network input is resized exactly as the training data is (images.resize: bilinear,
     # no antialiasing, uint8). On the host in NumPy it reads only the rows and columns it
     # needs: 12 ms for a 12 MP photo, against 0.6 s CPU for a jax.image resize of it.
-    smalls = [image_files.resize(x, self.image_size) for x in rgbs]
-    l3 = network_input(jnp.stack(smalls))
-    if len(rgbs) < self.batch_size:
-      l3 = jnp.pad(l3, ((0, self.batch_size - len(rgbs)), (0, 0), (0, 0), (0, 0)))
+    smalls = np.stack([image_files.resize(x, self.image_size) for x in rgbs])
+    if len(rgbs) < self.batch_size:  # Black images fill the batch: one compiled shape.
+      smalls = np.pad(smalls, ((0, self.batch_size - len(rgbs)), (0, 0), (0, 0), (0, 0)))
     if self.filters is None:
-      self.filters = inference_filters(self.model, self.variables, l3)
-    return l3[..., 0], predict_ab(self.model, self.variables, l3, self.filters)
+      self.filters = inference_filters(self.model, self.variables, smalls)
+    lightness, ab = predict_ab(self.model, self.variables, smalls, self.filters)
+    return lightness[..., 0], ab
 
   @staticmethod
   def compose_full(rgb: np.ndarray, ab_net, with_grey: bool = False):

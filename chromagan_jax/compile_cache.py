@@ -33,9 +33,10 @@ def enable(path: str | None, warn: Callable[[str], None] = logging.warning) -> s
   ``jax.config``) wins over ``path``; an empty ``path`` leaves the cache as JAX has it.
   Call before the first compilation.
   """
-  import jax  # noqa: PLC0415 - keeps `--help` of the entry scripts fast.
+  # JAX (conv_choice imports it) only when called: `train.py --help` stays fast.
+  import jax
 
-  from chromagan_jax import conv_choice  # noqa: PLC0415
+  from chromagan_jax import conv_choice
 
   configured = jax.config.jax_compilation_cache_dir
   if configured or not path:

@@ -16,10 +16,13 @@ import os
 import sys
 import time
 
+import jax
 import numpy as np
+from absl import logging
 from PIL import Image
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from chromagan_jax import checkpoint, colorize_lib, evaluate, images, train_lib
+from chromagan_jax.configs import cpu
 
 
 def _grid(rows, height=256):
@@ -41,26 +44,16 @@ def main(argv=None) -> int:
   parser.add_argument("--steps", type=int, default=None, help="Training steps (config: 300).")
   args = parser.parse_args(argv)
 
-  import jax  # noqa: PLC0415 (after argparse: --help stays fast)
-  import tensorflow as tf  # noqa: PLC0415
+  # TensorFlow (the input pipeline's) takes seconds to import: after argparse, so that
+  # --help is instant; its GPUs are hidden before JAX claims them.
+  import tensorflow as tf
+
+  from chromagan_jax import input_pipeline
 
   tf.config.set_visible_devices([], "GPU")
-  from absl import logging  # noqa: PLC0415
-
   logging.set_verbosity(logging.INFO)
   # Orbax logs every checkpoint operation at INFO; keep the console to training progress.
   std_logging.getLogger("absl").addFilter(lambda record: "orbax" not in record.pathname)
-  sys.path.insert(0, _ROOT)
-  from chromagan_jax import (  # noqa: PLC0415
-    checkpoint,
-    colorize_lib,
-    evaluate,
-    images,
-    input_pipeline,
-    train_lib,
-  )
-  from configs import cpu  # noqa: PLC0415
-
   config = cpu.get_config()
   if args.steps:
     config.num_train_steps = args.steps
@@ -91,7 +84,7 @@ def main(argv=None) -> int:
   grid_path = os.path.join(args.workdir, "before_after.png")
   Image.fromarray(grid).save(grid_path)
 
-  summary = evaluate.evaluate(
+  summary = evaluate.evaluate_checkpoint(
     train_dir, "bundled", os.path.join(args.workdir, "eval"), progress=False
   )
   print(evaluate.format_table(summary))

@@ -50,3 +50,7 @@ class NonFiniteLossError(UserError):
 class VideoError(UserError):
   """A video file cannot be colorized: empty, not a video, no video stream, unsupported codec,
   corrupt or truncated; the message names the file and the problem."""
+
+
+class ShapeError(UserError):
+  """Weights (a file, a converted or a training checkpoint) do not fit the configured model."""

@@ -1,4 +1,4 @@
-"""Evaluates a ChromaGAN checkpoint: PSNR, SSIM and colourfulness against colour ground truth.
+"""Evaluates a colorizer: PSNR, SSIM and colourfulness against colour ground truth.
 
   python -m chromagan_jax.evaluate --ckpt DIR --data PHOTOS_DIR_OR_GLOB --output OUT
   python -m chromagan_jax.evaluate --ckpt DIR --data tfds:imagenet2012:validation --output OUT
@@ -12,12 +12,17 @@ Each colour photo is resized to the network size (bilinear, no crop, as in train
 evaluates at 224x224), its Lab L is fed to the generator and the colorized RGB result (uint8)
 is compared with the resized photo. Metrics, per image:
   * PSNR on uint8 RGB, data range 255 (the paper's metric);
-  * SSIM on uint8 RGB with scikit-image's defaults (7x7 uniform window, K1=0.01, K2=0.03,
-    sample covariance, mean over the three channels), data range 255;
+  * ``ssim``: SSIM on uint8 RGB as the reference's code computes it (``tf.image.ssim``:
+    11x11 Gaussian window of std 1.5, K1=0.01, K2=0.03, population covariance, mean over
+    the three channels), data range 255; ``ssim_skimage``: the same with scikit-image's
+    defaults (7x7 uniform window, sample covariance), for comparison with other papers;
   * colourfulness (Hasler & Suesstrunk 2003): ``M = sqrt(std_rg^2 + std_yb^2) +
     0.3 * sqrt(mean_rg^2 + mean_yb^2)``, ``rg = R - G``, ``yb = (R + G) / 2 - B`` on 0-255
     values, for the result, the ground truth and the baseline.
-The baseline is the grey image itself (a = b = 0, i.e. ``ab_net = 128 / 255``).
+The baseline is the grey image itself (a = b = 0, i.e. ``color.GREY_AB_NET``).
+The library call takes a predict function (big_vision's evaluator habit) and never builds a
+model: :func:`evaluate`; :func:`evaluate_checkpoint` (the command line) loads a checkpoint's
+generator and passes ``colorize_lib.colorize_small`` on it.
 FID is NOT implemented (it needs Inception weights, which are not bundled).
 
 Outputs in ``--output``: ``per_image.csv``, ``summary.json``; the summary is printed.
@@ -31,7 +36,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -42,16 +47,17 @@ from chromagan_jax import checkpoint, color, colorize_lib, images
 from chromagan_jax.errors import EvalError, UserError
 
 DATA_RANGE = 255.0
-# scikit-image's structural_similarity defaults.
-SSIM_WIN = 7
+# SSIM as tf.image.ssim (the reference's): an 11x11 Gaussian window of std 1.5 ...
+SSIM_WIN = 11
+SSIM_SIGMA = 1.5
 SSIM_K1 = 0.01
 SSIM_K2 = 0.03
+# ... and as scikit-image's structural_similarity defaults: a uniform 7x7 window.
+SKIMAGE_SSIM_WIN = 7
 # Hasler & Suesstrunk's weight of the mean term.
 COLORFULNESS_MEAN_WEIGHT = 0.3
-# ab of a grey pixel in network values: a8 = b8 = 128.
-GREY_AB_NET = 128.0 / 255.0
 FID_NOTE = "FID not implemented: it needs Inception weights, which are not bundled"
-METRICS = ("psnr", "ssim", "colorfulness")
+METRICS = ("psnr", "ssim", "ssim_skimage", "colorfulness")
 RESULTS = ("colorized", "baseline")
 # Per-image CSV columns after the image name.
 COLUMNS = tuple(f"{r}_{m}" for r in RESULTS for m in METRICS) + ("truth_colorfulness",)
@@ -69,35 +75,73 @@ def psnr(pred, truth):
 
 
 def _box_mean(x):
-  """Mean over every SSIM_WIN x SSIM_WIN window fully inside the image ('valid')."""
-  window = (1, SSIM_WIN, SSIM_WIN, 1)
-  return jax.lax.reduce_window(x, 0.0, jax.lax.add, window, (1, 1, 1, 1), "VALID") / (
-    SSIM_WIN * SSIM_WIN
+  """Mean over every SKIMAGE_SSIM_WIN^2 window fully inside the image ('valid')."""
+  win = SKIMAGE_SSIM_WIN
+  window = (1, win, win, 1)
+  return jax.lax.reduce_window(x, 0.0, jax.lax.add, window, (1, 1, 1, 1), "VALID") / (win * win)
+
+
+def _gaussian_window() -> np.ndarray:
+  """tf.image.ssim's window: a normalised SSIM_WIN^2 Gaussian of std SSIM_SIGMA."""
+  coords = np.arange(SSIM_WIN) - (SSIM_WIN - 1) / 2
+  g = np.exp(-0.5 * (coords / SSIM_SIGMA) ** 2)
+  window = np.outer(g, g)
+  return window / window.sum()
+
+
+def _gaussian_mean(x):
+  """Gaussian-weighted mean over every SSIM_WIN^2 window fully inside the image ('valid')."""
+  channels = x.shape[-1]
+  kernel = jnp.asarray(np.tile(_gaussian_window()[:, :, None, None], (1, 1, 1, channels)))
+  return jax.lax.conv_general_dilated(
+    x,
+    kernel.astype(x.dtype),
+    (1, 1),
+    "VALID",
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    feature_group_count=channels,
+    precision=jax.lax.Precision.HIGHEST,
   )
 
 
-def ssim(pred, truth):
-  """Per-image SSIM as scikit-image's ``structural_similarity(..., channel_axis=-1,
-  data_range=255)``: uniform 7x7 windows, sample covariance, mean over the interior
-  (scikit-image crops the 3-pixel border the windows do not cover) and the channels. -> (N,).
+def _ssim(pred, truth, local_mean, cov_norm: float):
+  """Mean SSIM per image over the windows of ``local_mean`` and the channels. -> (N,).
 
-  Images must be at least 7x7. Second moments are taken about the mid-grey 127.5 to keep
-  float32 cancellation small.
+  ``cov_norm`` scales the local (co)variances: 1 for population statistics, n / (n - 1) for
+  sample ones. Second moments are taken about the mid-grey 127.5 to keep float32
+  cancellation small.
   """
   x = pred.astype(jnp.float32) - DATA_RANGE / 2
   y = truth.astype(jnp.float32) - DATA_RANGE / 2
-  ux, uy = _box_mean(x), _box_mean(y)
-  n = SSIM_WIN * SSIM_WIN
-  cov_norm = n / (n - 1.0)
-  vx = cov_norm * (_box_mean(x * x) - ux * ux)
-  vy = cov_norm * (_box_mean(y * y) - uy * uy)
-  vxy = cov_norm * (_box_mean(x * y) - ux * uy)
+  ux, uy = local_mean(x), local_mean(y)
+  vx = cov_norm * (local_mean(x * x) - ux * ux)
+  vy = cov_norm * (local_mean(y * y) - uy * uy)
+  vxy = cov_norm * (local_mean(x * y) - ux * uy)
   # Back to absolute means for the luminance term.
   ux, uy = ux + DATA_RANGE / 2, uy + DATA_RANGE / 2
   c1 = (SSIM_K1 * DATA_RANGE) ** 2
   c2 = (SSIM_K2 * DATA_RANGE) ** 2
   s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
   return jnp.mean(s, axis=(1, 2, 3))
+
+
+def ssim(pred, truth):
+  """Per-image SSIM as the reference computes it: ``tf.image.ssim(pred, truth, max_val=255)``.
+
+  11x11 Gaussian windows of std 1.5, K1 = 0.01, K2 = 0.03, population (co)variances
+  (TensorFlow's ``compensation=1``), mean over the windows fully inside the image and over
+  the channels. Images must be at least 11x11. -> (N,).
+  """
+  return _ssim(pred, truth, _gaussian_mean, 1.0)
+
+
+def ssim_skimage(pred, truth):
+  """Per-image SSIM as scikit-image's ``structural_similarity(..., channel_axis=-1,
+  data_range=255)``: uniform 7x7 windows, sample covariance, mean over the interior
+  (scikit-image crops the 3-pixel border the windows do not cover) and the channels. -> (N,).
+  """
+  n = SKIMAGE_SSIM_WIN * SKIMAGE_SSIM_WIN
+  return _ssim(pred, truth, _box_mean, n / (n - 1.0))
 
 
 def colorfulness(rgb):
@@ -111,23 +155,23 @@ def colorfulness(rgb):
   return std + COLORFULNESS_MEAN_WEIGHT * mean
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def evaluate_batch(model, variables, rgb):
-  """Colorizes uint8 RGB ground truth (N, S, S, 3) from its L and scores it.
+@jax.jit
+def score_batch(grey, colour, truth):
+  """Scores a colorized batch and the grey baseline against the ground truth.
 
-  Returns a dict of (N,) arrays: ``{colorized,baseline}_{psnr,ssim,colorfulness}`` and
-  ``truth_colorfulness``.
+  Args:
+    grey, colour, truth: uint8 RGB (N, S, S, 3): the input's L alone, the colorized result
+      and the colour photo.
+
+  Returns:
+    A dict of (N,) arrays: ``{colorized,baseline}_{psnr,ssim,ssim_skimage,colorfulness}``
+    and ``truth_colorfulness``.
   """
-  lightness, _ = color.rgb_to_net(rgb)
-  ab = model.apply(variables, color.gray_to_l3(lightness), train=False)[0]
-  results = {
-    "colorized": color.to_uint8(color.net_to_rgb(lightness, ab)),
-    "baseline": color.to_uint8(color.net_to_rgb(lightness, jnp.full_like(ab, GREY_AB_NET))),
-  }
-  out = {"truth_colorfulness": colorfulness(rgb)}
-  for name, image in results.items():
-    out[f"{name}_psnr"] = psnr(image, rgb)
-    out[f"{name}_ssim"] = ssim(image, rgb)
+  out = {"truth_colorfulness": colorfulness(truth)}
+  for name, image in (("colorized", colour), ("baseline", grey)):
+    out[f"{name}_psnr"] = psnr(image, truth)
+    out[f"{name}_ssim"] = ssim(image, truth)
+    out[f"{name}_ssim_skimage"] = ssim_skimage(image, truth)
     out[f"{name}_colorfulness"] = colorfulness(image)
   return out
 
@@ -281,7 +325,7 @@ def evaluate_video(
   Raises:
     video.VideoError: the file cannot be decoded.
   """
-  from chromagan_jax import video  # noqa: PLC0415 - PyAV only when videos are evaluated.
+  from chromagan_jax import video  # PyAV only when videos are evaluated.
 
   smoothing = video.DEFAULT_SMOOTHING if smoothing is None else smoothing
   cut_threshold = video.CUT_THRESHOLD if cut_threshold is None else cut_threshold
@@ -387,6 +431,8 @@ def summarize(rows: Sequence[dict], meta: dict) -> dict:
     "PSNR/SSIM on uint8 RGB (data range 255) at the network size; PSNR means skip images "
     "identical to the ground truth (PSNR = inf; counted in num_identical)",
     "baseline: the grey input (a = b = 0)",
+    "ssim: tf.image.ssim's definition (11x11 Gaussian window, std 1.5), the reference's; "
+    "ssim_skimage: scikit-image's defaults (7x7 uniform window)",
     FID_NOTE,
   ]
   return summary
@@ -399,61 +445,77 @@ def format_table(summary: dict) -> str:
   def cell(value, fmt):
     return "-" if value is None else format(value, fmt)
 
+  source = ""
+  if "step" in summary:
+    source = f"checkpoint {summary['checkpoint']} step {summary['step']}, "
   lines = [
     f"{summary['num_images']} images at {summary['image_size']}x{summary['image_size']}, "
-    f"checkpoint {summary['checkpoint']} step {summary['step']}, data {summary['data']}",
-    f"{'':<24}{'PSNR (dB)':>10}{'SSIM':>8}{'colourfulness':>15}",
+    f"{source}data {summary['data']}",
+    f"{'':<24}{'PSNR (dB)':>10}{'SSIM':>8}{'SSIM (skimage)':>16}{'colourfulness':>15}",
   ]
   labels = {"colorized": "colorized", "baseline": "grey baseline (ab=0)"}
   for result in RESULTS:
     m = mean[result]
     lines.append(
       f"{labels[result]:<24}{cell(m['psnr'], '.2f'):>10}{cell(m['ssim'], '.4f'):>8}"
-      f"{cell(m['colorfulness'], '.2f'):>15}"
+      f"{cell(m['ssim_skimage'], '.4f'):>16}{cell(m['colorfulness'], '.2f'):>15}"
     )
   truth = cell(mean["truth"]["colorfulness"], ".2f")
-  lines.append(f"{'ground truth':<24}{'':>10}{'':>8}{truth:>15}")
+  lines.append(f"{'ground truth':<24}{'':>10}{'':>8}{'':>16}{truth:>15}")
   lines.append(FID_NOTE + ".")
   return "\n".join(lines)
 
 
 def evaluate(
-  ckpt,
+  predict_fn: Callable,
   data: str,
   output: str,
-  step: int | None = None,
+  *,
+  image_size: int,
+  config=None,
+  meta: dict | None = None,
   batch_size: int = 8,
   max_images: int | None = None,
   max_pixels: int = images.DEFAULT_MAX_PIXELS,
   progress: bool = True,
   log=None,
 ) -> dict:
-  """Evaluates checkpoint ``ckpt`` on ``data`` and writes ``per_image.csv`` and
-  ``summary.json`` to ``output``. Returns the summary dict.
+  """Evaluates ``predict_fn`` on ``data``; writes ``per_image.csv`` and ``summary.json`` to
+  ``output`` and returns the summary dict.
+
+  Args:
+    predict_fn: uint8 RGB (N, S, S, 3) at the network size -> uint8 (grey, colour) of the
+      same shape, e.g. ``functools.partial(colorize_lib.colorize_small, model, variables)``
+      (what :func:`evaluate_checkpoint` passes). It is called on fixed-size batches (the last
+      one padded with black images, whose scores are dropped).
+    data: a folder, file or glob of colour photos; ``tfds[:NAME[:SPLIT]]`` or ``bundled``
+      (through the input pipeline, which reads ``config.data``).
+    image_size: S, the size photos are resized to.
+    config: the training config (its ``data`` section); needed for tfds and bundled data.
+    meta: recorded in the summary (e.g. the checkpoint and its step).
 
   Raises:
-    UserError: bad data or checkpoint (one-line messages).
+    UserError: bad data (one-line messages).
   """
   log = log or (lambda msg: tqdm.tqdm.write(msg, file=sys.stderr))
   if batch_size < 1:
     raise EvalError(f"batch_size must be >= 1, got {batch_size}")
-  variables, config = checkpoint.load_generator(ckpt, step, with_class_head=False)
-  step, _ = checkpoint.load_config(ckpt, step)
-  model = colorize_lib.generator_from(config)
-  size = model.image_size
   if uses_pipeline(data):
+    if config is None:
+      raise EvalError(f"--data {data} reads the input pipeline, which needs a config")
     batches = _pipeline_batches(config, data, batch_size, max_images)
   else:
     if not (os.path.exists(data) or glob.has_magic(data)):
       raise EvalError(
         f"{data}: no such file, folder or pattern (or use tfds[:NAME[:SPLIT]] or bundled)"
       )
-    batches = _folder_batches(data, size, batch_size, max_pixels, log)
+    batches = _folder_batches(data, image_size, batch_size, max_pixels, log)
 
   rows = []
   bar = tqdm.tqdm(unit="img", disable=not progress, file=sys.stderr, total=max_images)
   for names, rgb, mask in batches:
-    metrics = jax.device_get(evaluate_batch(model, variables, jnp.asarray(rgb)))
+    rgb = jnp.asarray(rgb)
+    metrics = jax.device_get(score_batch(*predict_fn(rgb), rgb))
     for i, name in enumerate(names):
       if not mask[i] or (max_images is not None and len(rows) >= max_images):
         continue
@@ -472,11 +534,25 @@ def evaluate(
     writer = csv.DictWriter(f, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-  meta = {"checkpoint": str(ckpt), "step": step, "data": data, "image_size": size}
-  summary = summarize(rows, meta)
+  summary = summarize(rows, {**(meta or {}), "data": data, "image_size": image_size})
   with open(os.path.join(output, "summary.json"), "w") as f:
     json.dump(summary, f, indent=2, allow_nan=False)
   return summary
+
+
+def evaluate_checkpoint(ckpt, data: str, output: str, step: int | None = None, **kwargs) -> dict:
+  """:func:`evaluate` of the generator in checkpoint ``ckpt`` (latest step, or ``step``).
+
+  ``kwargs`` go to :func:`evaluate`. Raises UserError for a bad checkpoint or data.
+  """
+  variables, config = checkpoint.load_generator(ckpt, step, with_class_head=False)
+  step, _ = checkpoint.load_config(ckpt, step)
+  model = colorize_lib.generator_from(config)
+  predict_fn = functools.partial(colorize_lib.colorize_small, model, variables)
+  meta = {"checkpoint": str(ckpt), "step": step}
+  return evaluate(
+    predict_fn, data, output, image_size=model.image_size, config=config, meta=meta, **kwargs
+  )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -511,7 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _is_video_file(data: str) -> bool:
-  from chromagan_jax import video  # noqa: PLC0415 - PyAV only when videos are evaluated.
+  from chromagan_jax import video  # PyAV only when videos are evaluated.
 
   return os.path.isfile(data) and video.is_video(data)
 
@@ -540,7 +616,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   if _is_video_file(args.data):
     return video_main(args)
   try:
-    summary = evaluate(
+    summary = evaluate_checkpoint(
       args.ckpt,
       args.data,
       args.output,

@@ -85,7 +85,7 @@ def to_onnx(fn: Callable, size: int):
   logging.getLogger("jax2onnx.plugins.plugin_system").setLevel(logging.ERROR)
   logging.getLogger("onnx_ir.serde").setLevel(logging.ERROR)  # benign shape-info notes
   try:
-    from jax2onnx import to_onnx as jax2onnx_to_onnx  # noqa: PLC0415
+    from jax2onnx import to_onnx as jax2onnx_to_onnx  # An optional dependency.
   except ImportError as e:
     raise ExportError(
       f"ONNX export needs jax2onnx ({e}); install it with `make export-deps`"
@@ -102,8 +102,9 @@ def to_onnx(fn: Callable, size: int):
 
 def to_tf_function(fn: Callable, size: int):
   """A ``tf.function`` of ``fn`` (jax2tf) with input signature (None, S, S, 1) float32."""
-  import tensorflow as tf  # noqa: PLC0415
-  from jax.experimental import jax2tf  # noqa: PLC0415
+  # TensorFlow only for the TF formats (seconds to import).
+  import tensorflow as tf
+  from jax.experimental import jax2tf
 
   converted = jax2tf.convert(
     fn, polymorphic_shapes=[f"(n, {size}, {size}, 1)"], native_serialization_platforms=("cpu",)
@@ -117,7 +118,7 @@ def to_tf_function(fn: Callable, size: int):
 
 def to_tflite(fn: Callable, size: int) -> bytes:
   """A TFLite flatbuffer of ``fn`` (builtin ops only), dynamic batch."""
-  import tensorflow as tf  # noqa: PLC0415
+  import tensorflow as tf  # Only for the TF formats, as above.
 
   tf_fn = to_tf_function(fn, size)
   converter = tf.lite.TFLiteConverter.from_concrete_functions([tf_fn.get_concrete_function()])
@@ -127,7 +128,7 @@ def to_tflite(fn: Callable, size: int) -> bytes:
 
 def save_saved_model(fn: Callable, size: int, directory: str) -> None:
   """Writes a SavedModel whose ``serving_default`` signature maps ``L`` to ``ab``."""
-  import tensorflow as tf  # noqa: PLC0415
+  import tensorflow as tf  # Only for the TF formats, as above.
 
   module = tf.Module()
   module.serve = to_tf_function(fn, size)
@@ -153,7 +154,7 @@ def export(ckpt, fmt: str, output: str, step=None, overwrite: bool = False) -> s
   try:
     staged = os.path.join(tmp, os.path.basename(output))
     if fmt == "onnx":
-      import onnx  # noqa: PLC0415
+      import onnx  # Comes with the optional jax2onnx.
 
       onnx.save(to_onnx(fn, size), staged)
     elif fmt == "tflite":

@@ -28,7 +28,7 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from chromagan_jax import checkpoint, color, losses, models, multihost
+from chromagan_jax import checkpoint, color, colorize_lib, losses, models, multihost, weights
 from chromagan_jax.errors import ConfigError, NonFiniteLossError
 
 DATA_AXIS = "data"
@@ -318,14 +318,6 @@ def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str,
   }
 
 
-def colorize_batch(nets: Networks, generator_variables, rgb):
-  """Inference-mode colorization of uint8 RGB (N, S, S, 3) -> uint8 (grey, colorized, rgb)."""
-  lightness, _ = color.rgb_to_net(rgb)
-  ab, _ = nets.generator.apply(generator_variables, color.gray_to_l3(lightness), train=False)
-  grey = color.net_to_rgb(lightness, jnp.full_like(ab, 128.0 / 255.0))
-  return color.to_uint8(grey), color.to_uint8(color.net_to_rgb(lightness, ab)), rgb
-
-
 def sample_grid(grey, colorized, truth) -> np.ndarray:
   """Rows of [grey | colorized | ground truth] stacked vertically, uint8 (S*N, 3S, 3)."""
   rows = np.concatenate([np.asarray(x) for x in (grey, colorized, truth)], axis=2)
@@ -385,62 +377,6 @@ class _StopRequest:
       signal.signal(sig, handler)
 
 
-def load_teacher(config):
-  """Teacher (and trunk) weights from ``config.vgg_weights``, or None with a warning."""
-  if not config.vgg_weights:
-    logging.warning(
-      "config.vgg_weights is empty: the VGG16 trunk starts from random weights and the KL "
-      "term is disabled ('ChromaGAN w/o class'). Convert ImageNet VGG16 weights with "
-      "`python -m chromagan_jax.convert` for the full model."
-    )
-    return None
-  from chromagan_jax import convert  # noqa: PLC0415 (h5py only when weights are given)
-
-  params, preprocessing = convert.load_vgg16(config.vgg_weights)
-  # A VGG16 of another input size or width would otherwise fail inside the jitted step with
-  # an anonymous dot_general shape error; the standard files fit only image_size=224, width=1.
-  teacher = models.models_from_config(config.model)[2]
-  l3, _, _ = dummy_inputs(config)
-  expected = jax.eval_shape(teacher.init, jax.random.key(0), l3)["params"]
-  _check_tree(config.vgg_weights, params, expected, lambda: _vgg16_made_for(params))
-  if preprocessing != config.model.vgg_preprocessing:
-    logging.warning(
-      "%s was trained with %r input preprocessing but config.model.vgg_preprocessing=%r "
-      "(the reference feeds grey [0, 1] without normalisation)",
-      config.vgg_weights,
-      preprocessing,
-      config.model.vgg_preprocessing,
-    )
-  return params
-
-
-def _check_tree(name, got, want, made_for: Callable[[], str] | None = None):
-  """Raises a one-line error naming the first parameter whose shape differs.
-
-  ``made_for``, called only on a mismatch, describes the model the weights fit (e.g.
-  ``'image_size=224, width=1.0'``) so that the message says which config to use.
-  """
-  got_flat = dict(jax.tree_util.tree_leaves_with_path(got))
-  for path, leaf in jax.tree_util.tree_leaves_with_path(want):
-    found = got_flat.get(path)
-    if found is None or tuple(found.shape) != tuple(leaf.shape):
-      hint = "use the model config (image_size, width) the weights were made for"
-      if made_for is not None:
-        hint = f"they were made for {made_for()}: use that model config"
-      raise ConfigError(
-        f"{name} does not fit config.model: {jax.tree_util.keystr(path)} expected shape "
-        f"{tuple(leaf.shape)}, found {None if found is None else tuple(found.shape)}; {hint}"
-      )
-
-
-def _vgg16_made_for(params) -> str:
-  """'image_size=S, width=W' of VGG16Classifier params (fc1 sees the S/32 block-5 map)."""
-  trunk = params["vgg16"]
-  c512 = trunk["block5_conv3"]["kernel"].shape[3]
-  side = math.isqrt(params["fc1"]["kernel"].shape[0] // c512)
-  return f"image_size={32 * side}, width={trunk['block1_conv1']['kernel'].shape[3] / 64}"
-
-
 def _fresh_replicated(tree, mesh):
   """``tree`` on every device of ``mesh``, in newly allocated buffers.
 
@@ -459,45 +395,20 @@ def _fresh_replicated(tree, mesh):
 def apply_initial_weights(state: TrainState, config, teacher_params, mesh) -> TrainState:
   """A fresh state with the configured weights put in; called only when not resuming.
 
-  In order: the VGG16 trunk from the teacher weights (``config.vgg_weights``); then the whole
-  generator, trunk and batch statistics included, from ``config.init_from``; then the critic
-  from ``config.init_critic_from``. ``init_from`` accepts a checkpoint directory (a training
-  workdir or ``python -m chromagan_jax.convert generator`` output) or the authors' Keras
-  generator ``.h5``; ``init_critic_from`` a critic ``.h5`` or a converted critic directory.
-  Every array is shape-checked against this config's model first (ConfigError naming the
-  file and the first parameter that differs).
+  What is put where (the VGG16 trunk from the teacher, then ``config.init_from``'s whole
+  generator, then ``config.init_critic_from``'s critic) and the shape checks are
+  :func:`weights.initial_weights`; here the weights are placed on ``mesh``.
   """
-  from chromagan_jax import convert  # noqa: PLC0415 (h5py only when weights are given)
-
+  init = weights.initial_weights(config, teacher_params)
   put = functools.partial(_fresh_replicated, mesh=mesh)
-  g_params = state.g_params
-  if teacher_params is not None:
-    trunk = convert.vgg16_trunk_params(teacher_params)
-    _check_tree(f"trunk of {config.vgg_weights}", trunk, g_params["vgg16"])
-    g_params = {**g_params, "vgg16": put(trunk)}
-  g_batch_stats = state.g_batch_stats
-  if config.init_from:
-    variables = convert.load_generator_variables(config.init_from)
-
-    def made_for():
-      fields = convert.generator_model_fields(variables, config.init_from)
-      return ", ".join(f"{k}={fields[k]}" for k in ("image_size", "width", "num_classes"))
-
-    name = f"generator of {config.init_from}"
-    _check_tree(name, variables["params"], g_params, made_for)
-    _check_tree(name, variables["batch_stats"], g_batch_stats, made_for)
-    g_params, g_batch_stats = put(variables["params"]), put(variables["batch_stats"])
+  g_params, g_batch_stats, d_params = state.g_params, state.g_batch_stats, state.d_params
+  if init.trunk is not None:
+    g_params = {**g_params, "vgg16": put(init.trunk)}
+  if init.generator is not None:
+    g_params, g_batch_stats = put(init.generator["params"]), put(init.generator["batch_stats"])
     logging.info("generator initialised from %s", config.init_from)
-  d_params = state.d_params
-  if config.init_critic_from:
-    critic = convert.load_critic(config.init_critic_from)
-    _check_tree(
-      f"critic of {config.init_critic_from}",
-      critic["params"],
-      d_params,
-      lambda: f"width={convert.critic_width(critic)}",
-    )
-    d_params = put(critic["params"])
+  if init.critic is not None:
+    d_params = put(init.critic)
     logging.info("critic initialised from %s", config.init_critic_from)
   # Adam's initial moments are zeros whatever the parameter values: the state stays valid.
   return state.replace(g_params=g_params, g_batch_stats=g_batch_stats, d_params=d_params)
@@ -518,7 +429,8 @@ def make_sample_fn(nets: Networks, mesh: Mesh) -> Callable:
   replicated = NamedSharding(mesh, P())
 
   def sample(variables, batch):
-    return *colorize_batch(nets, variables, batch["rgb"]), batch["mask"]
+    grey, colour = colorize_lib.colorize_small(nets.generator, variables, batch["rgb"])
+    return grey, colour, batch["rgb"], batch["mask"]
 
   return jax.jit(sample, out_shardings=replicated)
 
@@ -536,9 +448,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
 
 def _train(config, workdir, stop: "_StopRequest") -> TrainState:
-  from clu import metric_writers  # noqa: PLC0415 (TF-backed writers: loop only)
+  # TensorFlow only here, in the loop (clu's writers and the input pipeline): the models,
+  # losses and the step import without it.
+  from clu import metric_writers
 
-  from chromagan_jax import input_pipeline  # noqa: PLC0415 (TF: loop only)
+  from chromagan_jax import input_pipeline
 
   mesh = make_mesh()
   check_batch_size(config, mesh)
@@ -556,7 +470,7 @@ def _train(config, workdir, stop: "_StopRequest") -> TrainState:
       {k: v for k, v in config.to_dict().items() if isinstance(v, int | float | str)}
     )
 
-  teacher_params = load_teacher(config)
+  teacher_params = weights.load_teacher(config)
   if teacher_params is not None:
     teacher_params = jax.device_put(teacher_params, NamedSharding(mesh, P()))
   if latest is not None:

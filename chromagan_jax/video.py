@@ -33,6 +33,7 @@ import fractions
 import math
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 
 import av
@@ -462,8 +463,6 @@ def colorize_video(
     VideoError: unreadable, empty, no video stream, unsupported codec, corrupt or truncated;
       the message names the file. Nothing is left at ``output_path`` (nor the temporary).
   """
-  import time  # noqa: PLC0415
-
   start = time.perf_counter()
   ext = os.path.splitext(output_path)[1].lower()
   if ext not in MUXERS:

@@ -1,23 +1,11 @@
-"""Tiny configuration for tests: the real code paths at 64x64 and 1/8 width, a few steps.
+"""Tiny configuration for tests (64x64, 1/8 width): defined in ``chromagan_jax/configs/tiny.py``.
 
-python train.py --config=configs/tiny.py --workdir=/tmp/chromagan_tiny
+  python train.py --config=configs/tiny.py --workdir=/tmp/chromagan_tiny
+
+The configs live in the package, so that ``chromagan_jax.configs.tiny`` imports wherever
+chromagan-jax is installed; this file keeps ``--config=configs/tiny.py`` working.
 """
 
-from configs import default
+from chromagan_jax.configs.tiny import get_config
 
-
-def get_config(arg: str | None = None):
-  config = default.get_config()
-  config.model.image_size = 64
-  config.model.width = 0.125
-  config.data.source = "bundled"
-  config.batch_size = 8
-  config.num_train_steps = 4
-  config.g_learning_rate = 1e-3
-  config.d_learning_rate = 1e-3
-  config.log_every_steps = 2
-  config.checkpoint_every_steps = 2
-  config.sample_every_steps = 0
-  config.num_samples = 4
-  del arg
-  return config
+__all__ = ["get_config"]

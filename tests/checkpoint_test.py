@@ -9,6 +9,7 @@ import pytest
 from colorize_test import random_generator_variables, small_config
 
 from chromagan_jax import checkpoint, models
+from chromagan_jax.errors import ShapeError
 
 jax.config.update("jax_disable_most_optimizations", True)
 
@@ -64,11 +65,11 @@ def test_checkpoint_of_another_size_is_one_line(tmp_path):
   # The stored config now claims another width than the arrays have.
   meta = tmp_path / "0" / "config" / "metadata"
   meta.write_text(meta.read_text().replace('"width": 0.125', '"width": 0.25'))
-  with pytest.raises(checkpoint.CheckpointError) as err:
+  with pytest.raises(ShapeError) as err:
     checkpoint.load_generator(tmp_path, with_class_head=False)
   msg = str(err.value)
-  assert "\n" not in msg and str(tmp_path) in msg and "width 0.25" in msg
-  assert "has shape" in msg and "expected" in msg
+  assert "\n" not in msg and str(tmp_path) in msg and "width=0.25" in msg
+  assert "expected shape" in msg and "found" in msg
 
 
 def test_corrupt_checkpoint_is_one_line(tmp_path):

@@ -24,7 +24,7 @@ from skimage import transform as sktransform
 
 import colorize
 from chromagan_jax import checkpoint, colorize_lib, images, models
-from configs import default
+from chromagan_jax.configs import default
 
 jax.config.update("jax_disable_most_optimizations", True)
 

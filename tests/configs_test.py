@@ -1,4 +1,5 @@
-"""Every shipped config loads, says what its docstring says, and builds a train state.
+"""Every shipped config loads, says what its docstring says, and builds a train state; the
+configs are part of the package and the top-level configs/*.py files only point there.
 
 imagenet.py's recipe and ``:gpu`` are checked in imagenet_config_test; here each config file
 is loaded as ``train.py --config=FILE[:ARG]`` would and its train state is traced
@@ -8,15 +9,21 @@ size that does not build fails here rather than in a user's first run.
 
 import functools
 import importlib
+import importlib.util
+import os
 
 import jax
 import pytest
 
-from chromagan_jax import train_lib
+import chromagan_jax
+from chromagan_jax import demo, train_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NAMES = ("default", "imagenet", "cpu", "folder", "tiny")
 
 
 def load(name, arg=None):
-  module = importlib.import_module(f"configs.{name}")
+  module = importlib.import_module(f"chromagan_jax.configs.{name}")
   return module.get_config() if arg is None else module.get_config(arg)
 
 
@@ -58,3 +65,26 @@ def test_config_builds_a_train_state(name, arg):
   # The first generator conv sees the tiled grey image; the critic's sees (L, ab).
   assert state.g_params["vgg16"]["block1_conv1"]["kernel"].shape[2] == 3
   assert state.d_params["conv1"]["kernel"].shape[2] == 3
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_top_level_config_file_is_the_packaged_config(name):
+  packaged = importlib.import_module(f"chromagan_jax.configs.{name}")
+  package_dir = os.path.join(os.path.dirname(chromagan_jax.__file__), "configs")
+  assert os.path.dirname(packaged.__file__) == package_dir
+  # `--config=configs/NAME.py` loads the file by path, as ml_collections' config_flags does.
+  spec = importlib.util.spec_from_file_location(
+    f"config_file_{name}", os.path.join(ROOT, "configs", f"{name}.py")
+  )
+  top = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(top)
+  assert top.get_config is packaged.get_config
+  assert packaged.get_config().model.image_size > 0
+
+
+def test_nothing_edits_sys_path_to_reach_the_configs():
+  with open(demo.__file__) as f:
+    assert "sys.path" not in f.read()
+  for name in NAMES:
+    with open(os.path.join(ROOT, "chromagan_jax", "configs", f"{name}.py")) as f:
+      assert "from configs" not in f.read(), name

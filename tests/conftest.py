@@ -1,6 +1,7 @@
-"""Shared pytest setup: repo root importable (``configs.*``), ``bench/`` importable (its
-``keras_reference``, the Keras builds the model and converter tests compare with), quiet
-TensorFlow, Keras on TF. Helpers shared by test modules live in ``tests/helpers.py``."""
+"""Shared pytest setup: repo root importable (the entry scripts, e.g. ``colorize``),
+``bench/`` importable (its ``keras_reference``, the Keras builds the model and converter
+tests compare with), quiet TensorFlow, Keras on TF. Helpers shared by test modules live in
+``tests/helpers.py``."""
 
 import importlib.metadata
 import os

@@ -14,7 +14,7 @@ import os
 import numpy as np
 import pytest
 
-from chromagan_jax import convert, models
+from chromagan_jax import models, weights
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 _spec = importlib.util.spec_from_file_location("make_fixtures", f"{FIXTURES}/make_fixtures.py")
@@ -34,7 +34,7 @@ FC_WIDTH = 256  # scaled(256, 1/64) = make_fixtures.FC units.
   ],
 )
 def test_vgg16_files_written_by_the_real_libraries(name, out, preprocessing):
-  params, found = convert.load_vgg16(os.path.join(FIXTURES, name))
+  params, found = weights.load_vgg16(os.path.join(FIXTURES, name))
   assert found == preprocessing
   assert models.scaled(512, WIDTH) == make_fixtures.CHANNELS[-1][1]
   assert models.scaled(FC_WIDTH, WIDTH) == make_fixtures.FC
@@ -51,7 +51,7 @@ def test_vgg16_files_written_by_the_real_libraries(name, out, preprocessing):
 def test_generator_saved_whole_by_keras2():
   """The authors' kind of file: a whole generator saved by Keras 2 (tf_keras) model.save."""
   path = os.path.join(FIXTURES, "generator_tiny_keras2_model.h5")
-  variables, fields = convert.chromagan_generator_with_config(path)
+  variables, fields = weights.chromagan_generator_with_config(path)
   assert fields["image_size"] == make_fixtures.GEN_SIZE
   assert fields["width"] == pytest.approx(make_fixtures.GEN_WIDTH)
   gen = models.Generator(**fields)

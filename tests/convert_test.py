@@ -1,4 +1,5 @@
-"""Tests of chromagan_jax.convert against Keras models and a NumPy torchvision VGG16.
+"""Tests of the weights modules (keras_h5, torch_pickle, weights, shapes) and the convert CLI
+against Keras models and a NumPy torchvision VGG16.
 
 Each source model is built in Keras (or as a torchvision-layout state dict) with random
 weights and non-trivial batch-norm statistics, written in the real file formats (Keras 3's
@@ -7,9 +8,12 @@ formats written without torch), converted, and run in Flax on the same inputs as
 """
 
 import collections
+import json
+import logging
 import os
 import pickle
 import shutil
+import zipfile
 
 import convert_formats
 import h5py
@@ -17,11 +21,13 @@ import jax
 import keras
 import keras_reference
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from helpers import TORCH_CONVS, TORCH_LINEARS, assert_trees_equal, randomize
 from keras.src.legacy.saving import legacy_h5_format
 
-from chromagan_jax import checkpoint, convert, models
+from chromagan_jax import checkpoint, convert, models, shapes, torch_pickle, weights
+from chromagan_jax.errors import CheckpointError, ConversionError, ShapeError
 
 # Small networks: XLA's optimisation passes cost more than they save here.
 jax.config.update("jax_disable_most_optimizations", True)
@@ -78,15 +84,15 @@ def test_vgg16_classifier_from_keras_matches_keras_logits(keras_classifier):
   x = grey_batch(GEN_SIZE)
   want = model(x).numpy()
   teacher = models.VGG16Classifier(width=VGG_WIDTH, num_classes=NUM_CLASSES, fc_width=VGG_FC)
-  params = convert.vgg16_from_keras(files["keras1"])
+  params = weights.vgg16_from_keras(files["keras1"])
   assert_rel_close(teacher.apply({"params": params}, x), want)
   # The Keras 3 writer's layout ('block1_conv1/kernel' names) gives the same arrays.
-  assert_trees_equal(convert.vgg16_from_keras(files["keras3"]), params)
-  loaded, preprocessing = convert.load_vgg16(files["keras1"])
+  assert_trees_equal(weights.vgg16_from_keras(files["keras3"]), params)
+  loaded, preprocessing = weights.load_vgg16(files["keras1"])
   assert preprocessing == "caffe"
   assert_trees_equal(loaded, params)
   # The generator's trunk: blocks 1-4 only.
-  trunk = convert.vgg16_trunk_params(params)
+  trunk = weights.vgg16_trunk_params(params)
   assert list(trunk) == [
     f"block{b}_conv{i}" for b, n in ((1, 2), (2, 2), (3, 3), (4, 3)) for i in range(1, n + 1)
   ]
@@ -100,9 +106,9 @@ def test_vgg16_cli_round_trip(keras_classifier, tmp_path, capsys):
   out = str(tmp_path / "vgg16")
   assert convert.main(["vgg16", files["keras1"], out]) == 0
   assert "caffe" in capsys.readouterr().out
-  params, preprocessing = convert.load_vgg16(out)
+  params, preprocessing = weights.load_vgg16(out)
   assert preprocessing == "caffe"
-  assert_trees_equal(params, convert.vgg16_from_keras(files["keras1"]))
+  assert_trees_equal(params, weights.vgg16_from_keras(files["keras1"]))
   # Never overwrites: a second conversion into the same directory fails in one line.
   assert convert.main(["vgg16", files["keras1"], out]) == 1
   err = capsys.readouterr().err.strip()
@@ -114,23 +120,23 @@ def test_keras_applications_notop_file_gives_the_trunk(tmp_path):
   randomize(vgg, seed=2)
   path = str(tmp_path / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5")
   save_keras3_weights_h5(vgg, path)
-  params = convert.vgg16_from_keras(path, include_top=False)
+  params = weights.vgg16_from_keras(path, include_top=False)
   assert set(params) == {"vgg16"}
-  for name in convert.VGG16_CONVS:  # Block 5 too, by value.
+  for name in weights.VGG16_CONVS:  # Block 5 too, by value.
     kernel, bias = vgg.get_layer(name).get_weights()
     np.testing.assert_array_equal(params["vgg16"][name]["kernel"], kernel)
     np.testing.assert_array_equal(params["vgg16"][name]["bias"], bias)
   x = grey_batch(32)
   want = keras.Model(vgg.input, vgg.get_layer("block4_conv3").output)(x).numpy()
   trunk = models.VGG16Trunk(depth=4)
-  got = trunk.apply({"params": convert.vgg16_trunk_params(params)}, x)
+  got = trunk.apply({"params": weights.vgg16_trunk_params(params)}, x)
   assert_rel_close(got, want)
   # The teacher needs the classifier top: a notop file is refused, naming the file.
-  with pytest.raises(convert.ConversionError, match=rf"{path}.*notop"):
-    convert.vgg16_from_keras(path)
-  with pytest.raises(convert.ConversionError, match="notop"):
-    convert.load_vgg16(path)
-  assert convert.load_vgg16(path, require_top=False)[1] == "caffe"
+  with pytest.raises(ConversionError, match=rf"{path}.*notop"):
+    weights.vgg16_from_keras(path)
+  with pytest.raises(ConversionError, match="notop"):
+    weights.load_vgg16(path)
+  assert weights.load_vgg16(path, require_top=False)[1] == "caffe"
 
 
 # ----------------------------------------------------------------------------------------
@@ -183,7 +189,7 @@ def test_vgg16_from_torch_matches_torch_semantics(tmp_path, fmt):
     )
   else:
     convert_formats.save_torch_legacy(path, sd, shared=fmt == "legacy_shared")
-  params, preprocessing = convert.load_vgg16(path)
+  params, preprocessing = weights.load_vgg16(path)
   assert preprocessing == "torch"
   # 96x96 input: a 3x3x32 block-5 map, so a missing NCHW -> NHWC permutation of fc1 shows.
   x = grey_batch(96)
@@ -198,12 +204,10 @@ def test_torch_reader_refuses_other_pickled_objects(tmp_path):
   convert_formats.save_torch_zip(path, {"a": np.zeros(3, np.float32)})
   with open(str(tmp_path / "data.pkl"), "wb") as f:
     pickle.dump({"a": collections.Counter()}, f, protocol=2)
-  import zipfile  # noqa: PLC0415
-
   with zipfile.ZipFile(path, "w") as zf:
     zf.write(str(tmp_path / "data.pkl"), "archive/data.pkl")
-  with pytest.raises(convert.ConversionError, match="refusing to unpickle collections.Counter"):
-    convert.read_torch_state_dict(path)
+  with pytest.raises(ConversionError, match="refusing to unpickle collections.Counter"):
+    torch_pickle.read_state_dict(path)
 
 
 # ----------------------------------------------------------------------------------------
@@ -231,7 +235,7 @@ def test_generator_from_keras_files(keras_generator):
   assert "model_6" in [name for name, _ in layers] and "conv2d_17" in [n for n, _ in layers]
   want_vars = keras_reference.keras_to_flax(model)  # By layer name: independent mapping.
   for path in (k2, k3):
-    assert_trees_equal(convert.chromagan_generator_from_keras(path), want_vars)
+    assert_trees_equal(weights.chromagan_generator_from_keras(path), want_vars)
   x = grey_batch(GEN_SIZE)
   want_ab, want_p = (t.numpy() for t in model(x, training=False))
   # Non-trivial outputs: unsaturated ab, a spread class distribution.
@@ -239,7 +243,7 @@ def test_generator_from_keras_files(keras_generator):
   gen = models.Generator(
     image_size=GEN_SIZE, width=WIDTH, num_classes=NUM_CLASSES, fc_width=FC_WIDTH
   )
-  ab, p = gen.apply(convert.chromagan_generator_from_keras(k2), x)
+  ab, p = gen.apply(weights.chromagan_generator_from_keras(k2), x)
   assert_rel_close(ab, want_ab)
   assert_rel_close(p, want_p)
 
@@ -251,17 +255,17 @@ def test_generator_cli_writes_a_colorize_checkpoint(keras_generator, tmp_path, c
   assert out in capsys.readouterr().out
   variables, config = checkpoint.load_generator(out)
   assert_trees_equal(
-    jax.tree.map(np.asarray, variables), convert.chromagan_generator_from_keras(k2)
+    jax.tree.map(np.asarray, variables), weights.chromagan_generator_from_keras(k2)
   )
   assert config.model.image_size == GEN_SIZE and config.model.width == WIDTH
   assert config.model.num_classes == NUM_CLASSES and config.model.fc_width == FC_WIDTH
   assert config.model.vgg_preprocessing == "none"
   # The stored model config rebuilds a generator these variables fit.
   gen = models.models_from_config(config.model)[0]
-  convert.check_shapes(
+  shapes.check_shapes(
     variables, jax.eval_shape(gen.init, jax.random.key(0), grey_batch(GEN_SIZE, 1)), out
   )
-  assert_trees_equal(convert.load_generator_variables(out), jax.tree.map(np.asarray, variables))
+  assert_trees_equal(weights.load_generator_variables(out), jax.tree.map(np.asarray, variables))
 
 
 def test_generator_layer_order_is_checked_against_strides(keras_generator, tmp_path):
@@ -274,8 +278,8 @@ def test_generator_layer_order_is_checked_against_strides(keras_generator, tmp_p
   swapped[i], swapped[j] = layers[j], layers[i]
   path = str(tmp_path / "swapped.h5")
   convert_formats.write_keras2_h5(path, swapped, config)
-  with pytest.raises(convert.ConversionError, match=rf"{names[j]}.*global_conv1.*stride"):
-    convert.chromagan_generator_from_keras(path)
+  with pytest.raises(ConversionError, match=rf"{names[j]}.*global_conv1.*stride"):
+    weights.chromagan_generator_from_keras(path)
 
 
 def test_generator_shape_mismatch_names_file_layer_and_shapes(keras_generator, tmp_path):
@@ -283,14 +287,16 @@ def test_generator_shape_mismatch_names_file_layer_and_shapes(keras_generator, t
   convs = [name for name, _ in layers if name.startswith("conv2d_")]
   bad_name = convs[8]  # dec_conv3: (3, 3, 16, 8) at width 1/8.
   bad = []
-  for name, weights in layers:
+  for name, layer_weights in layers:
     if name == bad_name:
-      weights = [(w, np.zeros(a.shape[:-1] + (9,)) if a.ndim == 4 else a) for w, a in weights]
-    bad.append((name, weights))
+      layer_weights = [
+        (w, np.zeros(a.shape[:-1] + (9,)) if a.ndim == 4 else a) for w, a in layer_weights
+      ]
+    bad.append((name, layer_weights))
   path = str(tmp_path / "bad.h5")
   convert_formats.write_keras2_h5(path, bad, config)
-  with pytest.raises(convert.ConversionError) as e:
-    convert.chromagan_generator_from_keras(path)
+  with pytest.raises(ShapeError) as e:
+    weights.chromagan_generator_from_keras(path)
   msg = str(e.value)
   assert path in msg and "dec_conv3" in msg and bad_name in msg
   assert "expected shape (3, 3, 16, 8), found (3, 3, 16, 9)" in msg
@@ -313,19 +319,19 @@ def test_critic_from_keras_files(keras_critic, tmp_path):
   model, k3, k2 = keras_critic
   want_vars = keras_reference.keras_to_flax(model)
   for path in (k2, k3):
-    assert_trees_equal(convert.chromagan_critic_from_keras(path), want_vars)
+    assert_trees_equal(weights.chromagan_critic_from_keras(path), want_vars)
   rng = np.random.default_rng(6)
   ab = rng.uniform(0, 1, (2, 32, 32, 2)).astype(np.float32)
   lightness = rng.uniform(0, 1, (2, 32, 32, 1)).astype(np.float32)
   want = model([ab, lightness]).numpy()
-  got = models.Critic(width=WIDTH).apply(convert.chromagan_critic_from_keras(k2), ab, lightness)
+  got = models.Critic(width=WIDTH).apply(weights.chromagan_critic_from_keras(k2), ab, lightness)
   assert_rel_close(got, want)
   out = str(tmp_path / "critic")
   assert convert.main(["critic", k2, out]) == 0
-  assert_trees_equal(convert.load_critic(out), want_vars)
+  assert_trees_equal(weights.load_critic(out), want_vars)
   # A critic directory is not VGG16 weights.
-  with pytest.raises(convert.ConversionError, match="'critic'.*'vgg16' expected"):
-    convert.load_vgg16(out)
+  with pytest.raises(CheckpointError, match="'critic' weights, 'vgg16' weights were expected"):
+    weights.load_vgg16(out)
 
 
 # ----------------------------------------------------------------------------------------
@@ -336,10 +342,10 @@ def test_not_hdf5_and_cli_error_line(tmp_path, capsys):
   path = str(tmp_path / "weights.h5")
   with open(path, "w") as f:
     f.write("not weights\n")
-  with pytest.raises(convert.ConversionError, match=rf"{path}: not an HDF5 file"):
-    convert.vgg16_from_keras(path)
-  with pytest.raises(convert.ConversionError, match=rf"{path}: not a Keras .h5, a torch"):
-    convert.load_vgg16(path)
+  with pytest.raises(ConversionError, match=rf"{path}: not an HDF5 file"):
+    weights.vgg16_from_keras(path)
+  with pytest.raises(ConversionError, match=rf"{path}: not a Keras .h5, a torch"):
+    weights.load_vgg16(path)
   assert convert.main(["generator", path, str(tmp_path / "out")]) == 1
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and err.startswith("error: ") and path in err
@@ -353,8 +359,8 @@ def test_truncated_files(keras_classifier, tmp_path):
     data = f.read()
   with open(cut, "wb") as f:
     f.write(data[: len(data) // 2])
-  with pytest.raises(convert.ConversionError, match=rf"{cut}.*truncated"):
-    convert.vgg16_from_keras(cut)
+  with pytest.raises(ConversionError, match=rf"{cut}.*truncated"):
+    weights.vgg16_from_keras(cut)
   sd = torch_vgg16_state_dict(seed=7)
   for save in (convert_formats.save_torch_zip, convert_formats.save_torch_legacy):
     full, cut = str(tmp_path / "full.pth"), str(tmp_path / "cut.pth")
@@ -362,8 +368,8 @@ def test_truncated_files(keras_classifier, tmp_path):
     shutil.copy(full, cut)
     with open(cut, "r+b") as f:
       f.truncate(int(os.path.getsize(full) * 0.6))
-    with pytest.raises(convert.ConversionError, match=rf"{cut}.*(truncated|corrupt)"):
-      convert.vgg16_from_torch(cut)
+    with pytest.raises(ConversionError, match=rf"{cut}.*(truncated|corrupt)"):
+      weights.vgg16_from_torch(cut)
 
 
 def test_vgg19_and_wrong_model_files(keras_classifier, keras_generator, tmp_path):
@@ -375,24 +381,100 @@ def test_vgg19_and_wrong_model_files(keras_classifier, keras_generator, tmp_path
   )
   vgg19 = str(tmp_path / "vgg19_weights_tf_dim_ordering_tf_kernels.h5")
   convert_formats.write_keras2_h5(vgg19, layers + [extra], weights_only=True)
-  with pytest.raises(convert.ConversionError, match=rf"{vgg19}.*block5_conv4.*VGG19"):
-    convert.vgg16_from_keras(vgg19)
+  with pytest.raises(ConversionError, match=rf"{vgg19}.*block5_conv4.*VGG19"):
+    weights.vgg16_from_keras(vgg19)
   sd = torch_vgg16_state_dict(seed=8)
   sd["features.30.weight"] = np.zeros((32, 32, 3, 3), np.float32)
   sd["features.30.bias"] = np.zeros((32,), np.float32)
   pth = str(tmp_path / "vgg19.pth")
   convert_formats.save_torch_zip(pth, sd)
-  with pytest.raises(convert.ConversionError, match=rf"{pth}: has 14 convolutions"):
-    convert.vgg16_from_torch(pth)
+  with pytest.raises(ConversionError, match=rf"{pth}: has 14 convolutions"):
+    weights.vgg16_from_torch(pth)
   # A generator file is not VGG16, and a VGG16 file is not a generator or a critic.
   _, _, k2, _, _ = keras_generator
-  with pytest.raises(convert.ConversionError, match=rf"{k2}: no VGG16 layers"):
-    convert.vgg16_from_keras(k2)
+  with pytest.raises(ConversionError, match=rf"{k2}: no VGG16 layers"):
+    weights.vgg16_from_keras(k2)
   vgg = str(tmp_path / "vgg16.h5")
   convert_formats.write_keras2_h5(vgg, layers, weights_only=True)
-  with pytest.raises(
-    convert.ConversionError, match=rf"{vgg}: .*block5_conv1.*not a ChromaGAN generator"
-  ):
-    convert.chromagan_generator_from_keras(vgg)
-  with pytest.raises(convert.ConversionError, match=rf"{vgg}: layer 'fc1' is not a convolution"):
-    convert.chromagan_critic_from_keras(vgg)
+  with pytest.raises(ConversionError, match=rf"{vgg}: .*block5_conv1.*not a ChromaGAN generator"):
+    weights.chromagan_generator_from_keras(vgg)
+  with pytest.raises(ConversionError, match=rf"{vgg}: layer 'fc1' is not a convolution"):
+    weights.chromagan_critic_from_keras(vgg)
+
+
+# ----------------------------------------------------------------------------------------
+# Directories of earlier converters: params/ + conversion.json.
+
+
+def write_legacy_conversion(directory, params, info):
+  """The layout earlier converters wrote: an Orbax PyTree in params/ and conversion.json."""
+  os.makedirs(directory)
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(os.path.join(directory, "params"), params)
+    ckptr.wait_until_finished()
+  with open(os.path.join(directory, "conversion.json"), "w") as f:
+    json.dump(info, f)
+
+
+def test_earlier_converted_directories_still_load(keras_classifier, keras_critic, tmp_path, caplog):
+  _, files = keras_classifier
+  vgg = weights.vgg16_from_keras(files["keras1"])
+  old_vgg = str(tmp_path / "old_vgg16")
+  info = {"kind": "vgg16", "source": files["keras1"], "preprocessing": "caffe", "include_top": True}
+  write_legacy_conversion(old_vgg, vgg, info)
+  caplog.set_level(logging.INFO)
+  params, preprocessing = weights.load_vgg16(old_vgg)
+  assert preprocessing == "caffe"
+  assert_trees_equal(params, vgg)
+  assert "earlier layout" in caplog.text and old_vgg in caplog.text
+  _, _, k2 = keras_critic
+  critic = weights.chromagan_critic_from_keras(k2)
+  old_critic = str(tmp_path / "old_critic")
+  info = {"kind": "critic", "source": k2, "width": WIDTH}
+  write_legacy_conversion(old_critic, critic["params"], info)
+  assert_trees_equal(weights.load_critic(old_critic), critic)
+  with pytest.raises(CheckpointError, match="'critic' weights, 'vgg16' weights were expected"):
+    weights.load_vgg16(old_critic)
+
+
+# ----------------------------------------------------------------------------------------
+# The one "made for which config" reader and the one shape checker.
+
+
+@pytest.mark.parametrize(
+  "fields",
+  [
+    {"image_size": 64, "width": 0.125, "num_classes": 10, "fc_width": 512},
+    {"image_size": 96, "width": 0.25, "num_classes": 1000, "fc_width": 4096},
+    {"image_size": 224, "width": 1.0, "num_classes": 1000, "fc_width": 4096},
+  ],
+)
+def test_made_for_reads_back_the_model_config(fields):
+  model = {**fields, "vgg_preprocessing": "none"}
+  for network in ("generator", "vgg16"):
+    variables = weights.abstract_variables(model, network)
+    assert shapes.made_for(variables) == fields, network
+  critic = weights.abstract_variables(model, "critic")
+  assert shapes.made_for(critic) == {"width": fields["width"]}
+  trunk = {"vgg16": weights.abstract_variables(model, "vgg16")["params"]["vgg16"]}
+  assert shapes.made_for(trunk) == {"width": fields["width"]}
+
+
+def test_check_shapes_names_the_first_difference_and_what_the_weights_fit():
+  small = {"image_size": 64, "width": 0.125, "num_classes": 10, "fc_width": 512}
+  model = {**small, "vgg_preprocessing": "none"}
+  expected = weights.abstract_variables(model, "generator")
+  shapes.check_shapes(expected, expected, "same")  # Fits: no error.
+  wider = weights.abstract_variables({**model, "width": 0.25}, "generator")
+  with pytest.raises(ShapeError) as e:
+    shapes.check_shapes(wider, expected, "w.h5", made_for_fields=lambda: shapes.made_for(wider))
+  msg = str(e.value)
+  assert msg.startswith("w.h5 does not fit config.model: ['batch_stats']['global_bn1']")
+  assert "expected shape (64,), found (128,)" in msg
+  assert msg.endswith("they were made for image_size=64, width=0.25, num_classes=10, "
+                      "fc_width=512: use that model config")  # fmt: skip
+  missing = {"params": dict(expected["params"]), "batch_stats": expected["batch_stats"]}
+  del missing["params"]["dec_conv6"]
+  pattern = r"\['params'\]\['dec_conv6'\]\['bias'\] expected shape \(2,\), found nothing"
+  with pytest.raises(ShapeError, match=pattern + "$"):
+    shapes.check_shapes(missing, expected, "m")

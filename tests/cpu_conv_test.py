@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from chromagan_jax import cpu_conv, models
+from chromagan_jax import colorize_lib, cpu_conv, models
+from chromagan_jax.configs import tiny
 
 
 def _direct(x, w):
@@ -167,8 +168,6 @@ def test_auto_conv_impl_is_measured_only_for_float32_on_cpu():
 
 
 def test_models_from_config_chooses_per_use():
-  from configs import tiny  # noqa: PLC0415
-
   config = tiny.get_config()
   config.model.conv_impl = "auto"
   gen, critic, teacher = models.models_from_config(config.model)
@@ -184,8 +183,6 @@ def test_models_from_config_chooses_per_use():
 
 def test_inference_filters_replace_the_per_call_transform():
   """colorize's pre-transformed Winograd filters give the same ab, and are really used."""
-  from chromagan_jax import colorize_lib  # noqa: PLC0415
-
   size = 32
   gen = models.Generator(
     image_size=size, width=0.25, fc_width=16, num_classes=4, conv_impl="winograd"
@@ -196,10 +193,11 @@ def test_inference_filters_replace_the_per_call_transform():
   # Width 1/4: the >= 64-channel 3x3 layers (block2_conv1 .. mid_conv2, dec_conv2..4) only.
   assert "vgg16/block3_conv2:m2" in filters and "dec_conv5:m2" not in str(list(filters))
   assert all(f.shape[0] == 16 for f in filters.values())  # F(2x2): 4x4 transformed taps.
-  want = colorize_lib.predict_ab(gen, variables, x)
-  same = np.abs(colorize_lib.predict_ab(gen, variables, x, filters) - want).max()
+  x = x * 255  # predict_ab takes 0-255 RGB.
+  want = colorize_lib.predict_ab(gen, variables, x)[1]
+  same = np.abs(colorize_lib.predict_ab(gen, variables, x, filters)[1] - want).max()
   zeroed = {**filters, "vgg16/block3_conv2:m2": jnp.zeros_like(filters["vgg16/block3_conv2:m2"])}
-  changed = np.abs(colorize_lib.predict_ab(gen, variables, x, zeroed) - want).max()
+  changed = np.abs(colorize_lib.predict_ab(gen, variables, x, zeroed)[1] - want).max()
   # Random init: ab stays near 0.5, so compare with the float32 rounding of the same model.
   assert same <= 1e-6 and changed > max(100 * same, 1e-5), (same, changed)
   assert colorize_lib.inference_filters(gen.clone(conv_impl="xla"), variables, x) == {}

@@ -28,7 +28,7 @@ def main():
   from helpers import photo_batch
 
   from chromagan_jax import train_lib
-  from configs import tiny
+  from chromagan_jax.configs import tiny
 
   config = tiny.get_config()
   mesh = train_lib.make_mesh()

@@ -17,7 +17,7 @@ from skimage import data as skdata
 from skimage import metrics as skmetrics
 
 from chromagan_jax import checkpoint, evaluate, models
-from configs import default
+from chromagan_jax.configs import default
 
 jax.config.update("jax_disable_most_optimizations", True)
 
@@ -36,7 +36,7 @@ def test_psnr_and_ssim_match_skimage():
   pred = np.clip(np.round(truth + noise), 0, 255).astype(np.uint8)
   pred[1, :10] = 255 - pred[1, :10]  # a large structural error
   psnr = np.asarray(evaluate.psnr(pred, truth))
-  ssim = np.asarray(evaluate.ssim(pred, truth))
+  ssim = np.asarray(evaluate.ssim_skimage(pred, truth))
   for i in range(2):
     ref_psnr = skmetrics.peak_signal_noise_ratio(truth[i], pred[i], data_range=255)
     ref_ssim = skmetrics.structural_similarity(truth[i], pred[i], channel_axis=-1, data_range=255)
@@ -44,7 +44,30 @@ def test_psnr_and_ssim_match_skimage():
     assert ssim[i] == pytest.approx(ref_ssim, abs=2e-4)
   assert ssim[0] > ssim[1]
   assert np.isinf(np.asarray(evaluate.psnr(truth, truth))).all()
-  np.testing.assert_allclose(np.asarray(evaluate.ssim(truth, truth)), 1.0, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(evaluate.ssim_skimage(truth, truth)), 1.0, atol=1e-5)
+
+
+def test_ssim_matches_tf_image_ssim():
+  """``ssim`` is the reference's metric: tf.image.ssim (11x11 Gaussian window, std 1.5)."""
+  import tensorflow as tf  # Only this test needs TensorFlow.
+
+  rng = np.random.default_rng(1)
+  truth = np.stack([photo(n, (64, 48)) for n in ("chelsea", "coffee", "astronaut")])
+  noise = rng.normal(0, 1, truth.shape) * np.array([3.0, 12.0, 30.0])[:, None, None, None]
+  pred = np.clip(np.round(truth + noise), 0, 255).astype(np.uint8)
+  pred[2, :10] = 255 - pred[2, :10]
+  ours = np.asarray(evaluate.ssim(pred, truth))
+  # uint8 as the reference feeds it (TF then works in float32 on [0, 1]), and float64.
+  ref_uint8 = tf.image.ssim(tf.constant(pred), tf.constant(truth), max_val=255).numpy()
+  ref_f64 = tf.image.ssim(
+    tf.constant(pred, tf.float64), tf.constant(truth, tf.float64), max_val=255.0
+  ).numpy()
+  # Measured: 4e-6 from TF's own float32 rounding, 7e-7 from float64.
+  np.testing.assert_allclose(ours, ref_uint8, atol=1e-5)
+  np.testing.assert_allclose(ours, ref_f64, atol=2e-6)
+  assert ours[0] > ours[1] > ours[2]
+  # Not the 7x7 uniform definition: the two differ by far more than the tolerance.
+  assert np.abs(ours - np.asarray(evaluate.ssim_skimage(pred, truth))).max() > 1e-3
 
 
 def test_colorfulness_hand_computed():
@@ -130,7 +153,8 @@ def test_evaluate_folder(ckpt, generator, tmp_path, capsys):
     ref_psnr = skmetrics.peak_signal_noise_ratio(rgb, base, data_range=255)
     ref_ssim = skmetrics.structural_similarity(rgb, base, channel_axis=-1, data_range=255)
     assert row["baseline_psnr"] == pytest.approx(ref_psnr, abs=0.05), name
-    assert row["baseline_ssim"] == pytest.approx(ref_ssim, abs=2e-3), name
+    assert row["baseline_ssim_skimage"] == pytest.approx(ref_ssim, abs=2e-3), name
+    assert 0 < row["baseline_ssim"] <= 1, name
     assert row["baseline_colorfulness"] == pytest.approx(hasler(base), abs=0.2), name
     assert row["truth_colorfulness"] == pytest.approx(hasler(rgb), rel=1e-4), name
     colorized = colorized_reference(rgb, *generator)
@@ -138,7 +162,7 @@ def test_evaluate_folder(ckpt, generator, tmp_path, capsys):
     ref_ssim = skmetrics.structural_similarity(rgb, colorized, channel_axis=-1, data_range=255)
     # Measured: within 4e-4 dB, 2.2e-5 and 9e-5 relative (uint8 rounding of a few pixels).
     assert row["colorized_psnr"] == pytest.approx(ref_psnr, abs=0.01), name
-    assert row["colorized_ssim"] == pytest.approx(ref_ssim, abs=2e-4), name
+    assert row["colorized_ssim_skimage"] == pytest.approx(ref_ssim, abs=2e-4), name
     assert row["colorized_colorfulness"] == pytest.approx(hasler(colorized), rel=1e-3), name
     # Really colourful and really different from the baseline: the check is not vacuous.
     assert row["colorized_colorfulness"] > row["baseline_colorfulness"] + 10, name
@@ -148,7 +172,7 @@ def test_evaluate_folder(ckpt, generator, tmp_path, capsys):
     summary = json.load(f)
   assert summary["num_images"] == 4 and summary["image_size"] == 64
   for result in ("colorized", "baseline"):
-    for metric in ("psnr", "ssim", "colorfulness"):
+    for metric in ("psnr", "ssim", "ssim_skimage", "colorfulness"):
       mean = np.mean([float(r[f"{result}_{metric}"]) for r in rows.values()])
       assert summary["mean"][result][metric] == pytest.approx(mean, rel=1e-6)
   assert any("FID" in note for note in summary["notes"])
@@ -170,7 +194,7 @@ def test_evaluate_errors(ckpt, tmp_path, capsys):
 @pytest.mark.slow
 def test_evaluate_bundled_through_input_pipeline(ckpt, tmp_path):
   """``--data bundled`` reads the held-out bundled photos via input_pipeline (TensorFlow)."""
-  summary = evaluate.evaluate(
+  summary = evaluate.evaluate_checkpoint(
     ckpt, "bundled", str(tmp_path), batch_size=4, max_images=2, progress=False
   )
   assert summary["num_images"] == 2
@@ -178,3 +202,26 @@ def test_evaluate_bundled_through_input_pipeline(ckpt, tmp_path):
     rows = list(csv.DictReader(f))
   assert [r["image"] for r in rows] == ["bundled/0", "bundled/1"]
   assert all(float(r["truth_colorfulness"]) > 1 for r in rows)  # real colour photos
+
+
+def test_evaluate_takes_a_predict_function(tmp_path):
+  """No model needed: a perfect colorizer scores PSNR inf (skipped in means) and SSIM 1."""
+  photos = tmp_path / "photos"
+  photos.mkdir()
+  for name in ("chelsea", "coffee"):
+    Image.fromarray(photo(name, (32, 32))).save(photos / f"{name}.png")
+  calls = []
+
+  def predict_fn(rgb):  # uint8 (N, 32, 32, 3) -> (grey, colour): the truth itself.
+    calls.append(rgb.shape)
+    return np.repeat(np.asarray(rgb)[..., 1:2], 3, -1), rgb
+
+  summary = evaluate.evaluate(
+    predict_fn, str(photos), str(tmp_path / "o"), image_size=32, batch_size=4, progress=False
+  )
+  assert calls == [(4, 32, 32, 3)]  # One padded batch.
+  assert summary["num_images"] == 2 and summary["num_identical"]["colorized"] == 2
+  assert summary["mean"]["colorized"]["psnr"] is None
+  assert summary["mean"]["colorized"]["ssim"] == pytest.approx(1.0, abs=1e-6)
+  assert summary["mean"]["baseline"]["ssim"] < 0.99
+  assert "checkpoint" not in evaluate.format_table(summary)

@@ -34,21 +34,26 @@ def ckpt(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def photos_l():
-  """Network L (N, 64, 64, 1) in [0, 1] of every bundled photo."""
+def photos_rgb():
+  """Every bundled photo at the network size, uint8 RGB (N, 64, 64, 3)."""
   paths = input_pipeline.bundled_photos("train") + input_pipeline.bundled_photos("holdout")
   size = small_config().model.image_size
-  rgb = np.stack([images.resize(images.read_rgb(p), size) for p in paths])
-  return np.asarray(color.rgb_to_net(rgb)[0], np.float32)
+  return np.stack([images.resize(images.read_rgb(p), size) for p in paths])
 
 
 @pytest.fixture(scope="module")
-def reference(ckpt, photos_l):
-  """ab of colorize's generator (XLA convs: the export's) on the photos' L."""
+def photos_l(photos_rgb):
+  """Network L (N, 64, 64, 1) in [0, 1] of every bundled photo."""
+  return np.asarray(color.rgb_to_net(photos_rgb)[0], np.float32)
+
+
+@pytest.fixture(scope="module")
+def reference(ckpt, photos_rgb):
+  """ab of colorize's generator (XLA convs: the export's) on the photos."""
   variables, config = checkpoint.load_generator(ckpt, with_class_head=False)
   colorizer = colorize_lib.Colorizer(variables, config, conv_impl="xla")
-  l3 = color.gray_to_l3(photos_l)
-  want = np.asarray(colorize_lib.predict_ab(colorizer.model, colorizer.variables, l3))
+  _, ab = colorize_lib.predict_ab(colorizer.model, colorizer.variables, photos_rgb)
+  want = np.asarray(ab)
   # A real network output: not constant, inside [0, 1].
   assert want.std() > 1e-3 and 0.0 <= want.min() and want.max() <= 1.0
   return want

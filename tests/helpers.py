@@ -45,7 +45,7 @@ def assert_trees_equal(got, want):
 def randomize(model, seed):
   """Random weights for a Keras model: LeCun-normal kernels, small biases, batch norm with
   non-trivial gamma/beta/mean/variance."""
-  import keras  # noqa: PLC0415 - only the Keras tests pay for importing TensorFlow.
+  import keras  # Here, so that only the Keras tests pay for importing TensorFlow.
 
   rng = np.random.default_rng(seed)
   for layer in model._flatten_layers(include_self=False, recursive=True):

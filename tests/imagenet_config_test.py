@@ -7,7 +7,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from chromagan_jax import train_lib
-from configs import default, imagenet
+from chromagan_jax.configs import default, imagenet
 
 
 def _parse(*args):

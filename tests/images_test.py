@@ -16,7 +16,7 @@ from PIL import Image
 
 from chromagan_jax import colorize_files, evaluate, images
 from chromagan_jax import input_pipeline as ip
-from configs import default
+from chromagan_jax.configs import default
 
 H, W = 10, 12
 

@@ -21,7 +21,7 @@ from skimage import transform
 
 from chromagan_jax import images
 from chromagan_jax import input_pipeline as ip
-from configs import default
+from chromagan_jax.configs import default
 
 SIZE = 16  # Output side of the tests' batches.
 

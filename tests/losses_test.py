@@ -7,7 +7,7 @@ import pytest
 from scipy import special
 
 from chromagan_jax import losses, models
-from configs import default
+from chromagan_jax.configs import default
 
 jax.config.update("jax_disable_most_optimizations", True)
 

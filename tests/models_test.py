@@ -11,7 +11,7 @@ import pytest
 from keras import layers
 
 from chromagan_jax import models
-from configs import tiny
+from chromagan_jax.configs import tiny
 
 # Small build used for forward passes: the real code at 64x64 and 1/8 width.
 SIZE = 64

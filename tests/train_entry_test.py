@@ -11,7 +11,7 @@ from helpers import photo_batch
 from PIL import Image
 
 from chromagan_jax import checkpoint, train_lib
-from configs import tiny
+from chromagan_jax.configs import tiny
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

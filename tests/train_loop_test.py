@@ -14,7 +14,7 @@ from skimage import color as skcolor
 from tensorboard.backend.event_processing import event_accumulator
 
 from chromagan_jax import checkpoint, input_pipeline, train_lib
-from configs import tiny
+from chromagan_jax.configs import tiny
 
 
 def read_events(workdir):

@@ -25,7 +25,7 @@ from helpers import photo_batch
 from skimage import color as skcolor
 
 from chromagan_jax import train_lib
-from configs import default, tiny
+from chromagan_jax.configs import default, tiny
 
 # The paper's Adam(lr, beta_1=0.5) with Keras' defaults for beta_2 and epsilon.
 B1, B2, KERAS_EPS = 0.5, 0.999, 1e-7

@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 from helpers import TORCH_CONVS, TORCH_LINEARS, assert_trees_equal, randomize
 
-from chromagan_jax import checkpoint, color, convert, models, train_lib
-from configs import tiny
+from chromagan_jax import color, convert, models, train_lib, weights
+from chromagan_jax.configs import tiny
+from chromagan_jax.errors import UserError
 
 # The tiny config's model: every file below is built at these sizes unless a test says not.
 _CONFIG = tiny.get_config().model
@@ -28,7 +29,7 @@ SIZE, WIDTH = _CONFIG.image_size, _CONFIG.width
 NUM_CLASSES, FC_WIDTH = _CONFIG.num_classes, _CONFIG.fc_width
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Errors train.py turns into one `error: ...` line.
-USER_ERRORS = (train_lib.ConfigError, checkpoint.CheckpointError, convert.ConversionError)
+USER_ERRORS = UserError
 
 
 def _config(num_train_steps=2, **weights):
@@ -90,10 +91,10 @@ def _torch_state_dict(vgg_params):
   NCHW flatten order (the converter must undo that permutation).
   """
   sd = {}
-  for i, name in zip(TORCH_CONVS, convert.VGG16_CONVS, strict=True):
+  for i, name in zip(TORCH_CONVS, weights.VGG16_CONVS, strict=True):
     sd[f"features.{i}.weight"] = vgg_params["vgg16"][name]["kernel"].transpose(3, 2, 0, 1)
     sd[f"features.{i}.bias"] = vgg_params["vgg16"][name]["bias"]
-  for i, name in zip(TORCH_LINEARS, convert.VGG16_TOP, strict=True):
+  for i, name in zip(TORCH_LINEARS, weights.VGG16_TOP, strict=True):
     kernel = vgg_params[name]["kernel"]
     if name == "fc1":  # Rows h*W*C + w*C + c (NHWC flatten) -> columns c*H*W + h*W + w.
       channels = vgg_params["vgg16"]["block5_conv3"]["kernel"].shape[3]
@@ -175,7 +176,7 @@ def test_vgg_weights_initialise_the_trunk_and_teach(vgg_files, fmt, first_step, 
   # Training the trunk (donated with the state) leaves the frozen teacher intact.
   assert_trees_equal(first_step["last_teacher"], want)
   step0 = first_step["state"]
-  trunk = {n: want["vgg16"][n] for n in convert.TRUNK_CONVS}  # Blocks 1-4 of VGG16.
+  trunk = {n: want["vgg16"][n] for n in weights.TRUNK_CONVS}  # Blocks 1-4 of VGG16.
   assert_trees_equal(step0.g_params["vgg16"], trunk)
   # The files' own preprocessing differs from the reference's 'none': said, not changed.
   own = {"keras_h5": "caffe", "converted_dir": "caffe", "torch_pth": "torch"}[fmt]

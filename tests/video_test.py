@@ -21,7 +21,7 @@ from PIL import Image
 
 import colorize
 from chromagan_jax import checkpoint, color, colorize_lib, evaluate, video
-from configs import tiny
+from chromagan_jax.configs import tiny
 
 SIZE = (96, 64)  # (W, H)
 SHOT = 12  # frames per shot; the cut is at frame SHOT.
@@ -303,7 +303,7 @@ _MEMORY_SCRIPT = textwrap.dedent(
   import jax, numpy as np
   jax.config.update("jax_disable_most_optimizations", True)
   from chromagan_jax import colorize_lib, video
-  from configs import tiny
+  from chromagan_jax.configs import tiny
   config = tiny.get_config()
   model = colorize_lib.generator_from(config)
   variables = model.init(jax.random.PRNGKey(0), np.zeros((1, 64, 64, 3)), train=False)

@@ -1,0 +1,106 @@
+"""Default ChromaGAN configuration: the reference recipe on ImageNet at 224x224.
+
+  python train.py --config=configs/default.py --workdir=/tmp/chromagan
+
+Other configs import this file and override a few fields. Every field is documented here.
+"""
+
+import ml_collections
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # Seeds parameter init, data shuffling, the GP's eps and everything else.
+
+  # --- model ------------------------------------------------------------------------------
+  config.model = ml_collections.ConfigDict()
+  config.model.image_size = 224  # Network input size (the reference resizes to 224x224).
+  config.model.width = 1.0  # Multiplies every channel count; < 1 only for tests/CPU demos.
+  config.model.num_classes = 1000  # Classes of the class-distribution head and the teacher.
+  config.model.fc_width = 4096  # Width of the class head / VGG16 fc1, fc2 (before `width`).
+  # Input normalisation of the VGG trunk and teacher: 'none' (reference: grey [0, 1] tiled
+  # to 3 channels), 'caffe' (Keras ImageNet weights) or 'torch' (torchvision weights).
+  config.model.vgg_preprocessing = "none"
+  config.model.remat_trunk = False  # Recompute trunk activations in backward (saves memory).
+  # Convolution algorithm of the three networks: 'auto' = for float32 on CPU, each layer's
+  # fastest of XLA / Winograd F(2x2, 4x4) / im2col, measured once per machine for its use
+  # (conv_choice.py; cached next to the XLA cache), XLA's convolutions on GPU/TPU; or one of
+  # models.CONV_IMPLS ('xla', 'winograd', 'winograd2', 'winograd4': the fixed rule measured on
+  # an AMD EPYC, Winograd for >= 64-channel 3x3 convs, im2col for strided, 1x1 and 4x4 ones).
+  config.model.conv_impl = "auto"
+  config.dtype = "float32"  # Compute dtype: 'float32' or 'bfloat16' (params and losses f32).
+  # Compile the train step with --xla_gpu_deterministic_ops on GPU so that GPU steps are
+  # bitwise reproducible: what makes resume exact there (CPU and TPU steps are deterministic
+  # anyway). It costs GPU speed (README "Training on GPUs and pods"); False trades exact
+  # resume for it.
+  config.deterministic_ops = True
+
+  # --- data ---------------------------------------------------------------------------------
+  config.data = ml_collections.ConfigDict()
+  # 'tfds' (a TFDS dataset, `imagenet2012` by default), 'folder' (a directory or glob of
+  # image files) or 'bundled' (real photos shipped inside the scikit-image wheel).
+  config.data.source = "tfds"
+  config.data.tfds_name = "imagenet2012"  # TFDS dataset name when source == 'tfds'.
+  config.data.train_split = "train"  # TFDS split to train on.
+  config.data.eval_split = "validation"  # TFDS split for sample grids / evaluation.
+  config.data.data_dir = None  # TFDS data_dir (None: TFDS default, ~/tensorflow_datasets).
+  config.data.manual_dir = (
+    None  # Where the ILSVRC2012 tars are (None: <data_dir>/downloads/manual).
+  )
+  config.data.path = ""  # Directory or glob of images when source == 'folder'.
+  config.data.eval_path = ""  # Optional held-out directory/glob for sample grids ('folder').
+  # Keep decoded images in host memory ('folder'; 'bundled' always does; ignored for 'tfds').
+  config.data.cache = False
+  # Random crops (several scales) and flips of training images. A deviation from the
+  # reference (no augmentation), meant for the tiny 'bundled' demo set: off for the recipe.
+  config.data.augment = False
+  config.data.prefetch = 2  # Batches prefetched to the host.
+  # Worker processes that decode, augment and resize (Pillow holds the GIL, so threads would
+  # not decode in parallel); None: one per CPU core this process may use; 0: in this process.
+  config.data.decode_processes = None
+
+  # --- optimisation -------------------------------------------------------------------------
+  config.batch_size = 10  # Global batch (all devices, all processes). Reference: 10.
+  config.num_epochs = 5.0  # Passes over the training set (reference: 5 over ImageNet).
+  config.num_train_steps = -1  # If > 0, overrides num_epochs.
+  config.g_learning_rate = 2e-5  # Adam for the generator (reference: 2e-5).
+  config.d_learning_rate = 2e-5  # Adam for the critic (reference: 2e-5).
+  config.adam_b1 = 0.5  # Reference: 0.5.
+  config.adam_b2 = 0.999  # Keras default.
+  config.adam_eps = 1e-7  # Keras default epsilon.
+
+  # --- losses -------------------------------------------------------------------------------
+  config.loss = ml_collections.ConfigDict()
+  config.loss.mse = 1.0  # Generator: colour L2 weight.
+  config.loss.kl = 0.003  # Generator: KL(teacher || predicted class distribution) weight.
+  config.loss.adv = -0.1  # Generator: weight of mean D(fake) (negative: fool the critic).
+  config.loss.real = -1.0  # Critic: weight of mean D(real).
+  config.loss.fake = 1.0  # Critic: weight of mean D(fake).
+  config.loss.gp = 10.0  # Critic: gradient-penalty weight.
+  # Whether the generator's batch-norm moving averages are also updated when the generator
+  # runs (in training mode) inside the critic update, i.e. twice per batch. The reference
+  # did: Keras 2's Network.updates (keras/engine/network.py) collects the nested
+  # generator's BN updates into the critic model's train function whatever the generator's
+  # `trainable` flag. False: once per batch, in the generator update.
+  config.bn_update_in_critic_step = True
+
+  # --- weights ------------------------------------------------------------------------------
+  # ImageNet VGG16 weights (Keras .h5 with top, torchvision .pth, or a converted Orbax dir)
+  # used to initialise the trunk and as the frozen KL teacher. Empty: random trunk and the
+  # KL term disabled ("ChromaGAN w/o class"), with a logged warning.
+  config.vgg_weights = ""
+  # Generator to start from (trunk, all layers and batch-norm statistics; overrides the trunk
+  # from vgg_weights): the authors' my_model_colorization.h5, a converted directory or a
+  # training workdir. Only for a fresh run: a checkpoint in --workdir is resumed instead.
+  config.init_from = ""
+  # Critic to start from, to resume the GAN from the authors' training state: their critic
+  # Keras .h5 or a `python -m chromagan_jax.convert critic` directory. Fresh runs only, too.
+  config.init_critic_from = ""
+
+  # --- checkpoints and logging ------------------------------------------------------------
+  config.checkpoint_every_steps = 5_000
+  config.max_checkpoints_to_keep = 3
+  config.log_every_steps = 100  # Console + TensorBoard scalars.
+  config.sample_every_steps = 5_000  # TensorBoard image grids (grey | colorized | truth).
+  config.num_samples = 8  # Images in each sample grid.
+  return config
