@@ -30,9 +30,13 @@ F(4x4) but its VJP with F(2x2) (bench/RESULTS.md, per-layer table):
   * "gp": forward plus the gradients of a loss that holds the input gradient (WGAN-GP's
     gradient penalty: the critic).
 
-The environment variable ``CHROMAGAN_CONV_CHOICE=rule`` replaces measuring by the fixed rule
-(``cpu_conv.rule``, the "winograd" conv_impl): the test suite uses it so that its programs do
-not depend on timing noise.
+Measuring is opt-in: ``CHROMAGAN_CONV_CHOICE=measure`` turns it on; the default, "rule", is
+the fixed rule (``cpu_conv.rule``, the "winograd" conv_impl), which the test suite also uses so
+that its programs do not depend on timing noise. Why not the default: the first use on a
+machine pays for timing every candidate of every distinct layer at its full shape, measured
+at 727 s for colorize.py on 3 photos at 224x224 (AMD EPYC, AVX2, load average 7-15; see
+bench/RESULTS.md), far above the compile-time budget of a first colorize (30 s). Timing at a
+reduced batch is the next step before measuring can become the default.
 """
 
 import hashlib
@@ -65,6 +69,7 @@ REPEATS = 3
 MIN_SAMPLE_S = 0.02
 ENV_POLICY = "CHROMAGAN_CONV_CHOICE"
 POLICIES = ("measure", "rule")
+DEFAULT_POLICY = "rule"  # Measuring is opt-in until its first-use cost is cut (docstring).
 
 # ISA features that change which algorithm is fastest (vector width, FMA, matrix units).
 _ISA_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",
@@ -142,7 +147,9 @@ def measure(names, objective: str, lhs_shape, rhs_shape, dtype, strides, pads) -
   over enough calls to last :data:`MIN_SAMPLE_S`; the minimum counts. A candidate
   :data:`ABANDON` times slower than the best after the first round drops out.
   """
-  with jax.ensure_compile_time_eval():  # Runs now, even while a caller's jit is tracing.
+  # Runs now, even while a caller's jit is tracing, and inside the training loop's
+  # jax.transfer_guard("disallow"): its own inputs are put on the device on purpose.
+  with jax.ensure_compile_time_eval(), jax.transfer_guard("allow"):
     x, w = (jax.device_put(a) for a in _inputs(lhs_shape, rhs_shape, dtype))
     runs, loops = {}, {}
     for name in names:
@@ -285,10 +292,10 @@ def set_chooser(chooser: Chooser | None) -> None:
 
 def chooser() -> Chooser:
   """The chooser in use: the installed one, else one on :func:`set_directory`'s directory with
-  the policy of ``$CHROMAGAN_CONV_CHOICE`` (default "measure")."""
+  the policy of ``$CHROMAGAN_CONV_CHOICE`` (default "rule": see the module docstring)."""
   global _chooser
   if _chooser is None:
-    _chooser = Chooser(_directory, policy=os.environ.get(ENV_POLICY) or "measure")
+    _chooser = Chooser(_directory, policy=os.environ.get(ENV_POLICY) or DEFAULT_POLICY)
   return _chooser
 
 

@@ -183,14 +183,16 @@ def test_models_trace_with_the_chosen_algorithms(monkeypatch):
 
 def test_real_measurement_inside_a_jit_trace(tmp_path):
   """measure() times its own programs while the caller's jit traces (concrete shapes)."""
-  chooser = conv_choice.Chooser(str(tmp_path))
+  chooser = conv_choice.Chooser(str(tmp_path), policy="measure")
   conv_choice.set_chooser(chooser)
   try:
     conv = conv_choice.make_conv("train")
     x = jnp.ones((1, 6, 6, 4))
     w = jnp.ones((3, 3, 4, 4))
     dn = ("NHWC", "HWIO", "NHWC")
-    y = jax.jit(lambda x, w: conv(x, w, (1, 1), "SAME", dimension_numbers=dn))(x, w)
+    # Under the training loop's transfer guard (measure() puts its own inputs on device).
+    with jax.transfer_guard("disallow"):
+      y = jax.jit(lambda x, w: conv(x, w, (1, 1), "SAME", dimension_numbers=dn))(x, w)
   finally:
     conv_choice.set_chooser(None)
   np.testing.assert_allclose(
@@ -204,3 +206,16 @@ def test_real_measurement_inside_a_jit_trace(tmp_path):
   )
   assert all(0 < s < 10 for s in entry["seconds"].values())
   assert os.path.exists(chooser.path)
+
+
+def test_default_policy_is_the_rule(monkeypatch):
+  """Without $CHROMAGAN_CONV_CHOICE the process-wide chooser measures nothing (opt-in)."""
+  monkeypatch.delenv(conv_choice.ENV_POLICY, raising=False)
+  conv_choice.set_chooser(None)
+  try:
+    assert conv_choice.chooser().policy == "rule"
+    monkeypatch.setenv(conv_choice.ENV_POLICY, "measure")
+    conv_choice.set_chooser(None)
+    assert conv_choice.chooser().policy == "measure"
+  finally:
+    conv_choice.set_chooser(None)
