@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 import pytest
-from colorize_test import random_generator_variables, small_config
+from helpers import random_generator_variables, small_config
 from PIL import Image
 from skimage import color as skcolor
 

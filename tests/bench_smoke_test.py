@@ -99,7 +99,7 @@ def test_conv_layers_smoke(tmp_path):
 @pytest.mark.slow
 def test_colorize_bench_smoke(tmp_path):
   import colorize_e2e as colorize_bench
-  from colorize_test import random_generator_variables, small_config
+  from helpers import random_generator_variables, small_config
 
   from chromagan_jax import checkpoint
 

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from colorize_test import random_generator_variables, small_config
+from helpers import random_generator_variables, small_config
 
 from chromagan_jax import checkpoint, models
 from chromagan_jax.errors import ShapeError

@@ -16,7 +16,12 @@ import warnings
 import jax
 import numpy as np
 import pytest
-from helpers import colourful_generator_variables, png_header_only
+from helpers import (
+  colourful_generator_variables,
+  png_header_only,
+  random_generator_variables,
+  small_config,
+)
 from PIL import Image
 from skimage import color as skcolor
 from skimage import data as skdata
@@ -24,44 +29,10 @@ from skimage import transform as sktransform
 
 import colorize
 from chromagan_jax import checkpoint, colorize_lib, images, models
-from chromagan_jax.configs import default
 
 jax.config.update("jax_disable_most_optimizations", True)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def small_config():
-  config = default.get_config()
-  config.model.image_size = 64
-  config.model.width = 1 / 8
-  return config
-
-
-def random_generator_variables(config, seed=0):
-  """Random generator variables of the right shapes, made with NumPy (no compile).
-
-  Kernels ~ N(0, 1/fan_in); the last conv is scaled down so that ab stays near grey with a
-  visible tint: strong random colours would leave the sRGB gamut and clipping changes L.
-  """
-  gen = models.models_from_config(config.model)[0]
-  size = config.model.image_size
-  shapes = jax.eval_shape(gen.init, jax.random.key(0), np.zeros((1, size, size, 3), np.float32))
-  rng = np.random.default_rng(seed)
-
-  def init(path, leaf):
-    names = [getattr(p, "key", "") for p in path]
-    if names[-1] == "kernel":
-      fan_in = int(np.prod(leaf.shape[:-1]))
-      scale = 0.05 if "dec_conv6" in names else 1.0
-      return (rng.standard_normal(leaf.shape) * scale / np.sqrt(fan_in)).astype(np.float32)
-    if names[-1] in ("scale", "var"):
-      return np.ones(leaf.shape, np.float32)
-    if names[-1] == "bias" and "dec_conv6" in names:
-      return np.array([0.15, -0.15], np.float32)  # a mild constant tint: a8 ~ 137, b8 ~ 118.
-    return np.zeros(leaf.shape, np.float32)
-
-  return jax.tree_util.tree_map_with_path(init, shapes)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from colorize_test import random_generator_variables, small_config
+from helpers import random_generator_variables, small_config
 from skimage import color as skcolor
 
 from chromagan_jax import checkpoint, color, colorize_lib, export, images, input_pipeline

@@ -15,6 +15,7 @@ import skimage.data
 import skimage.transform
 
 from chromagan_jax import models
+from chromagan_jax.configs import default
 
 # torchvision's VGG16 layout: conv indices in `features`, Linear indices in `classifier`.
 TORCH_CONVS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
@@ -66,13 +67,19 @@ def randomize(model, seed):
     layer.set_weights([x.astype(np.float32) for x in values])
 
 
-def colourful_generator_variables(config, seed=0):
-  """Generator variables whose ab varies strongly across the image (spatial std ~15-20 Lab).
+def small_config():
+  """The paper's config shrunk for tests: 64x64, width 1/8."""
+  config = default.get_config()
+  config.model.image_size = 64
+  config.model.width = 1 / 8
+  return config
 
-  He-scaled kernels keep the activations' magnitude through the ReLU layers (so the output
-  depends on the input); the last conv's kernels, 4x larger, have zero spatial mean per input
-  channel, so ab follows the image's structure around a ~neutral mean instead of one tint.
-  A batch pairing, rotation or wrong network input then shows in every output.
+
+def _numpy_generator_variables(config, seed, kernel, dec_bias=None):
+  """Generator variables of ``config``'s shapes made with NumPy (no compile).
+
+  ``kernel(rng, shape, fan_in, is_last)`` draws each conv/dense kernel; batch-norm scales and
+  variances are ones, other arrays zeros except the last conv's bias (``dec_bias``).
   """
   gen = models.models_from_config(config.model)[0]
   size = config.model.image_size
@@ -81,17 +88,46 @@ def colourful_generator_variables(config, seed=0):
 
   def init(path, leaf):
     names = [getattr(p, "key", "") for p in path]
+    last = "dec_conv6" in names
     if names[-1] == "kernel":
       fan_in = int(np.prod(leaf.shape[:-1]))
-      kernel = rng.standard_normal(leaf.shape) * np.sqrt(2.0 / fan_in)
-      if "dec_conv6" in names:
-        kernel = 4.0 * (kernel - kernel.mean(axis=(0, 1), keepdims=True))
-      return kernel.astype(np.float32)
+      return kernel(rng, leaf.shape, fan_in, last).astype(np.float32)
     if names[-1] in ("scale", "var"):
       return np.ones(leaf.shape, np.float32)
+    if names[-1] == "bias" and last and dec_bias is not None:
+      return np.asarray(dec_bias, np.float32)
     return np.zeros(leaf.shape, np.float32)
 
   return jax.tree_util.tree_map_with_path(init, shapes)
+
+
+def random_generator_variables(config, seed=0):
+  """Random generator variables with a mild, nearly uniform tint (a8 ~ 137, b8 ~ 118).
+
+  Kernels ~ N(0, 1/fan_in); the last conv is scaled down so that ab stays near grey: strong
+  random colours would leave the sRGB gamut and clipping changes L (tests that check L).
+  """
+
+  def kernel(rng, shape, fan_in, last):
+    return rng.standard_normal(shape) * (0.05 if last else 1.0) / np.sqrt(fan_in)
+
+  return _numpy_generator_variables(config, seed, kernel, dec_bias=[0.15, -0.15])
+
+
+def colourful_generator_variables(config, seed=0):
+  """Generator variables whose ab varies strongly across the image (spatial std ~15-20 Lab).
+
+  He-scaled kernels keep the activations' magnitude through the ReLU layers (so the output
+  depends on the input); the last conv's kernels, 4x larger, have zero spatial mean per input
+  channel, so ab follows the image's structure around a ~neutral mean instead of one tint.
+  A batch pairing, rotation or wrong network input then shows in every output.
+  """
+
+  def kernel(rng, shape, fan_in, last):
+    k = rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)
+    return 4.0 * (k - k.mean(axis=(0, 1), keepdims=True)) if last else k
+
+  return _numpy_generator_variables(config, seed, kernel)
 
 
 def smooth_rgb(h, w, seed=0):
