@@ -10,6 +10,7 @@ import pytest
 
 from chromagan_jax import checkpoint
 
+LR = 1e-3  # configs/tiny.py's learning rates.
 _WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "distributed_worker.py")
 
 
@@ -19,35 +20,52 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _launch(nproc, ndev, out, workdir):
+def _launch(nproc, ndev, out, workdir, timeout=600):
+  """Runs the worker as ``nproc`` processes; kills them all if one fails or runs too long."""
   port = str(_free_port())
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-  procs = [
-    subprocess.Popen(
-      [sys.executable, _WORKER, port, str(nproc), str(pid), str(ndev), out, workdir],
-      env=env,
-      stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT,
-      text=True,
-    )
-    for pid in range(nproc)
-  ]
-  logs = [p.communicate(timeout=600)[0] for p in procs]
+  procs, logs = [], []
+  try:
+    for pid in range(nproc):
+      logs.append(f"{workdir}.p{pid}.log")
+      with open(logs[-1], "w") as log:
+        cmd = [sys.executable, _WORKER, port, str(nproc), str(pid), str(ndev), out, workdir]
+        procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT))
+    for p in procs:
+      p.wait(timeout=timeout)  # One deadline per process is enough: they finish together.
+  finally:
+    for p in procs:  # Left running only after a timeout or an exception: never leak them.
+      if p.poll() is None:
+        p.kill()
+        p.wait()
   for p, log in zip(procs, logs, strict=True):
-    assert p.returncode == 0, log[-4000:]
+    assert p.returncode == 0, open(log).read()[-4000:]
+
+
+def _assert_equivalent(multi, single):
+  assert sorted(multi.files) == sorted(single.files)
+  moments = [k for k in single.files if ".mu[" in k or ".nu[" in k]
+  assert len(moments) > 20, single.files
+  for key in single.files:
+    got, want = multi[key], single[key]
+    if key in moments or "batch_stats" in key or key.startswith("['metrics']"):
+      # Adam's first moment after one step is (1 - b1) * gradient, the second (1 - b2) *
+      # gradient^2: the gradients of both networks over the global batch, the batch-norm
+      # statistics and the losses agree to float32 reassociation of the cross-device sums
+      # (measured: within rtol 1e-4 plus 1.1e-6 of each array's largest entry).
+      scale = np.abs(want).max()
+      np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * scale, err_msg=key)
+    else:
+      # Parameters: Adam's first step moves each by ~lr * sign(gradient), so an entry whose
+      # gradient is float noise (a bias before batch norm) may move either way: 2 * lr.
+      np.testing.assert_allclose(got, want, rtol=0, atol=2 * LR + 1e-6, err_msg=key)
 
 
 @pytest.mark.slow
 def test_two_processes_match_one_process_with_the_same_devices(tmp_path):
   _launch(2, 2, str(tmp_path / "multi.npz"), str(tmp_path / "multi_run"))
   _launch(1, 4, str(tmp_path / "single.npz"), str(tmp_path / "single_run"))
-  multi = np.load(tmp_path / "multi.npz")
-  single = np.load(tmp_path / "single.npz")
-  assert len(multi.files) == len(single.files) > 10
-  for key in single.files:
-    # Adam normalises each gradient entry: a near-zero entry whose float32 sum differs in the
-    # last bits may move by up to 2 * lr per step (tiny config lr = 1e-3, two steps).
-    np.testing.assert_allclose(multi[key], single[key], rtol=1e-4, atol=4e-3, err_msg=key)
+  _assert_equivalent(np.load(tmp_path / "multi.npz"), np.load(tmp_path / "single.npz"))
   # The real loop checkpointed from both processes into one directory.
   mngr = checkpoint.manager(tmp_path / "multi_run" / "checkpoints", read_only=True)
   assert mngr.latest_step() == 2

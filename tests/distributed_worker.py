@@ -2,9 +2,10 @@
 
   python tests/distributed_worker.py PORT NUM_PROCESSES PROCESS_ID DEVICES_PER_PROCESS OUT WORKDIR
 
-Runs two train steps of configs/tiny.py on a fixed global batch (this process feeds its own
-rows), writes the resulting state to OUT (.npz, process 0 only), then runs the real training
-loop for 2 steps into WORKDIR (multi-process checkpointing and input sharding).
+Runs one train step of configs/tiny.py on a fixed global batch (this process feeds its own
+rows), writes the resulting state and metrics to OUT (.npz keyed by tree path, process 0
+only), then runs the real training loop for 2 steps into WORKDIR (multi-process checkpointing
+and input sharding).
 """
 
 import os
@@ -38,12 +39,16 @@ def main():
   batch = photo_batch(config.batch_size)
   rows = config.batch_size // jax.process_count()
   local = {k: v[pid * rows : (pid + 1) * rows] for k, v in batch.items()}
-  for _ in range(2):
-    state, metrics = step(state, train_lib.global_batch(local, mesh), None)
-  # Replicated arrays: every process holds the full value on its own devices.
-  leaves = [np.asarray(x.addressable_data(0)) for x in jax.tree.leaves((state, metrics))]
+  # One step: Adam's first moments are then (1 - b1) * the gradients, which the test compares
+  # tightly (after more steps Adam's normalisation amplifies float noise in near-zero entries).
+  state, metrics = step(state, train_lib.global_batch(local, mesh), None)
+  # Replicated arrays: every process holds the full value on its own devices. Every process
+  # waits for the step here, before the loop's own collectives (else process 1 may enter
+  # those while process 0 still waits for the step, and the collectives time out).
+  flat = jax.tree_util.tree_leaves_with_path({"state": state, "metrics": metrics})
+  arrays = {jax.tree_util.keystr(k): np.asarray(x.addressable_data(0)) for k, x in flat}
   if pid == 0:
-    np.savez(out, *leaves)
+    np.savez(out, **arrays)
   config.num_train_steps = 2
   train_lib.train_and_evaluate(config, workdir)
   print(f"process {pid}: done", flush=True)
