@@ -170,4 +170,4 @@ def check_or_record_topology(workdir, resuming: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{TOPOLOGY_FILE}.tmp"
     tmp.write_text(json.dumps(now, indent=1) + "\n")
-    tmp.rename(path)
+    tmp.replace(path)  # Overwrites: rename() refuses an existing file on some backends.
