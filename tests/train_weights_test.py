@@ -239,6 +239,7 @@ def test_init_from_loads_the_whole_generator(
 ):
   model, h5, converted = generator_files["fits"]
   caplog.set_level(logging.INFO)
+  caplog.set_level(logging.INFO, logger="absl")  # Another test may have raised absl's level.
   weights = {"init_from": h5 if fmt == "h5" else converted}
   vgg_model, vgg = vgg_files
   if fmt == "h5":  # With a teacher too: init_from's trunk wins over the VGG16 file's.
