@@ -90,7 +90,7 @@ def measure(args, processes: int) -> dict:
     "batch": args.batch,
     "img_s": n / steady,
     "cpu_s": cpu,
-    "img_per_cpu_s": n / cpu,
+    "img_per_cpu_s": n / max(cpu, 1e-6),  # CPU time can read 0 for a short run.
     "load_1min": os.getloadavg()[0],
   }
 
