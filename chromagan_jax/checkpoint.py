@@ -3,17 +3,19 @@
 A checkpoint directory holds one sub-directory per step, each with a ``config`` item and the
 weights items it has:
   * ``generator``: ``{'params', 'batch_stats'}`` of the generator, all that inference needs;
+  * ``generator_ema``: the same with the moving average of the parameters, when training keeps
+    one (``config.ema_decay``); inference prefers it (:func:`load_generator`);
   * ``train``: everything else of the train state (critic, optimizer states, step, rng);
   * ``vgg16``: VGG16 classifier (or trunk-only) params: ``convert vgg16`` output;
   * ``critic``: critic ``{'params'}``: ``convert critic`` output;
   * ``config``: the JSON config the checkpoint was trained (or converted) with; its ``model``
     section rebuilds the networks, and converted checkpoints record ``converted`` (kind,
     source file, the input preprocessing the weights were trained with).
-Training writes ``generator`` + ``train``; ``python -m chromagan_jax.convert`` writes step 0
-with one weights item. Splitting the generator out lets ``colorize.py`` read ~0.7 GB instead
-of the full ~2.7 GB train state, and lets converted weights and trained checkpoints load the
-same way. Directories written by earlier converters (``params/`` + ``conversion.json``) still
-load through :func:`load_item`, with a logged note.
+Training writes ``generator`` + ``train`` (+ ``generator_ema``); ``python -m
+chromagan_jax.convert`` writes step 0 with one weights item. Splitting the generator out lets
+``colorize.py`` read ~0.7 GB instead of the full ~2.7 GB train state, and lets converted
+weights and trained checkpoints load the same way. Directories written by earlier converters
+(``params/`` + ``conversion.json``) still load through :func:`load_item`, with a logged note.
 """
 
 import functools
@@ -33,11 +35,12 @@ from chromagan_jax import models, shapes
 from chromagan_jax.errors import CheckpointError
 
 GENERATOR = "generator"
+GENERATOR_EMA = "generator_ema"
 TRAIN = "train"
 VGG16 = "vgg16"
 CRITIC = "critic"
 CONFIG = "config"
-WEIGHT_ITEMS = (GENERATOR, TRAIN, VGG16, CRITIC)
+WEIGHT_ITEMS = (GENERATOR, GENERATOR_EMA, TRAIN, VGG16, CRITIC)
 ITEMS = (*WEIGHT_ITEMS, CONFIG)
 # The layout of earlier converters: an Orbax PyTree in params/ and a JSON description.
 LEGACY_PARAMS = "params"
@@ -69,26 +72,32 @@ def manager(directory, max_to_keep=None, read_only=False) -> ocp.CheckpointManag
   return ocp.CheckpointManager(absolute(directory), options=options, item_handlers=handlers)
 
 
-def save(mngr, step: int, generator, train, config, force: bool = False) -> bool:
-  """Saves (asynchronously) the generator variables, the rest of the state and the config."""
+def save(mngr, step: int, items: dict[str, Any], config, force: bool = False) -> bool:
+  """Saves (asynchronously) weights items (``{GENERATOR: ..., TRAIN: ...}``) and the config."""
   config_dict = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config
-  items = {GENERATOR: ocp.args.StandardSave(generator), CONFIG: ocp.args.JsonSave(config_dict)}
-  if train is not None:
-    items[TRAIN] = ocp.args.StandardSave(train)
-  return mngr.save(step, args=ocp.args.Composite(**items), force=force)
+  args = {name: ocp.args.StandardSave(tree) for name, tree in items.items()}
+  args[CONFIG] = ocp.args.JsonSave(config_dict)
+  return mngr.save(step, args=ocp.args.Composite(**args), force=force)
 
 
-def restore(mngr, step: int, abstract_generator, abstract_train):
-  """Restores (generator, train) onto the shardings of the given abstract pytrees.
+def restore(mngr, step: int, wanted: dict[str, Any]) -> dict[str, Any]:
+  """Restores weights items (``{name: abstract pytree}``) onto the abstract trees' shardings.
 
   Shapes are checked against the checkpoint's metadata first (:func:`shapes.check_shapes`):
   Orbax would otherwise restore arrays of another model size without complaint.
   """
   source = f"checkpoint {mngr.directory}/{step}"
   meta = mngr.item_metadata(step)
-  wanted = {GENERATOR: abstract_generator, TRAIN: abstract_train}
   found = {}
   for name, abstract in wanted.items():
+    if name not in meta or meta[name] is None:
+      raise shapes.mismatch(
+        source,
+        f"it has no {name} item",
+        target="this config",
+        remedy="resume with the config it was trained with (config.ema_decay decides whether "
+        "there is a generator_ema item), or use a fresh --workdir",
+      )
     # Matched by leaf order: optax's named tuples are stored under other key names.
     leaves = jax.tree.leaves(meta[name])
     if len(leaves) != len(jax.tree.leaves(abstract)):
@@ -111,10 +120,7 @@ def restore(mngr, step: int, abstract_generator, abstract_train):
     out = mngr.restore(
       step,
       args=ocp.args.Composite(
-        **{
-          GENERATOR: ocp.args.StandardRestore(abstract_generator),
-          TRAIN: ocp.args.StandardRestore(abstract_train),
-        }
+        **{name: ocp.args.StandardRestore(tree) for name, tree in wanted.items()}
       ),
     )
   except (ValueError, KeyError, TypeError) as e:
@@ -122,7 +128,7 @@ def restore(mngr, step: int, abstract_generator, abstract_train):
       f"{source} does not fit this model/config ({e}); use a fresh --workdir or the config "
       "it was trained with"
     ) from e
-  return out[GENERATOR], out[TRAIN]
+  return {name: out[name] for name in wanted}
 
 
 _RESUME_REMEDY = "use that model config, or a fresh --workdir"
@@ -273,9 +279,12 @@ def load_item(directory, item: str, step=None) -> tuple[dict[str, Any], ml_colle
 
 
 def load_generator(
-  directory, step=None, with_class_head: bool = True
+  directory, step=None, with_class_head: bool = True, ema: bool | None = None
 ) -> tuple[dict[str, Any], ml_collections.ConfigDict]:
   """Generator variables ``{'params', 'batch_stats'}`` and the config of a checkpoint.
+
+  ``ema``: None reads the moving-average generator (``generator_ema``) when the checkpoint
+  has one, else the trained one; True requires it; False reads the trained one.
 
   ``directory``: a training workdir, its ``checkpoints`` directory or a converter output.
   ``with_class_head=False`` reads only what ab depends on: the class head's arrays
@@ -301,5 +310,13 @@ def load_generator(
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     where = f"{directory}/{step}"
     raise CheckpointError(f"{where}: config does not describe a generator ({e})") from None
-  out = _restore_item(directory, step, config, GENERATOR, wanted, partial=not with_class_head)
+  has_ema = (directory / str(step) / GENERATOR_EMA).is_dir()
+  if ema and not has_ema:
+    raise CheckpointError(
+      f"{directory}/{step}: has no moving-average generator (trained with config.ema_decay=0)"
+    )
+  item = GENERATOR_EMA if has_ema and ema is not False else GENERATOR
+  if item == GENERATOR_EMA:
+    logging.info("%s/%s: using the moving-average generator (generator_ema)", directory, step)
+  out = _restore_item(directory, step, config, item, wanted, partial=not with_class_head)
   return out, config

@@ -18,7 +18,10 @@ is compared with the resized photo. Metrics, per image:
     defaults (7x7 uniform window, sample covariance), for comparison with other papers;
   * colourfulness (Hasler & Suesstrunk 2003): ``M = sqrt(std_rg^2 + std_yb^2) +
     0.3 * sqrt(mean_rg^2 + mean_yb^2)``, ``rg = R - G``, ``yb = (R + G) / 2 - B`` on 0-255
-    values, for the result, the ground truth and the baseline.
+    values, for the result, the ground truth and the baseline;
+  * ``chroma_hf``: high-frequency energy of the chroma, the speckle measure: the mean squared
+    difference between Lab (a, b) and its 3x3 box mean (Lab units^2), for the result, the
+    baseline (~0) and the ground truth; a result far above the truth's has rainbow speckle.
 The baseline is the grey image itself (a = b = 0, i.e. ``color.GREY_AB_NET``).
 The library call takes a predict function (big_vision's evaluator habit) and never builds a
 model: :func:`evaluate`; :func:`evaluate_checkpoint` (the command line) loads a checkpoint's
@@ -57,10 +60,15 @@ SKIMAGE_SSIM_WIN = 7
 # Hasler & Suesstrunk's weight of the mean term.
 COLORFULNESS_MEAN_WEIGHT = 0.3
 FID_NOTE = "FID not implemented: it needs Inception weights, which are not bundled"
-METRICS = ("psnr", "ssim", "ssim_skimage", "colorfulness")
+# The speckle measure's window (chroma_high_frequency).
+CHROMA_HF_WIN = 3
+METRICS = ("psnr", "ssim", "ssim_skimage", "colorfulness", "chroma_hf")
 RESULTS = ("colorized", "baseline")
 # Per-image CSV columns after the image name.
-COLUMNS = tuple(f"{r}_{m}" for r in RESULTS for m in METRICS) + ("truth_colorfulness",)
+COLUMNS = tuple(f"{r}_{m}" for r in RESULTS for m in METRICS) + (
+  "truth_colorfulness",
+  "truth_chroma_hf",
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -155,6 +163,20 @@ def colorfulness(rgb):
   return std + COLORFULNESS_MEAN_WEIGHT * mean
 
 
+def chroma_high_frequency(rgb):
+  """Speckle: mean squared (a, b) minus its CHROMA_HF_WIN^2 box mean, Lab units^2. -> (N,).
+
+  Only windows fully inside the image count. Smooth colour scores near 0 whatever its
+  saturation; pixel-scale chroma noise (the rainbow speckle of an undertrained GAN in grass or
+  fur) scores high. Compare with the ground truth's own texture (``truth_chroma_hf``).
+  """
+  ab = color.rgb_to_lab(rgb.astype(jnp.float32) / 255.0)[..., 1:]
+  win = CHROMA_HF_WIN
+  mean = jax.lax.reduce_window(ab, 0.0, jax.lax.add, (1, win, win, 1), (1,) * 4, "VALID")
+  inner = ab[:, win // 2 : ab.shape[1] - win // 2, win // 2 : ab.shape[2] - win // 2]
+  return jnp.mean((inner - mean / (win * win)) ** 2, axis=(1, 2, 3))
+
+
 @jax.jit
 def score_batch(grey, colour, truth):
   """Scores a colorized batch and the grey baseline against the ground truth.
@@ -164,15 +186,16 @@ def score_batch(grey, colour, truth):
       and the colour photo.
 
   Returns:
-    A dict of (N,) arrays: ``{colorized,baseline}_{psnr,ssim,ssim_skimage,colorfulness}``
-    and ``truth_colorfulness``.
+    A dict of (N,) arrays: ``{colorized,baseline}_{psnr,ssim,ssim_skimage,colorfulness,
+    chroma_hf}``, ``truth_colorfulness`` and ``truth_chroma_hf``.
   """
-  out = {"truth_colorfulness": colorfulness(truth)}
+  out = {"truth_colorfulness": colorfulness(truth), "truth_chroma_hf": chroma_high_frequency(truth)}
   for name, image in (("colorized", colour), ("baseline", grey)):
     out[f"{name}_psnr"] = psnr(image, truth)
     out[f"{name}_ssim"] = ssim(image, truth)
     out[f"{name}_ssim_skimage"] = ssim_skimage(image, truth)
     out[f"{name}_colorfulness"] = colorfulness(image)
+    out[f"{name}_chroma_hf"] = chroma_high_frequency(image)
   return out
 
 
@@ -422,7 +445,9 @@ def summarize(rows: Sequence[dict], meta: dict) -> dict:
   means = {}
   for result in RESULTS:
     means[result] = {m: _mean([r[f"{result}_{m}"] for r in rows]) for m in METRICS}
-  means["truth"] = {"colorfulness": _mean([r["truth_colorfulness"] for r in rows])}
+  means["truth"] = {
+    m: _mean([r[f"truth_{m}"] for r in rows]) for m in ("colorfulness", "chroma_hf")
+  }
   summary["mean"] = means
   summary["num_identical"] = {
     result: sum(1 for r in rows if math.isinf(r[f"{result}_psnr"])) for result in RESULTS
@@ -433,6 +458,7 @@ def summarize(rows: Sequence[dict], meta: dict) -> dict:
     "baseline: the grey input (a = b = 0)",
     "ssim: tf.image.ssim's definition (11x11 Gaussian window, std 1.5), the reference's; "
     "ssim_skimage: scikit-image's defaults (7x7 uniform window)",
+    "chroma_hf: mean squared Lab (a, b) minus its 3x3 box mean (speckle; compare the truth's)",
     FID_NOTE,
   ]
   return summary
@@ -451,7 +477,8 @@ def format_table(summary: dict) -> str:
   lines = [
     f"{summary['num_images']} images at {summary['image_size']}x{summary['image_size']}, "
     f"{source}data {summary['data']}",
-    f"{'':<24}{'PSNR (dB)':>10}{'SSIM':>8}{'SSIM (skimage)':>16}{'colourfulness':>15}",
+    f"{'':<24}{'PSNR (dB)':>10}{'SSIM':>8}{'SSIM (skimage)':>16}{'colourfulness':>15}"
+    f"{'chroma HF':>11}",
   ]
   labels = {"colorized": "colorized", "baseline": "grey baseline (ab=0)"}
   for result in RESULTS:
@@ -459,9 +486,10 @@ def format_table(summary: dict) -> str:
     lines.append(
       f"{labels[result]:<24}{cell(m['psnr'], '.2f'):>10}{cell(m['ssim'], '.4f'):>8}"
       f"{cell(m['ssim_skimage'], '.4f'):>16}{cell(m['colorfulness'], '.2f'):>15}"
+      f"{cell(m['chroma_hf'], '.2f'):>11}"
     )
-  truth = cell(mean["truth"]["colorfulness"], ".2f")
-  lines.append(f"{'ground truth':<24}{'':>10}{'':>8}{'':>16}{truth:>15}")
+  truth, hf = (cell(mean["truth"][k], ".2f") for k in ("colorfulness", "chroma_hf"))
+  lines.append(f"{'ground truth':<24}{'':>10}{'':>8}{'':>16}{truth:>15}{hf:>11}")
   lines.append(FID_NOTE + ".")
   return "\n".join(lines)
 

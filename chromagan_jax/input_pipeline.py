@@ -83,9 +83,15 @@ def skipped_files() -> dict[str, str]:
 
 
 def num_skipped_files() -> int:
-  """How many distinct unreadable files this process has skipped so far."""
+  """How many distinct files this process has skipped so far (unreadable or near-grey)."""
   with _skipped_lock:
     return len(_skipped)
+
+
+def num_skipped_grey() -> int:
+  """How many of those were near-grey training photos (``config.data.min_colorfulness``)."""
+  with _skipped_lock:
+    return sum(r.startswith(input_workers.NEAR_GREY) for r in _skipped.values())
 
 
 def reset_skipped_files() -> None:
@@ -99,7 +105,8 @@ def _record_skipped(path: str, reason: str) -> None:
     first = path not in _skipped
     _skipped[path] = reason
   if first:
-    logging.warning("skipping unreadable image %s: %s", path, reason)
+    what = "" if reason.startswith(input_workers.NEAR_GREY) else "unreadable "
+    logging.warning("skipping %simage %s: %s", what, path, reason)
 
 
 # --------------------------------------------------------------------------------------------
@@ -326,6 +333,7 @@ def _spec(config, process_index: int, *, train: bool) -> input_workers.ExampleSp
     seed=config.seed,
     process_index=process_index,
     cache=bool(config.data.cache) or config.data.source == "bundled",
+    min_colorfulness=float(config.data.get("min_colorfulness", 0.0)) if train else 0.0,
   )
 
 
@@ -346,7 +354,10 @@ def _replacement(spec, items: _Items, t: int, i: int) -> np.ndarray:
       return input_workers.make_example(spec, t, source, name)
     except images.ImageError as e:
       _record_skipped(name, str(e).removeprefix(f"{name}: "))
-  raise DataError(f"none of the {items.n} images in {items.where} is readable")
+  raise DataError(
+    f"none of the {items.n} images in {items.where} is usable (unreadable or near-grey; "
+    "config.data.min_colorfulness=0 keeps near-grey photos)"
+  )
 
 
 def _train_stream(config, items: _Items, start: int, batch: int, process_index: int):

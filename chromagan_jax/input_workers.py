@@ -30,6 +30,13 @@ from chromagan_jax import images
 # fraction of the image's short side, its aspect ratio jittered in [3/4, 4/3].
 AUGMENT_MIN_SCALE = 0.35
 AUGMENT_MAX_LOG_ASPECT = float(np.log(4 / 3))
+# Hasler & Suesstrunk's weight of the mean term (as chromagan_jax.evaluate.colorfulness).
+COLORFULNESS_MEAN_WEIGHT = 0.3
+# Near-grey test (config.data.min_colorfulness): colourfulness is measured on the photo
+# shrunk to at most this side, which is fast and changes the value by well under 1 unit.
+COLORFULNESS_THUMB_SIDE = 256
+# Prefix of the reason a near-grey training photo is skipped with (input_pipeline counts them).
+NEAR_GREY = "near-grey photo"
 # A worker's decoded-image cache (config.data.cache, the bundled photos) holds at most this
 # many images; it is meant for demo-sized sets.
 CACHE_MAX_IMAGES = 1024
@@ -51,6 +58,9 @@ class ExampleSpec:
       augmentation of example t.
     process_index: this JAX process.
     cache: keep decoded images in the worker's memory (small sets only).
+    min_colorfulness: photos whose Hasler-Suesstrunk colourfulness (0-255 RGB; the grey
+      photo scores 0, the shared real photos' median ~41) is below this are refused as
+      near-grey (``config.data.min_colorfulness``; 0 keeps every photo).
     max_pixels: decompression-bomb limit passed to the decoder.
   """
 
@@ -59,6 +69,7 @@ class ExampleSpec:
   seed: int = 0
   process_index: int = 0
   cache: bool = False
+  min_colorfulness: float = 0.0
   max_pixels: int = images.DEFAULT_MAX_PIXELS
 
 
@@ -111,7 +122,39 @@ def random_crop_flip(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
   return out[:, ::-1] if rng.uniform() < 0.5 else out
 
 
+def colorfulness(rgb: np.ndarray) -> float:
+  """Hasler & Suesstrunk (2003) colourfulness of uint8 RGB (H, W, 3), population statistics.
+
+  The NumPy twin of ``chromagan_jax.evaluate.colorfulness`` (workers import no JAX): 0 for a
+  grey image, ~15 for a faded or sepia-toned photo, 40-60 for typical colour photos.
+  """
+  step = max(1, -(-max(rgb.shape[:2]) // COLORFULNESS_THUMB_SIDE))
+  r, g, b = np.moveaxis(rgb[::step, ::step].astype(np.float64), -1, 0)
+  rg, yb = r - g, 0.5 * (r + g) - b
+  std = np.sqrt(rg.var() + yb.var())
+  mean = np.hypot(rg.mean(), yb.mean())
+  return float(std + COLORFULNESS_MEAN_WEIGHT * mean)
+
+
+def check_colourful(rgb: np.ndarray | None, spec: ExampleSpec, name: str) -> None:
+  """Raises images.ImageError (reason starting NEAR_GREY) for a near-grey training photo.
+
+  ``rgb`` None: the photo was measured before (each photo is measured once per process).
+  """
+  if spec.min_colorfulness <= 0:
+    return
+  value = _colourfulness.get(name)
+  if value is None:
+    value = _colourfulness[name] = colorfulness(rgb)
+  if value < spec.min_colorfulness:
+    raise images.ImageError(
+      f"{name}: {NEAR_GREY} (colourfulness {value:.1f} < config.data.min_colorfulness="
+      f"{spec.min_colorfulness:g}; set it to 0 to train on it)"
+    )
+
+
 _cache: collections.OrderedDict = collections.OrderedDict()  # Per process: name -> rgb.
+_colourfulness: dict[str, float] = {}  # Per process: name -> colourfulness (measured once).
 
 
 def _decoded(spec: ExampleSpec, source, name: str) -> np.ndarray:
@@ -134,7 +177,10 @@ def make_example(spec: ExampleSpec, t: int, source, name: str) -> np.ndarray:
     source: a file path or the encoded bytes (a TFDS record's image).
     name: how messages (and the cache) name it.
   """
+  if spec.min_colorfulness > 0 and name in _colourfulness:  # Known: no need to decode.
+    check_colourful(None, spec, name)
   rgb = _decoded(spec, source, name)
+  check_colourful(rgb, spec, name)
   if spec.augment:
     rgb = random_crop_flip(rgb, np.random.default_rng([u31(spec.seed), spec.process_index, t]))
   return images.resize(rgb, spec.size)

@@ -50,10 +50,22 @@ class TrainState:
   g_opt_state: Any
   d_opt_state: Any
   rng: jax.Array
+  # Moving average of g_params (config.ema_decay > 0), else None.
+  ema_params: Any = None
 
   @property
   def generator_variables(self):
     return {"params": self.g_params, "batch_stats": self.g_batch_stats}
+
+  @property
+  def inference_variables(self):
+    """The generator to show (samples) and ship: the EMA's parameters when there is one.
+
+    Batch-norm statistics are the live generator's (they are moving averages already).
+    """
+    if self.ema_params is None:
+      return self.generator_variables
+    return {"params": self.ema_params, "batch_stats": self.g_batch_stats}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,7 +128,24 @@ def init_state(nets: Networks, config, rng) -> TrainState:
     g_opt_state=nets.g_tx.init(g_vars["params"]),
     d_opt_state=nets.d_tx.init(d_vars["params"]),
     rng=jax.random.key_data(state_rng),
+    ema_params=jax.tree.map(jnp.copy, g_vars["params"]) if _ema_decay(config) else None,
   )
+
+
+def _ema_decay(config) -> float:
+  return float(config.get("ema_decay", 0.0))
+
+
+def ema_update(ema_params, params, step, decay: float):
+  """EMA of the parameters after ``step`` updates, with the usual warm-up.
+
+  The decay used is ``min(decay, (1 + step) / (10 + step))`` (TF's ExponentialMovingAverage
+  with num_updates): early on the average follows the fast-moving weights instead of
+  remembering the random initialisation for ~1 / (1 - decay) steps.
+  """
+  t = step.astype(jnp.float32)
+  d = jnp.minimum(decay, (1.0 + t) / (10.0 + t))
+  return jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema_params, params)
 
 
 def create_train_state(nets: Networks, config, mesh: Mesh) -> TrainState:
@@ -137,8 +166,9 @@ def abstract_train_state(nets: Networks, config, mesh: Mesh) -> TrainState:
   )
 
 
-def split_state(state: TrainState):
-  """(generator variables, the rest) — the two checkpoint items."""
+def split_state(state: TrainState) -> dict[str, Any]:
+  """The checkpoint items: generator variables, the rest and, with an EMA, the averaged
+  generator (``checkpoint.GENERATOR_EMA``, what inference reads)."""
   rest = {
     "step": state.step,
     "d_params": state.d_params,
@@ -146,10 +176,16 @@ def split_state(state: TrainState):
     "d_opt_state": state.d_opt_state,
     "rng": state.rng,
   }
-  return state.generator_variables, rest
+  items = {checkpoint.GENERATOR: state.generator_variables, checkpoint.TRAIN: rest}
+  if state.ema_params is not None:
+    items[checkpoint.GENERATOR_EMA] = state.inference_variables
+  return items
 
 
-def merge_state(generator, rest) -> TrainState:
+def merge_state(items: Mapping[str, Any]) -> TrainState:
+  """Inverse of :func:`split_state`."""
+  generator, rest = items[checkpoint.GENERATOR], items[checkpoint.TRAIN]
+  ema = items.get(checkpoint.GENERATOR_EMA)
   return TrainState(
     step=rest["step"],
     g_params=generator["params"],
@@ -158,6 +194,7 @@ def merge_state(generator, rest) -> TrainState:
     g_opt_state=rest["g_opt_state"],
     d_opt_state=rest["d_opt_state"],
     rng=rest["rng"],
+    ema_params=None if ema is None else ema["params"],
   )
 
 
@@ -177,6 +214,7 @@ def train_step(
   nets: Networks,
   loss_weights: Mapping[str, float],
   bn_update_in_critic_step: bool,
+  ema_decay: float = 0.0,
 ):
   """One reference iteration: a generator update, then a critic update.
 
@@ -230,8 +268,12 @@ def train_step(
   d_updates, d_opt_state = nets.d_tx.update(d_grads, state.d_opt_state, state.d_params)
   d_params = optax.apply_updates(state.d_params, d_updates)
 
+  ema_params = state.ema_params
+  if ema_params is not None:
+    ema_params = ema_update(ema_params, g_params, state.step, ema_decay)
   new_state = state.replace(
     step=state.step + 1,
+    ema_params=ema_params,
     g_params=g_params,
     g_batch_stats=g_batch_stats,
     d_params=d_params,
@@ -278,6 +320,7 @@ def make_train_step(nets: Networks, config, mesh: Mesh, with_teacher: bool) -> C
     nets=nets,
     loss_weights=loss_weights_from_config(config),
     bn_update_in_critic_step=bool(config.bn_update_in_critic_step),
+    ema_decay=_ema_decay(config),
   )
   return jax.jit(
     step,
@@ -411,7 +454,13 @@ def apply_initial_weights(state: TrainState, config, teacher_params, mesh) -> Tr
     d_params = put(init.critic)
     logging.info("critic initialised from %s", config.init_critic_from)
   # Adam's initial moments are zeros whatever the parameter values: the state stays valid.
-  return state.replace(g_params=g_params, g_batch_stats=g_batch_stats, d_params=d_params)
+  # The EMA starts from the initial weights (a copy: the state's buffers are donated).
+  ema_params = state.ema_params
+  if ema_params is not None:
+    ema_params = jax.tree.map(jnp.copy, g_params)
+  return state.replace(
+    g_params=g_params, g_batch_stats=g_batch_stats, d_params=d_params, ema_params=ema_params
+  )
 
 
 def _mean_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
@@ -475,7 +524,7 @@ def _train(config, workdir, stop: "_StopRequest") -> TrainState:
     teacher_params = jax.device_put(teacher_params, NamedSharding(mesh, P()))
   if latest is not None:
     abstract = split_state(abstract_train_state(nets, config, mesh))
-    state = merge_state(*checkpoint.restore(mngr, latest, *abstract))
+    state = merge_state(checkpoint.restore(mngr, latest, abstract))
     logging.info("resumed from %s at step %d", ckpt_dir, latest)
     # The workdir's own training state wins: initial weights only seed a fresh run.
     for field in ("init_from", "init_critic_from"):
@@ -526,16 +575,17 @@ def _train(config, workdir, stop: "_StopRequest") -> TrainState:
       )
       # Unreadable files are skipped with a warning; the running count shows how many.
       summary["data/skipped_files"] = float(input_pipeline.num_skipped_files())
+      summary["data/skipped_grey"] = float(input_pipeline.num_skipped_grey())
       _log_progress(writer, step, total_steps, summary, config.batch_size)
       last_log, last_log_step = now, step
     # Save before sampling: a failure while sampling must not lose the final/SIGTERM save.
     if stopping or periodic:
-      checkpoint.save(mngr, step, *split_state(state), config, force=True)
+      checkpoint.save(mngr, step, split_state(state), config, force=True)
     if config.sample_every_steps > 0 and (step % config.sample_every_steps == 0 or stopping):
       if sample_batch is None:
         sample_batch = _first_eval_batch(input_pipeline, config, mesh)
       if sample_batch is not None:
-        grey, colorized, truth, mask = sample_fn(state.generator_variables, sample_batch)
+        grey, colorized, truth, mask = sample_fn(state.inference_variables, sample_batch)
         if is_chief:  # Replicated outputs: process 0 holds every row.
           mask = np.asarray(mask)
           grid = sample_grid(*(np.asarray(x)[mask] for x in (grey, colorized, truth)))

@@ -173,7 +173,8 @@ def _restore(workdir, step):
   nets = train_lib.make_networks(config)
   abstract = train_lib.split_state(train_lib.abstract_train_state(nets, config, mesh))
   mngr = checkpoint.manager(workdir / "checkpoints", read_only=True)
-  return jax.device_get(checkpoint.restore(mngr, step, *abstract))
+  items = jax.device_get(checkpoint.restore(mngr, step, abstract))
+  return items[checkpoint.GENERATOR], items[checkpoint.TRAIN]
 
 
 @pytest.mark.slow  # The reference run: ~1 min.

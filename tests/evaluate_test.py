@@ -83,6 +83,27 @@ def test_colorfulness_hand_computed():
   assert float(evaluate.colorfulness(grey)[0]) == 0.0
 
 
+def test_chroma_high_frequency_matches_skimage_and_sees_speckle():
+  """Speckle measure against scikit-image Lab and a hand-written 3x3 box mean."""
+  truth = photo("coffee", (48, 40))
+  lab = skcolor.rgb2lab(truth)
+  rng = np.random.default_rng(1)
+  lab[..., 1:] += rng.normal(0, 12.0, lab.shape[:2] + (2,))  # rainbow speckle, L kept
+  speckled = np.clip(np.round(skcolor.lab2rgb(lab) * 255), 0, 255).astype(np.uint8)
+  got = np.asarray(evaluate.chroma_high_frequency(np.stack([truth, speckled])))
+
+  def reference(rgb):
+    ab = skcolor.rgb2lab(rgb)[..., 1:]
+    h, w = ab.shape[:2]
+    box = sum(ab[i : h - 2 + i, j : w - 2 + j] for i in range(3) for j in range(3)) / 9
+    return np.mean((ab[1:-1, 1:-1] - box) ** 2)
+
+  np.testing.assert_allclose(got, [reference(truth), reference(speckled)], rtol=2e-3)
+  assert got[1] > 5 * got[0]  # The speckle shows; the photo's own texture is the floor.
+  grey = np.repeat(skcolor.rgb2gray(truth)[..., None] * 255, 3, -1).round().astype(np.uint8)
+  assert float(evaluate.chroma_high_frequency(grey[None])[0]) < 0.05
+
+
 @pytest.fixture(scope="module")
 def generator():
   """(variables, config): a small generator (image size 64, width 1/8) whose colours vary

@@ -163,6 +163,52 @@ def test_folder_batches_skip_and_count_unreadable_files(mixed_folder, caplog):
   assert caplog.text.count("corrupt.jpg") == 1
 
 
+def test_near_grey_training_photos_are_skipped_counted_and_kept_on_request(tmp_path, caplog):
+  """A folder mixing colour photos with black-and-white and near-grey ones (users' folders)."""
+  colour = [smooth_rgb(24, 32, seed=s) for s in range(3)]
+  bw = np.repeat(smooth_rgb(24, 32, seed=7)[..., :1], 3, axis=-1)  # Colourfulness 0.
+  faded = (0.97 * bw + 0.03 * colour[0]).round().astype(np.uint8)  # A trace of colour.
+  for i, rgb in enumerate(colour):
+    Image.fromarray(rgb).save(tmp_path / f"colour{i}.png")
+  Image.fromarray(bw).save(tmp_path / "bw.png")
+  Image.fromarray(faded).save(tmp_path / "faded.png")
+  # The worker's NumPy colourfulness is evaluate's metric (the thumbnail is the whole image).
+  from chromagan_jax import evaluate, input_workers
+
+  for rgb in (*colour, bw, faded):
+    want = float(evaluate.colorfulness(rgb[None])[0])
+    assert input_workers.colorfulness(rgb) == pytest.approx(want, rel=1e-5, abs=1e-4)
+  assert input_workers.colorfulness(faded) < 5 < min(map(input_workers.colorfulness, colour))
+
+  ip.reset_skipped_files()
+  caplog.set_level(logging.WARNING)
+  config = _config(path=str(tmp_path), batch_size=5, min_colorfulness=5.0)
+  seen = np.concatenate(
+    _take(ip.create_train_iterator(config, process_index=0, process_count=1), 4)
+  )
+  assert sorted(os.path.basename(p) for p in ip.skipped_files()) == ["bw.png", "faded.png"]
+  assert ip.num_skipped_grey() == 2 and ip.num_skipped_files() == 2
+  assert "skipping image" in caplog.text and "near-grey photo (colourfulness" in caplog.text
+  # Every training example is a colour photo (resized at SIZE: compare colourfulness).
+  assert min(input_workers.colorfulness(x) for x in seen) > 5
+  # Eval batches are never filtered.
+  config.data.eval_path = str(tmp_path)
+  ev = next(ip.create_eval_iterator(config, batch_size=5, process_index=0, process_count=1))
+  assert ev["mask"].all()
+  # 0 keeps them: the same stream then holds grey examples.
+  ip.reset_skipped_files()
+  config.data.min_colorfulness = 0.0
+  seen = np.concatenate(
+    _take(ip.create_train_iterator(config, process_index=0, process_count=1), 4)
+  )
+  assert ip.num_skipped_files() == 0
+  assert min(input_workers.colorfulness(x) for x in seen) < 1
+  # All photos near-grey: one line saying what to do.
+  config.data.min_colorfulness = 1e6
+  with pytest.raises(ip.DataError, match="min_colorfulness=0 keeps"):
+    next(ip.create_train_iterator(config, process_index=0, process_count=1))
+
+
 @pytest.mark.parametrize("shape", [(37, 23), (9, 11)])
 def test_resize_matches_scikit_image_bilinear(tmp_path, shape):
   img = smooth_rgb(*shape, seed=5)

@@ -54,6 +54,11 @@ def get_config():
   # Random crops (several scales) and flips of training images. A deviation from the
   # reference (no augmentation), meant for the tiny 'bundled' demo set: off for the recipe.
   config.data.augment = False
+  # Skip training photos whose Hasler-Suesstrunk colourfulness (0 for grey, ~41 the median of
+  # real colour photos) is below this: black-and-white or near-grey photos in a folder teach
+  # the model to answer grey. Each is logged by name and counted (data/skipped_grey). The
+  # reference trains on all of ImageNet's photos, grey ones included: 0 (off) here.
+  config.data.min_colorfulness = 0.0
   config.data.prefetch = 2  # Batches prefetched to the host.
   # Worker processes that decode, augment and resize (Pillow holds the GIL, so threads would
   # not decode in parallel); None: one per CPU core this process may use; 0: in this process.
@@ -68,6 +73,13 @@ def get_config():
   config.adam_b1 = 0.5  # Reference: 0.5.
   config.adam_b2 = 0.999  # Keras default.
   config.adam_eps = 1e-7  # Keras default epsilon.
+
+  # Exponential moving average of the generator's parameters (a deviation from the reference,
+  # which has none; magvit keeps one): 0 = off, else its decay per step (warmed up as
+  # min(decay, (1 + step) / (10 + step))). When on, checkpoints also hold the averaged
+  # generator (item 'generator_ema'), which sample grids, evaluate, colorize, the app and
+  # export use by default.
+  config.ema_decay = 0.0
 
   # --- losses -------------------------------------------------------------------------------
   config.loss = ml_collections.ConfigDict()
