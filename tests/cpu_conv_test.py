@@ -120,20 +120,26 @@ def test_flax_conv_with_winograd_equals_default_conv():
 
 
 def test_networks_with_cpu_conv_match_xla():
-  """The paper's networks at width 1/4 (64..128 channels: the Winograd layers are used)."""
+  """The paper's networks at width 1/4 (64..128 channels: the Winograd layers are used).
+
+  Each network is one jitted program, as colorize and the train step compile it: with XLA's
+  default flags (tests/xla_defaults_test.py) its transforms and matmuls are then fused the
+  way users' runs fuse them, which op-by-op calls would not show.
+  """
   size, width = 32, 0.25
   kw = dict(image_size=size, width=width, fc_width=64, num_classes=10)
   ref, fast = models.Generator(**kw), models.Generator(**kw, conv_impl="winograd")
   x = jnp.asarray(np.random.default_rng(3).random((2, size, size, 3), np.float32))
   variables = ref.init(jax.random.key(0), x)
-  for got, want in zip(fast.apply(variables, x), ref.apply(variables, x), strict=True):
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+  got, want = jax.jit(fast.apply)(variables, x), jax.jit(ref.apply)(variables, x)
+  for g, w in zip(got, want, strict=True):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
 
   tkw = dict(width=width, fc_width=64, num_classes=10)
   t_ref, t_fast = models.VGG16Classifier(**tkw), models.VGG16Classifier(**tkw, conv_impl="winograd")
   t_vars = t_ref.init(jax.random.key(1), x)
-  want = t_ref.apply(t_vars, x)
-  np.testing.assert_allclose(t_fast.apply(t_vars, x), want, rtol=1e-4, atol=1e-4)
+  want = jax.jit(t_ref.apply)(t_vars, x)
+  np.testing.assert_allclose(jax.jit(t_fast.apply)(t_vars, x), want, rtol=1e-4, atol=1e-4)
 
   # The critic (im2col for its 4x4 convs) and its gradient-penalty gradient.
   c_ref, c_fast = models.Critic(width=width), models.Critic(width=width, conv_impl="winograd")
@@ -147,8 +153,9 @@ def test_networks_with_cpu_conv_match_xla():
 
     return jax.jit(jax.grad(gp))(c_vars)
 
-  want = c_ref.apply(c_vars, ab, lightness)
-  np.testing.assert_allclose(c_fast.apply(c_vars, ab, lightness), want, rtol=1e-4, atol=1e-5)
+  want = jax.jit(c_ref.apply)(c_vars, ab, lightness)
+  got = jax.jit(c_fast.apply)(c_vars, ab, lightness)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
   for g, r in zip(jax.tree.leaves(gp_grad(c_fast)), jax.tree.leaves(gp_grad(c_ref)), strict=True):
     np.testing.assert_allclose(g, r, rtol=1e-3, atol=1e-4 * float(jnp.abs(r).max()))
 

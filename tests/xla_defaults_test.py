@@ -2,9 +2,17 @@
 
 conftest.py turns XLA's optimisations off (and, on jaxlib 0.12, the YNNPACK fusions) for every
 test, for compile speed; users run float32 with the defaults, where fusions and algebraic
-rewrites could change numerics. This runs the whole-network comparisons (cpu_conv's networks against
-XLA's convolutions; the Flax generator and critic against their Keras builds) in a pytest
-subprocess with ``CHROMAGAN_TEST_XLA_DEFAULTS=1`` (optimised compiles are slow: three tests).
+rewrites could change numerics. This runs the whole-network comparisons (cpu_conv's networks
+against XLA's convolutions, each network one jitted program as colorize compiles it; the Flax
+generator and critic against their Keras builds) in a pytest subprocess with
+``CHROMAGAN_TEST_XLA_DEFAULTS=1`` (optimised compiles are slow: three tests).
+
+What differs (README "Design", bf16 paragraph): on jaxlib 0.12 the YNNPACK dot fusions, which
+conftest turns off; on jaxlib 0.10 they are on in both runs, and only LLVM's optimisation
+level differs. No breakage of the float32 path was found that this run catches and the
+regular one does not (tried: XLA:CPU fast math with every honor_* off, every YNN fusion type
+on, bfloat16 round trips of the Winograd products); it guards what users' default flags
+compute against future jaxlib changes.
 """
 
 import os
