@@ -25,10 +25,17 @@ from chromagan_jax import checkpoint, colorize_lib, evaluate, images, train_lib
 from chromagan_jax.configs import cpu
 
 
-def _grid(rows, height=256):
-  """Rows of images, each scaled to ``height``, concatenated side by side then stacked."""
+def before_after_grid(greys, colorized, originals, height=256) -> np.ndarray:
+  """One row per photo: grey input | colorized | original, each scaled to ``height``.
+
+  Args:
+    greys: uint8 (H, W) grey inputs; colorized, originals: uint8 (H, W, 3), same sizes.
+  Returns:
+    uint8 (rows * height, W_max, 3), rows padded with black on the right.
+  """
   out = []
-  for row in rows:
+  for g, c, o in zip(greys, colorized, originals, strict=True):
+    row = [np.stack([g] * 3, -1), c, o]
     scaled = [
       np.asarray(Image.fromarray(x).resize((round(x.shape[1] * height / x.shape[0]), height)))
       for x in row
@@ -78,9 +85,7 @@ def main(argv=None) -> int:
   for path, img in zip(holdout, colorized, strict=True):
     name = os.path.splitext(os.path.basename(path))[0]
     Image.fromarray(img).save(os.path.join(out_dir, f"{name}_colorized.png"))
-  grid = _grid(
-    [[np.stack([g] * 3, -1), c, o] for g, c, o in zip(greys, colorized, originals, strict=True)]
-  )
+  grid = before_after_grid(greys, colorized, originals)
   grid_path = os.path.join(args.workdir, "before_after.png")
   Image.fromarray(grid).save(grid_path)
 

@@ -473,7 +473,8 @@ def format_table(summary: dict) -> str:
 
   source = ""
   if "step" in summary:
-    source = f"checkpoint {summary['checkpoint']} step {summary['step']}, "
+    ema = " (moving average)" if summary.get("ema") else ""
+    source = f"checkpoint {summary['checkpoint']} step {summary['step']}{ema}, "
   lines = [
     f"{summary['num_images']} images at {summary['image_size']}x{summary['image_size']}, "
     f"{source}data {summary['data']}",
@@ -568,16 +569,20 @@ def evaluate(
   return summary
 
 
-def evaluate_checkpoint(ckpt, data: str, output: str, step: int | None = None, **kwargs) -> dict:
+def evaluate_checkpoint(
+  ckpt, data: str, output: str, step: int | None = None, ema: bool | None = None, **kwargs
+) -> dict:
   """:func:`evaluate` of the generator in checkpoint ``ckpt`` (latest step, or ``step``).
 
+  ``ema``: as :func:`checkpoint.load_generator` (None: the moving average when there is one).
   ``kwargs`` go to :func:`evaluate`. Raises UserError for a bad checkpoint or data.
   """
-  variables, config = checkpoint.load_generator(ckpt, step, with_class_head=False)
+  variables, config = checkpoint.load_generator(ckpt, step, with_class_head=False, ema=ema)
   step, _ = checkpoint.load_config(ckpt, step)
   model = colorize_lib.generator_from(config)
   predict_fn = functools.partial(colorize_lib.colorize_small, model, variables)
-  meta = {"checkpoint": str(ckpt), "step": step}
+  has_ema = (checkpoint.resolve_directory(ckpt) / str(step) / checkpoint.GENERATOR_EMA).is_dir()
+  meta = {"checkpoint": str(ckpt), "step": step, "ema": bool(has_ema and ema is not False)}
   return evaluate(
     predict_fn, data, output, image_size=model.image_size, config=config, meta=meta, **kwargs
   )
@@ -593,6 +598,11 @@ def build_parser() -> argparse.ArgumentParser:
     "--ckpt", required=True, help="checkpoint (workdir, checkpoints/ or converted)"
   )
   parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  parser.add_argument(
+    "--no_ema",
+    action="store_true",
+    help="evaluate the trained generator, not its moving average (when training kept one)",
+  )
   parser.add_argument(
     "--data",
     required=True,
@@ -649,6 +659,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       args.data,
       args.output,
       step=args.step,
+      ema=False if args.no_ema else None,
       batch_size=args.batch_size,
       max_images=args.max_images,
       max_pixels=args.max_pixels,

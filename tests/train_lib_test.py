@@ -353,6 +353,17 @@ def test_ema_is_checkpointed_resumed_exactly_and_preferred_by_inference(tmp_path
   _leaves_equal(ema["batch_stats"], straight.g_batch_stats)
   live, _ = checkpoint.load_generator(tmp_path / "split", ema=False)
   _leaves_equal(live, straight.generator_variables)
+  # evaluate scores the EMA unless told not to, and says which it scored.
+  from chromagan_jax import evaluate
+
+  scores = {
+    ema: evaluate.evaluate_checkpoint(
+      tmp_path / "split", "bundled", str(tmp_path / f"eval{ema}"), ema=ema, progress=False
+    )
+    for ema in (None, False)
+  }
+  assert scores[None]["ema"] is True and scores[False]["ema"] is False
+  assert scores[None]["mean"]["colorized"]["psnr"] != scores[False]["mean"]["colorized"]["psnr"]
   # A workdir trained without an EMA: inference reads its generator; resuming it with an EMA
   # (a changed config) is one line saying so.
   config.ema_decay = 0.0
