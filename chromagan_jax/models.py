@@ -47,12 +47,14 @@ GLOBAL_STRIDES = (2, 1, 2, 1)
 # The critic's 4x4 convolutions before the 1-channel output one: (channels, stride).
 CRITIC_LAYERS = ((64, 2), (128, 2), (256, 2), (512, 1))
 
-# Initialisers of every conv and Dense layer, in one place. The reference's Keras layers use
-# glorot_uniform kernels (U(+-sqrt(6 / (fan_in + fan_out)))) and zero biases; these are still
-# Flax's defaults (lecun_normal kernels), a known deviation (README): with glorot_uniform the
-# critic's float32 updates drift from tests/train_step_test.py's float64 reference by up to
-# 1.4e-3 after two steps (vs 1e-7 now), which is not understood yet.
-KERNEL_INIT = nn.initializers.lecun_normal()
+# Initialisers of every conv and Dense layer (generator, critic and VGG16 teacher), as the
+# reference's: its Keras Conv2D and Dense layers keep Keras' defaults, glorot_uniform kernels
+# (U(+-sqrt(6 / (fan_in + fan_out))), fans counting the kernel's receptive field as Keras
+# does) and zero biases (../shared/spec/chromagan.md, "Keras defaults apply";
+# keras.applications' VGG16 built without weights uses the same). Flax's default would be
+# lecun_normal. Batch norm starts as Keras' too: scale 1, bias 0, mean 0, variance 1 (Flax's
+# defaults). The trunk and the teacher usually start from ImageNet weights instead.
+KERNEL_INIT = nn.initializers.glorot_uniform()
 BIAS_INIT = nn.initializers.zeros
 
 # Input normalisation expected by different VGG16 weight sources. The reference feeds the

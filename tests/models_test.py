@@ -116,6 +116,58 @@ def test_models_from_config():
   assert teacher.preprocessing == gen.vgg_preprocessing == config.model.vgg_preprocessing
 
 
+def _keras_glorot_limit(shape):
+  """Keras' glorot_uniform bound for a kernel of ``shape`` (kh, kw, in, out) or (in, out):
+  sqrt(6 / (fan_in + fan_out)), both fans times the receptive field (Keras' compute_fans)."""
+  receptive = int(np.prod(shape[:-2]))
+  return np.sqrt(6.0 / (receptive * shape[-2] + receptive * shape[-1]))
+
+
+def test_initialisers_are_the_references_keras_defaults():
+  # The reference's layers use Keras' defaults (spec: "Keras defaults apply"); the installed
+  # Keras says which those are.
+  conv, dense, bn = layers.Conv2D(1, 3), layers.Dense(1), layers.BatchNormalization()
+  for layer in (conv, dense):
+    assert isinstance(layer.kernel_initializer, keras.initializers.GlorotUniform)
+    assert isinstance(layer.bias_initializer, keras.initializers.Zeros)
+  assert (bn.momentum, bn.epsilon) == (models.BN_MOMENTUM, models.BN_EPSILON)
+  for init in (bn.beta_initializer, bn.moving_mean_initializer):
+    assert isinstance(init, keras.initializers.Zeros)
+  for init in (bn.gamma_initializer, bn.moving_variance_initializer):
+    assert isinstance(init, keras.initializers.Ones)
+
+  l3 = jnp.zeros((1, SIZE, SIZE, 3))
+  ab, lightness = jnp.zeros((1, SIZE, SIZE, 2)), jnp.zeros((1, SIZE, SIZE, 1))
+  built = {
+    "generator": (models.Generator(image_size=SIZE, width=WIDTH), (l3,)),
+    "critic": (models.Critic(width=WIDTH), (ab, lightness)),
+    "teacher": (models.VGG16Classifier(width=WIDTH), (l3,)),
+  }
+  for name, (module, inputs) in built.items():
+    variables = jax.device_get(jax.jit(module.init)(jax.random.key(0), *inputs))
+    kernels = 0
+    for path, x in jax.tree_util.tree_leaves_with_path(variables):
+      where, leaf = f"{name}{jax.tree_util.keystr(path)}", jax.tree_util.keystr(path[-1:])
+      if leaf == "['kernel']":
+        kernels += 1
+        limit = _keras_glorot_limit(x.shape)
+        # U(-limit, limit): nothing beyond the bound, the largest draw near it (P(max|w| <
+        # 0.95 limit) = 0.95^n < 2e-5 for the smallest kernel here, n = 216), std limit /
+        # sqrt(3) within 5 standard errors (sd of a uniform sample's std: 0.447 std / sqrt(n)).
+        # lecun_normal draws beyond this bound (truncated at 2 / sqrt(fan_in) >= limit).
+        assert np.abs(x).max() <= limit, (where, np.abs(x).max(), limit)
+        assert np.abs(x).max() > 0.95 * limit, (where, np.abs(x).max(), limit)
+        std = limit / np.sqrt(3)
+        assert abs(x.std() - std) < 5 * 0.447 * std / np.sqrt(x.size), (where, x.std(), std)
+      elif leaf in ("['bias']", "['mean']"):
+        np.testing.assert_array_equal(x, 0, err_msg=where)
+      elif leaf in ("['scale']", "['var']"):
+        np.testing.assert_array_equal(x, 1, err_msg=where)
+      else:
+        raise AssertionError(f"unexpected variable {where}")
+    assert kernels == {"generator": 28, "critic": 5, "teacher": 16}[name]
+
+
 def test_vgg_preprocess_matches_keras_applications():
   x = _inputs((2, 4, 4, 3), seed=1)
   np.testing.assert_array_equal(models.vgg_preprocess(x, "none"), x)
