@@ -187,6 +187,7 @@ def main(argv: Sequence[str] | None = None, log: Callable[[str], None] | None = 
     log(f"error: {e}")
     return 1
   compile_cache.enable(args.compilation_cache, warn=log)
+  colorize_lib.keep_freed_memory()  # Full-resolution photos: no page faults per photo.
   try:
     written = colorize_files.colorize_files(
       args.inputs,

@@ -189,6 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.max_upload_mb <= 0 or args.max_pixels < 1:
       raise UserError("--max_upload_mb and --max_pixels must be positive")
     compile_cache.enable(args.compilation_cache, warn=log)
+    colorize_lib.keep_freed_memory()  # Full-resolution photos: no page faults per photo.
     variables, config = checkpoint.load_generator(args.ckpt, args.step, with_class_head=False)
     colorizer = colorize_lib.Colorizer(variables, config, batch_size=1, conv_impl=args.conv_impl)
   except (UserError, ValueError) as e:
