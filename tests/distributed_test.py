@@ -54,7 +54,14 @@ def _assert_equivalent(multi, single):
       # statistics and the losses agree to float32 reassociation of the cross-device sums
       # (measured: within rtol 1e-4 plus 1.1e-6 of each array's largest entry).
       scale = np.abs(want).max()
-      np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * scale, err_msg=key)
+      # The critic's moments: its gradient is taken on the updated generator's output, and
+      # Adam's first step moves every generator parameter by ~lr whatever its gradient's size,
+      # so float noise in near-zero generator gradients reaches the critic's inputs: measured
+      # up to 2.3e-4 of the array's largest entry (glorot_uniform kernels; 1.1e-6 with
+      # lecun_normal). Rows fed to the wrong process change the gradient penalty's per-row eps
+      # and move the critic's moments by far more.
+      tol = 1e-3 if "d_opt_state" in key else 1e-5
+      np.testing.assert_allclose(got, want, rtol=1e-4, atol=tol * scale, err_msg=key)
     else:
       # Parameters: Adam's first step moves each by ~lr * sign(gradient), so an entry whose
       # gradient is float noise (a bias before batch norm) may move either way: 2 * lr.
