@@ -278,6 +278,11 @@ def load_item(directory, item: str, step=None) -> tuple[dict[str, Any], ml_colle
   return _restore_item(directory, step, config, item), config
 
 
+def has_generator_ema(directory, step: int) -> bool:
+  """Whether step ``step`` of a checkpoint directory holds the moving-average generator."""
+  return (resolve_directory(directory) / str(step) / GENERATOR_EMA).is_dir()
+
+
 def load_generator(
   directory, step=None, with_class_head: bool = True, ema: bool | None = None
 ) -> tuple[dict[str, Any], ml_collections.ConfigDict]:
@@ -310,7 +315,7 @@ def load_generator(
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     where = f"{directory}/{step}"
     raise CheckpointError(f"{where}: config does not describe a generator ({e})") from None
-  has_ema = (directory / str(step) / GENERATOR_EMA).is_dir()
+  has_ema = has_generator_ema(directory, step)
   if ema and not has_ema:
     raise CheckpointError(
       f"{directory}/{step}: has no moving-average generator (trained with config.ema_decay=0)"

@@ -581,8 +581,8 @@ def evaluate_checkpoint(
   step, _ = checkpoint.load_config(ckpt, step)
   model = colorize_lib.generator_from(config)
   predict_fn = functools.partial(colorize_lib.colorize_small, model, variables)
-  has_ema = (checkpoint.resolve_directory(ckpt) / str(step) / checkpoint.GENERATOR_EMA).is_dir()
-  meta = {"checkpoint": str(ckpt), "step": step, "ema": bool(has_ema and ema is not False)}
+  has_ema = checkpoint.has_generator_ema(ckpt, step)
+  meta = {"checkpoint": str(ckpt), "step": step, "ema": has_ema and ema is not False}
   return evaluate(
     predict_fn, data, output, image_size=model.image_size, config=config, meta=meta, **kwargs
   )
