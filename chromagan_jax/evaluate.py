@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from chromagan_jax import checkpoint, color, colorize_lib, images
+from chromagan_jax import checkpoint, color, colorize_lib, images, input_workers
 from chromagan_jax.errors import EvalError, UserError
 
 DATA_RANGE = 255.0
@@ -57,8 +57,9 @@ SSIM_K1 = 0.01
 SSIM_K2 = 0.03
 # ... and as scikit-image's structural_similarity defaults: a uniform 7x7 window.
 SKIMAGE_SSIM_WIN = 7
-# Hasler & Suesstrunk's weight of the mean term.
-COLORFULNESS_MEAN_WEIGHT = 0.3
+# Hasler & Suesstrunk's weight of the mean term: the one value, shared with the workers'
+# near-grey test (input_workers imports NumPy and Pillow only).
+COLORFULNESS_MEAN_WEIGHT = input_workers.COLORFULNESS_MEAN_WEIGHT
 FID_NOTE = "FID not implemented: it needs Inception weights, which are not bundled"
 # The speckle measure's window (chroma_high_frequency).
 CHROMA_HF_WIN = 3

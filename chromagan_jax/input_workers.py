@@ -30,7 +30,7 @@ from chromagan_jax import images
 # fraction of the image's short side, its aspect ratio jittered in [3/4, 4/3].
 AUGMENT_MIN_SCALE = 0.35
 AUGMENT_MAX_LOG_ASPECT = float(np.log(4 / 3))
-# Hasler & Suesstrunk's weight of the mean term (as chromagan_jax.evaluate.colorfulness).
+# Hasler & Suesstrunk's weight of the mean term (evaluate.colorfulness uses this one too).
 COLORFULNESS_MEAN_WEIGHT = 0.3
 # Near-grey test (config.data.min_colorfulness): colourfulness is measured on the photo
 # shrunk to at most this side, which is fast and changes the value by well under 1 unit.
