@@ -83,8 +83,27 @@ def compute_dtype(config) -> Any:
   return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.dtype]
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def learning_rate(config, peak: float, total_steps: int | None = None):
+  """``peak`` (config.lr_schedule 'constant', the reference's), or a function of the step.
+
+  'cosine' (a deviation, for short runs from scratch: configs/folder.py:small) decays from
+  ``peak`` to ``config.lr_final_fraction * peak`` over ``total_steps`` along a half cosine, so
+  the last steps refine instead of jumping around at full size.
+  """
+  if config.lr_schedule == "constant":
+    return peak
+  if config.lr_schedule != "cosine":
+    raise ConfigError(f"config.lr_schedule={config.lr_schedule!r}: expected one of {LR_SCHEDULES}")
+  if not total_steps or total_steps <= 0:
+    raise ConfigError("config.lr_schedule='cosine' needs the number of training steps")
+  return optax.cosine_decay_schedule(peak, total_steps, alpha=config.lr_final_fraction)
+
+
 def adam(config, learning_rate):
-  """Adam with the reference's hyper-parameters.
+  """Adam with the reference's hyper-parameters; ``learning_rate`` a number or a schedule.
 
   Keras adds epsilon to sqrt(v) before the bias correction; optax after. At eps=1e-7 the
   difference is far below the gradient noise.
@@ -92,11 +111,12 @@ def adam(config, learning_rate):
   return optax.adam(learning_rate, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
 
 
-def make_networks(config) -> Networks:
+def make_networks(config, total_steps: int | None = None) -> Networks:
+  """The modules and optimizers; ``total_steps`` is needed by decaying learning rates only."""
   gen, critic, teacher = models.models_from_config(config.model, dtype=compute_dtype(config))
-  return Networks(
-    gen, critic, teacher, adam(config, config.g_learning_rate), adam(config, config.d_learning_rate)
-  )
+  g_lr = learning_rate(config, config.g_learning_rate, total_steps)
+  d_lr = learning_rate(config, config.d_learning_rate, total_steps)
+  return Networks(gen, critic, teacher, adam(config, g_lr), adam(config, d_lr))
 
 
 def make_mesh(devices=None) -> Mesh:
@@ -507,7 +527,8 @@ def _train(config, workdir, stop: "_StopRequest") -> TrainState:
   check_batch_size(config, mesh)
   if problem := models.cpu_bfloat16_problem(compute_dtype(config)):
     raise ConfigError(f"config.dtype={config.dtype!r}: {problem}")
-  nets = make_networks(config)
+  total_steps = num_train_steps(config, input_pipeline.num_train_examples(config))
+  nets = make_networks(config, total_steps)
   is_chief = jax.process_index() == 0
   ckpt_dir = checkpoint.epath.Path(workdir) / "checkpoints"
   mngr = checkpoint.manager(ckpt_dir, max_to_keep=config.max_checkpoints_to_keep)
@@ -534,7 +555,6 @@ def _train(config, workdir, stop: "_StopRequest") -> TrainState:
     state = create_train_state(nets, config, mesh)
     state = apply_initial_weights(state, config, teacher_params, mesh)
 
-  total_steps = num_train_steps(config, input_pipeline.num_train_examples(config))
   start_step = int(jax.device_get(state.step))  # Replicated: every process holds it.
   step_fn = make_train_step(nets, config, mesh, with_teacher=teacher_params is not None)
   sample_fn = make_sample_fn(nets, mesh)
@@ -576,6 +596,8 @@ def _train(config, workdir, stop: "_StopRequest") -> TrainState:
       # Unreadable files are skipped with a warning; the running count shows how many.
       summary["data/skipped_files"] = float(input_pipeline.num_skipped_files())
       summary["data/skipped_grey"] = float(input_pipeline.num_skipped_grey())
+      g_lr = learning_rate(config, config.g_learning_rate, total_steps)
+      summary["g/learning_rate"] = float(g_lr(step - 1) if callable(g_lr) else g_lr)
       _log_progress(writer, step, total_steps, summary, config.batch_size)
       last_log, last_log_step = now, step
     # Save before sampling: a failure while sampling must not lose the final/SIGTERM save.

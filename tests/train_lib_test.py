@@ -375,3 +375,63 @@ def test_ema_is_checkpointed_resumed_exactly_and_preferred_by_inference(tmp_path
   config.num_train_steps = 2
   with pytest.raises(ShapeError, match="has no generator_ema item.*config.ema_decay"):
     train_lib.train_and_evaluate(config, str(tmp_path / "plain"))
+
+
+def _cosine(peak, final_fraction, total, k):
+  """The half-cosine decay written out: peak at k=0, final_fraction * peak from k=total on."""
+  k = min(k, total)
+  return peak * (final_fraction + (1 - final_fraction) * 0.5 * (1 + np.cos(np.pi * k / total)))
+
+
+def test_cosine_learning_rate_drives_adam_as_the_closed_form():
+  config = tiny.get_config()
+  config.lr_schedule, config.lr_final_fraction, total = "cosine", 0.1, 6
+  nets = train_lib.make_networks(config, total)
+  b1, b2, eps = config.adam_b1, config.adam_b2, config.adam_eps
+  rng = np.random.default_rng(0)
+  params = {"w": jnp.zeros(5)}
+  g_state, d_state = nets.g_tx.init(params), nets.d_tx.init(params)
+  m = v = np.zeros(5)
+  for k in range(total + 2):  # Past the end the rate stays at its floor.
+    grad = rng.normal(size=5)
+    g_upd, g_state = nets.g_tx.update({"w": jnp.asarray(grad, jnp.float32)}, g_state, params)
+    d_upd, d_state = nets.d_tx.update({"w": jnp.asarray(grad, jnp.float32)}, d_state, params)
+    m, v = b1 * m + (1 - b1) * grad, b2 * v + (1 - b2) * grad**2
+    m_hat, v_hat = m / (1 - b1 ** (k + 1)), v / (1 - b2 ** (k + 1))
+    for upd, peak in ((g_upd, config.g_learning_rate), (d_upd, config.d_learning_rate)):
+      want = -_cosine(peak, 0.1, total, k) * m_hat / (np.sqrt(v_hat) + eps)
+      np.testing.assert_allclose(np.asarray(upd["w"]), want, rtol=2e-5)
+
+
+def test_learning_rate_schedule_errors_name_the_field():
+  config = tiny.get_config()
+  assert train_lib.learning_rate(config, 3e-4) == 3e-4  # 'constant', the reference's.
+  config.lr_schedule = "cosine"
+  with pytest.raises(train_lib.ConfigError, match="lr_schedule='cosine' needs"):
+    train_lib.make_networks(config)
+  config.lr_schedule = "linear"
+  with pytest.raises(train_lib.ConfigError, match=r"lr_schedule='linear'.*constant.*cosine"):
+    train_lib.make_networks(config, 10)
+
+
+def test_train_loop_follows_and_logs_the_cosine_schedule(tmp_path):
+  config = tiny.get_config()
+  config.lr_schedule, config.num_train_steps = "cosine", 4
+  state = train_lib.train_and_evaluate(config, str(tmp_path))
+  # The schedule's own step counter is part of the checkpointed optimizer state.
+  counts = [int(x) for x in jax.tree.leaves(state.g_opt_state) if x.ndim == 0]
+  assert counts and set(counts) == {4}, counts
+  import tensorflow as tf  # To read the TensorBoard events; the other tests do without it.
+
+  (events,) = tmp_path.glob("events.out.tfevents.*")
+  logged = {
+    e.step: float(tf.make_ndarray(v.tensor))
+    for e in tf.compat.v1.train.summary_iterator(str(events))
+    for v in e.summary.value
+    if v.tag == "g/learning_rate"
+  }
+  # Logged every 2 steps: the rate the step just taken used (its index step - 1).
+  want = {s: _cosine(config.g_learning_rate, config.lr_final_fraction, 4, s - 1) for s in (2, 4)}
+  assert logged.keys() == want.keys()
+  for s in want:
+    assert logged[s] == pytest.approx(want[s], rel=1e-5)

@@ -70,6 +70,10 @@ def get_config():
   config.num_train_steps = -1  # If > 0, overrides num_epochs.
   config.g_learning_rate = 2e-5  # Adam for the generator (reference: 2e-5).
   config.d_learning_rate = 2e-5  # Adam for the critic (reference: 2e-5).
+  # Learning-rate schedule: 'constant' (reference) or 'cosine' (a deviation: decays both rates
+  # to lr_final_fraction of their value by the last step; train_lib.learning_rate).
+  config.lr_schedule = "constant"
+  config.lr_final_fraction = 0.05
   config.adam_b1 = 0.5  # Reference: 0.5.
   config.adam_b2 = 0.999  # Keras default.
   config.adam_eps = 1e-7  # Keras default epsilon.
