@@ -6,7 +6,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 JAX2ONNX := jax2onnx==0.17.1
 
-.PHONY: demo test test-fast lint format clean export-deps browser
+VENV312 ?= .venv312
+
+.PHONY: demo test test-fast lint format clean export-deps browser jax012
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,9 +37,26 @@ browser:
 	else echo "warning: chromium/chromedriver missing and not root: tests/app_test.py" \
 	  "will be skipped (and fail under CI=true)"; fi
 
+# Python 3.12 gets jaxlib 0.12, whose XLA:CPU differs (YNNPACK fusions): tests/xla_defaults_test.py
+# runs the models/cpu_conv numerics there too, with XLA's default flags, in $(VENV312). Its
+# Python is python3.12 on the PATH or pyenv's newest 3.12; without one the test is skipped
+# with its reason, and fails under CI=true.
+jax012:
+	@if [ -f $(VENV312)/.installed ] && [ $(VENV312)/.installed -nt pyproject.toml ]; then :; \
+	else py=python3.12; \
+	  if command -v pyenv >/dev/null && v=$$(pyenv versions --bare | grep -E '^3\.12(\.[0-9]+)?$$' | tail -1) \
+	    && [ -n "$$v" ]; then py="env PYENV_VERSION=$$v python3.12"; fi; \
+	  if $$py --version >/dev/null 2>&1; then \
+	    (test -x $(VENV312)/bin/python || $$py -m venv $(VENV312)) \
+	    && $(VENV312)/bin/python -m pip install -q --upgrade pip \
+	    && $(VENV312)/bin/python -m pip install -q -e . 'pytest>=8' \
+	    && touch $(VENV312)/.installed; \
+	  else echo "warning: no Python 3.12: tests/xla_defaults_test.py's jaxlib 0.12 run" \
+	    "will be skipped (and fail under CI=true)"; fi; fi
+
 # `make test` (and CI) run every test, slow ones included; `make test-fast` leaves out those
 # marked `slow` (each > ~30 s of CPU: training runs, subprocesses, optimised compiles).
-test: $(STAMP) browser
+test: $(STAMP) browser jax012
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
 	$(PY) -m pytest -n 2 -q -rs tests
 
@@ -51,4 +70,4 @@ format: $(STAMP)
 	$(PY) -m ruff format . && $(PY) -m ruff check --fix .
 
 clean:
-	rm -rf $(VENV) demo_out
+	rm -rf $(VENV) $(VENV312) demo_out

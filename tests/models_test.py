@@ -241,6 +241,12 @@ def test_train_mode_updates_batch_stats_and_eval_mode_does_not(generator):
 
 
 def test_bfloat16_compute_path(generator, critic):
+  if problem := models.cpu_bfloat16_problem(jnp.bfloat16):
+    # Only with XLA's default flags on an affected jaxlib (xla_defaults_test on jaxlib 0.12):
+    # what would be computed is wrong, so the library must say so (training refuses with this
+    # message). Everywhere else, including this suite's own runs, bfloat16 is compared below.
+    assert models.CPU_BFLOAT16_FLAG in problem
+    return
   _, variables, infer, _ = generator
   gen16 = models.Generator(image_size=SIZE, width=WIDTH, dtype=jnp.bfloat16)
   shapes16 = jax.eval_shape(gen16.init, jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))
