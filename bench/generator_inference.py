@@ -86,7 +86,11 @@ def run(args) -> dict:
         start = time.perf_counter()
         filters = jax.block_until_ready(colorize_lib.inference_filters(gen, variables, xj))
         filters_s[batch, impl] = time.perf_counter() - start
-      fn = jax.jit(lambda v, x, f, g=gen: predict(g, v, x, f))
+      # The compiler options colorize's programs use (colorize_lib.predict_ab).
+      fn = jax.jit(
+        lambda v, x, f, g=gen: predict(g, v, x, f),
+        compiler_options=cpu_conv.cpu_compiler_options(),
+      )
       compiled[impl], flops[impl], compile_s[impl] = common.compile_with_cost(
         fn, variables, xj, filters
       )

@@ -213,8 +213,7 @@ def generator_from(config) -> nn.Module:
   return model.clone(with_class_head=False)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def predict_ab(model, variables, rgb, filters=None):
+def _predict_ab(model, variables, rgb, filters=None):
   """The generator on uint8 RGB at the network size: its L, then the predicted ab.
 
   Args:
@@ -235,17 +234,27 @@ def predict_ab(model, variables, rgb, filters=None):
     return lightness, model.apply(variables, l3, train=False)[0]
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def colorize_small(model, variables, rgb, filters=None):
+def colorize_small_fn(model, variables, rgb, filters=None):
   """The generator on uint8 RGB (N, S, S, 3) at the network size -> uint8 (grey, colour).
 
   ``grey`` is the input's L alone (a = b = 0: the grey baseline), ``colour`` its L with the
   predicted ab; both (N, S, S, 3). Train-time sample grids and ``evaluate`` use this; the
   full-resolution path (:class:`Colorizer`) uses :func:`predict_ab` and :func:`compose`.
   """
-  lightness, ab = predict_ab(model, variables, rgb, filters)
+  lightness, ab = _predict_ab(model, variables, rgb, filters)
   grey = color.net_to_rgb(lightness, jnp.full_like(ab, color.GREY_AB_NET))
   return color.to_uint8(grey), color.to_uint8(color.net_to_rgb(lightness, ab))
+
+
+# Jitted with the CPU compiler options measured for inference (cpu_conv.CPU_COMPILER_OPTIONS).
+# Options can only be given to a top-level jit: programs that call these inside their own jit
+# (the train loop's sample grids) use the plain functions and pass the options themselves.
+predict_ab = jax.jit(
+  _predict_ab, static_argnums=0, compiler_options=cpu_conv.cpu_compiler_options()
+)
+colorize_small = jax.jit(
+  colorize_small_fn, static_argnums=0, compiler_options=cpu_conv.cpu_compiler_options()
+)
 
 
 def inference_filters(model, variables, rgb) -> dict:

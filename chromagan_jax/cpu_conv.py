@@ -27,6 +27,7 @@ gradient penalty needs, were 4-5x faster than XLA's own on the critic's middle l
 import contextlib
 import contextvars
 import functools
+import os
 
 import flax.linen as nn
 import jax
@@ -64,6 +65,23 @@ _MATRICES = {
 }
 TILE_SIZES = tuple(_MATRICES)
 _NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+# XLA:CPU hands matmuls to YNNPACK ("ynn fusions", on by default in jaxlib 0.10 and 0.12). For
+# inference, XLA's own (Eigen) matmuls run the Winograd products and the 1x1/im2col convs faster
+# on an AMD EPYC with AVX2 (bench/RESULTS.md, interleaved with TF/Keras in one run each:
+# generator inference 1.17x -> 1.58x TF/Keras at batch 1, 1.58x -> 1.91x at batch 16); the GAN
+# train step is not (0.441 img/s with them, 0.409 without, batch 8), so only the inference
+# programs (colorize_lib.predict_ab / colorize_small: colorize, evaluate, video, the app, sample
+# grids) compile with these options. An explicit xla_cpu_experimental_ynn_fusion_type in
+# XLA_FLAGS wins. Not measured on AVX-512. Accelerators ignore xla_cpu_* options.
+CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+def cpu_compiler_options() -> dict[str, str]:
+  """:data:`CPU_COMPILER_OPTIONS`, or {} when XLA_FLAGS already sets them (the user's choice)."""
+  flags = os.environ.get("XLA_FLAGS", "")
+  return {k: v for k, v in CPU_COMPILER_OPTIONS.items() if f"--{k}" not in flags}
 
 
 def _combine(matrix, terms):

@@ -28,7 +28,16 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from chromagan_jax import checkpoint, color, colorize_lib, losses, models, multihost, weights
+from chromagan_jax import (
+  checkpoint,
+  color,
+  colorize_lib,
+  cpu_conv,
+  losses,
+  models,
+  multihost,
+  weights,
+)
 from chromagan_jax.errors import ConfigError, NonFiniteLossError
 
 DATA_AXIS = "data"
@@ -498,10 +507,11 @@ def make_sample_fn(nets: Networks, mesh: Mesh) -> Callable:
   replicated = NamedSharding(mesh, P())
 
   def sample(variables, batch):
-    grey, colour = colorize_lib.colorize_small(nets.generator, variables, batch["rgb"])
+    grey, colour = colorize_lib.colorize_small_fn(nets.generator, variables, batch["rgb"])
     return grey, colour, batch["rgb"], batch["mask"]
 
-  return jax.jit(sample, out_shardings=replicated)
+  options = cpu_conv.cpu_compiler_options() if jax.default_backend() == "cpu" else None
+  return jax.jit(sample, out_shardings=replicated, compiler_options=options)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:

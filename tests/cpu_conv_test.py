@@ -1,12 +1,14 @@
 """cpu_conv (Winograd, im2col) against XLA's direct convolution: values, gradients, 2nd derivs."""
 
+import os
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from chromagan_jax import colorize_lib, cpu_conv, models
+from chromagan_jax import colorize_lib, cpu_conv, models, train_lib
 from chromagan_jax.configs import tiny
 
 
@@ -208,3 +210,37 @@ def test_inference_filters_replace_the_per_call_transform():
   # Random init: ab stays near 0.5, so compare with the float32 rounding of the same model.
   assert same <= 1e-6 and changed > max(100 * same, 1e-5), (same, changed)
   assert colorize_lib.inference_filters(gen.clone(conv_impl="xla"), variables, x) == {}
+
+
+def _ynn_fusions(compiled) -> int:
+  return compiled.as_text().count("ynn_fusion")
+
+
+def test_cpu_programs_compile_with_the_measured_options(monkeypatch):
+  """colorize's programs leave matmuls to XLA, not YNNPACK (measured faster for inference,
+  bench/RESULTS.md), and an explicit XLA_FLAGS choice wins."""
+  options = cpu_conv.cpu_compiler_options()
+  config = tiny.get_config()
+  config.model.conv_impl = "winograd"
+  gen = models.models_from_config(config.model, inference=True)[0].clone(with_class_head=False)
+  rgb = jnp.zeros((2, 64, 64, 3), jnp.uint8)
+  variables = gen.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False)
+  plain = jax.jit(lambda v, x: gen.apply(v, x, train=False)).lower(variables, rgb / 1.0).compile()
+  if "--xla_cpu_experimental_ynn_fusion_type" in os.environ.get("XLA_FLAGS", ""):
+    assert options == {}  # conftest on jaxlib 0.12 turned them off for everything already.
+  else:
+    assert options == cpu_conv.CPU_COMPILER_OPTIONS
+    assert _ynn_fusions(plain) > 0  # This jaxlib's default: the check below can fail.
+  assert _ynn_fusions(colorize_lib.predict_ab.lower(gen, variables, rgb).compile()) == 0
+  assert _ynn_fusions(colorize_lib.colorize_small.lower(gen, variables, rgb).compile()) == 0
+  # The train loop's sample grids are inference too; its step keeps XLA's defaults (YNNPACK
+  # measured faster there).
+  mesh = train_lib.make_mesh(jax.devices()[:1])
+  nets = train_lib.make_networks(config)
+  full = nets.generator.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False)
+  batch = {"rgb": rgb, "mask": jnp.ones(2, bool)}
+  sample = train_lib.make_sample_fn(nets, mesh)
+  assert _ynn_fusions(sample.lower(full, batch).compile()) == 0
+  assert train_lib.xla_compiler_options(config, backend="cpu") == {}
+  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=dot")
+  assert cpu_conv.cpu_compiler_options() == {}
