@@ -249,6 +249,9 @@ def network_contenders(ckpt, variables, config, l3: np.ndarray, repeats: int, fo
   out["onnxruntime"] = timed(run_onnx, repeats)
   ab["onnxruntime"] = run_onnx()
 
+  if problem := export.tf_formats_problem():
+    print(f"TFLite not timed: {problem}", file=sys.stderr)
+    return out, ab
   interpreter = tf.lite.Interpreter(model_content=export.to_tflite(fn, size), num_threads=2)
   interpreter.allocate_tensors()
 

@@ -84,6 +84,12 @@ def to_onnx(fn: Callable, size: int):
   # is absent, with a traceback; none is needed for this network.
   logging.getLogger("jax2onnx.plugins.plugin_system").setLevel(logging.ERROR)
   logging.getLogger("onnx_ir.serde").setLevel(logging.ERROR)  # benign shape-info notes
+  # jax2onnx 0.17.1 (the newest) checks isinstance(..., jax._src.core.ClosedJaxpr), a class
+  # jax 0.12 folded into Jaxpr (jax.extend.core.ClosedJaxpr is Jaxpr there): give it the alias.
+  from jax._src import core as jax_core
+
+  if not hasattr(jax_core, "ClosedJaxpr"):
+    jax_core.ClosedJaxpr = jax_core.Jaxpr
   try:
     from jax2onnx import to_onnx as jax2onnx_to_onnx  # An optional dependency.
   except ImportError as e:
@@ -135,6 +141,25 @@ def save_saved_model(fn: Callable, size: int, directory: str) -> None:
   tf.saved_model.save(module, directory, signatures={"serving_default": module.serve})
 
 
+TF_FORMATS = ("tflite", "saved_model")
+
+
+def tf_formats_problem() -> str | None:
+  """Why the TensorFlow formats cannot be exported with this jax, or None when they can.
+
+  jax2tf serialises the network as StableHLO inside an XlaCallModule op. With jax 0.12
+  (Python 3.12; measured with TensorFlow 2.21) TensorFlow cannot read jax's newer StableHLO
+  (SavedModel: "failed to deserialize portable artifact") and TFLite cannot convert the op.
+  """
+  version = tuple(int(x) for x in jax.__version__.split(".")[:2])
+  if version < (0, 12):
+    return None
+  return (
+    f"jax {jax.__version__} serialises StableHLO that TensorFlow's SavedModel and TFLite "
+    "cannot read or convert (needs jax < 0.12, i.e. Python 3.11 here); --format onnx works"
+  )
+
+
 def export(ckpt, fmt: str, output: str, step=None, overwrite: bool = False) -> str:
   """Exports checkpoint ``ckpt`` in format ``fmt`` to ``output`` (a file; a folder for
   ``saved_model``), written beside it first and moved into place when complete.
@@ -144,6 +169,8 @@ def export(ckpt, fmt: str, output: str, step=None, overwrite: bool = False) -> s
   """
   if fmt not in FORMATS:
     raise ExportError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+  if fmt in TF_FORMATS and (problem := tf_formats_problem()):
+    raise ExportError(f"--format {fmt}: {problem}")
   output = os.path.abspath(output)
   if os.path.lexists(output) and not overwrite:
     raise ExportError(f"{output}: already exists; not overwritten (pass --overwrite)")

@@ -91,8 +91,15 @@ RUNNERS = {"onnx": _run_onnx, "tflite": _run_tflite, "saved_model": _run_saved_m
 
 
 @pytest.mark.parametrize("fmt", export.FORMATS)
-def test_export_matches_jax_on_real_photos(fmt, ckpt, photos_l, reference, tmp_path):
+def test_export_matches_jax_on_real_photos(fmt, ckpt, photos_l, reference, tmp_path, capsys):
   out = str(tmp_path / f"model.{fmt}")
+  if fmt in export.TF_FORMATS and export.tf_formats_problem():
+    # jax >= 0.12 (Python 3.12): refused in one line naming the reason, nothing written.
+    assert export.main(["--ckpt", ckpt, "--format", fmt, "--output", out]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: --format {fmt}: jax ") and "\n" not in err
+    assert not os.listdir(tmp_path)
+    return
   assert export.main(["--ckpt", ckpt, "--format", fmt, "--output", out]) == 0
   for batch in (photos_l, photos_l[:1]):  # the batch dimension is dynamic
     got = RUNNERS[fmt](out, batch)
