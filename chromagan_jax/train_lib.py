@@ -566,6 +566,7 @@ def _train(config, workdir, stop: "_StopRequest") -> TrainState:
     state = apply_initial_weights(state, config, teacher_params, mesh)
 
   start_step = int(jax.device_get(state.step))  # Replicated: every process holds it.
+  g_lr = learning_rate(config, config.g_learning_rate, total_steps)  # Logged (a schedule's value).
   step_fn = make_train_step(nets, config, mesh, with_teacher=teacher_params is not None)
   sample_fn = make_sample_fn(nets, mesh)
   joint = multihost.JointFlags(mesh)
@@ -606,7 +607,6 @@ def _train(config, workdir, stop: "_StopRequest") -> TrainState:
       # Unreadable files are skipped with a warning; the running count shows how many.
       summary["data/skipped_files"] = float(input_pipeline.num_skipped_files())
       summary["data/skipped_grey"] = float(input_pipeline.num_skipped_grey())
-      g_lr = learning_rate(config, config.g_learning_rate, total_steps)
       summary["g/learning_rate"] = float(g_lr(step - 1) if callable(g_lr) else g_lr)
       _log_progress(writer, step, total_steps, summary, config.batch_size)
       last_log, last_log_step = now, step
