@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 import pytest
-from helpers import random_generator_variables, small_config
+from helpers import random_generator_variables, skip_or_fail_under_ci, small_config
 from PIL import Image
 from skimage import color as skcolor
 
@@ -51,9 +51,7 @@ def _browser():
     "web app browser test needs Debian's chromium and chromium-driver (apt-get install "
     "chromium chromium-driver; `make test` does it as root) and selenium"
   )
-  if os.environ.get("CI", "").lower() == "true":
-    pytest.fail(f"CI: {message}; not found", pytrace=False)
-  pytest.skip(message)
+  skip_or_fail_under_ci(f"{message}; not found")
 
 
 def _free_port() -> int:

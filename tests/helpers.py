@@ -6,11 +6,13 @@ picture; test images (a smooth random photo, a PNG header with no pixels). Keras
 imported only by the helper that needs it, so importing this stays cheap.
 """
 
+import os
 import struct
 import zlib
 
 import jax
 import numpy as np
+import pytest
 import skimage.data
 import skimage.transform
 
@@ -20,6 +22,14 @@ from chromagan_jax.configs import default
 # torchvision's VGG16 layout: conv indices in `features`, Linear indices in `classifier`.
 TORCH_CONVS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
 TORCH_LINEARS = (0, 3, 6)
+
+
+def skip_or_fail_under_ci(message: str):
+  """Skips the test with ``message``; under CI (``CI=true``) fails it instead: what CI must
+  have (a browser, Python 3.12) is never silently left out."""
+  if os.environ.get("CI", "").lower() == "true":
+    pytest.fail(f"CI: {message}", pytrace=False)
+  pytest.skip(message)
 
 
 def photo_batch(n=8, size=64):

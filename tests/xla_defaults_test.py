@@ -28,6 +28,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import skip_or_fail_under_ci
 
 from chromagan_jax.models import CPU_BFLOAT16_FLAG
 
@@ -65,9 +66,7 @@ def _python(which: str) -> str:
     f"{JAX012_PYTHON} (Python 3.12 with jaxlib 0.12, made by `make test`) is missing: the "
     "float32 numerics on jaxlib 0.12 are not tested"
   )
-  if os.environ.get("CI", "").lower() == "true":
-    pytest.fail(f"CI: {message}", pytrace=False)
-  pytest.skip(message)
+  skip_or_fail_under_ci(message)
 
 
 @pytest.mark.slow  # Optimised compiles of three whole networks: ~1 min on 2 quiet cores.
