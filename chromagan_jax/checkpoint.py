@@ -63,13 +63,46 @@ def resolve_directory(path) -> epath.Path:
 
 
 def manager(directory, max_to_keep=None, read_only=False) -> ocp.CheckpointManager:
-  """A CheckpointManager over ``directory`` with the three items above."""
+  """A CheckpointManager over ``directory`` with the items above.
+
+  ``read_only`` managers (evaluate, colorize, the app) are built with the options Orbax would
+  otherwise force with a warning each, and without its "Given directory is read only" warning:
+  reading is what was asked for, and one evaluation builds several managers (issue 17 saw six
+  such warnings for one evaluation).
+  """
   options = ocp.CheckpointManagerOptions(
-    max_to_keep=max_to_keep, create=not read_only, read_only=read_only
+    max_to_keep=None if read_only else max_to_keep,
+    create=not read_only,
+    read_only=read_only,
+    save_interval_steps=0 if read_only else 1,
+    cleanup_tmp_directories=False,
   )
   handlers = {item: ocp.StandardCheckpointHandler() for item in WEIGHT_ITEMS}
   handlers[CONFIG] = ocp.JsonCheckpointHandler()
-  return ocp.CheckpointManager(absolute(directory), options=options, item_handlers=handlers)
+  if not read_only:
+    return ocp.CheckpointManager(absolute(directory), options=options, item_handlers=handlers)
+  with _absl_filter(_READ_ONLY_NOTICE):
+    return ocp.CheckpointManager(absolute(directory), options=options, item_handlers=handlers)
+
+
+_READ_ONLY_NOTICE = "Given directory is read only"
+
+
+class _absl_filter:
+  """Drops absl log records whose format string starts with ``prefix``, while in the block."""
+
+  def __init__(self, prefix: str):
+    self._prefix = prefix
+
+  def filter(self, record) -> bool:
+    return not str(record.msg).startswith(self._prefix)
+
+  def __enter__(self):
+    logging.get_absl_logger().addFilter(self)
+    return self
+
+  def __exit__(self, *exc):
+    logging.get_absl_logger().removeFilter(self)
 
 
 def save(mngr, step: int, items: dict[str, Any], config, force: bool = False) -> bool:

@@ -1,11 +1,13 @@
 """Tests of checkpoint.load_generator: head-free partial restore and one-line errors."""
 
+import logging
 import os
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from absl import logging as absl_logging
 from helpers import random_generator_variables, small_config
 
 from chromagan_jax import checkpoint, models
@@ -57,6 +59,31 @@ def test_head_free_load_reads_no_class_head_array(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, head_free, models.without_class_head(variables))
   with pytest.raises(checkpoint.CheckpointError, match="cannot read the generator"):
     checkpoint.load_generator(tmp_path)
+
+
+def test_reading_a_checkpoint_logs_no_orbax_warnings(tmp_path):
+  """Issue 17: one evaluation printed Orbax's read-only warnings six times. Loading (config and
+  weights, each through a read-only manager) logs no warning; a writing manager still may."""
+  config = small_config()
+  checkpoint.save_generator(tmp_path, random_generator_variables(config), config)
+  records = []
+  handler = logging.Handler(logging.WARNING)
+  handler.emit = records.append
+  absl_logger = absl_logging.get_absl_logger()
+  absl_logger.addHandler(handler)
+  try:
+    checkpoint.load_generator(tmp_path)
+    checkpoint.load_config(tmp_path)
+    assert [r.getMessage() for r in records] == []
+    # The handler sees Orbax's warnings when they are not filtered (the test can fail).
+    ocp.CheckpointManager(
+      tmp_path, options=ocp.CheckpointManagerOptions(read_only=True, create=False)
+    )
+    assert any("read only" in r.getMessage() for r in records)
+  finally:
+    absl_logger.removeHandler(handler)
+  # The filter is removed again after each read.
+  assert not any(isinstance(f, checkpoint._absl_filter) for f in absl_logger.filters)
 
 
 def test_checkpoint_of_another_size_is_one_line(tmp_path):
