@@ -41,6 +41,8 @@ from chromagan_jax import (
 from chromagan_jax.errors import ConfigError, NonFiniteLossError
 
 DATA_AXIS = "data"
+# The generator's params subtree of its VGG16 trunk (what ``config.freeze_trunk`` freezes).
+TRUNK = "vgg16"
 
 
 @flax.struct.dataclass
@@ -244,8 +246,13 @@ def train_step(
   loss_weights: Mapping[str, float],
   bn_update_in_critic_step: bool,
   ema_decay: float = 0.0,
+  freeze_trunk: bool = False,
 ):
   """One reference iteration: a generator update, then a critic update.
+
+  ``freeze_trunk`` (``config.freeze_trunk``; a deviation, the reference trains the trunk):
+  the generator's VGG16 trunk gets no gradient (its Adam update is exactly zero), so XLA
+  drops the backward pass through it.
 
   Args:
     state: the train state.
@@ -264,6 +271,8 @@ def train_step(
 
   # Generator update (critic frozen).
   def g_loss_fn(g_params):
+    if freeze_trunk:
+      g_params = {**g_params, TRUNK: jax.lax.stop_gradient(g_params[TRUNK])}
     (ab_fake, p_fake), new_vars = nets.generator.apply(
       {"params": g_params, "batch_stats": state.g_batch_stats},
       l3,
@@ -350,6 +359,7 @@ def make_train_step(nets: Networks, config, mesh: Mesh, with_teacher: bool) -> C
     loss_weights=loss_weights_from_config(config),
     bn_update_in_critic_step=bool(config.bn_update_in_critic_step),
     ema_decay=_ema_decay(config),
+    freeze_trunk=bool(config.get("freeze_trunk", False)),
   )
   return jax.jit(
     step,
@@ -464,18 +474,18 @@ def _fresh_replicated(tree, mesh):
   return copy(jax.device_put(tree, replicated))
 
 
-def apply_initial_weights(state: TrainState, config, teacher_params, mesh) -> TrainState:
+def apply_initial_weights(state: TrainState, config, vgg_params, mesh) -> TrainState:
   """A fresh state with the configured weights put in; called only when not resuming.
 
-  What is put where (the VGG16 trunk from the teacher, then ``config.init_from``'s whole
+  What is put where (the VGG16 trunk from ``vgg_params``, then ``config.init_from``'s whole
   generator, then ``config.init_critic_from``'s critic) and the shape checks are
   :func:`weights.initial_weights`; here the weights are placed on ``mesh``.
   """
-  init = weights.initial_weights(config, teacher_params)
+  init = weights.initial_weights(config, vgg_params)
   put = functools.partial(_fresh_replicated, mesh=mesh)
   g_params, g_batch_stats, d_params = state.g_params, state.g_batch_stats, state.d_params
   if init.trunk is not None:
-    g_params = {**g_params, "vgg16": put(init.trunk)}
+    g_params = {**g_params, TRUNK: put(init.trunk)}
   if init.generator is not None:
     g_params, g_batch_stats = put(init.generator["params"]), put(init.generator["batch_stats"])
     logging.info("generator initialised from %s", config.init_from)
@@ -537,6 +547,12 @@ def _train(config, workdir, stop: "_StopRequest") -> TrainState:
   check_batch_size(config, mesh)
   if problem := models.cpu_bfloat16_problem(compute_dtype(config)):
     raise ConfigError(f"config.dtype={config.dtype!r}: {problem}")
+  if config.get("freeze_trunk") and not (config.vgg_weights or config.init_from):
+    raise ConfigError(
+      "config.freeze_trunk=True keeps the VGG16 trunk as initialised, but no weights are given: "
+      "set --config.vgg_weights to ImageNet VGG16 weights (a notop file is enough) or "
+      "--config.init_from"
+    )
   total_steps = num_train_steps(config, input_pipeline.num_train_examples(config))
   nets = make_networks(config, total_steps)
   is_chief = jax.process_index() == 0
@@ -550,9 +566,10 @@ def _train(config, workdir, stop: "_StopRequest") -> TrainState:
       {k: v for k, v in config.to_dict().items() if isinstance(v, int | float | str)}
     )
 
-  teacher_params = weights.load_teacher(config)
-  if teacher_params is not None:
-    teacher_params = jax.device_put(teacher_params, NamedSharding(mesh, P()))
+  vgg_params = weights.load_vgg(config)
+  teacher_params = None  # The KL teacher: VGG16 with its classifier top only.
+  if vgg_params is not None and weights.has_top(vgg_params):
+    teacher_params = jax.device_put(vgg_params, NamedSharding(mesh, P()))
   if latest is not None:
     abstract = split_state(abstract_train_state(nets, config, mesh))
     state = merge_state(checkpoint.restore(mngr, latest, abstract))
@@ -563,7 +580,7 @@ def _train(config, workdir, stop: "_StopRequest") -> TrainState:
         logging.warning("resuming from %s: config.%s is ignored", ckpt_dir, field)
   else:
     state = create_train_state(nets, config, mesh)
-    state = apply_initial_weights(state, config, teacher_params, mesh)
+    state = apply_initial_weights(state, config, vgg_params, mesh)
 
   start_step = int(jax.device_get(state.step))  # Replicated: every process holds it.
   g_lr = learning_rate(config, config.g_learning_rate, total_steps)  # Logged (a schedule's value).

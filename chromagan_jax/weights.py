@@ -514,10 +514,13 @@ def load_critic(path) -> dict[str, Any]:
 # What a training run starts from.
 
 
-def load_teacher(config) -> dict[str, Any] | None:
-  """VGG16 classifier params from ``config.vgg_weights`` (checked), or None with a warning.
+def load_vgg(config) -> dict[str, Any] | None:
+  """VGG16 params from ``config.vgg_weights`` (checked), or None with a warning.
 
-  The params are the frozen KL teacher and (:func:`initial_weights`) the generator's trunk.
+  With the classifier top the params are the frozen KL teacher and (:func:`initial_weights`)
+  the generator's trunk. A notop file (``..._notop.h5``, a torchvision state dict without
+  ``classifier.*`` or its conversion) gives the 13 convolutions only: the trunk starts from
+  them and the KL term is disabled, with a warning (:func:`has_top` tells the two apart).
   """
   if not config.vgg_weights:
     logging.warning(
@@ -526,10 +529,18 @@ def load_teacher(config) -> dict[str, Any] | None:
       "`python -m chromagan_jax.convert` for the full model."
     )
     return None
-  params, preprocessing = load_vgg16(config.vgg_weights)
+  params, preprocessing = load_vgg16(config.vgg_weights, require_top=False)
   # A VGG16 of another input size or width would otherwise fail inside the jitted step with
-  # an anonymous dot_general shape error; the standard files fit only image_size=224, width=1.
+  # an anonymous dot_general shape error; the standard files fit only image_size=224, width=1
+  # (the convolutions alone, of a notop file, fit any image size at width 1).
   expected = abstract_variables(config.model, "vgg16")["params"]
+  if not has_top(params):
+    expected = {"vgg16": expected["vgg16"]}
+    logging.warning(
+      "%s has no classifier top (notop): the VGG16 trunk starts from its convolutions and "
+      "the KL term is disabled (no teacher)",
+      config.vgg_weights,
+    )
   shapes.check_shapes(
     params, expected, config.vgg_weights, made_for_fields=lambda: shapes.made_for(params)
   )
@@ -559,19 +570,19 @@ class InitialWeights:
   critic: dict[str, Any] | None = None
 
 
-def initial_weights(config, teacher_params=None) -> InitialWeights:
+def initial_weights(config, vgg_params=None) -> InitialWeights:
   """The weights a fresh run of ``config`` starts from, each checked against ``config.model``.
 
-  The VGG16 trunk comes from the teacher (``config.vgg_weights``, already checked by
-  :func:`load_teacher`); ``config.init_from`` (the authors' generator ``.h5``, a converted
+  The VGG16 trunk comes from ``vgg_params`` (``config.vgg_weights``, already checked by
+  :func:`load_vgg`); ``config.init_from`` (the authors' generator ``.h5``, a converted
   directory or a training workdir) sets the whole generator, trunk and batch statistics
   included; ``config.init_critic_from`` (a critic ``.h5`` or a converted critic directory)
   the critic. A mismatch raises ShapeError naming the file, the first parameter that differs
   and the model the weights were made for.
   """
   out = InitialWeights()
-  if teacher_params is not None:
-    out.trunk = vgg16_trunk_params(teacher_params)
+  if vgg_params is not None:
+    out.trunk = vgg16_trunk_params(vgg_params)
   if not (config.init_from or config.init_critic_from):
     return out
   if config.init_from:
