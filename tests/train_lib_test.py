@@ -435,3 +435,57 @@ def test_train_loop_follows_and_logs_the_cosine_schedule(tmp_path):
   assert logged.keys() == want.keys()
   for s in want:
     assert logged[s] == pytest.approx(want[s], rel=1e-5)
+
+
+def test_frozen_trunk_stays_put_the_rest_trains_as_unfrozen_and_its_backward_is_dropped():
+  """config.freeze_trunk: the trunk is bitwise unchanged over steps, every other parameter
+  follows the unfrozen step's update (the stop_gradient changes no forward value and no other
+  gradient), and the compiled step does markedly fewer FLOPs (no backward through the trunk)."""
+  config = tiny.get_config()
+  mesh, _, state0, free_step = _setup(config)
+  config.freeze_trunk = True
+  frozen_step = _setup(config)[3]
+  batch = train_lib.global_batch(photo_batch(), mesh)
+  host0 = jax.device_get(state0)
+  copy = lambda: jax.device_put(host0, NamedSharding(mesh, P()))  # noqa: E731 (donated)
+  free, frozen = copy(), copy()
+  for _ in range(3):
+    free, _ = free_step(free, batch, None)
+    frozen, _ = frozen_step(frozen, batch, None)
+  free, frozen = jax.device_get((free, frozen))
+  _leaves_equal(frozen.g_params[train_lib.TRUNK], host0.g_params[train_lib.TRUNK])
+  moved = max(
+    np.abs(a - b).max()
+    for a, b in zip(
+      jax.tree.leaves(free.g_params[train_lib.TRUNK]),
+      jax.tree.leaves(host0.g_params[train_lib.TRUNK]),
+      strict=True,
+    )
+  )
+  assert moved > 1e-4  # Unfrozen, the same steps move the trunk: the check can fail.
+  # The first step is the same for every other parameter; later steps differ as the frozen
+  # trunk's features do, so only the first is compared (to float32 rounding).
+  one_free, _ = free_step(copy(), batch, None)
+  one_frozen, _ = frozen_step(copy(), batch, None)
+  one_free, one_frozen = jax.device_get((one_free, one_frozen))
+  for name in one_free.g_params:
+    if name != train_lib.TRUNK:
+      for a, b in zip(
+        jax.tree.leaves(one_frozen.g_params[name]),
+        jax.tree.leaves(one_free.g_params[name]),
+        strict=True,
+      ):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=name)
+  flops = {
+    name: step.lower(copy(), batch, None).compile().cost_analysis()["flops"]
+    for name, step in (("free", free_step), ("frozen", frozen_step))
+  }
+  assert flops["frozen"] < 0.85 * flops["free"], flops
+
+
+def test_frozen_trunk_without_weights_is_one_line(tmp_path):
+  config = tiny.get_config()
+  config.freeze_trunk = True
+  with pytest.raises(train_lib.ConfigError, match="freeze_trunk.*vgg_weights") as e:
+    train_lib.train_and_evaluate(config, str(tmp_path))
+  assert "\n" not in str(e.value)

@@ -216,6 +216,26 @@ def test_without_vgg_weights_kl_is_off_with_a_warning(first_step, tmp_path, capl
   np.testing.assert_allclose(metrics["g/total"], total, rtol=1e-6)
 
 
+def test_notop_vgg_weights_initialise_the_trunk_without_a_teacher(
+  vgg_files, first_step, tmp_path, caplog
+):
+  """A notop file (keras.applications' ``..._notop.h5``: the 13 convolutions) seeds the trunk;
+  with no classifier there is no teacher, so the KL term is off, with a warning naming it."""
+  model, _ = vgg_files
+  layers, _ = convert_formats.keras2_layers(model, style="keras1")
+  notop = [(name, w) for name, w in layers if name not in weights.VGG16_TOP]
+  assert len(notop) < len(layers)
+  h5 = tmp_path / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
+  convert_formats.write_keras2_h5(h5, notop, weights_only=True)
+  caplog.set_level(logging.WARNING)
+  train_lib.train_and_evaluate(_config(num_train_steps=1, vgg_weights=h5), str(tmp_path / "w"))
+  assert first_step["with_teacher"] is False and first_step["teacher"] is None
+  want = keras_reference.keras_to_flax(model)["params"]["vgg16"]
+  assert_trees_equal(first_step["state"].g_params["vgg16"], {n: want[n] for n in weights.TRUNK_CONVS})
+  assert f"{h5} has no classifier top" in caplog.text and "KL term is disabled" in caplog.text
+  assert "g/kl" not in first_step["metrics"][0]
+
+
 def test_vgg_weights_of_another_input_size_is_one_clear_error(tmp_path):
   # The real keras.applications file is 224x224 at width 1; the trunk alone would fit any
   # size, the classifier's fc1 only the size it was trained at.
