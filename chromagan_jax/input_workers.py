@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -219,6 +220,16 @@ def _without_main_module():
       setattr(main, k, v)
 
 
+def _leave_signals():
+  """Workers ignore SIGINT/SIGTERM: those are for the trainer, which checkpoints and stops
+  (then closes the pool). Ctrl-C in a terminal, `timeout`, or a scheduler signalling the whole
+  process group reach the workers too; dying there made the trainer report "a decode worker
+  process died (killed for memory?)" instead of saving the current step. A worker whose
+  parent is gone still exits: its task queue closes."""
+  for sig in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(sig, signal.SIG_IGN)
+
+
 def default_processes() -> int:
   """The CPU cores this process may use (its affinity mask)."""
   try:
@@ -245,7 +256,7 @@ class Workers:
     self._pool = None
     if processes:
       self._pool = concurrent.futures.ProcessPoolExecutor(
-        processes, mp_context=multiprocessing.get_context("spawn")
+        processes, mp_context=multiprocessing.get_context("spawn"), initializer=_leave_signals
       )
 
   def _submit(self, spec, chunk):

@@ -10,6 +10,7 @@ import io
 import logging
 import os
 import signal
+import time
 from importlib import metadata
 
 import numpy as np
@@ -498,6 +499,24 @@ def test_a_killed_worker_is_one_line_not_a_hang(colour_folder):
   # The next iterator gets a fresh pool.
   fresh = next(ip.create_train_iterator(config, process_index=0, process_count=1))
   assert fresh["rgb"].shape == (2, SIZE, SIZE, 3)
+
+
+def test_workers_leave_sigint_and_sigterm_to_the_trainer(colour_folder):
+  """Ctrl-C, `timeout` or a scheduler signal the whole process group: the workers survive it
+  (the trainer checkpoints, then stops), where dying made it report a worker killed for
+  memory. SIGKILL still kills them (previous test)."""
+  config = _config(path=str(colour_folder), batch_size=2, decode_processes=1)
+  it = ip.create_train_iterator(config, process_index=0, process_count=1)
+  first = next(it)
+  (pid,) = ip._workers(1).pids()
+  for sig in (signal.SIGINT, signal.SIGTERM):
+    os.kill(pid, sig)
+  time.sleep(0.5)
+  os.kill(pid, 0)  # Still alive (raises ProcessLookupError otherwise).
+  for _ in range(20):  # Well past the batches decoded ahead before the signals.
+    batch = next(it)
+  assert batch["rgb"].shape == first["rgb"].shape
+  assert ip._workers(1).pids() == [pid]
 
 
 @pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
