@@ -36,6 +36,16 @@ def test_folder_config_trains_on_the_given_folder_with_the_reference_recipe():
   assert config.dtype == "float32" and config.num_epochs > 0
 
 
+def test_small_vgg_is_the_small_recipe_on_a_frozen_imagenet_trunk():
+  small, vgg = load("folder", "small"), load("folder", "small_vgg")
+  assert vgg.freeze_trunk and not small.freeze_trunk and not load("folder").freeze_trunk
+  # The ImageNet VGG16 files' width and preprocessing (Keras: 'caffe').
+  assert (vgg.model.width, vgg.model.vgg_preprocessing) == (1.0, "caffe")
+  assert vgg.model.image_size == small.model.image_size >= 128
+  assert vgg.data.augment and vgg.data.cache and vgg.lr_schedule == "cosine"
+  assert vgg.num_train_steps % vgg.checkpoint_every_steps == 0  # The last step is kept.
+
+
 def test_cpu_config_is_the_small_bundled_demo():
   config = load("cpu")
   assert config.data.source == "bundled" and config.data.augment
@@ -54,11 +64,20 @@ def test_imagenet_smoke_is_short_and_samples():
 
 @pytest.mark.parametrize(
   ("name", "arg"),
-  [("default", None), ("tiny", None), ("cpu", None), ("folder", "/x"), ("imagenet", "smoke")],
+  [
+    ("default", None),
+    ("tiny", None),
+    ("cpu", None),
+    ("folder", "/x"),
+    ("folder", "small"),
+    ("folder", "small_vgg"),
+    ("imagenet", "smoke"),
+  ],
 )
 def test_config_builds_a_train_state(name, arg):
   config = load(name, arg)
-  nets = train_lib.make_networks(config)
+  steps = config.num_train_steps if config.num_train_steps > 0 else None  # Cosine needs it.
+  nets = train_lib.make_networks(config, steps)
   state = jax.eval_shape(functools.partial(train_lib.init_state, nets, config), jax.random.key(0))
   size = config.model.image_size
   assert nets.generator.image_size == size
