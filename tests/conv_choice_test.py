@@ -208,6 +208,25 @@ def test_real_measurement_inside_a_jit_trace(tmp_path):
   assert os.path.exists(chooser.path)
 
 
+@pytest.mark.parametrize("objective", conv_choice.OBJECTIVES)
+def test_candidates_are_timed_with_the_options_their_use_compiles_with(objective, monkeypatch):
+  """Inference ("fwd") compiles without XLA:CPU's YNNPACK fusions (cpu_conv), training with
+  XLA's defaults: each candidate is timed compiled the same way."""
+  seen = []
+  real = jax.stages.Lowered.compile
+
+  def compile_(self, compiler_options=None, **kw):
+    seen.append(compiler_options)
+    return real(self, compiler_options=compiler_options, **kw)
+
+  monkeypatch.setattr(jax.stages.Lowered, "compile", compile_)
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
+  names = ("xla", "im2col")
+  conv_choice.measure(names, objective, (1, 6, 6, 4), (3, 3, 4, 4), "float32", (1, 1), ((1, 1),) * 2)
+  want = cpu_conv.CPU_COMPILER_OPTIONS if objective == "fwd" else None
+  assert seen == [want] * len(names)
+
+
 def test_default_policy_is_the_rule(monkeypatch):
   """Without $CHROMAGAN_CONV_CHOICE the process-wide chooser measures nothing (opt-in)."""
   monkeypatch.delenv(conv_choice.ENV_POLICY, raising=False)
