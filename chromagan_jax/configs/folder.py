@@ -28,8 +28,6 @@ def get_config(arg: str | None = None):
   config.sample_every_steps = 1_000
   if arg == "small":
     _small(config)
-  elif arg == "small_vgg":
-    _small_vgg(config)
   elif arg:
     config.data.path = arg  # configs/folder.py:/photos/train.
   return config
@@ -63,19 +61,3 @@ def _small(config):
   config.sample_every_steps = 500
   config.num_samples = 8
 
-
-def _small_vgg(config):
-  """The small-data recipe on an ImageNet VGG16 trunk (``--config.vgg_weights``, a notop file
-  is enough), kept frozen: the paper's width (the weights' own), the rest as :func:`_small`.
-  Evidence in README "Train on your own photos" (335 real photos, AMD EPYC, AVX2, 2 cores)."""
-  _small(config)
-  config.model.width = 1.0  # The ImageNet weights' width.
-  config.model.vgg_preprocessing = "caffe"  # As the Keras weights were trained (torch: 'torch').
-  # Deviation: the trunk keeps its ImageNet features (hundreds of photos would teach it little
-  # and the backward pass through it is the step's largest part): ~2.3 img/s of batch 8 on
-  # 2 AMD EPYC (AVX2) cores against ~1.5 with the trunk trained.
-  config.freeze_trunk = True
-  config.num_train_steps = 900  # ~55 minutes at ~2.3 img/s.
-  config.ema_decay = 0.99  # Over the last ~100 steps of the 900.
-  config.checkpoint_every_steps = 150  # ~2.8 GB each at this width (Adam moments included).
-  config.sample_every_steps = 300
