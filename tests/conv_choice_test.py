@@ -222,7 +222,9 @@ def test_candidates_are_timed_with_the_options_their_use_compiles_with(objective
   monkeypatch.setattr(jax.stages.Lowered, "compile", compile_)
   monkeypatch.delenv("XLA_FLAGS", raising=False)
   names = ("xla", "im2col")
-  conv_choice.measure(names, objective, (1, 6, 6, 4), (3, 3, 4, 4), "float32", (1, 1), ((1, 1),) * 2)
+  conv_choice.measure(
+    names, objective, (1, 6, 6, 4), (3, 3, 4, 4), "float32", (1, 1), ((1, 1),) * 2
+  )
   want = cpu_conv.CPU_COMPILER_OPTIONS if objective == "fwd" else None
   assert seen == [want] * len(names)
 

@@ -231,7 +231,9 @@ def test_notop_vgg_weights_initialise_the_trunk_without_a_teacher(
   train_lib.train_and_evaluate(_config(num_train_steps=1, vgg_weights=h5), str(tmp_path / "w"))
   assert first_step["with_teacher"] is False and first_step["teacher"] is None
   want = keras_reference.keras_to_flax(model)["params"]["vgg16"]
-  assert_trees_equal(first_step["state"].g_params["vgg16"], {n: want[n] for n in weights.TRUNK_CONVS})
+  assert_trees_equal(
+    first_step["state"].g_params["vgg16"], {n: want[n] for n in weights.TRUNK_CONVS}
+  )
   assert f"{h5} has no classifier top" in caplog.text and "KL term is disabled" in caplog.text
   assert "g/kl" not in first_step["metrics"][0]
 

@@ -60,4 +60,3 @@ def _small(config):
   config.max_checkpoints_to_keep = 10
   config.sample_every_steps = 500
   config.num_samples = 8
-
