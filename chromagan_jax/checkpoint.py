@@ -18,6 +18,7 @@ weights and trained checkpoints load the same way. Directories written by earlie
 (``params/`` + ``conversion.json``) still load through :func:`load_item`, with a logged note.
 """
 
+import contextlib
 import functools
 import json
 import os
@@ -75,13 +76,10 @@ def manager(directory, max_to_keep=None, read_only=False) -> ocp.CheckpointManag
     create=not read_only,
     read_only=read_only,
     save_interval_steps=0 if read_only else 1,
-    cleanup_tmp_directories=False,
   )
   handlers = {item: ocp.StandardCheckpointHandler() for item in WEIGHT_ITEMS}
   handlers[CONFIG] = ocp.JsonCheckpointHandler()
-  if not read_only:
-    return ocp.CheckpointManager(absolute(directory), options=options, item_handlers=handlers)
-  with _absl_filter(_READ_ONLY_NOTICE):
+  with _absl_filter(_READ_ONLY_NOTICE) if read_only else contextlib.nullcontext():
     return ocp.CheckpointManager(absolute(directory), options=options, item_handlers=handlers)
 
 

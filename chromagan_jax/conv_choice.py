@@ -139,16 +139,6 @@ def program(name: str, objective: str, strides, pads):
   raise ValueError(f"unknown objective {objective!r}; expected one of {OBJECTIVES}")
 
 
-# The XLA options each use is compiled with, so that candidates are timed as they will run:
-# inference programs ("fwd") compile without XLA:CPU's YNNPACK fusions (cpu_conv.
-# CPU_COMPILER_OPTIONS), the train step with XLA's defaults.
-_COMPILER_OPTIONS = {
-  "fwd": cpu_conv.cpu_compiler_options,
-  "train": dict,
-  "gp": dict,
-}
-
-
 def measure(names, objective: str, lhs_shape, rhs_shape, dtype, strides, pads) -> dict:
   """Seconds per run of ``program(name, objective)`` on this machine for each of ``names``.
 
@@ -162,12 +152,12 @@ def measure(names, objective: str, lhs_shape, rhs_shape, dtype, strides, pads) -
   with jax.ensure_compile_time_eval(), jax.transfer_guard("allow"):
     x, w = (jax.device_put(a) for a in _inputs(lhs_shape, rhs_shape, dtype))
     runs, loops = {}, {}
+    # Timed compiled as their use compiles them: inference programs ("fwd") without XLA:CPU's
+    # YNNPACK fusions (cpu_conv.CPU_COMPILER_OPTIONS), the train step with XLA's defaults.
+    options = (cpu_conv.cpu_compiler_options() if objective == "fwd" else None) or None
     for name in names:
-      runs[name] = (
-        jax.jit(program(name, objective, strides, pads))
-        .lower(x, w)
-        .compile(compiler_options=_COMPILER_OPTIONS[objective]() or None)
-      )
+      lowered = jax.jit(program(name, objective, strides, pads)).lower(x, w)
+      runs[name] = lowered.compile(compiler_options=options)
       start = time.perf_counter()
       jax.block_until_ready(runs[name](x, w))
       loops[name] = max(1, int(MIN_SAMPLE_S / max(time.perf_counter() - start, 1e-6)))
