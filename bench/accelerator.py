@@ -95,6 +95,11 @@ def parse_args(argv=None):
   return args
 
 
+def _first(cost):
+  """A cost analysis as one dict (older jax returned a one-element list; some backends None)."""
+  return cost[0] if isinstance(cost, list | tuple) else cost
+
+
 def _split(text):
   return [x for x in text.split(",") if x]
 
@@ -223,22 +228,37 @@ class Bench:
       self._teachers[key] = init(jax.random.key(1), np.zeros((1, s, s, 3), np.float32))["params"]
     return self._teachers[key]
 
-  def lowered(self, config):
-    """(networks, the step lowered for abstract inputs of ``config.batch_size``, teacher)."""
-    jax, s = self.jax, self.args.image_size
+  def lowered(self, config, mesh=None):
+    """(networks, the step lowered for abstract inputs of ``config.batch_size``, teacher).
+
+    ``mesh`` (default: the bench's) places the abstract inputs: a host-CPU mesh lowers the same
+    program for :meth:`model_flops` where the accelerator's compiler has no cost analysis.
+    """
+    jax, s, mesh = self.jax, self.args.image_size, mesh or self.mesh
     nets = self.train_lib.make_networks(config)
     teacher = self.teacher(nets)
-    step = self.train_lib.make_train_step(nets, config, self.mesh, teacher is not None)
-    state = self.train_lib.abstract_train_state(nets, config, self.mesh)
-    sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec("data"))
-    rgb = jax.ShapeDtypeStruct((config.batch_size, s, s, 3), np.uint8, sharding=sharding)
-    return nets, step.lower(state, {"rgb": rgb}, teacher), teacher
+    step = self.train_lib.make_train_step(nets, config, mesh, teacher is not None)
+    state = self.train_lib.abstract_train_state(nets, config, mesh)
+    spec = jax.sharding.PartitionSpec
+    data, replicated = (jax.sharding.NamedSharding(mesh, p) for p in (spec("data"), spec()))
+    rgb = jax.ShapeDtypeStruct((config.batch_size, s, s, 3), np.uint8, sharding=data)
+    abstract_teacher = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), teacher
+    )
+    return nets, step.lower(state, {"rgb": rgb}, abstract_teacher), teacher
 
   def model_flops(self, batch):
-    """FLOPs of the unoptimised float32 step without remat at ``batch`` (see the docstring)."""
+    """FLOPs of the unoptimised float32 step without remat at ``batch`` (see the docstring).
+
+    XLA:GPU (jax 0.11.2, H200) has no cost analysis of an unoptimised program (None): the same
+    step is then lowered for one host-CPU device, whose analysis counts the same global program.
+    """
     if batch not in self._model_flops:
-      cost = self.lowered(self.config("float32", False, True, batch))[1].cost_analysis()
-      cost = cost[0] if isinstance(cost, list | tuple) else cost
+      config = self.config("float32", False, True, batch)
+      cost = _first(self.lowered(config)[1].cost_analysis())
+      if not cost or "flops" not in cost:
+        cpu_mesh = self.train_lib.make_mesh(self.jax.devices("cpu")[:1])
+        cost = _first(self.lowered(config, cpu_mesh)[1].cost_analysis())
       self._model_flops[batch] = float(cost["flops"])
     return self._model_flops[batch]
 
@@ -342,9 +362,11 @@ class Bench:
         batch -= args.granularity * self.n_devices
         row["batch"] = batch
         state = None  # Frees the failed attempt's buffers before the next one.
-    flops = self.model_flops(batch)
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    try:  # A missing FLOP count costs the MFU columns, not the measured speed.
+      flops = self.model_flops(batch)
+    except Exception as e:  # noqa: BLE001
+      flops, row["flops_error"] = float("nan"), f"{type(e).__name__}: {str(e)[:300]}"
+    cost = _first(compiled.cost_analysis()) or {}  # None where the backend has none.
     peak = self.matmul_peak_tflops(case.dtype)
     stats = jax.devices()[0].memory_stats()
     losses = {k: float(v) for k, v in jax.device_get(metrics).items()}

@@ -160,7 +160,7 @@ def print_table(rows: list[dict], columns: list[str], markdown: bool = False) ->
     for line in [columns, ["---"] * len(columns), *cells]:
       print("| " + " | ".join(line) + " |")
     return
-  widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+  widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
   print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
   for r in cells:
     print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
