@@ -149,8 +149,39 @@ def cpu_bfloat16_problem(dtype, backend: str | None = None) -> str | None:
   )
 
 
+@jax.custom_jvp
 def max_pool(x):
+  """2x2 max-pool, stride 2, VALID: (N, H, W, C) -> (N, H // 2, W // 2, C), any dtype.
+
+  The value is XLA's ``reduce_window`` (``nn.max_pool``). The derivative is written out
+  instead of left to XLA's ``select_and_scatter``: with deterministic GPU ops
+  (``config.deterministic_ops``, every config's default) XLA:GPU rewrites that into a
+  sorted scatter, which halved the train step's speed on an H200 (bf16, batch 256: 766
+  img/s with deterministic ops, 1,560 without; jax 0.11.2) and cannot run at all past 2^31
+  scatter indices (bf16 at 224x224 and a per-device batch of ~670). The rule below has no
+  scatter: masks, selects and reshapes. Same subgradient as ``select_and_scatter``: the
+  first maximum of each window in row-major order takes the whole gradient, so gradients are
+  bitwise those of ``nn.max_pool``, ties (ReLU zeros) included (tests/models_test.py).
+  """
   return nn.max_pool(x, window_shape=(2, 2), strides=(2, 2), padding="VALID")
+
+
+@max_pool.defjvp
+def _max_pool_jvp(primals, tangents):
+  (x,), (dx,) = primals, tangents
+  y = nn.max_pool(x, window_shape=(2, 2), strides=(2, 2), padding="VALID")
+  n, h, w, c = y.shape
+
+  def window(t, k):  # Element k (row-major) of every 2x2 window: (N, H // 2, W // 2, C).
+    return t[:, k // 2 : 2 * h : 2, k % 2 : 2 * w : 2]
+
+  dy, taken = None, None
+  for k in range(4):  # The first x == max of each window selects its tangent.
+    hit = window(x, k) == y
+    hit = hit if taken is None else hit & ~taken
+    term = jnp.where(hit, window(dx, k), jnp.zeros_like(y))
+    dy, taken = (term, hit) if dy is None else (dy + term, taken | hit)
+  return y, dy
 
 
 class VGG16Trunk(nn.Module):

@@ -305,6 +305,54 @@ def test_max_pool_matches_keras():
   _assert_close(models.max_pool(x), _keras_layer_out(layers.MaxPooling2D(2), x), 0)
 
 
+def _first_max_pool_vjp(x, g):
+  """Reference gradient of a 2x2/2 VALID max-pool: the first maximum (row-major) of each
+  window takes the window's cotangent (select_and_scatter's and TF's MaxPoolGrad's rule)."""
+  out = np.zeros(x.shape, np.float64)
+  for n, i, j, c in np.ndindex(g.shape):
+    window = x[n, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2, c].reshape(-1)
+    k = int(np.argmax(window))  # numpy's argmax: the first maximum.
+    out[n, 2 * i + k // 2, 2 * j + k % 2, c] = g[n, i, j, c]
+  return out
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (1, 7, 9, 2)])
+def test_max_pool_gradient_is_first_max_without_scatter(shape, dtype):
+  """models.max_pool's written-out derivative: ties (many, as after a ReLU) go to the first
+  maximum, as XLA's select_and_scatter does (so gradients are bitwise nn.max_pool's), odd sizes
+  drop the last row/column, forward mode works, and the gradient's program has no scatter
+  (XLA:GPU's deterministic scatters halved the train step's speed)."""
+  rng = np.random.default_rng(sum(shape))
+  x = jnp.asarray(np.maximum(rng.integers(-2, 3, shape), 0), dtype)  # Ties in most windows.
+  g = jnp.asarray(rng.standard_normal((shape[0], shape[1] // 2, shape[2] // 2, shape[3])), dtype)
+  got = jax.vjp(models.max_pool, x)[1](g)[0]
+  xla = jax.vjp(lambda v: nn.max_pool(v, (2, 2), (2, 2), "VALID"), x)[1](g)[0]
+  want = _first_max_pool_vjp(np.asarray(x, np.float32), np.asarray(g, np.float32))
+  np.testing.assert_array_equal(np.asarray(got, np.float64), want)
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(xla))
+  assert jnp.array_equal(models.max_pool(x), nn.max_pool(x, (2, 2), (2, 2), "VALID"))
+  # Forward mode (jvp) gives the same linear map as the transposed (vjp) one.
+  t = jnp.asarray(rng.standard_normal(shape), dtype)
+  jvp = jax.jvp(models.max_pool, (x,), (t,))[1]
+  np.testing.assert_allclose(
+    float(jnp.vdot(jvp.astype(jnp.float32), g.astype(jnp.float32))),
+    float(jnp.vdot(t.astype(jnp.float32), got.astype(jnp.float32))),
+    rtol=1e-2 if dtype == jnp.bfloat16 else 1e-5,
+  )
+  hlo = jax.jit(jax.grad(lambda v: jnp.sum(models.max_pool(v).astype(jnp.float32) ** 2)))
+  assert "scatter" not in hlo.lower(x).as_text()
+
+
+def test_max_pool_second_derivatives_match_xla():
+  x = jnp.asarray(np.random.default_rng(3).standard_normal((1, 4, 6, 2)), jnp.float32)
+  cube = lambda pool: lambda v: jnp.sum(pool(v) ** 3)  # noqa: E731
+  got = jax.hessian(cube(models.max_pool))(x)
+  want = jax.hessian(cube(lambda v: nn.max_pool(v, (2, 2), (2, 2), "VALID")))(x)
+  assert float(jnp.max(jnp.abs(want))) > 1.0  # Non-trivial: the maxima's 6 * value.
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
 def test_flatten_into_dense_matches_keras():
   """NHWC flatten order (H, W, C) as Keras' Flatten, so released Dense kernels apply as is."""
   x = _inputs((2, 7, 7, 6), seed=13)
