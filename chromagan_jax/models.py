@@ -149,6 +149,11 @@ def cpu_bfloat16_problem(dtype, backend: str | None = None) -> str | None:
   )
 
 
+_max_pool_value = functools.partial(
+  nn.max_pool, window_shape=(2, 2), strides=(2, 2), padding="VALID"
+)
+
+
 @jax.custom_jvp
 def max_pool(x):
   """2x2 max-pool, stride 2, VALID: (N, H, W, C) -> (N, H // 2, W // 2, C), any dtype.
@@ -163,24 +168,19 @@ def max_pool(x):
   first maximum of each window in row-major order takes the whole gradient, so gradients are
   bitwise those of ``nn.max_pool``, ties (ReLU zeros) included (tests/models_test.py).
   """
-  return nn.max_pool(x, window_shape=(2, 2), strides=(2, 2), padding="VALID")
+  return _max_pool_value(x)
 
 
 @max_pool.defjvp
 def _max_pool_jvp(primals, tangents):
   (x,), (dx,) = primals, tangents
-  y = nn.max_pool(x, window_shape=(2, 2), strides=(2, 2), padding="VALID")
-  n, h, w, c = y.shape
-
-  def window(t, k):  # Element k (row-major) of every 2x2 window: (N, H // 2, W // 2, C).
-    return t[:, k // 2 : 2 * h : 2, k % 2 : 2 * w : 2]
-
-  dy, taken = None, None
-  for k in range(4):  # The first x == max of each window selects its tangent.
-    hit = window(x, k) == y
-    hit = hit if taken is None else hit & ~taken
-    term = jnp.where(hit, window(dx, k), jnp.zeros_like(y))
-    dy, taken = (term, hit) if dy is None else (dy + term, taken | hit)
+  y = _max_pool_value(x)
+  h, w = y.shape[1:3]
+  dy, taken = jnp.zeros_like(y), jnp.zeros(y.shape, bool)
+  for k in range(4):  # Element k (row-major) of every window; the first x == max selects.
+    rows, cols = slice(k // 2, 2 * h, 2), slice(k % 2, 2 * w, 2)
+    hit = (x[:, rows, cols] == y) & ~taken
+    dy, taken = dy + jnp.where(hit, dx[:, rows, cols], 0), taken | hit
   return y, dy
 
 

@@ -305,6 +305,10 @@ def test_max_pool_matches_keras():
   _assert_close(models.max_pool(x), _keras_layer_out(layers.MaxPooling2D(2), x), 0)
 
 
+def _xla_max_pool(x):  # Flax's pool, whose gradient is XLA's select_and_scatter.
+  return nn.max_pool(x, (2, 2), (2, 2), "VALID")
+
+
 def _first_max_pool_vjp(x, g):
   """Reference gradient of a 2x2/2 VALID max-pool: the first maximum (row-major) of each
   window takes the window's cotangent (select_and_scatter's and TF's MaxPoolGrad's rule)."""
@@ -327,11 +331,11 @@ def test_max_pool_gradient_is_first_max_without_scatter(shape, dtype):
   x = jnp.asarray(np.maximum(rng.integers(-2, 3, shape), 0), dtype)  # Ties in most windows.
   g = jnp.asarray(rng.standard_normal((shape[0], shape[1] // 2, shape[2] // 2, shape[3])), dtype)
   got = jax.vjp(models.max_pool, x)[1](g)[0]
-  xla = jax.vjp(lambda v: nn.max_pool(v, (2, 2), (2, 2), "VALID"), x)[1](g)[0]
+  xla = jax.vjp(_xla_max_pool, x)[1](g)[0]
   want = _first_max_pool_vjp(np.asarray(x, np.float32), np.asarray(g, np.float32))
   np.testing.assert_array_equal(np.asarray(got, np.float64), want)
   np.testing.assert_array_equal(np.asarray(got), np.asarray(xla))
-  assert jnp.array_equal(models.max_pool(x), nn.max_pool(x, (2, 2), (2, 2), "VALID"))
+  assert jnp.array_equal(models.max_pool(x), _xla_max_pool(x))
   # Forward mode (jvp) gives the same linear map as the transposed (vjp) one.
   t = jnp.asarray(rng.standard_normal(shape), dtype)
   jvp = jax.jvp(models.max_pool, (x,), (t,))[1]
@@ -348,7 +352,7 @@ def test_max_pool_second_derivatives_match_xla():
   x = jnp.asarray(np.random.default_rng(3).standard_normal((1, 4, 6, 2)), jnp.float32)
   cube = lambda pool: lambda v: jnp.sum(pool(v) ** 3)  # noqa: E731
   got = jax.hessian(cube(models.max_pool))(x)
-  want = jax.hessian(cube(lambda v: nn.max_pool(v, (2, 2), (2, 2), "VALID")))(x)
+  want = jax.hessian(cube(_xla_max_pool))(x)
   assert float(jnp.max(jnp.abs(want))) > 1.0  # Non-trivial: the maxima's 6 * value.
   np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
