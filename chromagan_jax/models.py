@@ -164,7 +164,7 @@ def max_pool(x):
   sorted scatter, which halved the train step's speed on an H200 (bf16, batch 256: 766
   img/s with deterministic ops, 1,560 without; jax 0.11.2) and cannot run at all past 2^31
   scatter indices (bf16 at 224x224 and a per-device batch of ~670). The rule below has no
-  scatter: masks, selects and reshapes. Same subgradient as ``select_and_scatter``: the
+  scatter: strided slices, masks and selects. Same subgradient as ``select_and_scatter``: the
   first maximum of each window in row-major order takes the whole gradient, so gradients are
   bitwise those of ``nn.max_pool``, ties (ReLU zeros) included (tests/models_test.py).
   """
