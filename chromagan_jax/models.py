@@ -273,6 +273,8 @@ class Generator(nn.Module):
   on accelerators at large batch. ``with_class_head=False`` leaves out the class head
   (:data:`CLASS_HEAD`, needed only by the KL loss): it returns ``(ab, None)``, has no head
   parameters and takes the variables of a full generator after :func:`without_class_head`.
+  ``trunk_width`` (None: ``width``) sets the VGG16 trunk's width alone, e.g. 1 to take
+  ImageNet VGG16 weights under narrower branches (a deviation: the reference has one width).
   """
 
   image_size: int = 224
@@ -281,6 +283,7 @@ class Generator(nn.Module):
   fc_width: int = 4096
   vgg_preprocessing: str = "none"
   remat_trunk: bool = False
+  trunk_width: float | None = None
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   conv_impl: str = "xla"
@@ -330,8 +333,9 @@ class Generator(nn.Module):
     w = lambda c: scaled(c, self.width)  # noqa: E731
     x = vgg_preprocess(l3.astype(self.dtype), self.vgg_preprocessing)
     trunk_cls = nn.remat(VGG16Trunk) if self.remat_trunk else VGG16Trunk
+    trunk_width = self.width if self.trunk_width is None else self.trunk_width
     trunk = trunk_cls(
-      TRUNK_DEPTH, self.width, self.dtype, self.param_dtype, self.conv_impl, name="vgg16"
+      TRUNK_DEPTH, trunk_width, self.dtype, self.param_dtype, self.conv_impl, name="vgg16"
     )(x)
 
     # Global branch: activation before batch norm, as in the reference.
@@ -428,6 +432,7 @@ def models_from_config(model_config, dtype=jnp.float32, inference: bool = False)
   penalty and the frozen teacher's for its forward pass).
   """
   common = dict(width=model_config.width, dtype=dtype)
+  trunk_width = model_config.get("trunk_width")
   impl = model_config.get("conv_impl", "xla")
   conv_impl = lambda objective: resolve_conv_impl(impl, dtype, objective=objective)  # noqa: E731
   gen = Generator(
@@ -436,6 +441,7 @@ def models_from_config(model_config, dtype=jnp.float32, inference: bool = False)
     fc_width=model_config.fc_width,
     vgg_preprocessing=model_config.vgg_preprocessing,
     remat_trunk=model_config.get("remat_trunk", False),
+    trunk_width=trunk_width,
     conv_impl=conv_impl("fwd" if inference else "train"),
     **common,
   )
@@ -445,6 +451,6 @@ def models_from_config(model_config, dtype=jnp.float32, inference: bool = False)
     fc_width=model_config.fc_width,
     preprocessing=model_config.vgg_preprocessing,
     conv_impl=conv_impl("fwd"),
-    **common,
+    **{**common, "width": common["width"] if trunk_width is None else trunk_width},
   )
   return gen, critic, teacher

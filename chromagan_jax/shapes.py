@@ -28,9 +28,11 @@ _VGG_LAST_CHANNELS = models.VGG16_BLOCKS[-1][1]
 # The square map the first dense layer flattens is image_size / 32 on a side: the trunk's
 # three pools and the global branch's two stride-2 convs (generator), or five pools (VGG16).
 MAP_STRIDE = 32
+# The generator's global-branch convolutions' channels at width 1 (its branches' width).
+_GLOBAL_CHANNELS = 512
 # The critic's first convolution's channels at width 1.
 _CRITIC_FIRST_CHANNELS = models.CRITIC_LAYERS[0][0]
-FIELD_ORDER = ("image_size", "width", "num_classes", "fc_width")
+FIELD_ORDER = ("image_size", "width", "trunk_width", "num_classes", "fc_width")
 
 
 def _params(variables) -> Mapping[str, Any]:
@@ -43,15 +45,21 @@ def made_for(variables, source: str = "weights") -> dict[str, Any]:
   Read from the shapes alone, so it works for any source (the authors' h5, a converted or a
   trained checkpoint). ``variables``: ``{'params', ...}`` or the params themselves, NumPy or
   ``jax.ShapeDtypeStruct`` leaves. Returns ``image_size``, ``width``, ``num_classes`` and
-  ``fc_width`` for a generator or a VGG16 classifier, ``width`` alone for a critic or a
-  VGG16 trunk. ``source`` names the weights in errors.
+  ``fc_width`` for a generator or a VGG16 classifier (and ``trunk_width`` for a generator
+  whose VGG16 trunk is wider than its branches), ``width`` alone for a critic or a VGG16
+  trunk. ``source`` names the weights in errors.
   """
   params = _params(variables)
   if "conv1" in params:  # The critic.
     return {"width": params["conv1"]["kernel"].shape[3] / _CRITIC_FIRST_CHANNELS}
   width = params["vgg16"]["block1_conv1"]["kernel"].shape[3] / _VGG_FIRST_CHANNELS
-  if "global_fc1" in params:  # The generator.
+  fields = {}
+  if "global_fc1" in params:  # The generator: its branches may be narrower than its trunk.
     first, fc, classes = "global_fc1", "class_fc1", "class_fc3"
+    trunk_width = width
+    width = params["global_conv1"]["kernel"].shape[3] / _GLOBAL_CHANNELS
+    if width != trunk_width:
+      fields["trunk_width"] = trunk_width
   elif "fc1" in params:  # VGG16 with its classifier top.
     first, fc, classes = "fc1", "fc1", "predictions"
   else:  # A trunk: any input size.
@@ -67,6 +75,7 @@ def made_for(variables, source: str = "weights") -> dict[str, Any]:
   return {
     "image_size": MAP_STRIDE * side,
     "width": width,
+    **fields,
     "num_classes": int(params[classes]["kernel"].shape[1]),
     "fc_width": int(round(params[fc]["kernel"].shape[1] / width)),
   }

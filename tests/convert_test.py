@@ -460,6 +460,20 @@ def test_made_for_reads_back_the_model_config(fields):
   assert shapes.made_for(trunk) == {"width": fields["width"]}
 
 
+def test_made_for_reads_a_trunk_wider_than_the_branches():
+  fields = {"image_size": 64, "width": 0.125, "trunk_width": 0.25, "num_classes": 10}
+  fields["fc_width"] = 512
+  model = {**fields, "vgg_preprocessing": "none"}
+  assert shapes.made_for(weights.abstract_variables(model, "generator")) == fields
+  teacher = {**fields, "width": 0.25}  # The KL teacher is a VGG16 of the trunk's width.
+  del teacher["trunk_width"]
+  assert shapes.made_for(weights.abstract_variables(model, "vgg16")) == teacher
+  assert shapes.made_for(weights.abstract_variables(model, "critic")) == {"width": 0.125}
+  assert shapes.describe(fields) == (
+    "image_size=64, width=0.125, trunk_width=0.25, num_classes=10, fc_width=512"
+  )
+
+
 def test_check_shapes_names_the_first_difference_and_what_the_weights_fit():
   small = {"image_size": 64, "width": 0.125, "num_classes": 10, "fc_width": 512}
   model = {**small, "vgg_preprocessing": "none"}

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from helpers import TORCH_CONVS, TORCH_LINEARS, assert_trees_equal, randomize
 
-from chromagan_jax import color, convert, models, train_lib, weights
+from chromagan_jax import checkpoint, color, convert, models, shapes, train_lib, weights
 from chromagan_jax.configs import tiny
 from chromagan_jax.errors import UserError
 
@@ -236,6 +236,32 @@ def test_notop_vgg_weights_initialise_the_trunk_without_a_teacher(
   )
   assert f"{h5} has no classifier top" in caplog.text and "KL term is disabled" in caplog.text
   assert "g/kl" not in first_step["metrics"][0]
+
+
+def test_a_wider_trunk_takes_vgg_weights_under_narrow_branches(first_step, tmp_path):
+  """config.model.trunk_width: the trunk (and the KL teacher) at the VGG16 file's width while
+  the branches, decoder and critic stay at config.model.width; the checkpoint reads back."""
+  model = keras_reference.build_keras_vgg16_classifier(SIZE, 2 * WIDTH, NUM_CLASSES, FC_WIDTH)
+  randomize(model, seed=14)
+  h5 = tmp_path / "vgg16_wide.h5"
+  layers, _ = convert_formats.keras2_layers(model, style="keras1")
+  convert_formats.write_keras2_h5(h5, layers, weights_only=True)
+  config = _config(num_train_steps=1, vgg_weights=h5)
+  with pytest.raises(USER_ERRORS, match=r"made for image_size=\d+, width=0.25"):  # No field.
+    train_lib.train_and_evaluate(config, str(tmp_path / "no"))
+  config.model.trunk_width = 2 * WIDTH
+  train_lib.train_and_evaluate(config, str(tmp_path / "w"))
+  want = keras_reference.keras_to_flax(model)["params"]
+  assert first_step["with_teacher"] is True
+  assert_trees_equal(first_step["teacher"], want)
+  g = first_step["state"].g_params
+  assert_trees_equal(g["vgg16"], {n: want["vgg16"][n] for n in weights.TRUNK_CONVS})
+  assert g["global_conv1"]["kernel"].shape == (3, 3, models.scaled(512, 2 * WIDTH), 64)
+  assert first_step["state"].d_params["conv1"]["kernel"].shape[3] == 8  # 64 x WIDTH.
+  variables, saved = checkpoint.load_generator(tmp_path / "w")
+  assert saved.model.trunk_width == 2 * WIDTH
+  fields = {"image_size": SIZE, "width": WIDTH, "trunk_width": 2 * WIDTH}
+  assert shapes.made_for(variables).items() >= fields.items()
 
 
 def test_vgg_weights_of_another_input_size_is_one_clear_error(tmp_path):

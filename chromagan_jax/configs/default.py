@@ -22,6 +22,10 @@ def get_config():
   # to 3 channels), 'caffe' (Keras ImageNet weights) or 'torch' (torchvision weights).
   config.model.vgg_preprocessing = "none"
   config.model.remat_trunk = False  # Recompute trunk activations in backward (saves memory).
+  # The VGG16 trunk's own width multiplier (None: `width`): 1 keeps ImageNet VGG16 weights'
+  # shapes while the branches, decoder and critic run at a smaller `width` (a deviation; the
+  # reference has one width). The KL teacher is a VGG16 of this width too.
+  config.model.trunk_width = ml_collections.config_dict.placeholder(float)
   # Convolution algorithm of the three networks: 'auto' = for float32 on CPU, each layer's
   # fastest of XLA / Winograd F(2x2, 4x4) / im2col, measured once per machine for its use
   # (conv_choice.py; cached next to the XLA cache), XLA's convolutions on GPU/TPU; or one of
