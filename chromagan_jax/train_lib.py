@@ -88,6 +88,8 @@ class Networks:
   teacher: models.VGG16Classifier
   g_tx: optax.GradientTransformation
   d_tx: optax.GradientTransformation
+  # The generator's adversarial weight: config.loss.adv, or a schedule (adversarial_weight).
+  adv_weight: Any = None
 
 
 def compute_dtype(config) -> Any:
@@ -113,6 +115,23 @@ def learning_rate(config, peak: float, total_steps: int | None = None):
   return optax.cosine_decay_schedule(peak, total_steps, alpha=config.lr_final_fraction)
 
 
+def adversarial_weight(config):
+  """The generator's adversarial weight: ``config.loss.adv`` (the reference's), or a function
+  of the step ramping linearly from it to ``config.adv_final`` between the two steps of
+  ``config.adv_ramp_steps`` (a deviation, see configs/default.py)."""
+  if config.get("adv_final") is None:
+    return float(config.loss.adv)
+  start, end = (int(s) for s in config.adv_ramp_steps)
+  if not 0 <= start <= end:
+    raise ConfigError(
+      f"config.adv_ramp_steps={tuple(config.adv_ramp_steps)}: expected (start, end), "
+      "0 <= start <= end"
+    )
+  return optax.linear_schedule(
+    float(config.loss.adv), float(config.adv_final), end - start, transition_begin=start
+  )
+
+
 def adam(config, learning_rate):
   """Adam with the reference's hyper-parameters; ``learning_rate`` a number or a schedule.
 
@@ -127,7 +146,8 @@ def make_networks(config, total_steps: int | None = None) -> Networks:
   gen, critic, teacher = models.models_from_config(config.model, dtype=compute_dtype(config))
   g_lr = learning_rate(config, config.g_learning_rate, total_steps)
   d_lr = learning_rate(config, config.d_learning_rate, total_steps)
-  return Networks(gen, critic, teacher, adam(config, g_lr), adam(config, d_lr))
+  tx = adam(config, g_lr), adam(config, d_lr)
+  return Networks(gen, critic, teacher, *tx, adversarial_weight(config))
 
 
 def make_mesh(devices=None) -> Mesh:
@@ -265,6 +285,8 @@ def train_step(
   l3 = color.gray_to_l3(lightness)
   p_teacher = teacher_distribution(nets, teacher_params, l3)
   step_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+  if callable(nets.adv_weight):  # A ramp: the weight of this step (logged).
+    loss_weights = {**loss_weights, "adv": nets.adv_weight(state.step)}
 
   def critic_scores(d_params, ab, lightness=lightness):
     return nets.critic.apply({"params": d_params}, ab, lightness)
@@ -320,6 +342,8 @@ def train_step(
   )
   metrics = {f"g/{k}": v for k, v in g_terms.items()}
   metrics.update({f"d/{k}": v for k, v in d_terms.items()})
+  if callable(nets.adv_weight):
+    metrics["g/adv_weight"] = jnp.asarray(loss_weights["adv"], jnp.float32)
   return new_state, metrics
 
 

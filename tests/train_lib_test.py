@@ -489,3 +489,33 @@ def test_frozen_trunk_without_weights_is_one_line(tmp_path):
   with pytest.raises(train_lib.ConfigError, match="freeze_trunk.*vgg_weights") as e:
     train_lib.train_and_evaluate(config, str(tmp_path))
   assert "\n" not in str(e.value)
+
+
+def test_adversarial_weight_ramps_linearly_and_the_step_uses_this_steps_weight():
+  """config.adv_final / adv_ramp_steps: loss.adv until the ramp starts, adv_final from its
+  end, linear between; a step taken at step s is the constant-weight step of weight w(s)."""
+  config = tiny.get_config()
+  assert train_lib.adversarial_weight(config) == config.loss.adv == -0.1  # The reference.
+  # Weights exact in float32, so the two steps below compute with the same weight.
+  config.loss.adv, config.adv_final, config.adv_ramp_steps = -0.5, -1.5, (2, 6)
+  weight = train_lib.adversarial_weight(config)
+  got = [float(weight(s)) for s in (0, 2, 3, 5, 6, 9)]
+  assert got == [-0.5, -0.5, -0.75, -1.25, -1.5, -1.5]
+  mesh, _, state, ramp_step = _setup(config)
+  batch = train_lib.global_batch(photo_batch(), mesh)
+  host = jax.device_get(state.replace(step=jnp.asarray(3, state.step.dtype)))
+  fixed = tiny.get_config()
+  fixed.loss.adv = -0.75
+  fixed_step = _setup(fixed)[3]
+  copy = lambda: jax.device_put(host, NamedSharding(mesh, P()))  # noqa: E731 (donated)
+  ramped, metrics = jax.device_get(ramp_step(copy(), batch, None))
+  want, want_metrics = jax.device_get(fixed_step(copy(), batch, None))
+  assert float(metrics["g/adv_weight"]) == -0.75
+  assert "g/adv_weight" not in want_metrics
+  for k in want_metrics:
+    assert float(metrics[k]) == pytest.approx(float(want_metrics[k]), rel=1e-6, abs=1e-9), k
+  for a, b in zip(jax.tree.leaves(ramped), jax.tree.leaves(want), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  config.adv_ramp_steps = (5, 2)
+  with pytest.raises(train_lib.ConfigError, match=r"adv_ramp_steps=\(5, 2\)"):
+    train_lib.make_networks(config)

@@ -97,6 +97,12 @@ def get_config():
   config.loss.real = -1.0  # Critic: weight of mean D(real).
   config.loss.fake = 1.0  # Critic: weight of mean D(fake).
   config.loss.gp = 10.0  # Critic: gradient-penalty weight.
+  # Ramp the generator's adversarial weight linearly from loss.adv (until step
+  # adv_ramp_steps[0]) to adv_final (from step adv_ramp_steps[1]): a deviation for small sets,
+  # where a strong weight from the first step paints speckle before the colour L2 has settled
+  # (README "Train on your own photos"). None: loss.adv throughout, as the reference.
+  config.adv_final = ml_collections.config_dict.placeholder(float)
+  config.adv_ramp_steps = (0, 0)
   # Whether the generator's batch-norm moving averages are also updated when the generator
   # runs (in training mode) inside the critic update, i.e. twice per batch. The reference
   # did: Keras 2's Network.updates (keras/engine/network.py) collects the nested
