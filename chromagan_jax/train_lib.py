@@ -146,8 +146,25 @@ def make_networks(config, total_steps: int | None = None) -> Networks:
   gen, critic, teacher = models.models_from_config(config.model, dtype=compute_dtype(config))
   g_lr = learning_rate(config, config.g_learning_rate, total_steps)
   d_lr = learning_rate(config, config.d_learning_rate, total_steps)
-  tx = adam(config, g_lr), adam(config, d_lr)
+  tx = generator_optimizer(config, g_lr), adam(config, d_lr)
   return Networks(gen, critic, teacher, *tx, adversarial_weight(config))
+
+
+def generator_optimizer(config, learning_rate):
+  """Adam for the generator; with ``config.trunk_lr_scale`` != 1 (a deviation, see
+  configs/default.py) the VGG16 trunk's updates are scaled by it after Adam, i.e. the trunk
+  trains at ``trunk_lr_scale`` times the rest's rate (Adam's update is linear in the rate).
+  """
+  scale = float(config.get("trunk_lr_scale", 1.0))
+  if scale == 1.0:
+    return adam(config, learning_rate)
+  if not 0.0 < scale < 1.0 or config.get("freeze_trunk"):
+    raise ConfigError(
+      f"config.trunk_lr_scale={scale}: expected 0 < scale < 1 and freeze_trunk off "
+      "(freeze_trunk=True keeps the trunk fixed)"
+    )
+  trunk_only = lambda params: {name: name == TRUNK for name in params}  # noqa: E731
+  return optax.chain(adam(config, learning_rate), optax.masked(optax.scale(scale), trunk_only))
 
 
 def make_mesh(devices=None) -> Mesh:

@@ -519,3 +519,29 @@ def test_adversarial_weight_ramps_linearly_and_the_step_uses_this_steps_weight()
   config.adv_ramp_steps = (5, 2)
   with pytest.raises(train_lib.ConfigError, match=r"adv_ramp_steps=\(5, 2\)"):
     train_lib.make_networks(config)
+
+
+def test_trunk_lr_scale_scales_only_the_trunks_adam_updates():
+  """config.trunk_lr_scale: the trunk's update is the plain Adam update times the scale (a
+  power of two, so exactly), every other update is Adam's own, over several steps."""
+  config = tiny.get_config()
+  plain = train_lib.make_networks(config)
+  config.trunk_lr_scale = 0.25
+  scaled = train_lib.make_networks(config)
+  params = jax.device_get(train_lib.init_state(plain, config, jax.random.key(0)).g_params)
+  assert train_lib.TRUNK in params and len(params) > 1
+  rng = np.random.default_rng(0)
+  p_state, s_state = plain.g_tx.init(params), scaled.g_tx.init(params)
+  for _ in range(3):
+    grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype), params)
+    want, p_state = plain.g_tx.update(grads, p_state, params)
+    got, s_state = scaled.g_tx.update(grads, s_state, params)
+    for name in params:
+      factor = 0.25 if name == train_lib.TRUNK else 1.0
+      for a, b in zip(jax.tree.leaves(got[name]), jax.tree.leaves(want[name]), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), factor * np.asarray(b), err_msg=name)
+  for bad, freeze in ((0.0, False), (1.5, False), (0.5, True)):
+    config.trunk_lr_scale, config.freeze_trunk = bad, freeze
+    with pytest.raises(train_lib.ConfigError, match="trunk_lr_scale") as e:
+      train_lib.make_networks(config)
+    assert "\n" not in str(e.value)
