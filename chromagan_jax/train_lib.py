@@ -284,8 +284,15 @@ def train_step(
   bn_update_in_critic_step: bool,
   ema_decay: float = 0.0,
   freeze_trunk: bool = False,
+  critic_steps: int = 1,
 ):
   """One reference iteration: a generator update, then a critic update.
+
+  ``critic_steps`` (``config.critic_steps``; above 1 a deviation, the reference updates the
+  critic once per batch): the critic takes that many Adam steps on this batch's real and
+  colorized ab, each with its own gradient-penalty interpolation (the first one's ``eps`` is
+  the single-step's), so the critic can catch up with the generator without a new batch.
+  The metrics are the last critic step's.
 
   ``freeze_trunk`` (``config.freeze_trunk``; a deviation, the reference trains the trunk):
   the generator's VGG16 trunk gets no gradient (its Adam update is exactly zero), so XLA
@@ -334,16 +341,19 @@ def train_step(
   ab_fake = jax.lax.stop_gradient(ab_fake)
   if bn_update_in_critic_step:
     g_batch_stats = new_vars["batch_stats"]
-  eps = jax.random.uniform(step_rng, (ab_real.shape[0],), jnp.float32)
 
-  def d_loss_fn(d_params):
+  def d_loss_fn(d_params, eps):
     score = functools.partial(critic_scores, d_params)
     gp = losses.gradient_penalty(score, ab_real, ab_fake, lightness, eps)
     return losses.critic_loss(score(ab_real), score(ab_fake), gp, loss_weights)
 
-  d_grads, d_terms = jax.grad(d_loss_fn, has_aux=True)(state.d_params)
-  d_updates, d_opt_state = nets.d_tx.update(d_grads, state.d_opt_state, state.d_params)
-  d_params = optax.apply_updates(state.d_params, d_updates)
+  d_params, d_opt_state = state.d_params, state.d_opt_state
+  for i in range(critic_steps):
+    eps_rng = step_rng if i == 0 else jax.random.fold_in(step_rng, i)
+    eps = jax.random.uniform(eps_rng, (ab_real.shape[0],), jnp.float32)
+    d_grads, d_terms = jax.grad(d_loss_fn, has_aux=True)(d_params, eps)
+    d_updates, d_opt_state = nets.d_tx.update(d_grads, d_opt_state, d_params)
+    d_params = optax.apply_updates(d_params, d_updates)
 
   ema_params = state.ema_params
   if ema_params is not None:
@@ -386,6 +396,14 @@ def xla_compiler_options(config, backend: str | None = None) -> dict[str, Any]:
   return {}
 
 
+def critic_steps(config) -> int:
+  """``config.critic_steps``, checked: a whole number >= 1 (1: the reference)."""
+  k = config.get("critic_steps", 1)
+  if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    raise ConfigError(f"config.critic_steps={k!r}: the critic's Adam steps per batch, 1 or more")
+  return k
+
+
 def make_train_step(nets: Networks, config, mesh: Mesh, with_teacher: bool) -> Callable:
   """The jitted, sharded step ``(state, batch, teacher_params) -> (state, metrics)``.
 
@@ -401,6 +419,7 @@ def make_train_step(nets: Networks, config, mesh: Mesh, with_teacher: bool) -> C
     bn_update_in_critic_step=bool(config.bn_update_in_critic_step),
     ema_decay=_ema_decay(config),
     freeze_trunk=bool(config.get("freeze_trunk", False)),
+    critic_steps=critic_steps(config),
   )
   return jax.jit(
     step,

@@ -7,12 +7,13 @@ import signal
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from helpers import photo_batch
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from chromagan_jax import checkpoint, color, input_pipeline, models, train_lib
+from chromagan_jax import checkpoint, color, input_pipeline, losses, models, train_lib
 from chromagan_jax.configs import tiny
 from chromagan_jax.errors import ShapeError
 
@@ -545,3 +546,55 @@ def test_trunk_lr_scale_scales_only_the_trunks_adam_updates():
     with pytest.raises(train_lib.ConfigError, match="trunk_lr_scale") as e:
       train_lib.make_networks(config)
     assert "\n" not in str(e.value)
+
+
+def test_critic_steps_repeat_the_critics_update_on_the_batch_with_fresh_penalty_points():
+  """config.critic_steps=2: the generator's half is the single-step's exactly; the critic's
+  is the single-step's followed by one more Adam step on the same real and colorized ab,
+  with the gradient penalty interpolated at the second step's own eps (checked by hand)."""
+  config = tiny.get_config()
+  mesh, nets, state, one_step = _setup(config)
+  batch = train_lib.global_batch(photo_batch(), mesh)
+  config.critic_steps = 2
+  two_step = train_lib.make_train_step(nets, config, mesh, with_teacher=False)
+  host = jax.device_get(state)
+  copy = lambda: jax.device_put(host, NamedSharding(mesh, P()))  # noqa: E731 (donated)
+  once, _ = jax.device_get(one_step(copy(), batch, None))
+  twice, metrics = jax.device_get(two_step(copy(), batch, None))
+  for field in ("step", "g_params", "g_batch_stats", "g_opt_state", "ema_params"):
+    _leaves_equal(getattr(twice, field), getattr(once, field))
+
+  # The second critic step by hand, from the single-step's critic.
+  lightness, ab_real = color.rgb_to_net(jax.device_get(batch["rgb"]))
+  (ab_fake, _), _ = nets.generator.apply(
+    {"params": once.g_params, "batch_stats": once.g_batch_stats},
+    color.gray_to_l3(lightness),
+    train=True,
+    mutable=["batch_stats"],
+  )
+  step_rng = jax.random.fold_in(jax.random.wrap_key_data(host.rng), host.step)
+  eps = jax.random.uniform(jax.random.fold_in(step_rng, 1), (ab_real.shape[0],), jnp.float32)
+  weights = train_lib.loss_weights_from_config(config)
+
+  def d_loss(d_params):
+    score = lambda ab, light=lightness: nets.critic.apply({"params": d_params}, ab, light)  # noqa: E731
+    gp = losses.gradient_penalty(score, ab_real, ab_fake, lightness, eps)
+    return losses.critic_loss(score(ab_real), score(ab_fake), gp, weights)
+
+  grads, terms = jax.grad(d_loss, has_aux=True)(once.d_params)
+  updates, want_opt = nets.d_tx.update(grads, once.d_opt_state, once.d_params)
+  want = optax.apply_updates(once.d_params, updates)
+  moved = max(
+    float(np.max(np.abs(a - b)))
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(once.d_params), strict=True)
+  )
+  assert moved > 1e-4  # The second step is a real step, far above the tolerance below.
+  for a, b in zip(jax.tree.leaves(twice.d_params), jax.tree.leaves(want), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=2e-6)
+  for a, b in zip(jax.tree.leaves(twice.d_opt_state), jax.tree.leaves(want_opt), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(np.max(np.abs(b))))
+  assert float(metrics["d/gp"]) == pytest.approx(float(terms["gp"]), rel=1e-4, abs=1e-7)
+  for bad in (0, -2):  # (ml_collections refuses a float for this int field itself.)
+    config.critic_steps = bad
+    with pytest.raises(train_lib.ConfigError, match="critic_steps"):
+      train_lib.make_train_step(nets, config, mesh, with_teacher=False)
