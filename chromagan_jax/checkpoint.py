@@ -155,9 +155,10 @@ def restore(mngr, step: int, wanted: dict[str, Any]) -> dict[str, Any]:
       ),
     )
   except (ValueError, KeyError, TypeError) as e:
+    detail = " ".join(str(e).split())  # Orbax's messages span lines; errors here are one.
     raise CheckpointError(
-      f"{source} does not fit this model/config ({e}); use a fresh --workdir or the config "
-      "it was trained with"
+      f"{source} does not fit this model/config ({detail}); use a fresh --workdir or the "
+      "config it was trained with"
     ) from e
   return {name: out[name] for name in wanted}
 

@@ -38,7 +38,7 @@ from chromagan_jax import (
   multihost,
   weights,
 )
-from chromagan_jax.errors import ConfigError, NonFiniteLossError
+from chromagan_jax.errors import CheckpointError, ConfigError, NonFiniteLossError
 
 DATA_AXIS = "data"
 # The generator's params subtree of its VGG16 trunk (what ``config.freeze_trunk`` freezes).
@@ -562,6 +562,29 @@ def apply_initial_weights(state: TrainState, config, vgg_params, mesh) -> TrainS
   )
 
 
+# Fields outside config.model that shape the optimizer's state, with their defaults (the
+# value a checkpoint saved before the field existed was trained with). A resume must keep
+# them: Orbax would otherwise fail deep inside the restore.
+OPTIMIZER_FIELDS = {"lr_schedule": "constant", "trunk_lr_scale": 1.0}
+
+
+def check_resume_config(ckpt_dir, step: int, config) -> None:
+  """One-line CheckpointError if the run in ``ckpt_dir`` was saved with other OPTIMIZER_FIELDS."""
+  saved = checkpoint.load_config(ckpt_dir, step)[1]
+  changed = {
+    k: (saved.get(k, default), config.get(k, default))
+    for k, default in OPTIMIZER_FIELDS.items()
+    if saved.get(k, default) != config.get(k, default)
+  }
+  if changed:
+    was = ", ".join(f"{k}={a!r}" for k, (a, _) in changed.items())
+    now = ", ".join(f"{k}={b!r}" for k, (_, b) in changed.items())
+    raise CheckpointError(
+      f"checkpoint {ckpt_dir}/{step} was trained with {was}, this config has {now}: their "
+      "optimizer states differ; resume with the run's own values, or use a fresh --workdir"
+    )
+
+
 def _mean_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
   """Means of replicated scalar metrics (every process holds their full values)."""
   host = jax.device_get(history)
@@ -631,6 +654,7 @@ def _train(config, workdir, stop: "_StopRequest") -> TrainState:
   if vgg_params is not None and weights.has_top(vgg_params):
     teacher_params = jax.device_put(vgg_params, NamedSharding(mesh, P()))
   if latest is not None:
+    check_resume_config(ckpt_dir, latest, config)
     abstract = split_state(abstract_train_state(nets, config, mesh))
     state = merge_state(checkpoint.restore(mngr, latest, abstract))
     logging.info("resumed from %s at step %d", ckpt_dir, latest)

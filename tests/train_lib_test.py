@@ -15,7 +15,7 @@ from jax.sharding import PartitionSpec as P
 
 from chromagan_jax import checkpoint, color, input_pipeline, losses, models, train_lib
 from chromagan_jax.configs import tiny
-from chromagan_jax.errors import ShapeError
+from chromagan_jax.errors import CheckpointError, ShapeError
 
 
 def _setup(config, devices=None):
@@ -277,6 +277,23 @@ def test_workdir_with_a_different_model_is_a_clear_error(tmp_path):
   assert "\n" not in message and str(tmp_path / "checkpoints") in message, message
   shape = r"\(\d+(, \d+)*,?\)"
   assert re.search(rf"(\['\w+'\])+ expected shape {shape}, found {shape}", message), message
+
+
+def test_resuming_with_another_optimizer_layout_is_one_line_naming_the_fields(tmp_path):
+  """lr_schedule and trunk_lr_scale change the optimizer state's layout: resuming a run with
+  other values names both values on one line, before Orbax is asked."""
+  config = tiny.get_config()
+  config.num_train_steps = 1
+  train_lib.train_and_evaluate(config, str(tmp_path))
+  config.num_train_steps, config.lr_schedule, config.trunk_lr_scale = 2, "cosine", 0.5
+  with pytest.raises(CheckpointError) as error:
+    train_lib.train_and_evaluate(config, str(tmp_path))
+  message = str(error.value)
+  assert "\n" not in message and str(tmp_path / "checkpoints") in message, message
+  assert "lr_schedule='constant', trunk_lr_scale=1.0, this config has" in message, message
+  assert "lr_schedule='cosine', trunk_lr_scale=0.5" in message, message
+  config.lr_schedule, config.trunk_lr_scale = "constant", 1.0  # The run's own: resumes.
+  assert int(train_lib.train_and_evaluate(config, str(tmp_path)).step) == 2
 
 
 def test_critic_update_also_updates_the_generators_batch_norm_by_default():
