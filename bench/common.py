@@ -144,12 +144,23 @@ def speed_fields(
   }
 
 
-def write_json(path: str, result: dict) -> None:
-  """Writes ``result`` as indented JSON, creating the directory."""
+def write_json(path: str, result: dict) -> str:
+  """Writes ``result`` as indented JSON, creating the directory; returns the path written.
+
+  An existing file is never replaced: bench/results holds figures that RESULTS.md cites, some
+  from other machines, under the scripts' default names. The result then goes beside it, named
+  for this machine's CPU and the time (``<stem>_<cpu>_<YYYYmmdd-HHMMSS>.json``).
+  """
+  if os.path.exists(path):
+    stem, ext = os.path.splitext(path)
+    cpu = "".join(c if c.isalnum() else "-" for c in cpu_model().lower()).strip("-")
+    kept, path = path, f"{stem}_{cpu}_{time.strftime('%Y%m%d-%H%M%S')}{ext or '.json'}"
+    print(f"{kept} exists; keeping it")
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "w") as f:
+  with open(path, "x") as f:
     json.dump(result, f, indent=2, sort_keys=True)
   print(f"wrote {path}")
+  return path
 
 
 def print_table(rows: list[dict], columns: list[str], markdown: bool = False) -> None:

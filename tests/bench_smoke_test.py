@@ -31,6 +31,16 @@ def _load(path):
     return json.load(f)
 
 
+def test_results_are_never_written_over(tmp_path):
+  """A result whose file exists (cited figures, maybe another machine's) goes beside it."""
+  path = tmp_path / "results" / "bench.json"
+  assert common.write_json(str(path), {"run": 1}) == str(path)
+  second = common.write_json(str(path), {"run": 2})
+  assert second != str(path) and os.path.dirname(second) == str(path.parent)
+  assert os.path.basename(second).startswith("bench_") and second.endswith(".json")
+  assert _load(path) == {"run": 1} and _load(second) == {"run": 2}
+
+
 def test_speed_fields_from_known_times():
   """The derived figures of every benchmark, from times whose answers are known: 8 images in
   2 s (JAX) vs 4 s (TF) is 4 vs 2 img/s, JAX 2x faster; 10 GFLOP per call at a 20 GFLOP/s
