@@ -77,15 +77,28 @@ def gradient_penalty(critic_fn: Callable, ab_real, ab_fake, lightness, eps):
   return _mean(jnp.square(1.0 - norms))
 
 
-def generator_loss(ab_fake, ab_real, p_fake, p_teacher, d_fake, weights: Mapping[str, float]):
+COLOUR_LOSSES = ("l2", "l1")
+
+
+def generator_loss(
+  ab_fake, ab_real, p_fake, p_teacher, d_fake, weights: Mapping[str, float], colour: str = "l2"
+):
   """``w_mse * MSE + w_kl * KL(p_teacher || p_fake) + w_adv * mean(D(fake))``.
 
   The reference weights are ``w_mse=1.0, w_kl=0.003, w_adv=-0.1`` (the generator maximises
   the critic's score of its output). ``p_teacher=None`` drops the KL term ("w/o class").
+  ``colour="l1"`` (``config.colour_loss``, a deviation) puts the mean absolute ab error in the
+  MSE's place, weighted by ``w_mse``; the MSE is still reported. Where the colour is
+  uncertain, L2's optimum is the mean colour (greyish between two hues); L1's is a median,
+  flat between the hues, which leaves the choice to the critic.
   Returns (total, metrics dict).
   """
   terms = {"mse": mse(ab_fake, ab_real), "adv": _mean(d_fake)}
-  total = weights["mse"] * terms["mse"] + weights["adv"] * terms["adv"]
+  if colour == "l1":
+    terms["l1"] = _mean(jnp.abs(_f32(ab_fake) - _f32(ab_real)))
+  elif colour != "l2":
+    raise ValueError(f"colour loss {colour!r}: expected one of {COLOUR_LOSSES}")
+  total = weights["mse"] * terms["l1" if colour == "l1" else "mse"] + weights["adv"] * terms["adv"]
   if p_teacher is not None:
     terms["kl"] = kl_divergence(p_teacher, p_fake)
     total = total + weights["kl"] * terms["kl"]

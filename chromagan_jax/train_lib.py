@@ -285,6 +285,7 @@ def train_step(
   ema_decay: float = 0.0,
   freeze_trunk: bool = False,
   critic_steps: int = 1,
+  colour_loss: str = "l2",
 ):
   """One reference iteration: a generator update, then a critic update.
 
@@ -293,6 +294,9 @@ def train_step(
   colorized ab, each with its own gradient-penalty interpolation (the first one's ``eps`` is
   the single-step's), so the critic can catch up with the generator without a new batch.
   The metrics are the last critic step's.
+
+  ``colour_loss`` (``config.colour_loss``): 'l2', the reference's MSE, or 'l1' (a
+  deviation, see :func:`losses.generator_loss`).
 
   ``freeze_trunk`` (``config.freeze_trunk``; a deviation, the reference trains the trunk):
   the generator's VGG16 trunk gets no gradient (its Adam update is exactly zero), so XLA
@@ -326,7 +330,9 @@ def train_step(
       mutable=["batch_stats"],
     )
     d_fake = critic_scores(state.d_params, ab_fake)
-    total, terms = losses.generator_loss(ab_fake, ab_real, p_fake, p_teacher, d_fake, loss_weights)
+    total, terms = losses.generator_loss(
+      ab_fake, ab_real, p_fake, p_teacher, d_fake, loss_weights, colour_loss
+    )
     return total, (terms, new_vars["batch_stats"])
 
   g_grads, (g_terms, g_batch_stats) = jax.grad(g_loss_fn, has_aux=True)(state.g_params)
@@ -404,6 +410,14 @@ def critic_steps(config) -> int:
   return k
 
 
+def colour_loss(config) -> str:
+  """``config.colour_loss``, checked: one of losses.COLOUR_LOSSES ('l2': the reference)."""
+  name = config.get("colour_loss", "l2")
+  if name not in losses.COLOUR_LOSSES:
+    raise ConfigError(f"config.colour_loss={name!r}: expected one of {losses.COLOUR_LOSSES}")
+  return name
+
+
 def make_train_step(nets: Networks, config, mesh: Mesh, with_teacher: bool) -> Callable:
   """The jitted, sharded step ``(state, batch, teacher_params) -> (state, metrics)``.
 
@@ -420,6 +434,7 @@ def make_train_step(nets: Networks, config, mesh: Mesh, with_teacher: bool) -> C
     ema_decay=_ema_decay(config),
     freeze_trunk=bool(config.get("freeze_trunk", False)),
     critic_steps=critic_steps(config),
+    colour_loss=colour_loss(config),
   )
   return jax.jit(
     step,

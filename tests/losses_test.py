@@ -204,6 +204,21 @@ def test_generator_loss_total_with_reference_weights():
   assert abs(_reference_kl(p_fake, p_teacher) - kl) > 1e-3
 
 
+def test_generator_loss_l1_colour_term():
+  """colour='l1': mean |ab error| weighted by loss.mse in the MSE's place (MSE still reported)."""
+  weights = default.get_config().loss
+  ab_fake, ab_real, p_fake, _, d_fake = _generator_inputs(seed=40)
+  total, terms = losses.generator_loss(ab_fake, ab_real, p_fake, None, d_fake, weights, "l1")
+  diff = ab_fake.astype(np.float64) - ab_real
+  l1, mse = np.mean(np.abs(diff)), np.mean(diff**2)
+  assert abs(l1 - mse) > 0.05  # The two terms differ here, so the total shows which one.
+  np.testing.assert_allclose(total, l1 - 0.1 * np.mean(d_fake), rtol=1e-5)
+  np.testing.assert_allclose(terms["l1"], l1, rtol=1e-5)
+  np.testing.assert_allclose(terms["mse"], mse, rtol=1e-5)
+  with pytest.raises(ValueError, match="'huber'"):
+    losses.generator_loss(ab_fake, ab_real, p_fake, None, d_fake, weights, "huber")
+
+
 def test_generator_loss_without_teacher_drops_kl():
   weights = default.get_config().loss
   ab_fake, ab_real, p_fake, _, d_fake = _generator_inputs(seed=30)

@@ -615,3 +615,19 @@ def test_critic_steps_repeat_the_critics_update_on_the_batch_with_fresh_penalty_
     config.critic_steps = bad
     with pytest.raises(train_lib.ConfigError, match="critic_steps"):
       train_lib.make_train_step(nets, config, mesh, with_teacher=False)
+
+
+def test_l1_colour_loss_reaches_the_step():
+  """config.colour_loss='l1': the step's generator loss is mean |ab error| + adv (the logged
+  total equals that sum and differs from the L2 total); a bad name is one ConfigError line."""
+  config = tiny.get_config()
+  config.colour_loss = "l1"
+  mesh, nets, state, step = _setup(config)
+  _, metrics = jax.device_get(step(state, train_lib.global_batch(photo_batch(), mesh), None))
+  want = float(metrics["g/l1"]) + config.loss.adv * float(metrics["g/adv"])
+  assert float(metrics["g/total"]) == pytest.approx(want, rel=1e-5)
+  assert abs(float(metrics["g/l1"]) - float(metrics["g/mse"])) > 1e-2
+  config.colour_loss = "huber"
+  with pytest.raises(train_lib.ConfigError, match="colour_loss='huber'") as e:
+    train_lib.make_train_step(nets, config, mesh, with_teacher=False)
+  assert "\n" not in str(e.value)

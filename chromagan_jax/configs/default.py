@@ -113,6 +113,10 @@ def get_config():
   # n_critic, here on the same batch) lets the critic keep up with the generator; measured
   # on 335 photos in README "Train on your own photos".
   config.critic_steps = 1
+  # The colour term: 'l2' (the reference's MSE) or 'l1' (mean absolute ab error, a deviation
+  # that does not pull uncertain colour to the mean; loss.mse weights it). Measured on 335
+  # photos in README "Train on your own photos".
+  config.colour_loss = "l2"
 
   # --- weights ------------------------------------------------------------------------------
   # ImageNet VGG16 weights (Keras .h5 with top, torchvision .pth, or a converted Orbax dir)
