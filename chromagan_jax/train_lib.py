@@ -402,7 +402,7 @@ def xla_compiler_options(config, backend: str | None = None) -> dict[str, Any]:
   return {}
 
 
-def critic_steps(config) -> int:
+def checked_critic_steps(config) -> int:
   """``config.critic_steps``, checked: a whole number >= 1 (1: the reference)."""
   k = config.get("critic_steps", 1)
   if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -410,7 +410,7 @@ def critic_steps(config) -> int:
   return k
 
 
-def colour_loss(config) -> str:
+def checked_colour_loss(config) -> str:
   """``config.colour_loss``, checked: one of losses.COLOUR_LOSSES ('l2': the reference)."""
   name = config.get("colour_loss", "l2")
   if name not in losses.COLOUR_LOSSES:
@@ -433,8 +433,8 @@ def make_train_step(nets: Networks, config, mesh: Mesh, with_teacher: bool) -> C
     bn_update_in_critic_step=bool(config.bn_update_in_critic_step),
     ema_decay=_ema_decay(config),
     freeze_trunk=bool(config.get("freeze_trunk", False)),
-    critic_steps=critic_steps(config),
-    colour_loss=colour_loss(config),
+    critic_steps=checked_critic_steps(config),
+    colour_loss=checked_colour_loss(config),
   )
   return jax.jit(
     step,
