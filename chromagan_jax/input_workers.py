@@ -17,6 +17,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import sys
@@ -220,14 +221,29 @@ def _without_main_module():
       setattr(main, k, v)
 
 
-def _leave_signals():
+def _init_worker():
   """Workers ignore SIGINT/SIGTERM: those are for the trainer, which checkpoints and stops
   (then closes the pool). Ctrl-C in a terminal, `timeout`, or a scheduler signalling the whole
   process group reach the workers too; dying there made the trainer report "a decode worker
-  process died (killed for memory?)" instead of saving the current step. A worker whose
-  parent is gone still exits: its task queue closes."""
+  process died (killed for memory?)" instead of saving the current step.
+
+  And a worker exits as soon as its parent is gone. Its task queue does not tell it: the
+  siblings hold the queue's pipe open, so after a SIGKILL of the trainer (the OOM killer, a
+  preempted host) the workers and multiprocessing's resource tracker were left running, idle,
+  holding their decoded-image caches, until the machine rebooted (measured). The parent's
+  sentinel (a pipe only the parent holds open) is ready exactly when the parent has exited."""
   for sig in (signal.SIGINT, signal.SIGTERM):
     signal.signal(sig, signal.SIG_IGN)
+  parent = multiprocessing.parent_process()
+  if parent is not None:
+    threading.Thread(
+      target=_exit_when_ready, args=(parent.sentinel,), name="exit-with-parent", daemon=True
+    ).start()
+
+
+def _exit_when_ready(sentinel):
+  multiprocessing.connection.wait([sentinel])
+  os._exit(1)  # Not sys.exit: no cleanup to wait for, and the main thread may be mid-task.
 
 
 def default_processes() -> int:
@@ -256,7 +272,7 @@ class Workers:
     self._pool = None
     if processes:
       self._pool = concurrent.futures.ProcessPoolExecutor(
-        processes, mp_context=multiprocessing.get_context("spawn"), initializer=_leave_signals
+        processes, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker
       )
 
   def _submit(self, spec, chunk):

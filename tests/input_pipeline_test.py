@@ -10,6 +10,8 @@ import io
 import logging
 import os
 import signal
+import subprocess
+import sys
 import time
 from importlib import metadata
 
@@ -517,6 +519,51 @@ def test_workers_leave_sigint_and_sigterm_to_the_trainer(colour_folder):
     batch = next(it)
   assert batch["rgb"].shape == first["rgb"].shape
   assert ip._workers(1).pids() == [pid]
+
+
+_ORPHAN_SCRIPT = """
+import sys, time
+from chromagan_jax import input_workers
+if __name__ == "__main__":
+  workers = input_workers.Workers(2)
+  assert list(workers.map(input_workers.ExampleSpec(size=8), [[], []], ahead=2)) == [[], []]
+  print(*workers.pids(), flush=True)
+  time.sleep(600)
+"""
+
+
+def _alive(pid):
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  try:  # A zombie (exited, not yet reaped by init) counts as gone.
+    with open(f"/proc/{pid}/stat") as f:
+      return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+  except FileNotFoundError:
+    return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc/PID/stat (Linux)")
+def test_workers_exit_when_the_trainer_is_killed(tmp_path):
+  """SIGKILL of the trainer (the OOM killer, a preempted host) leaves no decode worker
+  running: they were left idle, holding their caches, until reboot."""
+  script = tmp_path / "trainer.py"
+  script.write_text(_ORPHAN_SCRIPT)
+  proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+  try:
+    pids = [int(p) for p in proc.stdout.readline().split()]
+    assert len(pids) == 2 and all(_alive(p) for p in pids)
+  finally:
+    proc.kill()
+    proc.wait()
+  deadline = time.monotonic() + 20
+  while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+    time.sleep(0.1)
+  left = [p for p in pids if _alive(p)]
+  for p in left:  # Failing, but not leaking them into the rest of the run.
+    os.kill(p, signal.SIGKILL)
+  assert not left, f"workers {left} outlived their killed parent"
 
 
 @pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
