@@ -20,10 +20,13 @@ if BENCH not in sys.path:  # conftest puts it after the root: root modules win a
   sys.path.append(BENCH)
 
 import common  # noqa: E402
+import conv_choice_cost  # noqa: E402
 import conv_layers  # noqa: E402
 import generator_inference  # noqa: E402
 import input_pipeline as input_pipeline_bench  # noqa: E402
 import train_step  # noqa: E402
+
+from chromagan_jax import conv_choice  # noqa: E402
 
 
 def _load(path):
@@ -104,6 +107,26 @@ def test_conv_layers_smoke(tmp_path):
   assert critic_passes == {"fwd", "vjp", "gp"}
   for r in result["rows"]:
     assert r["xla_gflop_s"] > 0 and r["winograd_gflop_s"] > 0 and r["tf_gflop_s"] > 0
+
+
+def test_conv_choice_cost_smoke(tmp_path):
+  out = tmp_path / "cc.json"
+  conv_choice_cost.main(["--smoke", "--rounds", "2", "--json", str(out)])
+  result = _load(out)
+  # The generator's first two trunk convs at 32x32, width 1/8 (64 -> 8 channels), batch 1.
+  layers = [
+    "fwd 1x32x32x3 3x3x3x8 float32 s1x1 p1,1,1,1",
+    "fwd 1x32x32x8 3x3x8x8 float32 s1x1 p1,1,1,1",
+  ]
+  assert [r["layer"] for r in result["rows"]] == layers * 2
+  for r in result["rows"]:
+    times = {k[:-3]: v for k, v in r.items() if k.endswith("_ms")}
+    assert "xla" in times and r["rule"] in times and min(times.values()) > 0
+    assert r["chosen"] == conv_choice.pick(times) and r["measure_s"] > 0
+  for t in result["rounds"]:
+    this = [r for r in result["rows"] if r["round"] == t["round"]]
+    assert t["layers"] == 2 and t["measure_s"] >= sum(r["measure_s"] for r in this)
+    assert t["chosen_ms"] == pytest.approx(sum(r[r["chosen"] + "_ms"] for r in this))
 
 
 @pytest.mark.slow

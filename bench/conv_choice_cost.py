@@ -1,0 +1,105 @@
+"""What ``conv_impl="auto"``'s first-use measuring costs, and what it would choose, on this CPU.
+
+  python bench/conv_choice_cost.py                      # generator inference layers, batch 1
+  python bench/conv_choice_cost.py --objective train    # the generator's training layers
+  python bench/conv_choice_cost.py --smoke              # seconds
+
+Traces the generator (``--image_size``, ``--width``) with a chooser that records each distinct
+plain conv layer instead of timing it, then times every layer's candidates with
+``conv_choice.measure`` at ``--batch`` (what a measuring chooser does on first use), and
+prints per layer: the candidates' times, the measured choice, the fixed rule's choice
+(``cpu_conv.rule``, the default), and the seconds measuring took. Totals: the seconds of
+measuring (the first-use cost a colorize would pay on top of compiling) and the sum of the
+layers' times under XLA everywhere, the rule and the measured choices (the fastest candidate,
+so optimistic: a minimum over noisy samples). ``--rounds 2`` measures everything twice to show
+how far one layer's time moves between two measurements.
+No TensorFlow. Why the default is still the rule: bench/RESULTS.md.
+"""
+
+import argparse
+import time
+
+import common  # noqa: I001 (sets sys.path before the imports below)
+import jax
+import jax.numpy as jnp
+
+from chromagan_jax import conv_choice, cpu_conv, models
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  p.add_argument("--smoke", action="store_true", help="tiny sizes, to check the script runs")
+  p.add_argument("--batch", type=int, default=1)
+  p.add_argument("--objective", default="fwd", choices=conv_choice.OBJECTIVES[:2])
+  p.add_argument("--image_size", type=int, default=224)
+  p.add_argument("--width", type=float, default=1.0)
+  p.add_argument("--rounds", type=int, default=1, help="measure every layer this many times")
+  p.add_argument("--max_layers", type=int, default=0, help="only the first N layers (0: all)")
+  p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+  p.add_argument("--json", default="bench/results/conv_choice_cost.json")
+  args = p.parse_args(argv)
+  if args.smoke:
+    args.image_size, args.width, args.max_layers = 32, 0.125, 2
+  return args
+
+
+def generator_layers(image_size: int, width: float, batch: int, objective: str) -> list[tuple]:
+  """The distinct plain conv layers "auto" would measure: [(names, lhs, rhs, strides, pads)]."""
+  calls = []
+
+  def record(names, objective, lhs, rhs, dtype, strides, pads):
+    calls.append((tuple(names), tuple(lhs), tuple(rhs), tuple(strides), tuple(map(tuple, pads))))
+    return {n: 1.0 for n in names}
+
+  old = conv_choice.chooser()
+  conv_choice.set_chooser(conv_choice.Chooser(None, policy="measure", timer=record))
+  try:
+    impl = models.resolve_conv_impl("auto", jnp.float32, backend="cpu", objective=objective)
+    g = models.Generator(image_size=image_size, width=width, conv_impl=impl)
+    x = jnp.zeros((batch, image_size, image_size, 3))
+    params = jax.eval_shape(g.init, jax.random.key(0), x)
+    train = objective == "train"
+    apply = lambda p, x: g.apply(p, x, train=train, mutable=["batch_stats"] if train else False)  # noqa: E731
+    jax.jit(apply).lower(params, x)
+  finally:
+    conv_choice.set_chooser(old)
+  return calls
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  layers = generator_layers(args.image_size, args.width, args.batch, args.objective)
+  layers = layers[: args.max_layers or None]
+  rows, rounds = [], []
+  for round_ in range(args.rounds):
+    start = time.perf_counter()
+    for names, lhs, rhs, strides, pads in layers:
+      t = time.perf_counter()
+      times = conv_choice.measure(names, args.objective, lhs, rhs, jnp.float32, strides, pads)
+      rule = cpu_conv.rule(lhs, rhs, strides, pads)
+      key = conv_choice.layer_key(lhs, rhs, jnp.float32, strides, pads, args.objective)
+      rows.append({
+        "round": round_, "layer": key, "measure_s": time.perf_counter() - t,
+        "chosen": conv_choice.pick(times), "rule": rule,
+        **{f"{n}_ms": v * 1e3 for n, v in times.items()},
+      })  # fmt: skip
+    this = rows[-len(layers) :]
+    rounds.append({
+      "round": round_, "layers": len(layers), "measure_s": time.perf_counter() - start,
+      "xla_ms": sum(r["xla_ms"] for r in this),
+      "rule_ms": sum(r[f"{r['rule']}_ms"] for r in this),
+      "chosen_ms": sum(r[f"{r['chosen']}_ms"] for r in this),
+    })  # fmt: skip
+  names = sorted({k for r in rows for k in r if k.endswith("_ms")})
+  common.print_table(rows, ["round", "layer", *names, "chosen", "rule", "measure_s"], args.markdown)
+  print()
+  common.print_table(rounds, list(rounds[0]), args.markdown)
+  result = {
+    "machine": common.machine_info(), "args": vars(args), "rows": rows, "rounds": rounds,
+  }  # fmt: skip
+  common.write_json(args.json, result)
+  return result
+
+
+if __name__ == "__main__":
+  main()
