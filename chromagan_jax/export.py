@@ -151,8 +151,7 @@ def tf_formats_problem() -> str | None:
   (Python 3.12; measured with TensorFlow 2.21) TensorFlow cannot read jax's newer StableHLO
   (SavedModel: "failed to deserialize portable artifact") and TFLite cannot convert the op.
   """
-  version = tuple(int(x) for x in jax.__version__.split(".")[:2])
-  if version < (0, 12):
+  if jax.__version_info__[:2] < (0, 12):  # Integers whatever the release's suffix.
     return None
   return (
     f"jax {jax.__version__} serialises StableHLO that TensorFlow's SavedModel and TFLite "
