@@ -230,8 +230,9 @@ def _init_worker():
   And a worker exits as soon as its parent is gone. Its task queue does not tell it: the
   siblings hold the queue's pipe open, so after a SIGKILL of the trainer (the OOM killer, a
   preempted host) the workers and multiprocessing's resource tracker were left running, idle,
-  holding their decoded-image caches, until the machine rebooted (measured). The parent's
-  sentinel (a pipe only the parent holds open) is ready exactly when the parent has exited."""
+  holding their decoded-image caches, with nothing to end them (seen after a test's killed
+  trainer). The parent's sentinel (a pipe only the parent holds open) is ready exactly when
+  the parent has exited; the resource tracker then exits with the last worker."""
   for sig in (signal.SIGINT, signal.SIGTERM):
     signal.signal(sig, signal.SIG_IGN)
   parent = multiprocessing.parent_process()

@@ -547,7 +547,7 @@ def _alive(pid):
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc/PID/stat (Linux)")
 def test_workers_exit_when_the_trainer_is_killed(tmp_path):
   """SIGKILL of the trainer (the OOM killer, a preempted host) leaves no decode worker
-  running: they were left idle, holding their caches, until reboot."""
+  running: they were left idle, holding their caches, with nothing to end them."""
   script = tmp_path / "trainer.py"
   script.write_text(_ORPHAN_SCRIPT)
   proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
