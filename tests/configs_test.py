@@ -14,6 +14,7 @@ import os
 
 import jax
 import pytest
+from helpers import parse_config_flags
 
 import chromagan_jax
 from chromagan_jax import demo, train_lib
@@ -89,6 +90,29 @@ def test_top_level_config_file_is_the_packaged_config(name):
   spec.loader.exec_module(top)
   assert top.get_config is packaged.get_config
   assert packaged.get_config().model.image_size > 0
+
+
+def _leaves(config, prefix=""):
+  for key, value in config.items():
+    if hasattr(value, "items"):
+      yield from _leaves(value, f"{prefix}{key}.")
+    else:
+      yield f"{prefix}{key}", value
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fields_that_default_to_none_can_be_set_on_the_command_line(name):
+  """ml_collections refuses `--config.data.data_dir=DIR` when the field is a plain None
+  ("Type NoneType ... is not supported for overriding"): such fields must be typed
+  placeholders. Each is set through train.py's flag parsing."""
+  unset = [path for path, value in _leaves(load(name)) if value is None]
+  assert {"data.data_dir", "data.decode_processes", "model.trunk_width"} <= set(unset)
+  overrides = [f"--config.{path}=3" for path in unset]
+  config = parse_config_flags(f"--config={os.path.join(ROOT, 'configs', name + '.py')}", *overrides)
+  values = dict(_leaves(config))
+  for path in unset:
+    assert values[path] in (3, "3"), path  # 3, 3.0 or "3" as the placeholder's type says.
+  assert values["data.decode_processes"] == 3 and isinstance(values["data.decode_processes"], int)
 
 
 def test_nothing_edits_sys_path_to_reach_the_configs():

@@ -24,6 +24,20 @@ TORCH_CONVS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
 TORCH_LINEARS = (0, 3, 6)
 
 
+def parse_config_flags(*args):
+  """The config as train.py's flags build it (lock_config=True, command-line overrides)."""
+  from absl import flags
+  from ml_collections import config_flags
+
+  argv = ["train.py", *args]
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file(
+    "config", None, "", flag_values=values, lock_config=True, sys_argv=argv
+  )
+  values(argv)
+  return values.config
+
+
 def skip_or_fail_under_ci(message: str):
   """Skips the test with ``message``; under CI (``CI=true``) fails it instead: what CI must
   have (a browser, Python 3.12) is never silently left out."""

@@ -3,22 +3,10 @@
 import math
 
 import pytest
-from absl import flags
-from ml_collections import config_flags
+from helpers import parse_config_flags as _parse
 
 from chromagan_jax import train_lib
 from chromagan_jax.configs import default, imagenet
-
-
-def _parse(*args):
-  """The config as train.py's flags build it (lock_config=True, command-line overrides)."""
-  argv = ["train.py", *args]
-  values = flags.FlagValues()
-  config_flags.DEFINE_config_file(
-    "config", None, "", flag_values=values, lock_config=True, sys_argv=argv
-  )
-  values(argv)
-  return values.config
 
 
 def test_reference_recipe_is_kept():

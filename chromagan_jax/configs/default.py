@@ -47,10 +47,12 @@ def get_config():
   config.data.tfds_name = "imagenet2012"  # TFDS dataset name when source == 'tfds'.
   config.data.train_split = "train"  # TFDS split to train on.
   config.data.eval_split = "validation"  # TFDS split for sample grids / evaluation.
-  config.data.data_dir = None  # TFDS data_dir (None: TFDS default, ~/tensorflow_datasets).
-  config.data.manual_dir = (
-    None  # Where the ILSVRC2012 tars are (None: <data_dir>/downloads/manual).
-  )
+  # Fields that default to None are typed placeholders, so that `--config.data.data_dir=DIR`
+  # works (ml_collections refuses to override a plain None; tests/configs_test.py).
+  # TFDS data_dir (None: TFDS default, ~/tensorflow_datasets).
+  config.data.data_dir = ml_collections.config_dict.placeholder(str)
+  # Where the ILSVRC2012 tars are (None: <data_dir>/downloads/manual).
+  config.data.manual_dir = ml_collections.config_dict.placeholder(str)
   config.data.path = ""  # Directory or glob of images when source == 'folder'.
   config.data.eval_path = ""  # Optional held-out directory/glob for sample grids ('folder').
   # Keep decoded images in host memory ('folder'; 'bundled' always does; ignored for 'tfds').
@@ -66,7 +68,7 @@ def get_config():
   config.data.prefetch = 2  # Batches prefetched to the host.
   # Worker processes that decode, augment and resize (Pillow holds the GIL, so threads would
   # not decode in parallel); None: one per CPU core this process may use; 0: in this process.
-  config.data.decode_processes = None
+  config.data.decode_processes = ml_collections.config_dict.placeholder(int)
 
   # --- optimisation -------------------------------------------------------------------------
   config.batch_size = 10  # Global batch (all devices, all processes). Reference: 10.
