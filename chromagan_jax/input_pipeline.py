@@ -261,12 +261,13 @@ def _missing_tfds_error(config, builder) -> DataError:
       f"TFDS dataset {name} is not prepared in {data_dir}: download {IMAGENET_TARS[0]} and "
       f"{IMAGENET_TARS[1]} from https://image-net.org into {manual_dir}, then run "
       f"`tfds build {name} --manual_dir={manual_dir} --data_dir={data_dir} "
-      "--file_format=array_record` "
-      "(or use --config.data.source=folder / bundled)"
+      "--file_format=array_record` (prepared elsewhere: --config.data.data_dir=DIR; "
+      "or use --config.data.source=folder / bundled)"
     )
   return DataError(
     f"TFDS dataset {name} is not prepared in {data_dir}: run "
-    f"`tfds build {name} --data_dir={data_dir} --file_format=array_record` first"
+    f"`tfds build {name} --data_dir={data_dir} --file_format=array_record` first "
+    "(prepared elsewhere: --config.data.data_dir=DIR)"
   )
 
 

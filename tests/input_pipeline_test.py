@@ -388,6 +388,7 @@ def test_tfds_missing_imagenet_names_the_tars(tmp_path):
     assert "ILSVRC2012_img_train.tar" in message and "ILSVRC2012_img_val.tar" in message
     manual = os.path.join(str(tmp_path), "downloads", "manual")
     assert f"tfds build imagenet2012 --manual_dir={manual}" in message
+    assert "--config.data.data_dir=DIR" in message  # An option train.py's flags accept.
 
 
 def test_unknown_source_and_dataset():
