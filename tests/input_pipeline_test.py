@@ -5,6 +5,7 @@ bilinear resize, and the stream's determinism, exact resume and process sharding
 fresh iterators.
 """
 
+import contextlib
 import gc
 import io
 import logging
@@ -523,7 +524,7 @@ def test_workers_leave_sigint_and_sigterm_to_the_trainer(colour_folder):
 
 
 _ORPHAN_SCRIPT = """
-import sys, time
+import time
 from chromagan_jax import input_workers
 if __name__ == "__main__":
   workers = input_workers.Workers(2)
@@ -563,7 +564,8 @@ def test_workers_exit_when_the_trainer_is_killed(tmp_path):
     time.sleep(0.1)
   left = [p for p in pids if _alive(p)]
   for p in left:  # Failing, but not leaking them into the rest of the run.
-    os.kill(p, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):  # It may exit meanwhile.
+      os.kill(p, signal.SIGKILL)
   assert not left, f"workers {left} outlived their killed parent"
 
 
