@@ -44,7 +44,6 @@ import importlib.metadata
 import json
 import logging
 import os
-import platform
 import tempfile
 import time
 from collections.abc import Callable
@@ -77,17 +76,7 @@ _ISA_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx51
 
 
 def _cpu_facts() -> tuple[str, list[str]]:
-  model, flags = platform.processor() or platform.machine(), set()
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        key, _, value = line.partition(":")
-        if key.strip() == "model name":
-          model = value.strip()
-        elif key.strip() in ("flags", "Features"):
-          flags = set(value.split())
-  except OSError:
-    pass
+  model, flags = cpu_conv.cpu_facts()
   return model, sorted(flags.intersection(_ISA_FLAGS))
 
 

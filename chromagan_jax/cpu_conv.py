@@ -28,6 +28,7 @@ import contextlib
 import contextvars
 import functools
 import os
+import platform
 
 import flax.linen as nn
 import jax
@@ -237,34 +238,85 @@ def run(name: str, x, w, strides, pads, u=None):
   raise ValueError(f"unknown convolution algorithm {name!r}; expected one of {ALGORITHMS}")
 
 
-def choose_tile(batch: int, height: int, width: int, min_tiles: int = 512) -> int:
+@functools.cache
+def cpu_facts() -> tuple[str, frozenset[str]]:
+  """(model name, ISA flags) of this machine's CPU from /proc/cpuinfo (elsewhere: platform's
+  name and no flags). Which convolution algorithm is fastest depends on them (:func:`rule`)."""
+  model, flags = platform.processor() or platform.machine(), frozenset()
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+          model = value.strip()
+        elif key.strip() in ("flags", "Features"):
+          flags = frozenset(value.split())
+  except OSError:
+    pass
+  return model, flags
+
+
+def cpu_isa() -> str:
+  """The vector ISA :func:`choose_tile` distinguishes: "avx512" (AVX-512 F), "avx2" or "other"."""
+  flags = cpu_facts()[1]
+  return "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "other"
+
+
+# The fewest 4x4 tiles per call for which F(4x4) beats F(2x2) when the filters are transformed in
+# every call (training): m=4's 36 transformed filters cost (m+2)^2 Cin Cout whatever the batch,
+# so few tiles do not amortise them. Measured per ISA (bench/RESULTS.md): 512 on AMD EPYCs with
+# AVX2 (earlier sessions); 256 on an AMD EPYC with AVX-512 (fp32 matmul peak ~200 GFLOP/s),
+# where the GAN train step (batch 8, teacher on: its 28x28 layers have 392 tiles) took 10.65 s
+# against 11.66 s with 512 (median of 4, same process).
+MIN_TILES = {"avx512": 256, "avx2": 512, "other": 512}
+# With the filters transformed once (inference: :func:`using_filters`) only the tiles count:
+# F(4x4) does fewer multiplies and moves less data per output than F(2x2) (an (m+2)^2 input tile
+# per m^2 outputs: 2.25x against 4x), and loses only where the maps are so small that the tiles
+# are mostly padding (AMD EPYC AVX-512, batch 1: 7x7 maps, 4 tiles, 2.7 ms against 1.7 ms).
+# Measured on the AMD EPYC with AVX-512 only (bench/RESULTS.md).
+PRE_MIN_TILES = 16
+
+
+def choose_tile(
+  batch: int, height: int, width: int, min_tiles: int | None = None, isa: str | None = None
+) -> int:
   """F(4x4) when there are enough 4x4 tiles to amortise its larger filter transform, else F(2x2).
 
-  The filter transform costs (m+2)^2 * Cin * Cout per call whatever the batch, the matmuls
-  (m+2)^2 * Cin * Cout per tile: with few tiles (small feature maps at small batch) m=4's
-  36 transformed filters cost more than its fewer multiplies save (measured on 2 CPU cores,
-  bench/RESULTS.md).
+  ``min_tiles``: None picks :data:`PRE_MIN_TILES` while the filters come transformed
+  (:func:`using_filters`, :func:`recording_filters`), else :data:`MIN_TILES` of the ``isa``
+  (None: this CPU's, :func:`cpu_isa`).
   """
+  if min_tiles is None:
+    min_tiles = PRE_MIN_TILES if filters_given() else MIN_TILES[isa or cpu_isa()]
   return 4 if batch * (-(-height // 4)) * (-(-width // 4)) >= min_tiles else 2
 
 
 def rule(
-  lhs_shape, rhs_shape, strides, pads, tile="auto", min_channels=64, min_im2col_features=8
+  lhs_shape,
+  rhs_shape,
+  strides,
+  pads,
+  tile="auto",
+  min_channels=64,
+  min_im2col_features=8,
+  isa: str | None = None,
 ) -> str:
-  """The fixed per-layer rule measured on an AMD EPYC with AVX2 (bench/RESULTS.md).
+  """The fixed per-layer rule, measured on AMD EPYCs with AVX2 and with AVX-512
+  (bench/RESULTS.md); ``isa``: None for this CPU's (:func:`cpu_isa`).
 
   3x3 stride-1 'SAME' convs with at least ``min_channels`` input and output channels:
-  Winograd with tile size ``tile`` (2, 4 or "auto": :func:`choose_tile`); other kernel sizes
-  and strides (the critic's 4x4 convs, strided and 1x1 convs) with at least
-  ``min_im2col_features`` output channels: im2col; everything else (thin 3x3 layers, where the
-  tile transforms cost more than they save and a full-resolution im2col is memory-bound; the
-  1-channel critic output): XLA. Not right on every CPU (issue 14: AVX-512), which is why
-  ``conv_impl="auto"`` measures instead (conv_choice.py).
+  Winograd with tile size ``tile`` (2, 4 or "auto": :func:`choose_tile`, which depends on the
+  ISA and on whether the filters come transformed); other kernel sizes and strides (the
+  critic's 4x4 convs, strided and 1x1 convs) with at least ``min_im2col_features`` output
+  channels: im2col; everything else (thin 3x3 layers, where the tile transforms cost more than
+  they save and a full-resolution im2col is memory-bound; the 1-channel critic output): XLA.
+  Not right for every layer on every CPU (per-layer times: bench/conv_choice_cost.py), which
+  is why ``conv_impl="auto"`` can measure instead (conv_choice.py).
   """
   names = candidates(lhs_shape, rhs_shape, strides, pads)
   if "winograd2" in names:
     if min(rhs_shape[2:]) >= min_channels:
-      return f"winograd{choose_tile(*lhs_shape[:3]) if tile == 'auto' else tile}"
+      return f"winograd{choose_tile(*lhs_shape[:3], isa=isa) if tile == 'auto' else tile}"
     return "xla"
   return "im2col" if "im2col" in names and rhs_shape[3] >= min_im2col_features else "xla"
 
@@ -276,6 +328,12 @@ def rule(
 _LAYER = contextvars.ContextVar("cpu_conv_layer", default=None)
 _FILTERS = contextvars.ContextVar("cpu_conv_filters", default=None)
 _RECORD = contextvars.ContextVar("cpu_conv_record", default=None)
+
+
+def filters_given() -> bool:
+  """True while Winograd layers take transformed filters (:func:`using_filters`) or record them
+  (:func:`recording_filters`): inference, where the filter transform costs nothing per call."""
+  return _FILTERS.get() is not None or _RECORD.get() is not None
 
 
 def _track_layer(next_fun, args, kwargs, context):

@@ -46,6 +46,37 @@ def test_choose_tile_prefers_big_tiles_only_when_there_are_many():
   assert cpu_conv.choose_tile(2, 112, 112) == 4  # 2 * 28 * 28 tiles of 4x4.
   assert cpu_conv.choose_tile(1, 28, 28) == 2  # 49 tiles: the filter transform dominates.
   assert cpu_conv.choose_tile(16, 28, 28) == 4
+  # 392 tiles: enough where matmuls are cheap (AVX-512), not on AVX2 (measured per ISA).
+  assert cpu_conv.choose_tile(8, 28, 28, isa="avx512") == 4
+  assert cpu_conv.choose_tile(8, 28, 28, isa="avx2") == 2
+  with cpu_conv.using_filters({}):  # Filters transformed once: only padding tiles count.
+    assert cpu_conv.choose_tile(1, 28, 28, isa="avx2") == 4
+    assert cpu_conv.choose_tile(1, 14, 14, isa="avx2") == 4  # 16 tiles.
+    assert cpu_conv.choose_tile(1, 7, 7, isa="avx512") == 2  # 4 tiles, 7x7 of 8x8 used.
+  assert cpu_conv.choose_tile(1, 14, 14) == 2  # Outside: per-call transforms again.
+
+
+def _rule3x3(batch, size, cin, cout, isa):
+  pads = ((1, 1), (1, 1))
+  return cpu_conv.rule((batch, size, size, cin), (3, 3, cin, cout), (1, 1), pads, isa=isa)
+
+
+def test_rule_per_isa_and_use():
+  """The tile follows the per-ISA measurements (bench/RESULTS.md): F(4x4) from fewer tiles on
+  AVX-512 than on AVX2 when filters are transformed per call (training), and from 16 tiles on
+  any ISA when they come transformed (inference); thin layers stay on XLA either way."""
+  with cpu_conv.using_filters({}):
+    for isa in ("avx512", "avx2"):
+      assert _rule3x3(1, 56, 256, 256, isa) == "winograd4"  # 196 tiles.
+      assert _rule3x3(1, 14, 512, 512, isa) == "winograd4"  # 16 tiles.
+      assert _rule3x3(1, 7, 512, 512, isa) == "winograd2"
+      assert _rule3x3(1, 112, 64, 32, isa) == "xla"
+  assert _rule3x3(1, 56, 256, 256, "avx512") == "winograd2"  # 196 tiles < 256.
+  assert _rule3x3(8, 28, 512, 512, "avx512") == "winograd4"  # 392 tiles.
+  assert _rule3x3(8, 28, 512, 512, "avx2") == "winograd2"
+  assert _rule3x3(1, 224, 64, 64, "avx512") == "winograd4"
+  assert _rule3x3(8, 112, 64, 32, "avx512") == "xla"
+  assert cpu_conv.cpu_isa() in cpu_conv.MIN_TILES
 
 
 LAYERS = {  # (input HW, Cin, kernel, Cout, stride, padding): every candidates() case.
@@ -192,9 +223,10 @@ def test_models_from_config_chooses_per_use():
 
 def test_inference_filters_replace_the_per_call_transform():
   """colorize's pre-transformed Winograd filters give the same ab, and are really used."""
+  # A fixed tile: with tile "auto" the filters given change the tile (test_rule_per_isa_and_use).
   size = 32
   gen = models.Generator(
-    image_size=size, width=0.25, fc_width=16, num_classes=4, conv_impl="winograd"
+    image_size=size, width=0.25, fc_width=16, num_classes=4, conv_impl="winograd2"
   )
   x = jnp.asarray(np.random.default_rng(6).random((2, size, size, 3), np.float32))
   variables = jax.jit(gen.init)(jax.random.key(0), x)
@@ -210,6 +242,28 @@ def test_inference_filters_replace_the_per_call_transform():
   # Random init: ab stays near 0.5, so compare with the float32 rounding of the same model.
   assert same <= 1e-6 and changed > max(100 * same, 1e-5), (same, changed)
   assert colorize_lib.inference_filters(gen.clone(conv_impl="xla"), variables, x) == {}
+
+
+def test_inference_with_given_filters_uses_big_tiles():
+  """With the filters transformed once, tile "auto" picks F(4x4) from 16 tiles up (recorded and
+  used consistently), close to the per-call F(2x2) program."""
+  size = 64
+  gen = models.Generator(
+    image_size=size, width=0.25, fc_width=16, num_classes=4, conv_impl="winograd"
+  )
+  x = jnp.asarray(np.random.default_rng(7).random((2, size, size, 3), np.float32))
+  variables = jax.jit(gen.init)(jax.random.key(0), x)
+  filters = colorize_lib.inference_filters(gen, variables, x)
+  # Width 1/4: block3 (64 channels) has 16x16 maps, 2 x 4 x 4 = 32 tiles (m=4); block4 8x8 maps,
+  # 8 tiles (m=2).
+  assert "vgg16/block3_conv2:m4" in filters and "vgg16/block4_conv2:m2" in filters
+  x = x * 255
+  want = colorize_lib.predict_ab(gen, variables, x)[1]  # Per-call filters: m=2 everywhere.
+  got = colorize_lib.predict_ab(gen, variables, x, filters)[1]
+  zeroed = {**filters, "vgg16/block3_conv2:m4": jnp.zeros_like(filters["vgg16/block3_conv2:m4"])}
+  changed = np.abs(colorize_lib.predict_ab(gen, variables, x, zeroed)[1] - got).max()
+  diff = np.abs(got - want).max()
+  assert diff <= 2e-6 and changed > 1000 * max(diff, 1e-7), (diff, changed)  # 1.8e-7, 0.06.
 
 
 def _ynn_fusions(compiled) -> int:
