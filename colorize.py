@@ -5,8 +5,14 @@
 The flags live here; the work is :func:`chromagan_jax.colorize_files.colorize_files`.
 """
 
-import argparse
 import sys
+
+from chromagan_jax import hugepages
+
+if __name__ == "__main__":  # Before the heavy imports below (~2 s): chromagan_jax/hugepages.py.
+  hugepages.reexec()
+
+import argparse
 from collections.abc import Callable, Sequence
 
 import tqdm

@@ -15,7 +15,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from chromagan_jax import compile_cache
+from chromagan_jax import compile_cache, hugepages
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
@@ -98,4 +98,5 @@ def _multiprocess_flags_problem() -> str | None:
 
 
 if __name__ == "__main__":
+  hugepages.reexec()  # malloc with transparent huge pages: chromagan_jax/hugepages.py.
   app.run(main)

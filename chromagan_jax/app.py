@@ -32,7 +32,7 @@ import flask
 import numpy as np
 from PIL import Image
 
-from chromagan_jax import checkpoint, colorize_files, colorize_lib, compile_cache, images
+from chromagan_jax import checkpoint, colorize_files, colorize_lib, compile_cache, hugepages, images
 from chromagan_jax.errors import UserError
 
 DEFAULT_HOST = "127.0.0.1"
@@ -310,5 +310,6 @@ drop.ondrop = (e) => {
 
 
 if __name__ == "__main__":
+  hugepages.reexec()  # malloc with transparent huge pages: hugepages.py.
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   sys.exit(main())
