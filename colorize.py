@@ -7,10 +7,10 @@ The flags live here; the work is :func:`chromagan_jax.colorize_files.colorize_fi
 
 import sys
 
-from chromagan_jax import hugepages
+from chromagan_jax import allocator
 
-if __name__ == "__main__":  # Before the heavy imports below (~2 s): chromagan_jax/hugepages.py.
-  hugepages.reexec()
+if __name__ == "__main__":  # Before the heavy imports below (~2 s): chromagan_jax/allocator.py.
+  allocator.reexec_with_huge_pages()
 
 import argparse
 from collections.abc import Callable, Sequence
@@ -193,7 +193,7 @@ def main(argv: Sequence[str] | None = None, log: Callable[[str], None] | None = 
     log(f"error: {e}")
     return 1
   compile_cache.enable(args.compilation_cache, warn=log)
-  colorize_lib.keep_freed_memory()  # Full-resolution photos: no page faults per photo.
+  allocator.keep_freed_memory()  # Full-resolution photos: no page faults per photo.
   try:
     written = colorize_files.colorize_files(
       args.inputs,

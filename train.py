@@ -15,7 +15,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from chromagan_jax import compile_cache, hugepages
+from chromagan_jax import allocator, compile_cache
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
@@ -98,5 +98,5 @@ def _multiprocess_flags_problem() -> str | None:
 
 
 if __name__ == "__main__":
-  hugepages.reexec()  # malloc with transparent huge pages: chromagan_jax/hugepages.py.
+  allocator.reexec_with_huge_pages()  # Huge pages for malloc: chromagan_jax/allocator.py.
   app.run(main)

@@ -41,7 +41,7 @@ import jax
 import numpy as np
 from PIL import Image, ImageCms
 
-from chromagan_jax import checkpoint, color, colorize_lib, export, images, models
+from chromagan_jax import allocator, checkpoint, color, colorize_lib, export, images, models
 from chromagan_jax.configs import default
 
 PHOTO_SIZES = {"0.3": (640, 480), "2": (1728, 1152), "12": (4000, 3000)}
@@ -305,7 +305,7 @@ def main(argv=None):
 
   # First with glibc's default allocator settings, then as colorize.py runs (keep_freed_memory).
   default_malloc = {mp: end_to_end(path) for mp, path in photos.items()}
-  result["keep_freed_memory"] = colorize_lib.keep_freed_memory()
+  result["keep_freed_memory"] = allocator.keep_freed_memory()
   pipe = Pipeline(colorizer)
   rows = []
   for mp, path in photos.items():

@@ -24,13 +24,13 @@ if ROOT not in sys.path:
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-from chromagan_jax import hugepages  # noqa: E402 (needs ROOT on sys.path)
+from chromagan_jax import allocator  # noqa: E402 (needs ROOT on sys.path)
 
 # A benchmark script measures what train.py and colorize.py run: malloc with transparent huge
-# pages (chromagan_jax/hugepages.py). Only a script of bench/ itself re-executes, never a test.
+# pages (chromagan_jax/allocator.py). Only a script of bench/ itself re-executes, never a test.
 _MAIN = getattr(sys.modules.get("__main__"), "__file__", None) or ""
 if os.path.dirname(os.path.abspath(_MAIN)) == os.path.dirname(os.path.abspath(__file__)):
-  hugepages.reexec()
+  allocator.reexec_with_huge_pages()
 # Before the benchmark loads the cores: a busy machine halves absolute rates.
 _LOAD_AT_START = list(os.getloadavg())
 
@@ -67,7 +67,7 @@ def machine_info() -> dict:
     "tensorflow": getattr(tf, "__version__", None),
     "xla_flags": os.environ.get("XLA_FLAGS", ""),
     "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
-    "transparent_hugepages": hugepages.thp_mode(),
+    "transparent_hugepages": allocator.thp_mode(),
   }
 
 

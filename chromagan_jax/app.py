@@ -32,7 +32,7 @@ import flask
 import numpy as np
 from PIL import Image
 
-from chromagan_jax import checkpoint, colorize_files, colorize_lib, compile_cache, hugepages, images
+from chromagan_jax import allocator, checkpoint, colorize_files, colorize_lib, compile_cache, images
 from chromagan_jax.errors import UserError
 
 DEFAULT_HOST = "127.0.0.1"
@@ -189,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.max_upload_mb <= 0 or args.max_pixels < 1:
       raise UserError("--max_upload_mb and --max_pixels must be positive")
     compile_cache.enable(args.compilation_cache, warn=log)
-    colorize_lib.keep_freed_memory()  # Full-resolution photos: no page faults per photo.
+    allocator.keep_freed_memory()  # Full-resolution photos: no page faults per photo.
     variables, config = checkpoint.load_generator(args.ckpt, args.step, with_class_head=False)
     colorizer = colorize_lib.Colorizer(variables, config, batch_size=1, conv_impl=args.conv_impl)
   except (UserError, ValueError) as e:
@@ -310,6 +310,6 @@ drop.ondrop = (e) => {
 
 
 if __name__ == "__main__":
-  hugepages.reexec()  # malloc with transparent huge pages: hugepages.py.
+  allocator.reexec_with_huge_pages()  # Huge pages for malloc: allocator.py.
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   sys.exit(main())

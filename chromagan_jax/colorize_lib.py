@@ -22,7 +22,6 @@ passed through to the output. Files in, files out (names, formats, saving) is
 :mod:`chromagan_jax.colorize_files`; the command line is ``colorize.py``.
 """
 
-import ctypes
 import functools
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -39,11 +38,6 @@ from chromagan_jax import images as image_files
 from chromagan_jax.images import Photo
 
 DEFAULT_BATCH_SIZE = 8
-# glibc mallopt parameters (malloc.h) and the size up to which keep_freed_memory() keeps
-# allocations in the heap: a 12 MP photo's largest buffers (float32 Lab, 144 MB) fit.
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
-KEEP_FREED_BYTES = 1 << 30
 # ab8 upsampling to the original size; antialiasing only matters when shrinking (inputs
 # smaller than the network size).
 AB_RESIZE_ANTIALIAS = True
@@ -172,25 +166,6 @@ def compose_host(rgb, ab_net, with_grey: bool = False):
     return colour
   zero = np.zeros_like(lightness)
   return colour, to_rgb(zero, zero)
-
-
-def keep_freed_memory(limit: int = KEEP_FREED_BYTES) -> bool:
-  """Makes glibc keep freed buffers of up to ``limit`` bytes for reuse (process-wide).
-
-  By default glibc serves every allocation above 32 MB with a fresh ``mmap`` and unmaps it on
-  free, so each full-resolution photo's compose (a dozen 50-150 MB buffers at 12 MP) faults
-  its memory in page by page again: at 12 MP that was a third of colorize's time on this
-  project's 2-core VM (bench/RESULTS.md: 0.98-1.6 s -> 0.58-0.71 s end to end). Called by
-  the colorize entry points (``colorize.py``, the app), not on import. The memory stays with
-  the process (about the largest photo's working set). Returns False where it does not
-  apply (not glibc: macOS, musl), changing nothing.
-  """
-  try:
-    mallopt = ctypes.CDLL(None).mallopt
-  except (OSError, AttributeError):
-    return False
-  mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-  return bool(mallopt(_M_MMAP_THRESHOLD, limit)) and bool(mallopt(_M_TRIM_THRESHOLD, limit))
 
 
 # --------------------------------------------------------------------------------------------

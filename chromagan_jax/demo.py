@@ -21,7 +21,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from chromagan_jax import checkpoint, colorize_lib, evaluate, hugepages, images, train_lib
+from chromagan_jax import allocator, checkpoint, colorize_lib, evaluate, images, train_lib
 from chromagan_jax.configs import cpu
 
 
@@ -104,5 +104,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  hugepages.reexec()  # malloc with transparent huge pages: hugepages.py.
+  allocator.reexec_with_huge_pages()  # Huge pages for malloc: allocator.py.
   sys.exit(main())

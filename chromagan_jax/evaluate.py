@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from chromagan_jax import checkpoint, color, colorize_lib, hugepages, images, input_workers
+from chromagan_jax import allocator, checkpoint, color, colorize_lib, images, input_workers
 from chromagan_jax.errors import EvalError, UserError
 
 DATA_RANGE = 255.0
@@ -675,5 +675,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  hugepages.reexec()  # malloc with transparent huge pages: hugepages.py.
+  allocator.reexec_with_huge_pages()  # Huge pages for malloc: allocator.py.
   sys.exit(main())

@@ -487,35 +487,3 @@ def test_compilation_cache_skips_the_compile_of_a_second_run(ckpt, tmp_path):
   log = colorize("o3", "--compilation_cache", str(tmp_path / "file" / "cache"))
   assert f"compilation cache off: cannot create {tmp_path / 'file' / 'cache'}" in log
   assert sha(tmp_path / "o1" / "a.png") == sha(tmp_path / "o3" / "a.png")
-
-
-KEEP_FREED_PROBE = """
-import resource, sys
-import numpy as np
-from chromagan_jax import colorize_lib
-if sys.argv[1] == "keep":
-  assert colorize_lib.keep_freed_memory()
-rgb = np.random.default_rng(0).integers(0, 256, (3000, 4000, 3), np.uint8)  # 12 MP
-ab = np.random.default_rng(1).random((64, 64, 2), dtype=np.float32)
-for _ in range(3):  # colorize's full-resolution compose, photo after photo
-  before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-  colorize_lib.compose_host(rgb, ab)
-  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-print(faults)
-"""
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
-def test_keep_freed_memory_stops_the_per_photo_page_faults():
-  """By default glibc maps OpenCV's large compose buffers afresh for every photo (~28,000 page
-  faults at 12 MP, measured) unless told to keep freed memory, as colorize.py and the app do
-  (bench/RESULTS.md: 12 MP end to end ~1.0-1.6 s -> ~0.6-0.7 s on this project's 2-core VM)."""
-
-  def faults(mode):
-    out = subprocess.run(
-      [sys.executable, "-c", KEEP_FREED_PROBE, mode], capture_output=True, text=True, check=True
-    )
-    return int(out.stdout.split()[-1])
-
-  assert faults("default") > 10_000  # Every photo faults its buffers in again ...
-  assert faults("keep") < 1_000  # ... and not once freed memory is kept.
