@@ -83,16 +83,30 @@ def time_once(fn: Callable[[], object]) -> float:
   return time.perf_counter() - start
 
 
-def interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
-  """Times each of ``fns`` ``repeats`` times in turn (A B A B ...), after one warm-up each.
+# Untimed calls of a contender right before each of its timed calls. Interleaving frameworks
+# call by call costs the one that runs next: on an AMD EPYC with AVX-512 a JAX train step took
+# 13.2-13.6 s right after a TF step against 11.2-11.5 s after its own, and TF 10.8-11.4 s
+# after a JAX step against 10.3-10.7 s after its own (batch 8, bench/RESULTS.md). Users run
+# one framework's steps back to back, so each timed call follows one of its own.
+SETTLE_CALLS = 1
 
-  Interleaving spreads load changes on a shared machine evenly over the contenders.
+
+def interleaved(
+  fns: dict[str, Callable[[], object]], repeats: int, settle: int = SETTLE_CALLS
+) -> dict[str, list[float]]:
+  """Times each of ``fns`` ``repeats`` times in turn (A B A B ...), after one warm-up each;
+  each timed call comes right after ``settle`` untimed calls of the same function.
+
+  Interleaving spreads load changes on a shared machine evenly over the contenders; settling
+  keeps one contender's caches and allocator state from being charged to the next.
   """
   for fn in fns.values():
     fn()
   times = {name: [] for name in fns}
   for _ in range(repeats):
     for name, fn in fns.items():
+      for _ in range(settle):
+        fn()
       times[name].append(time_once(fn))
   return times
 
@@ -112,8 +126,8 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> dict[str, float]:
   ja, jb = jnp.asarray(a), jnp.asarray(b)
   dot = jax.jit(jnp.dot)
   flops = 2.0 * n**3
-  t_jax = min(interleaved({"jax": lambda: dot(ja, jb).block_until_ready()}, repeats)["jax"])
-  t_np = min(interleaved({"np": lambda: np.dot(a, b)}, repeats)["np"])
+  t_jax = min(interleaved({"jax": lambda: dot(ja, jb).block_until_ready()}, repeats, 0)["jax"])
+  t_np = min(interleaved({"np": lambda: np.dot(a, b)}, repeats, 0)["np"])
   return {"jnp_dot": flops / t_jax / 1e9, "np_dot": flops / t_np / 1e9, "n": n}
 
 

@@ -75,7 +75,8 @@ _NHWC = ("NHWC", "HWIO", "NHWC")
 # train step is not (0.441 img/s with them, 0.409 without, batch 8), so only the inference
 # programs (colorize_lib.predict_ab / colorize_small: colorize, evaluate, video, the app, sample
 # grids) compile with these options. An explicit xla_cpu_experimental_ynn_fusion_type in
-# XLA_FLAGS wins. Not measured on AVX-512. Accelerators ignore xla_cpu_* options.
+# XLA_FLAGS wins. On an AMD EPYC with AVX-512 one A/B was inconclusive (bench/RESULTS.md).
+# Accelerators ignore xla_cpu_* options.
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
