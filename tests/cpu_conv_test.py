@@ -221,20 +221,23 @@ def test_models_from_config_chooses_per_use():
   assert {m.conv_impl for m in models.models_from_config(config.model)} == {"winograd2"}
 
 
+def _quarter_width_generator(size, conv_impl, seed):
+  """(generator, variables, RGB batch of 2 in 0-255, its inference filters) at width 1/4."""
+  gen = models.Generator(
+    image_size=size, width=0.25, fc_width=16, num_classes=4, conv_impl=conv_impl
+  )
+  x = jnp.asarray(np.random.default_rng(seed).random((2, size, size, 3), np.float32))
+  variables = jax.jit(gen.init)(jax.random.key(0), x)
+  return gen, variables, x * 255, colorize_lib.inference_filters(gen, variables, x)
+
+
 def test_inference_filters_replace_the_per_call_transform():
   """colorize's pre-transformed Winograd filters give the same ab, and are really used."""
   # A fixed tile: with tile "auto" the filters given change the tile (test_rule_per_isa_and_use).
-  size = 32
-  gen = models.Generator(
-    image_size=size, width=0.25, fc_width=16, num_classes=4, conv_impl="winograd2"
-  )
-  x = jnp.asarray(np.random.default_rng(6).random((2, size, size, 3), np.float32))
-  variables = jax.jit(gen.init)(jax.random.key(0), x)
-  filters = colorize_lib.inference_filters(gen, variables, x)
+  gen, variables, x, filters = _quarter_width_generator(32, "winograd2", seed=6)
   # Width 1/4: the >= 64-channel 3x3 layers (block2_conv1 .. mid_conv2, dec_conv2..4) only.
   assert "vgg16/block3_conv2:m2" in filters and "dec_conv5:m2" not in str(list(filters))
   assert all(f.shape[0] == 16 for f in filters.values())  # F(2x2): 4x4 transformed taps.
-  x = x * 255  # predict_ab takes 0-255 RGB.
   want = colorize_lib.predict_ab(gen, variables, x)[1]
   same = np.abs(colorize_lib.predict_ab(gen, variables, x, filters)[1] - want).max()
   zeroed = {**filters, "vgg16/block3_conv2:m2": jnp.zeros_like(filters["vgg16/block3_conv2:m2"])}
@@ -247,17 +250,10 @@ def test_inference_filters_replace_the_per_call_transform():
 def test_inference_with_given_filters_uses_big_tiles():
   """With the filters transformed once, tile "auto" picks F(4x4) from 16 tiles up (recorded and
   used consistently), close to the per-call F(2x2) program."""
-  size = 64
-  gen = models.Generator(
-    image_size=size, width=0.25, fc_width=16, num_classes=4, conv_impl="winograd"
-  )
-  x = jnp.asarray(np.random.default_rng(7).random((2, size, size, 3), np.float32))
-  variables = jax.jit(gen.init)(jax.random.key(0), x)
-  filters = colorize_lib.inference_filters(gen, variables, x)
+  gen, variables, x, filters = _quarter_width_generator(64, "winograd", seed=7)
   # Width 1/4: block3 (64 channels) has 16x16 maps, 2 x 4 x 4 = 32 tiles (m=4); block4 8x8 maps,
   # 8 tiles (m=2).
   assert "vgg16/block3_conv2:m4" in filters and "vgg16/block4_conv2:m2" in filters
-  x = x * 255
   want = colorize_lib.predict_ab(gen, variables, x)[1]  # Per-call filters: m=2 everywhere.
   got = colorize_lib.predict_ab(gen, variables, x, filters)[1]
   zeroed = {**filters, "vgg16/block3_conv2:m4": jnp.zeros_like(filters["vgg16/block3_conv2:m4"])}
