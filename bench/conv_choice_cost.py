@@ -2,17 +2,22 @@
 
   python bench/conv_choice_cost.py                      # generator inference layers, batch 1
   python bench/conv_choice_cost.py --objective train    # the generator's training layers
+  python bench/conv_choice_cost.py --objective gp       # the critic's (gradient penalty)
+  python bench/conv_choice_cost.py --objective fwd      # the frozen teacher's (VGG16)
   python bench/conv_choice_cost.py --smoke              # seconds
 
-Traces the generator (``--image_size``, ``--width``) with a chooser that records each distinct
-plain conv layer instead of timing it, then times every layer's candidates with
-``conv_choice.measure`` at ``--batch`` (what a measuring chooser does on first use), and
-prints per layer: the candidates' times, the measured choice, the fixed rule's choice
-(``cpu_conv.rule``, the default), and the seconds measuring took. Totals: the seconds of
-measuring (the first-use cost a colorize would pay on top of compiling) and the sum of the
+Traces the model a use runs ("infer": the generator with transformed Winograd filters, as
+colorize runs it; "train": the generator; "gp": the critic; "fwd": the VGG16 teacher) at
+``--image_size``, ``--width`` with a chooser that records each distinct plain conv layer
+instead of timing it, then times every layer's candidates with ``conv_choice.measure`` at
+``--batch`` (what a measuring chooser does on first use), and prints per layer: the
+candidates' times, the measured choice, the fixed rule's choice (``cpu_conv.rule``, the
+default), its time over XLA's, and the seconds measuring took. Totals: the seconds of
+measuring (the first-use cost a colorize would pay on top of compiling), the sum of the
 layers' times under XLA everywhere, the rule and the measured choices (the fastest candidate,
-so optimistic: a minimum over noisy samples). ``--rounds 2`` measures everything twice to show
-how far one layer's time moves between two measurements.
+so optimistic: a minimum over noisy samples), and the layers where the rule was more than
+``conv_choice.MARGIN`` slower than XLA. ``--rounds 2`` measures everything twice to show how
+far one layer's time moves between two measurements.
 No TensorFlow. Why the default is still the rule: bench/RESULTS.md.
 """
 
@@ -30,7 +35,7 @@ def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   p.add_argument("--smoke", action="store_true", help="tiny sizes, to check the script runs")
   p.add_argument("--batch", type=int, default=1)
-  p.add_argument("--objective", default="fwd", choices=conv_choice.OBJECTIVES[:2])
+  p.add_argument("--objective", default="infer", choices=conv_choice.USES)
   p.add_argument("--image_size", type=int, default=224)
   p.add_argument("--width", type=float, default=1.0)
   p.add_argument("--rounds", type=int, default=1, help="measure every layer this many times")
@@ -43,24 +48,42 @@ def parse_args(argv=None):
   return args
 
 
-def generator_layers(image_size: int, width: float, batch: int, objective: str) -> list[tuple]:
-  """The distinct plain conv layers "auto" would measure: [(names, lhs, rhs, strides, pads)]."""
+def model_layers(image_size: int, width: float, batch: int, use: str) -> list[tuple]:
+  """The distinct plain conv layers "auto" would measure for ``use`` (one of
+  ``conv_choice.USES``): [(names, lhs, rhs, strides, pads)]."""
   calls = []
 
   def record(names, objective, lhs, rhs, dtype, strides, pads):
+    assert objective == use, (objective, use)
     calls.append((tuple(names), tuple(lhs), tuple(rhs), tuple(strides), tuple(map(tuple, pads))))
     return {n: 1.0 for n in names}
+
+  objective = "fwd" if use == "infer" else use
+  impl = models.resolve_conv_impl("auto", jnp.float32, backend="cpu", objective=objective)
+  if use == "gp":
+    model = models.Critic(width=width, conv_impl=impl)
+    inputs = (jnp.zeros((batch, image_size, image_size, 2)),)
+    inputs += (jnp.zeros((batch, image_size, image_size, 1)),)
+  elif use == "fwd":
+    model = models.VGG16Classifier(width=width, conv_impl=impl)
+    inputs = (jnp.zeros((batch, image_size, image_size, 3)),)
+  else:
+    model = models.Generator(image_size=image_size, width=width, conv_impl=impl)
+    inputs = (jnp.zeros((batch, image_size, image_size, 3)),)
+  train = {"train": True} if use == "train" else {}
+  mutable = ["batch_stats"] if use == "train" else False
+
+  def apply(params, *inputs):
+    if use != "infer":
+      return model.apply(params, *inputs, **train, mutable=mutable)
+    with cpu_conv.recording_filters():  # Traced as inference traces it: filters given.
+      return model.apply(params, *inputs)
 
   old = conv_choice.chooser()
   conv_choice.set_chooser(conv_choice.Chooser(None, policy="measure", timer=record))
   try:
-    impl = models.resolve_conv_impl("auto", jnp.float32, backend="cpu", objective=objective)
-    g = models.Generator(image_size=image_size, width=width, conv_impl=impl)
-    x = jnp.zeros((batch, image_size, image_size, 3))
-    params = jax.eval_shape(g.init, jax.random.key(0), x)
-    train = objective == "train"
-    apply = lambda p, x: g.apply(p, x, train=train, mutable=["batch_stats"] if train else False)  # noqa: E731
-    jax.jit(apply).lower(params, x)
+    params = jax.eval_shape(model.init, jax.random.key(0), *inputs)
+    jax.jit(apply).lower(params, *inputs)
   finally:
     conv_choice.set_chooser(old)
   return calls
@@ -68,7 +91,8 @@ def generator_layers(image_size: int, width: float, batch: int, objective: str) 
 
 def main(argv=None):
   args = parse_args(argv)
-  layers = generator_layers(args.image_size, args.width, args.batch, args.objective)
+  layers = model_layers(args.image_size, args.width, args.batch, args.objective)
+  inference = args.objective == "infer"  # The rule as that use applies it.
   layers = layers[: args.max_layers or None]
   rows, rounds = [], []
   for round_ in range(args.rounds):
@@ -76,11 +100,12 @@ def main(argv=None):
     for names, lhs, rhs, strides, pads in layers:
       t = time.perf_counter()
       times = conv_choice.measure(names, args.objective, lhs, rhs, jnp.float32, strides, pads)
-      rule = cpu_conv.rule(lhs, rhs, strides, pads)
+      rule = cpu_conv.rule(lhs, rhs, strides, pads, inference=inference)
       key = conv_choice.layer_key(lhs, rhs, jnp.float32, strides, pads, args.objective)
       rows.append({
         "round": round_, "layer": key, "measure_s": time.perf_counter() - t,
         "chosen": conv_choice.pick(times), "rule": rule,
+        "rule_over_xla": times[rule] / times["xla"],
         **{f"{n}_ms": v * 1e3 for n, v in times.items()},
       })  # fmt: skip
     this = rows[-len(layers) :]
@@ -89,9 +114,11 @@ def main(argv=None):
       "xla_ms": sum(r["xla_ms"] for r in this),
       "rule_ms": sum(r[f"{r['rule']}_ms"] for r in this),
       "chosen_ms": sum(r[f"{r['chosen']}_ms"] for r in this),
+      "rule_slower_than_xla": sum(r["rule_over_xla"] > 1 + conv_choice.MARGIN for r in this),
     })  # fmt: skip
   names = sorted({k for r in rows for k in r if k.endswith("_ms")})
-  common.print_table(rows, ["round", "layer", *names, "chosen", "rule", "measure_s"], args.markdown)
+  columns = ["round", "layer", *names, "chosen", "rule", "rule_over_xla", "measure_s"]
+  common.print_table(rows, columns, args.markdown)
   print()
   common.print_table(rounds, list(rounds[0]), args.markdown)
   result = {

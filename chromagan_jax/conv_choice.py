@@ -25,7 +25,10 @@ Uses ("objectives"), because the fastest algorithm for a forward pass is not the
 training: on the AMD EPYC, XLA's forward of the critic's first layer was 2x faster than
 im2col but its gradient-penalty pass 4.4x slower, and block1_conv2's forward was fastest with
 F(4x4) but its VJP with F(2x2) (bench/RESULTS.md, per-layer table):
-  * "fwd": forward only (inference, the frozen teacher);
+  * "fwd": forward only (the frozen teacher; inference without transformed filters);
+  * "infer": forward only with the Winograd filters transformed once per weight set, outside
+    the timed call (``cpu_conv.using_filters``: colorize, evaluate, the app, export); chosen
+    automatically for "fwd" layers traced that way (:func:`use_of`);
   * "train": forward plus the gradients with respect to input and kernel (the generator);
   * "gp": forward plus the gradients of a loss that holds the input gradient (WGAN-GP's
     gradient penalty: the critic).
@@ -56,8 +59,12 @@ import numpy as np
 from chromagan_jax import cpu_conv
 
 OBJECTIVES = ("fwd", "train", "gp")
+# What a layer use is timed for: an objective, or "infer": "fwd" while the Winograd filters come
+# transformed (cpu_conv.using_filters: colorize, evaluate, the app, export), where the filter
+# transform is not part of a call and F(4x4) pays off from far fewer tiles (:func:`use_of`).
+USES = (*OBJECTIVES, "infer")
 # Bump when cpu_conv's algorithms or this module's measurement change: old choices are ignored.
-VERSION = 2  # 2: forward candidates timed with the inference compiler options.
+VERSION = 3  # 2: forward candidates timed with the inference compiler options; 3: "infer".
 # Another algorithm replaces XLA's own convolution only when measured this much faster.
 MARGIN = 0.03
 # After the first round of timing, candidates this many times slower than the best drop out.
@@ -111,10 +118,25 @@ def _inputs(lhs_shape, rhs_shape, dtype):
   return x, w
 
 
+def use_of(objective: str) -> str:
+  """The use a layer traced now for ``objective`` is timed for: "infer" for "fwd" while the
+  Winograd filters come transformed (``cpu_conv.filters_given``), else ``objective``."""
+  return "infer" if objective == "fwd" and cpu_conv.filters_given() else objective
+
+
+def pretransformed(name: str, objective: str) -> bool:
+  """Whether ``program(name, objective)`` takes Winograd-transformed filters instead of w."""
+  return objective == "infer" and name.startswith("winograd")
+
+
 def program(name: str, objective: str, strides, pads):
-  """The function of (x, w) whose run time decides ``objective`` for algorithm ``name``."""
+  """The function of (x, w) whose run time decides ``objective`` (one of :data:`USES`) for
+  algorithm ``name``; of (x, u), u = ``cpu_conv.filter_transform(w, m)``, where
+  :func:`pretransformed` (as inference runs it)."""
   conv = lambda x, w: cpu_conv.run(name, x, w, strides, pads)  # noqa: E731
-  if objective == "fwd":
+  if pretransformed(name, objective):
+    return lambda x, u: cpu_conv.run(name, x, None, strides, pads, u=u)
+  if objective in ("fwd", "infer"):
     return conv
   if objective == "train":
     return jax.grad(lambda x, w: jnp.sum(conv(x, w)), argnums=(0, 1))
@@ -125,7 +147,7 @@ def program(name: str, objective: str, strides, pads):
 
   if objective == "gp":
     return jax.grad(penalised, argnums=(0, 1))
-  raise ValueError(f"unknown objective {objective!r}; expected one of {OBJECTIVES}")
+  raise ValueError(f"unknown objective {objective!r}; expected one of {USES}")
 
 
 def measure(names, objective: str, lhs_shape, rhs_shape, dtype, strides, pads) -> dict:
@@ -140,22 +162,30 @@ def measure(names, objective: str, lhs_shape, rhs_shape, dtype, strides, pads) -
   # jax.transfer_guard("disallow"): its own inputs are put on the device on purpose.
   with jax.ensure_compile_time_eval(), jax.transfer_guard("allow"):
     x, w = (jax.device_put(a) for a in _inputs(lhs_shape, rhs_shape, dtype))
+    # Pre-transformed filters are computed outside the timed program, as inference does.
+    kernel = {
+      name: jax.jit(cpu_conv.filter_transform, static_argnums=1)(w, int(name[-1]))
+      if pretransformed(name, objective) else w
+      for name in names
+    }  # fmt: skip
     runs, loops = {}, {}
-    # Timed compiled as their use compiles them: inference programs ("fwd") without XLA:CPU's
-    # YNNPACK fusions (cpu_conv.CPU_COMPILER_OPTIONS), the train step with XLA's defaults.
-    options = (cpu_conv.cpu_compiler_options() if objective == "fwd" else None) or None
+    # Timed compiled as their use compiles them: inference programs ("fwd", "infer") without
+    # XLA:CPU's YNNPACK fusions (cpu_conv.CPU_COMPILER_OPTIONS), the train step with XLA's
+    # defaults.
+    inference = objective in ("fwd", "infer")
+    options = (cpu_conv.cpu_compiler_options() if inference else None) or None
     for name in names:
-      lowered = jax.jit(program(name, objective, strides, pads)).lower(x, w)
+      lowered = jax.jit(program(name, objective, strides, pads)).lower(x, kernel[name])
       runs[name] = lowered.compile(compiler_options=options)
       start = time.perf_counter()
-      jax.block_until_ready(runs[name](x, w))
+      jax.block_until_ready(runs[name](x, kernel[name]))
       loops[name] = max(1, int(MIN_SAMPLE_S / max(time.perf_counter() - start, 1e-6)))
     times = {name: [] for name in names}
     for round_ in range(REPEATS):
       for name, run in runs.items():
         start = time.perf_counter()
         for _ in range(loops[name]):
-          out = run(x, w)
+          out = run(x, kernel[name])
         jax.block_until_ready(out)
         times[name].append((time.perf_counter() - start) / loops[name])
       if round_ == 0:
@@ -312,6 +342,6 @@ def make_conv(objective: str):
   def choose(lhs_shape, rhs_shape, strides, pads):
     if _initializing():
       return cpu_conv.rule(lhs_shape, rhs_shape, strides, pads)
-    return chooser().choose(lhs_shape, rhs_shape, jnp.float32, strides, pads, objective)
+    return chooser().choose(lhs_shape, rhs_shape, jnp.float32, strides, pads, use_of(objective))
 
   return cpu_conv.conv_with(choose)

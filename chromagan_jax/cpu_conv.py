@@ -301,25 +301,43 @@ def rule(
   min_channels=64,
   min_im2col_features=8,
   isa: str | None = None,
+  inference: bool | None = None,
 ) -> str:
   """The fixed per-layer rule, measured on AMD EPYCs with AVX2 and with AVX-512
-  (bench/RESULTS.md); ``isa``: None for this CPU's (:func:`cpu_isa`).
+  (bench/RESULTS.md); ``isa``: None for this CPU's (:func:`cpu_isa`); ``inference``: whether
+  the layer runs forward only with its Winograd filters transformed once (None:
+  :func:`filters_given`, i.e. whether it is traced that way now).
 
   3x3 stride-1 'SAME' convs with at least ``min_channels`` input and output channels:
   Winograd with tile size ``tile`` (2, 4 or "auto": :func:`choose_tile`, which depends on the
-  ISA and on whether the filters come transformed); other kernel sizes and strides (the
-  critic's 4x4 convs, strided and 1x1 convs) with at least ``min_im2col_features`` output
-  channels: im2col; everything else (thin 3x3 layers, where the tile transforms cost more than
-  they save and a full-resolution im2col is memory-bound; the 1-channel critic output): XLA.
+  ISA and on ``inference``); in training, other kernel sizes and strides (the critic's 4x4
+  convs, strided and 1x1 convs) with at least ``min_im2col_features`` output channels: im2col,
+  whose gradients are plain matmuls (up to 8x faster than XLA's for the critic's gradient
+  penalty); everything else: XLA. That is thin 3x3 layers, where the tile transforms cost more
+  than they save and a full-resolution im2col is memory-bound, the 1-channel critic output,
+  and at inference the strided and 1x1 convs, whose forward pass XLA computes as fast or
+  faster (AMD EPYC, batch 1 and 16: im2col 1.04-1.15x XLA's time on the global branch's
+  strided 3x3 convs with AVX2 and AVX-512, the 1x1 conv within noise: bench/RESULTS.md), and
+  with AVX-512 the critic's stride-1 4x4 conv.
   Not right for every layer on every CPU (per-layer times: bench/conv_choice_cost.py), which
   is why ``conv_impl="auto"`` can measure instead (conv_choice.py).
   """
+  inference = filters_given() if inference is None else inference
   names = candidates(lhs_shape, rhs_shape, strides, pads)
   if "winograd2" in names:
     if min(rhs_shape[2:]) >= min_channels:
-      return f"winograd{choose_tile(*lhs_shape[:3], isa=isa) if tile == 'auto' else tile}"
+      min_tiles = PRE_MIN_TILES if inference else MIN_TILES[isa or cpu_isa()]
+      return f"winograd{choose_tile(*lhs_shape[:3], min_tiles) if tile == 'auto' else tile}"
     return "xla"
-  return "im2col" if "im2col" in names and rhs_shape[3] >= min_im2col_features else "xla"
+  im2col = "im2col" in names and rhs_shape[3] >= min_im2col_features and not inference
+  # A stride-1 kernel larger than 1x1 (the critic's conv4) gathers kh*kw overlapping copies of
+  # its input; with AVX-512 XLA's direct convolution (near the matmul peak there) is faster:
+  # its gradient-penalty pass at batch 8 took im2col 1.05-1.13x XLA's time (AMD EPYC, 4 runs),
+  # while on AVX2 im2col took 0.85x (batch 2).
+  overlapping = tuple(strides) == (1, 1) and tuple(rhs_shape[:2]) != (1, 1)
+  if overlapping and (isa or cpu_isa()) == "avx512":
+    im2col = False
+  return "im2col" if im2col else "xla"
 
 
 # Inference-time Winograd filters: G g G^T depends on the weights only, so an inference program

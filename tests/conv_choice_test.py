@@ -208,10 +208,10 @@ def test_real_measurement_inside_a_jit_trace(tmp_path):
   assert os.path.exists(chooser.path)
 
 
-@pytest.mark.parametrize("objective", conv_choice.OBJECTIVES)
+@pytest.mark.parametrize("objective", conv_choice.USES)
 def test_candidates_are_timed_with_the_options_their_use_compiles_with(objective, monkeypatch):
-  """Inference ("fwd") compiles without XLA:CPU's YNNPACK fusions (cpu_conv), training with
-  XLA's defaults: each candidate is timed compiled the same way."""
+  """Inference ("fwd", "infer") compiles without XLA:CPU's YNNPACK fusions (cpu_conv), training
+  with XLA's defaults: each candidate is timed compiled the same way."""
   seen = []
   real = jax.stages.Lowered.compile
 
@@ -225,8 +225,55 @@ def test_candidates_are_timed_with_the_options_their_use_compiles_with(objective
   conv_choice.measure(
     names, objective, (1, 6, 6, 4), (3, 3, 4, 4), "float32", (1, 1), ((1, 1),) * 2
   )
-  want = cpu_conv.CPU_COMPILER_OPTIONS if objective == "fwd" else None
+  want = cpu_conv.CPU_COMPILER_OPTIONS if objective in ("fwd", "infer") else None
   assert seen == [want] * len(names)
+
+
+def test_inference_layers_are_timed_with_transformed_filters(monkeypatch):
+  """A "fwd" layer traced while the Winograd filters come transformed (colorize's inference
+  programs) is chosen for "infer", whose Winograd candidates are timed on the transformed
+  filters (the transform outside the timed call, as inference runs it) and compute the conv."""
+  conv, dn = conv_choice.make_conv("fwd"), ("NHWC", "HWIO", "NHWC")
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 8, 8, 4)), jnp.float32)
+  w = jnp.asarray(np.random.default_rng(1).standard_normal((3, 3, 4, 4)), jnp.float32)
+  timer = FakeTimer()
+  conv_choice.set_chooser(conv_choice.Chooser(None, timer=timer))
+  try:
+    conv(x, w, (1, 1), "SAME", dimension_numbers=dn)
+    with cpu_conv.recording_filters():
+      conv(x, w, (1, 1), "SAME", dimension_numbers=dn)
+    with cpu_conv.using_filters({}):
+      conv(x, w, (1, 1), "SAME", dimension_numbers=dn)
+  finally:
+    conv_choice.set_chooser(None)
+  assert [c[0] for c in timer.calls] == ["fwd", "infer"]  # The second "infer" is remembered.
+
+  kernels, real = {}, conv_choice.program
+
+  def spy(name, objective, strides, pads):
+    fn = real(name, objective, strides, pads)
+
+    def timed(x, k):
+      kernels[objective, name] = k.shape
+      return fn(x, k)
+
+    return timed
+
+  monkeypatch.setattr(conv_choice, "program", spy)
+  names, pads = ("xla", "winograd2", "winograd4"), ((1, 1), (1, 1))
+  for use in ("fwd", "infer"):
+    conv_choice.measure(names, use, x.shape, w.shape, "float32", (1, 1), pads)
+  assert kernels == {
+    **{("fwd", n): (3, 3, 4, 4) for n in names},
+    ("infer", "xla"): (3, 3, 4, 4),
+    ("infer", "winograd2"): (16, 4, 4),
+    ("infer", "winograd4"): (36, 4, 4),
+  }
+  want = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn)
+  for m in (2, 4):
+    u = cpu_conv.filter_transform(w, m)
+    got = real(f"winograd{m}", "infer", (1, 1), pads)(x, u)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 def test_default_policy_is_the_rule(monkeypatch):

@@ -79,6 +79,26 @@ def test_rule_per_isa_and_use():
   assert cpu_conv.cpu_isa() in cpu_conv.MIN_TILES
 
 
+def test_rule_keeps_im2col_for_training_only():
+  """Strided, 1x1 and 4x4 convs: im2col where gradients are taken (its backward passes are
+  plain matmuls), XLA's forward at inference (as fast or faster there, bench/RESULTS.md)."""
+  strided = ((1, 28, 28, 512), (3, 3, 512, 512), (2, 2), ((0, 1), (0, 1)))
+  pointwise = ((1, 28, 28, 512), (1, 1, 512, 256), (1, 1), ((0, 0), (0, 0)))
+  critic = ((8, 28, 28, 256), (4, 4, 256, 512), (1, 1), ((1, 2), (1, 2)))
+  for layer in (strided, pointwise, critic):
+    assert cpu_conv.rule(*layer, isa="avx2") == "im2col"
+    assert cpu_conv.rule(*layer, isa="avx2", inference=False) == "im2col"
+    assert cpu_conv.rule(*layer, inference=True) == "xla"
+    with cpu_conv.using_filters({}):
+      assert cpu_conv.rule(*layer) == "xla"
+    with cpu_conv.recording_filters():
+      assert cpu_conv.rule(*layer) == "xla"
+  # With AVX-512 XLA's direct convolution beats im2col's overlapping patches (stride 1, 4x4).
+  assert cpu_conv.rule(*critic, isa="avx512") == "xla"
+  for layer in (strided, pointwise):
+    assert cpu_conv.rule(*layer, isa="avx512") == "im2col"
+
+
 LAYERS = {  # (input HW, Cin, kernel, Cout, stride, padding): every candidates() case.
   "3x3_same": ((7, 9), 5, 3, 6, 1, "SAME"),
   "3x3_same_1x1_map": ((1, 1), 4, 3, 3, 1, "SAME"),
