@@ -91,17 +91,37 @@ def time_once(fn: Callable[[], object]) -> float:
 SETTLE_CALLS = 1
 
 
+# Untimed warm-up per contender: at least one call and this many seconds of calls. JAX's first
+# ~5-10 batch-1 generator calls after compiling took up to 1.7x its steady time (AMD EPYC
+# AVX-512: 183-188 ms, then 105-131 ms; TF/Keras was steady from its second call): the process
+# growing its malloc heap, which later calls reuse. Users colorizing a folder run at the
+# steady rate, so both frameworks are timed there.
+WARMUP_S = 1.5
+
+
+def warmup_s(smoke: bool) -> float:
+  """:data:`WARMUP_S`, or none in ``--smoke`` runs (they only check that a script runs)."""
+  return 0.0 if smoke else WARMUP_S
+
+
 def interleaved(
-  fns: dict[str, Callable[[], object]], repeats: int, settle: int = SETTLE_CALLS
+  fns: dict[str, Callable[[], object]],
+  repeats: int,
+  settle: int = SETTLE_CALLS,
+  warmup_s: float = WARMUP_S,
 ) -> dict[str, list[float]]:
-  """Times each of ``fns`` ``repeats`` times in turn (A B A B ...), after one warm-up each;
-  each timed call comes right after ``settle`` untimed calls of the same function.
+  """Times each of ``fns`` ``repeats`` times in turn (A B A B ...), after a warm-up of each
+  (one call, more until ``warmup_s`` seconds have passed); each timed call comes right after
+  ``settle`` untimed calls of the same function.
 
   Interleaving spreads load changes on a shared machine evenly over the contenders; settling
   keeps one contender's caches and allocator state from being charged to the next.
   """
   for fn in fns.values():
+    start = time.perf_counter()
     fn()
+    while time.perf_counter() - start < warmup_s:
+      fn()
   times = {name: [] for name in fns}
   for _ in range(repeats):
     for name, fn in fns.items():

@@ -121,7 +121,11 @@ def run(args) -> dict:
     contenders = {impl: _jax_fns(x, w, stride, critic, impl) for impl in impls}
     contenders["tf"] = _tf_fns(x, w, stride, critic)
     for pass_ in contenders["tf"]:
-      times = common.interleaved({c: fns[pass_] for c, fns in contenders.items()}, args.repeats)
+      times = common.interleaved(
+        {c: fns[pass_] for c, fns in contenders.items()},
+        args.repeats,
+        warmup_s=common.warmup_s(args.smoke),
+      )
       # FLOPs per pass in units of the forward's: VJP = 2 (input + weight gradient); the
       # penalty gradient = forward + VJP + its VJP, counted as 5.
       flops = gflop * {"fwd": 1, "vjp": 2, "gp": 5}[pass_]

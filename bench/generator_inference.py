@@ -1,9 +1,11 @@
 """Generator inference images/s: this project (JAX/XLA) vs a Keras build with the same weights.
 
   python bench/generator_inference.py                 # 224x224, width 1, batch 1 and 16
+  python bench/generator_inference.py --outputs ab    # ab only, as colorize runs it
   python bench/generator_inference.py --smoke         # seconds: 32x32, width 1/16, batch 1, 2
 
-Both run in this process, timed interleaved (JAX, Keras, JAX, Keras, ...); medians are
+Both run in this process, each warmed up (``common.WARMUP_S``), then timed interleaved (JAX,
+Keras, JAX, Keras, ...); medians are
 reported with the ratio, the fraction of the machine's fp32 matmul peak (model FLOPs from
 XLA's cost analysis), the JAX compile time and the process' peak resident memory. Keras runs
 in a ``tf.function`` without XLA (TensorFlow's oneDNN kernels), its fastest CPU path here.
@@ -38,6 +40,14 @@ def parse_args(argv=None):
     "time side by side (each against the same Keras); '+pre' after one: Winograd filters "
     "transformed once beforehand (colorize_lib.inference_filters), as colorize does",
   )
+  p.add_argument(
+    "--outputs",
+    default="both",
+    choices=("both", "ab"),
+    help="'both': the paper's generator, ab and the class distribution; 'ab': ab only, as "
+    "colorize runs it (XLA drops the unused class head; Keras gets a model with the ab output, "
+    "so TF skips it too)",
+  )
   p.add_argument("--json", default="bench/results/generator_inference.json")
   args = p.parse_args(argv)
   if args.smoke:
@@ -46,10 +56,12 @@ def parse_args(argv=None):
   return args
 
 
-def predict(gen, variables, x, filters):
-  """(ab, class distribution), with Winograd ``filters`` transformed beforehand if any."""
+def predict(gen, variables, x, filters, outputs="both"):
+  """(ab, class distribution), or (ab,) for ``outputs="ab"``, with Winograd ``filters``
+  transformed beforehand if any."""
   with cpu_conv.using_filters(filters):
-    return gen.apply(variables, x, train=False)
+    out = gen.apply(variables, x, train=False)
+  return out if outputs == "both" else out[:1]
 
 
 def run(args) -> dict:
@@ -71,14 +83,18 @@ def run(args) -> dict:
   )
   keras_model = keras_reference.build_keras_generator(size, width, args.num_classes, args.fc_width)
   keras_reference.flax_to_keras(jax.device_get(variables), keras_model)
-  keras_fn = tf.function(lambda x: keras_model(x, training=False), jit_compile=False)
+  if args.outputs == "ab":  # The same layers, without the class head.
+    keras_model = tf.keras.Model(keras_model.inputs, keras_model.outputs[:1])
+  keras_fn = tf.function(
+    lambda x: tuple(tf.nest.flatten(keras_model(x, training=False))), jit_compile=False
+  )
 
   peak = common.matmul_peak_gflops(256 if args.smoke else 2048)
   rows = []
   for batch in (int(b) for b in args.batches.split(",")):
     x = np.random.default_rng(batch).random((batch, size, size, 3), dtype=np.float32)
     xj, xt = jnp.asarray(x), tf.constant(x)
-    ab_k, _ = keras_fn(xt)
+    ab_k = keras_fn(xt)[0]
     compiled, flops, compile_s, max_diff, fns = {}, {}, {}, {}, {}
     for impl, gen in gens.items():
       filters = {}
@@ -88,19 +104,21 @@ def run(args) -> dict:
         filters_s[batch, impl] = time.perf_counter() - start
       # The compiler options colorize's programs use (colorize_lib.predict_ab).
       fn = jax.jit(
-        lambda v, x, f, g=gen: predict(g, v, x, f),
+        lambda v, x, f, g=gen: predict(g, v, x, f, args.outputs),
         compiler_options=cpu_conv.cpu_compiler_options(),
       )
       compiled[impl], flops[impl], compile_s[impl] = common.compile_with_cost(
         fn, variables, xj, filters
       )
-      ab_j, _ = compiled[impl](variables, xj, filters)
+      ab_j = compiled[impl](variables, xj, filters)[0]
       max_diff[impl] = float(np.max(np.abs(np.asarray(ab_j) - ab_k.numpy())))
       fns[impl] = lambda xj=xj, f=compiled[impl], ff=filters: jax.block_until_ready(
         f(variables, xj, ff)
       )
     fns["keras"] = lambda xt=xt: [t.numpy() for t in keras_fn(xt)]
-    times = common.interleaved({k: fns[k] for k in [*impls, "keras"]}, args.repeats)
+    times = common.interleaved(
+      {k: fns[k] for k in [*impls, "keras"]}, args.repeats, warmup_s=common.warmup_s(args.smoke)
+    )
     tk = common.median(times["keras"])
     model_flops = flops["xla"]  # The network's nominal FLOPs (direct convolutions).
     for impl in impls:
@@ -109,6 +127,7 @@ def run(args) -> dict:
         {
           "batch": batch,
           "conv_impl": impl,
+          "outputs": args.outputs,
           **common.speed_fields(batch, tj, tk, "keras", model_flops, flops[impl], peak, "call"),
           "jax_compile_s": compile_s[impl],
           "filter_transform_once_s": filters_s.get((batch, impl)),

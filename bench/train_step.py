@@ -159,7 +159,9 @@ def run(args) -> dict:
 
       fns[impl] = run_jax
     fns["tf"] = lambda ks=keras_step: [t.numpy() for t in ks.step(*tf_inputs)]
-    times = common.interleaved({k: fns[k] for k in [*impls, "tf"]}, args.repeats)
+    times = common.interleaved(
+      {k: fns[k] for k in [*impls, "tf"]}, args.repeats, warmup_s=common.warmup_s(args.smoke)
+    )
     tt = common.median(times["tf"])
     model_flops = flops["xla"]  # The step's nominal FLOPs (direct convolutions).
     for impl in impls:

@@ -70,6 +70,15 @@ def test_generator_inference_smoke(tmp_path):
     # Same weights in both frameworks -> the same colours (float32 round-off only).
     assert r["max_abs_diff_ab"] < 1e-4
   assert result["matmul_peak_gflop_s"]["jnp_dot"] > 0
+
+  # ab only (as colorize runs it): the class head is not computed, the colours are the same.
+  ab = tmp_path / "gi_ab.json"
+  generator_inference.main(["--smoke", "--conv_impl", "xla", "--outputs", "ab", "--json", str(ab)])
+  rows = [r for r in _load(ab)["rows"] if r["batch"] == 1]
+  (full,) = [r for r in result["rows"] if r["batch"] == 1 and r["conv_impl"] == "xla"]
+  assert rows[0]["outputs"] == "ab" and full["outputs"] == "both"
+  assert rows[0]["model_gflop_per_call"] < full["model_gflop_per_call"]
+  assert rows[0]["max_abs_diff_ab"] < 1e-4
   assert result["machine"]["cores"] >= 1
 
 
@@ -113,20 +122,34 @@ def test_conv_choice_cost_smoke(tmp_path):
   out = tmp_path / "cc.json"
   conv_choice_cost.main(["--smoke", "--rounds", "2", "--json", str(out)])
   result = _load(out)
-  # The generator's first two trunk convs at 32x32, width 1/8 (64 -> 8 channels), batch 1.
+  # The generator's first two trunk convs at 32x32, width 1/8 (64 -> 8 channels), batch 1,
+  # traced as inference traces them (filters given: the "infer" use).
   layers = [
-    "fwd 1x32x32x3 3x3x3x8 float32 s1x1 p1,1,1,1",
-    "fwd 1x32x32x8 3x3x8x8 float32 s1x1 p1,1,1,1",
+    "infer 1x32x32x3 3x3x3x8 float32 s1x1 p1,1,1,1",
+    "infer 1x32x32x8 3x3x8x8 float32 s1x1 p1,1,1,1",
   ]
   assert [r["layer"] for r in result["rows"]] == layers * 2
   for r in result["rows"]:
     times = {k[:-3]: v for k, v in r.items() if k.endswith("_ms")}
     assert "xla" in times and r["rule"] in times and min(times.values()) > 0
     assert r["chosen"] == conv_choice.pick(times) and r["measure_s"] > 0
+    assert r["rule_over_xla"] == pytest.approx(times[r["rule"]] / times["xla"])
   for t in result["rounds"]:
     this = [r for r in result["rows"] if r["round"] == t["round"]]
     assert t["layers"] == 2 and t["measure_s"] >= sum(r["measure_s"] for r in this)
     assert t["chosen_ms"] == pytest.approx(sum(r[r["chosen"] + "_ms"] for r in this))
+    slower = sum(r["rule_over_xla"] > 1 + conv_choice.MARGIN for r in this)
+    assert t["rule_slower_than_xla"] == slower
+
+  # The critic's layers for its gradient penalty: strided 4x4 convs, im2col by the rule.
+  gp = tmp_path / "cc_gp.json"
+  conv_choice_cost.main(["--smoke", "--objective", "gp", "--json", str(gp)])
+  rows = _load(gp)["rows"]
+  assert [r["layer"].split()[:3] for r in rows] == [
+    ["gp", "1x32x32x3", "4x4x3x8"],
+    ["gp", "1x16x16x8", "4x4x8x16"],
+  ]
+  assert {r["rule"] for r in rows} == {"im2col"}
 
 
 @pytest.mark.slow
