@@ -315,10 +315,22 @@ def set_chooser(chooser: Chooser | None) -> None:
 
 def chooser() -> Chooser:
   """The chooser in use: the installed one, else one on :func:`set_directory`'s directory with
-  the policy of ``$CHROMAGAN_CONV_CHOICE`` (default "rule": see the module docstring)."""
+  the policy of ``$CHROMAGAN_CONV_CHOICE`` (default "rule": see the module docstring; always
+  "rule" when several processes run one program, ``jax.process_count() > 1``)."""
   global _chooser
   if _chooser is None:
-    _chooser = Chooser(_directory, policy=os.environ.get(ENV_POLICY) or DEFAULT_POLICY)
+    policy = os.environ.get(ENV_POLICY) or DEFAULT_POLICY
+    if policy == "measure" and jax.process_count() > 1:
+      # Each process would time on its own machine and could choose differently: the
+      # processes of one jitted step must trace the same program (its collectives included).
+      logging.warning(
+        "warning: %s=measure ignored in a multi-process run (%d processes): every process "
+        "uses the fixed rule, so that all trace the same program",
+        ENV_POLICY,
+        jax.process_count(),
+      )
+      policy = "rule"
+    _chooser = Chooser(_directory, policy=policy)
   return _chooser
 
 

@@ -276,6 +276,21 @@ def test_inference_layers_are_timed_with_transformed_filters(monkeypatch):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+def test_multi_process_runs_use_the_rule(monkeypatch, caplog):
+  """Processes measuring on their own could trace different programs for one jitted step."""
+  monkeypatch.setenv(conv_choice.ENV_POLICY, "measure")
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  conv_choice.set_chooser(None)
+  try:
+    assert conv_choice.chooser().policy == "rule"
+    assert "ignored in a multi-process run (2 processes)" in caplog.text
+    monkeypatch.setattr(jax, "process_count", lambda: 1)
+    conv_choice.set_chooser(None)
+    assert conv_choice.chooser().policy == "measure"
+  finally:
+    conv_choice.set_chooser(None)
+
+
 def test_default_policy_is_the_rule(monkeypatch):
   """Without $CHROMAGAN_CONV_CHOICE the process-wide chooser measures nothing (opt-in)."""
   monkeypatch.delenv(conv_choice.ENV_POLICY, raising=False)
