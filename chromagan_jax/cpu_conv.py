@@ -17,11 +17,11 @@ direct convolution by ~1e-6 (m=2) / ~1e-5 (m=4) relative, like any reordering of
 Use it for float32 on CPU only: accelerators have their own convolution algorithms, and the
 m=4 transform constants (up to 8) lose too much precision in bfloat16.
 
-The other convolutions (the critic's 4x4 ones, strided and 1x1 convs) are computed by im2col:
-the kernel-sized patches are gathered with strided slices and multiplied by the kernel in one
-matmul. Its weight gradient is a matmul too, and its second derivatives, which the critic's
-gradient penalty needs, were 4-5x faster than XLA's own on the critic's middle layers
-(bench/RESULTS.md).
+The other convolutions (the critic's 4x4 ones, strided and 1x1 convs) are computed in training
+by im2col: the kernel-sized patches are gathered with strided slices and multiplied by the
+kernel in one matmul. Its weight gradient is a matmul too, and its second derivatives, which
+the critic's gradient penalty needs, were 4-5x faster than XLA's own on the critic's middle
+layers (bench/RESULTS.md). Forward-only programs keep XLA's convolution for them (:func:`rule`).
 """
 
 import contextlib
