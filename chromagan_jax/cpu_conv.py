@@ -323,10 +323,11 @@ def rule(
   is why ``conv_impl="auto"`` can measure instead (conv_choice.py).
   """
   inference = filters_given() if inference is None else inference
+  isa = isa or cpu_isa()
   names = candidates(lhs_shape, rhs_shape, strides, pads)
   if "winograd2" in names:
     if min(rhs_shape[2:]) >= min_channels:
-      min_tiles = PRE_MIN_TILES if inference else MIN_TILES[isa or cpu_isa()]
+      min_tiles = PRE_MIN_TILES if inference else MIN_TILES[isa]
       return f"winograd{choose_tile(*lhs_shape[:3], min_tiles) if tile == 'auto' else tile}"
     return "xla"
   im2col = "im2col" in names and rhs_shape[3] >= min_im2col_features and not inference
@@ -335,7 +336,7 @@ def rule(
   # its gradient-penalty pass at batch 8 took im2col 1.05-1.13x XLA's time (AMD EPYC, 4 runs),
   # while on AVX2 im2col took 0.85x (batch 2).
   overlapping = tuple(strides) == (1, 1) and tuple(rhs_shape[:2]) != (1, 1)
-  if overlapping and (isa or cpu_isa()) == "avx512":
+  if overlapping and isa == "avx512":
     im2col = False
   return "im2col" if im2col else "xla"
 
