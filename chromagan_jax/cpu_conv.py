@@ -279,16 +279,23 @@ PRE_MIN_TILES = 16
 
 
 def choose_tile(
-  batch: int, height: int, width: int, min_tiles: int | None = None, isa: str | None = None
+  batch: int,
+  height: int,
+  width: int,
+  min_tiles: int | None = None,
+  isa: str | None = None,
+  inference: bool | None = None,
 ) -> int:
   """F(4x4) when there are enough 4x4 tiles to amortise its larger filter transform, else F(2x2).
 
-  ``min_tiles``: None picks :data:`PRE_MIN_TILES` while the filters come transformed
-  (:func:`using_filters`, :func:`recording_filters`), else :data:`MIN_TILES` of the ``isa``
-  (None: this CPU's, :func:`cpu_isa`).
+  ``min_tiles``: None picks :data:`PRE_MIN_TILES` when the filters come transformed
+  (``inference``; None: :func:`filters_given`, i.e. inside :func:`using_filters` or
+  :func:`recording_filters`), else :data:`MIN_TILES` of the ``isa`` (None: this CPU's,
+  :func:`cpu_isa`).
   """
   if min_tiles is None:
-    min_tiles = PRE_MIN_TILES if filters_given() else MIN_TILES[isa or cpu_isa()]
+    inference = filters_given() if inference is None else inference
+    min_tiles = PRE_MIN_TILES if inference else MIN_TILES[isa or cpu_isa()]
   return 4 if batch * (-(-height // 4)) * (-(-width // 4)) >= min_tiles else 2
 
 
@@ -327,8 +334,8 @@ def rule(
   names = candidates(lhs_shape, rhs_shape, strides, pads)
   if "winograd2" in names:
     if min(rhs_shape[2:]) >= min_channels:
-      min_tiles = PRE_MIN_TILES if inference else MIN_TILES[isa]
-      return f"winograd{choose_tile(*lhs_shape[:3], min_tiles) if tile == 'auto' else tile}"
+      m = choose_tile(*lhs_shape[:3], isa=isa, inference=inference) if tile == "auto" else tile
+      return f"winograd{m}"
     return "xla"
   im2col = "im2col" in names and rhs_shape[3] >= min_im2col_features and not inference
   # A stride-1 kernel larger than 1x1 (the critic's conv4) gathers kh*kw overlapping copies of
