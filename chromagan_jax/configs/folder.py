@@ -37,7 +37,8 @@ def _small(config):
   """Small photo sets on a 2-core CPU: ~1 hour. Deviations from the reference, each measured
   in README "Train on your own photos" on 335 real photos (AMD EPYC, AVX2, 2 cores)."""
   # 128x128 (>= 128 keeps textures and faces recognisable) at a quarter width: ~1.5 steps/s
-  # of batch 8 on 2 quiet AMD EPYC (AVX2) cores, 4,500 steps in 50 minutes.
+  # of batch 8 on 2 quiet AMD EPYC (AVX2) cores, 4,500 steps in 50 minutes (~2.5 steps/s and
+  # 31 minutes on an AMD EPYC with AVX-512).
   config.model.image_size = 128
   config.model.width = 0.25
   config.batch_size = 8
