@@ -196,7 +196,8 @@ def _predict_ab(model, variables, rgb, filters=None):
     variables: its ``{'params', 'batch_stats'}``; inference mode (moving averages).
     rgb: uint8 (or 0-255 float) RGB (N, S, S, 3), S = ``model.image_size``; colour inputs
       are colorized from their L alone.
-    filters: the model's Winograd filters already transformed (:func:`inference_filters`).
+    filters: the model's inference weights prepared once (:func:`inference_filters`): Winograd
+      filters transformed, and at batch 1 the Dense kernels transposed.
 
   Returns:
     (L (N, S, S, 1), ab (N, S, S, 2)), network values in [0, 1].
@@ -234,8 +235,8 @@ colorize_small = jax.jit(
 
 def inference_filters(model, variables, rgb) -> dict:
   """``model``'s Winograd filters for network inputs shaped like ``rgb`` (N, S, S, 3),
-  transformed once per weight set rather than in every call (cpu_conv.inference_filters);
-  {} without Winograd layers."""
+  transformed once per weight set rather than in every call, and at N = 1 its Dense kernels
+  transposed (cpu_conv.inference_filters); {} without Winograd layers."""
   if model.conv_impl == "xla":
     return {}
   apply = lambda v, x: model.apply(v, x, train=False)  # noqa: E731

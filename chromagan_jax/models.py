@@ -321,6 +321,8 @@ class Generator(nn.Module):
       param_dtype=self.param_dtype,
       kernel_init=KERNEL_INIT,
       bias_init=BIAS_INIT,
+      # Batch-1 inference multiplies by a transposed kernel, prepared once (cpu_conv).
+      dot_general=cpu_conv.dense_dot_general,
       name=name,
     )
 

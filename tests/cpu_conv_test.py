@@ -241,12 +241,12 @@ def test_models_from_config_chooses_per_use():
   assert {m.conv_impl for m in models.models_from_config(config.model)} == {"winograd2"}
 
 
-def _quarter_width_generator(size, conv_impl, seed):
-  """(generator, variables, RGB batch of 2 in 0-255, its inference filters) at width 1/4."""
+def _quarter_width_generator(size, conv_impl, seed, batch=2):
+  """(generator, variables, RGB batch in 0-255, its inference filters) at width 1/4."""
   gen = models.Generator(
     image_size=size, width=0.25, fc_width=16, num_classes=4, conv_impl=conv_impl
   )
-  x = jnp.asarray(np.random.default_rng(seed).random((2, size, size, 3), np.float32))
+  x = jnp.asarray(np.random.default_rng(seed).random((batch, size, size, 3), np.float32))
   variables = jax.jit(gen.init)(jax.random.key(0), x)
   return gen, variables, x * 255, colorize_lib.inference_filters(gen, variables, x)
 
@@ -265,6 +265,36 @@ def test_inference_filters_replace_the_per_call_transform():
   # Random init: ab stays near 0.5, so compare with the float32 rounding of the same model.
   assert same <= 1e-6 and changed > max(100 * same, 1e-5), (same, changed)
   assert colorize_lib.inference_filters(gen.clone(conv_impl="xla"), variables, x) == {}
+
+
+def test_batch_one_inference_uses_transposed_dense_kernels():
+  """At batch 1 the inference weights hold every Dense kernel transposed (XLA's faster
+  matrix-vector product), the program uses them, and ab and class probabilities are unchanged;
+  at batch 2 (a matrix product, where the transposed kernel is slower) there are none."""
+  gen, variables, x, filters = _quarter_width_generator(32, "winograd2", seed=8, batch=1)
+  dense = ["global_fc1", "global_fc2", "global_fc3", "class_fc1", "class_fc2", "class_fc3"]
+  assert sorted(k for k in filters if k.endswith(cpu_conv.TRANSPOSED)) == sorted(
+    name + cpu_conv.TRANSPOSED for name in dense
+  )
+  for name in dense:
+    np.testing.assert_array_equal(
+      filters[name + cpu_conv.TRANSPOSED], variables["params"][name]["kernel"].T
+    )
+
+  def apply(filters):
+    with cpu_conv.using_filters(filters):
+      return jax.jit(lambda v, x: gen.apply(v, x / 255, train=False))(variables, x)
+
+  (ab, probs) = jax.jit(lambda v, x: gen.apply(v, x / 255, train=False))(variables, x)
+  (ab_t, probs_t) = apply(filters)
+  zeroed = {
+    k: jnp.zeros_like(f) if k.endswith(cpu_conv.TRANSPOSED) else f for k, f in filters.items()
+  }
+  (ab_z, probs_z) = apply(zeroed)
+  same = max(np.abs(ab_t - ab).max(), np.abs(probs_t - probs).max())
+  changed = min(np.abs(ab_z - ab).max(), np.abs(probs_z - probs).max())
+  assert same <= 1e-6 and changed > max(100 * same, 1e-5), (same, changed)
+  assert not [k for k in _quarter_width_generator(32, "winograd2", 8)[3] if k.endswith(":T")]
 
 
 def test_inference_with_given_filters_uses_big_tiles():
