@@ -135,6 +135,18 @@ def median(xs: list[float]) -> float:
   return float(statistics.median(xs))
 
 
+def lower_quartile_ratio(t_jax: list[float], t_ref: list[float]) -> float:
+  """``ref``'s lower-quartile time over JAX's: the ratio of each contender's faster calls.
+
+  Reported beside the ratio of medians. On the 2-core VMs this project is measured on, calls
+  of both frameworks run ~1.5x slower at random (AMD EPYC, AVX-512, batch 1: JAX 117-135 ms or
+  ~180-200 ms, TF ~205 or ~300-360 ms, with CPU time rising with wall time: the cores run
+  slower, nothing is descheduled); when more than half of one contender's calls land slow,
+  its median jumps while the lower quartile stays (bench/RESULTS.md).
+  """
+  return float(np.percentile(t_ref, 25) / np.percentile(t_jax, 25))
+
+
 def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> dict[str, float]:
   """Best-of-``repeats`` fp32 GFLOP/s of an (n, n) @ (n, n) product with jnp.dot and np.dot."""
   import jax  # As in machine_info.

@@ -5,10 +5,11 @@
   python bench/generator_inference.py --smoke         # seconds: 32x32, width 1/16, batch 1, 2
 
 Both run in this process, each warmed up (``common.WARMUP_S``), then timed interleaved (JAX,
-Keras, JAX, Keras, ...); medians are
-reported with the ratio, the fraction of the machine's fp32 matmul peak (model FLOPs from
-XLA's cost analysis), the JAX compile time and the process' peak resident memory. Keras runs
-in a ``tf.function`` without XLA (TensorFlow's oneDNN kernels), its fastest CPU path here.
+Keras, JAX, Keras, ...); medians are reported with the ratio (and the ratio of lower
+quartiles, ``common.lower_quartile_ratio``), the fraction of the machine's fp32 matmul peak
+(model FLOPs from XLA's cost analysis), the JAX compile time and the process' peak resident
+memory. Keras runs in a ``tf.function`` without XLA (TensorFlow's oneDNN kernels), its fastest
+CPU path here.
 """
 
 import argparse
@@ -38,7 +39,8 @@ def parse_args(argv=None):
     default="xla,winograd,auto,auto+pre",
     help="comma-separated models.CONV_IMPLS or 'auto' (measured per layer, conv_choice.py) to "
     "time side by side (each against the same Keras); '+pre' after one: Winograd filters "
-    "transformed once beforehand (colorize_lib.inference_filters), as colorize does",
+    "transformed (and at batch 1 Dense kernels transposed) once beforehand "
+    "(colorize_lib.inference_filters), as colorize does",
   )
   p.add_argument(
     "--outputs",
@@ -132,6 +134,7 @@ def run(args) -> dict:
           "jax_compile_s": compile_s[impl],
           "filter_transform_once_s": filters_s.get((batch, impl)),
           "max_abs_diff_ab": max_diff[impl],
+          "ratio_q1_jax_over_keras": common.lower_quartile_ratio(times[impl], times["keras"]),
           "times_s": {impl: times[impl], "keras": times["keras"]},
         }
       )
@@ -154,8 +157,8 @@ def main(argv=None):
   common.print_table(
     result["rows"],
     ["batch", "conv_impl", "jax_img_s", "keras_img_s", "ratio_jax_over_keras",
-     "executed_gflop_per_call", "jax_model_gflop_s", "keras_model_gflop_s", "jax_mfu",
-     "keras_mfu", "jax_compile_s", "max_abs_diff_ab"],
+     "ratio_q1_jax_over_keras", "executed_gflop_per_call", "jax_model_gflop_s",
+     "keras_model_gflop_s", "jax_mfu", "keras_mfu", "jax_compile_s", "max_abs_diff_ab"],
   )  # fmt: skip
   print(f"matmul peak: {result['matmul_peak_gflop_s']}")
   common.write_json(args.json, result)

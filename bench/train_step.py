@@ -8,7 +8,8 @@ a critic update (WGAN-GP with ab-only interpolation), both with Adam. The Tensor
 the same computation written with ``tf.GradientTape`` on the Keras reference builds, in a
 ``tf.function`` without XLA (oneDNN kernels); it starts from the same weights and is fed the
 same Lab tensors (the JAX step converts uint8 RGB to Lab inside the step: a few MFLOP).
-Timings are interleaved (JAX, TF, JAX, TF, ...) and the medians reported.
+Timings are interleaved (JAX, TF, JAX, TF, ...) and the medians reported, with the ratio of
+lower quartiles beside theirs (``common.lower_quartile_ratio``).
 """
 
 import argparse
@@ -173,6 +174,7 @@ def run(args) -> dict:
           "batch": args.batch,
           **common.speed_fields(args.batch, tj, tt, "tf", model_flops, flops[impl], peak, "step"),
           "jax_compile_s": compile_s[impl],
+          "ratio_q1_jax_over_tf": common.lower_quartile_ratio(times[impl], times["tf"]),
           "times_s": {impl: times[impl], "tf": times["tf"]},
         }
       )
@@ -195,8 +197,8 @@ def main(argv=None):
   common.print_table(
     result["rows"],
     ["teacher", "conv_impl", "batch", "jax_img_s", "tf_img_s", "ratio_jax_over_tf",
-     "model_gflop_per_step", "executed_gflop_per_step", "jax_model_gflop_s", "tf_model_gflop_s",
-     "jax_mfu", "jax_compile_s"],
+     "ratio_q1_jax_over_tf", "model_gflop_per_step", "executed_gflop_per_step",
+     "jax_model_gflop_s", "tf_model_gflop_s", "jax_mfu", "jax_compile_s"],
   )  # fmt: skip
   print(f"matmul peak: {result['matmul_peak_gflop_s']}")
   common.write_json(args.json, result)

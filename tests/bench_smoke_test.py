@@ -56,6 +56,17 @@ def test_speed_fields_from_known_times():
   })  # fmt: skip
 
 
+def test_lower_quartile_ratio_ignores_the_slow_calls():
+  """TF at 4 s against JAX at 2 s is 2x, whether or not 2 of JAX's 5 calls ran 1.5x slower
+  (the median's answer moves to 1.33x) or TF had one slow call."""
+  assert common.lower_quartile_ratio([2.0] * 5, [4.0] * 5) == pytest.approx(2.0)
+  jax_slow = [2.0, 3.0, 2.0, 3.0, 3.0]
+  assert common.median([4.0] * 5) / common.median(jax_slow) == pytest.approx(4 / 3)
+  assert common.lower_quartile_ratio(jax_slow, [4.0, 4.0, 6.0, 4.0, 4.0]) == pytest.approx(2.0)
+  # Numpy's linear interpolation: the lower quartile of 1..5 is 2.
+  assert common.lower_quartile_ratio([1, 2, 3, 4, 5], [2, 4, 6, 8, 10]) == pytest.approx(2.0)
+
+
 def test_generator_inference_smoke(tmp_path):
   out = tmp_path / "gi.json"
   argv = ["--smoke", "--conv_impl", "xla,auto+pre", "--json", str(out)]
@@ -66,6 +77,7 @@ def test_generator_inference_smoke(tmp_path):
   ]  # fmt: skip
   for r in result["rows"]:
     assert r["jax_img_s"] > 0 and r["keras_img_s"] > 0 and r["ratio_jax_over_keras"] > 0
+    assert r["ratio_q1_jax_over_keras"] > 0
     assert r["executed_gflop_per_call"] > 0 and r["model_gflop_per_call"] > 0
     # Same weights in both frameworks -> the same colours (float32 round-off only).
     assert r["max_abs_diff_ab"] < 1e-4
@@ -91,7 +103,7 @@ def test_train_step_smoke(tmp_path):
   (row,) = result["rows"]
   assert (row["teacher"], row["conv_impl"], row["batch"]) == ("on", "winograd", 2)
   assert row["jax_img_s"] > 0 and row["tf_img_s"] > 0 and row["model_gflop_per_step"] > 0
-  assert row["ratio_jax_over_tf"] > 0
+  assert row["ratio_jax_over_tf"] > 0 and row["ratio_q1_jax_over_tf"] > 0
 
 
 def test_input_pipeline_smoke(tmp_path):
