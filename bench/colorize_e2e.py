@@ -31,6 +31,7 @@ import argparse
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -292,10 +293,24 @@ def main(argv=None):
   if args._load_child:
     print(json.dumps(load_child(args._load_child, args.ckpt, args._photo)))
     return
+  # The photos, the random checkpoint and the exported models (~800 MB at the paper's size)
+  # live in a temporary folder, removed however the run ends.
   folder = tempfile.mkdtemp(prefix="bench_colorize_")
+  try:
+    measure(args, folder)
+  finally:
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def measure(args, folder: str) -> None:
+  """The benchmark proper (see the module docstring); its files go to ``folder``."""
+  result = {
+    "machine": common.machine_info(),
+    "ckpt": args.ckpt or "random paper-size weights",
+    "repeats": args.repeats,
+  }
   args.ckpt = args.ckpt or random_checkpoint(folder)
   photos = {mp: make_photo(folder, PHOTO_SIZES[mp]) for mp in args.sizes.split(",")}
-  result = {"machine": common.machine_info(), "ckpt": args.ckpt, "repeats": args.repeats}
 
   variables, config = checkpoint.load_generator(args.ckpt, with_class_head=False)
   colorizer = colorize_lib.Colorizer(variables, config, batch_size=1)

@@ -9,6 +9,7 @@ GFLOP/s, MFU) are checked once, in ``common.speed_fields``, from times with know
 import json
 import os
 import sys
+import tempfile
 
 import jax
 import pytest
@@ -165,7 +166,7 @@ def test_conv_choice_cost_smoke(tmp_path):
 
 
 @pytest.mark.slow
-def test_colorize_bench_smoke(tmp_path):
+def test_colorize_bench_smoke(tmp_path, monkeypatch):
   import colorize_e2e as colorize_bench
   from helpers import random_generator_variables, small_config
 
@@ -175,8 +176,13 @@ def test_colorize_bench_smoke(tmp_path):
   ckpt = tmp_path / "ckpt"
   checkpoint.save_generator(ckpt, random_generator_variables(config), config)
   out = tmp_path / "colorize.json"
+  scratch = tmp_path / "scratch"  # Where the bench's temporary folder goes.
+  scratch.mkdir()
+  monkeypatch.setattr(tempfile, "tempdir", str(scratch))
   colorize_bench.main(["--ckpt", str(ckpt), "--sizes", "0.3", "--repeats", "1"]
                       + ["--output", str(out)])  # fmt: skip
+  # Its photos and exported models are gone (TF's autograph leaves its own files there).
+  assert not [f for f in os.listdir(scratch) if f.startswith("bench_colorize_")]
   result = _load(out)
   (row,) = result["photos"]
   assert row["size"] == "640x480" and row["end_to_end_s"] > 0
