@@ -22,6 +22,10 @@ by im2col: the kernel-sized patches are gathered with strided slices and multipl
 kernel in one matmul. Its weight gradient is a matmul too, and its second derivatives, which
 the critic's gradient penalty needs, were 4-5x faster than XLA's own on the critic's middle
 layers (bench/RESULTS.md). Forward-only programs keep XLA's convolution for them (:func:`rule`).
+
+Inference prepares what depends on the weights only once per weight set
+(:func:`inference_filters`): the Winograd filter transforms, and for batch-1 calls the Dense
+kernels transposed (:func:`dense_dot_general`: XLA:CPU's matrix-vector product is faster so).
 """
 
 import contextlib
@@ -390,8 +394,9 @@ def recording_filters():
 @contextlib.contextmanager
 def using_filters(filters):
   """Within: Winograd layers take their transformed filters from ``filters`` (as recorded by
-  :func:`recording_filters`) instead of transforming their kernel; gradients with respect to
-  the kernel are then lost, so this is for inference only."""
+  :func:`recording_filters`) instead of transforming their kernel, and single-row
+  :func:`dense_dot_general` layers their transposed kernel; gradients with respect to the
+  kernel are then lost, so this is for inference only."""
   token = _FILTERS.set(filters)
   try:
     with nn.intercept_methods(_track_layer):
