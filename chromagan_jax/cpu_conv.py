@@ -455,9 +455,9 @@ def dispatch(name: str, x, w, strides, pads):
 # ~18 GB/s but its (N, K) transpose, each output a dot product along a contiguous row, at ~28
 # GB/s (AMD EPYC with AVX-512, x (1, 25,088) times the generator's global_fc1 + class_fc1,
 # 514 MB: 24.5-27.9 ms against 16.4-18.0; global_fc1 alone 6.3-7.0 against 3.4-3.5 ms). With
-# two or more rows the transposed kernel is 4-10x slower (XLA no longer uses its matrix-vector
-# emitter), so only single-row calls take it. Like the Winograd filters it is prepared once per
-# weight set: :func:`inference_filters` stores it under "<module path>:T".
+# two or more rows the transposed kernel is 4-10x slower (XLA takes another, much slower path
+# for that product), so only single-row calls take it. Like the Winograd filters it is prepared
+# once per weight set: :func:`inference_filters` stores it under "<module path>:T".
 TRANSPOSED = ":T"
 
 
