@@ -437,18 +437,28 @@ def inference_filters(apply_fn, variables, *args) -> dict:
   return jax.jit(transform)(variables["params"])
 
 
+def _prepared(suffix: str, make):
+  """The current layer's inference weight ``"<module path><suffix>"``: taken from
+  :func:`using_filters`' dict, or made by ``make()`` and stored inside
+  :func:`recording_filters`; None elsewhere (training, or no flax layer being called)."""
+  layer, filters, record = _LAYER.get(), _FILTERS.get(), _RECORD.get()
+  if layer is None:
+    return None
+  key = layer + suffix
+  if filters is not None and key in filters:
+    return filters[key]
+  if record is not None:
+    record[key] = make()
+    return record[key]
+  return None
+
+
 def dispatch(name: str, x, w, strides, pads):
   """:func:`run`, with the inference filters of the current layer when there are any."""
   if not name.startswith("winograd"):
     return run(name, x, w, strides, pads)
-  layer, filters, record = _LAYER.get(), _FILTERS.get(), _RECORD.get()
-  key = f"{layer}:m{name[-1]}"
-  if layer is not None and filters is not None and key in filters:
-    return run(name, x, w, strides, pads, u=filters[key])
-  if layer is not None and record is not None:
-    record[key] = filter_transform(w, int(name[-1]))
-    return run(name, x, w, strides, pads, u=record[key])
-  return run(name, x, w, strides, pads)
+  m = int(name[-1])
+  return run(name, x, w, strides, pads, u=_prepared(f":m{m}", lambda: filter_transform(w, m)))
 
 
 # Dense layers at batch-1 inference: XLA:CPU's matrix-vector product reads a (K, N) kernel at
@@ -465,15 +475,9 @@ def dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_ele
   """A drop-in ``dot_general`` for ``flax.linen.Dense(dot_general=...)``: a single-row input
   inside :func:`using_filters` / :func:`recording_filters` is multiplied by the kernel stored
   transposed (:data:`TRANSPOSED`); everything else by ``lax.dot_general`` unchanged."""
-  layer, filters, record = _LAYER.get(), _FILTERS.get(), _RECORD.get()
   dense = rhs.ndim == 2 and dimension_numbers == (((lhs.ndim - 1,), (0,)), ((), ()))
-  if dense and layer is not None and int(np.prod(lhs.shape[:-1])) == 1:
-    key = layer + TRANSPOSED
-    kernel_t = None
-    if filters is not None and key in filters:
-      kernel_t = filters[key]
-    elif record is not None:
-      kernel_t = record[key] = rhs.T
+  if dense and int(np.prod(lhs.shape[:-1])) == 1:
+    kernel_t = _prepared(TRANSPOSED, lambda: rhs.T)
     if kernel_t is not None:
       return lax.dot_general(
         lhs,
