@@ -476,7 +476,8 @@ def dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_ele
   inside :func:`using_filters` / :func:`recording_filters` is multiplied by the kernel stored
   transposed (:data:`TRANSPOSED`); everything else by ``lax.dot_general`` unchanged."""
   dense = rhs.ndim == 2 and dimension_numbers == (((lhs.ndim - 1,), (0,)), ((), ()))
-  if dense and int(np.prod(lhs.shape[:-1])) == 1:
+  # Symbolic dimensions (a shape-polymorphic export's batch) are not known to be one row.
+  if dense and all(isinstance(d, int) and d == 1 for d in lhs.shape[:-1]):
     kernel_t = _prepared(TRANSPOSED, lambda: rhs.T)
     if kernel_t is not None:
       return lax.dot_general(
