@@ -4,6 +4,8 @@
   python bench/accelerator.py --smoke         # CPU, minutes: tiny model, batch 2, in-process
   python bench/accelerator.py --dtypes bfloat16 --batches 256 --remat off \
       --deterministic off,on                  # what --xla_gpu_deterministic_ops costs
+  python bench/accelerator.py --batches '' --parity_steps 0 --determinism_runs 2
+                                              # is a replay bitwise equal (exact resume)?
 
 Imports no TensorFlow, tfds or clu: an accelerator machine with jax (CUDA/TPU), flax, optax
 and orbax runs it. The step is ``train_lib.make_train_step`` (generator update with MSE + KL to
@@ -39,11 +41,20 @@ peak memory is that case's and an out-of-memory case cannot disturb the next.
 Parity: ``--parity_steps`` steps (3) from one state and the same batches with float32 at
 ``Precision.HIGHEST``, float32 at default precision and bfloat16; losses per step and the
 parameters (and their updates) after the last step compared with the HIGHEST run (max
-relative differences). Output: a table and ``--json`` (bench/results/accelerator.json).
+relative differences).
+
+Determinism (``--determinism_runs N``, default 0: skipped): what exact resume needs on a GPU.
+N separate processes each compile the step (``--determinism_dtype``, batch
+``--determinism_batch``, deterministic ops per ``--determinism_modes``) and replay
+``--determinism_steps`` steps from the same state on the same batches; the SHA-256 digests of
+their final train states are compared (equal: bitwise reproducible across processes).
+
+Output: a table and ``--json`` (bench/results/accelerator.json).
 """
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -81,6 +92,13 @@ def parse_args(argv=None):
   p.add_argument("--memory_limit_bytes", type=int, default=0, help="replaces bytes_limit if > 0")
   p.add_argument("--parity_steps", type=int, default=3, help="0 skips the parity part")
   p.add_argument("--parity_batch", type=int, default=10)
+  p.add_argument(
+    "--determinism_runs", type=int, default=0, help="processes replaying the same steps (0: skip)"
+  )
+  p.add_argument("--determinism_modes", default="on,off", help="deterministic ops in the replays")
+  p.add_argument("--determinism_steps", type=int, default=3)
+  p.add_argument("--determinism_batch", type=int, default=256)
+  p.add_argument("--determinism_dtype", default="bfloat16")
   p.add_argument("--isolate", default="auto", choices=["auto", "on", "off"])
   p.add_argument("--json", default="bench/results/accelerator.json")
   p.add_argument("--case", default="", help=argparse.SUPPRESS)  # A child's one case (JSON).
@@ -90,7 +108,7 @@ def parse_args(argv=None):
     if args.batches == p.get_default("batches"):
       args.batches = f"2,{MAX}"  # 'max' is n/a on CPU unless --memory_limit_bytes is given.
     args.steps, args.warmup, args.matmul_n, args.granularity = 2, 1, 256, 1
-    args.parity_batch = 2
+    args.parity_batch = args.determinism_batch = 2
   if args.isolate == "auto":
     args.isolate = "off" if args.smoke else "on"
   args.argv = list(sys.argv[1:] if argv is None else argv)  # What children are started with.
@@ -445,6 +463,58 @@ class Bench:
       }
     return out
 
+  def replay(self, deterministic: bool) -> dict:
+    """``--determinism_steps`` steps from the fresh state on fixed batches: a digest of the end.
+
+    What exact resume needs on a GPU: a process that compiles the step anew and replays the
+    same steps from the same state ends with bitwise the same state. The digest (SHA-256 of
+    every leaf of the final train state, parameters, Adam moments, step and key) is compared
+    across separate processes (``--determinism_runs``) by :func:`compare_replays`.
+    """
+    jax, a = self.jax, self.args
+    n = a.determinism_batch
+    label = "on" if deterministic else "off"
+    print(f"replay: deterministic ops {label}, {a.determinism_steps} steps at batch {n}",
+          file=sys.stderr, flush=True)  # fmt: skip
+    config = self.config(a.determinism_dtype, False, deterministic, n)
+    start = time.perf_counter()
+    nets, lowered, teacher = self.lowered(config)
+    compiled = lowered.compile()
+    compile_s = time.perf_counter() - start
+    state = self.fresh_state(nets, config)
+    history = []
+    for i in range(a.determinism_steps):
+      state, metrics = compiled(state, self.batch(n, seed=200 + i), teacher)
+      history.append({k: float(v) for k, v in jax.device_get(metrics).items()})
+    digest = hashlib.sha256()
+    abs_sum = 0.0  # How far two runs that differ are apart, beside the digest.
+    for leaf in jax.tree.leaves(jax.device_get(state)):
+      leaf = np.ascontiguousarray(leaf)
+      digest.update(leaf.tobytes())
+      abs_sum += float(np.sum(np.abs(leaf.astype(np.float64))))
+    return {
+      "deterministic": deterministic,
+      "dtype": a.determinism_dtype,
+      "batch": n,
+      "steps": a.determinism_steps,
+      "compile_s": compile_s,
+      "sha256": digest.hexdigest(),
+      "state_abs_sum": abs_sum,
+      "losses": history,
+    }
+
+
+def compare_replays(runs: list[dict]) -> dict:
+  """Replays of one setting (separate processes): bitwise equal or how far apart."""
+  ok = [r for r in runs if "sha256" in r]
+  out = {"runs": runs, "completed": len(ok)}
+  if len(ok) >= 2:
+    out["bitwise_equal"] = len({r["sha256"] for r in ok}) == 1
+    out["losses_equal"] = all(r["losses"] == ok[0]["losses"] for r in ok)
+    sums = [r["state_abs_sum"] for r in ok]
+    out["state_abs_sum_rel_spread"] = (max(sums) - min(sums)) / max(abs(max(sums)), 1e-30)
+  return out
+
 
 def machine(bench: "Bench | None" = None) -> dict:
   info = common.machine_info()
@@ -472,23 +542,36 @@ def run(args) -> dict:
   if args.case:  # A child: one case (or the parity part), printed as one JSON line.
     spec = json.loads(args.case)
     bench = Bench(args)
-    result = bench.parity() if spec.get("parity") else bench.run_case(Case(**spec))
+    if spec.get("parity"):
+      result = bench.parity()
+    elif "replay" in spec:
+      result = bench.replay(spec["replay"])
+    else:
+      result = bench.run_case(Case(**spec))
     result["machine"] = machine(bench)
     print(CASE_PREFIX + json.dumps(result), flush=True)
     return result
   cases = grid(args)
+  flags = {"off": False, "on": True}
+  modes = [flags[m] for m in _split(args.determinism_modes)] if args.determinism_runs else []
   if args.isolate == "on":
     rows = [_child(args, dataclasses.asdict(case)) for case in cases]
     parity = _child(args, {"parity": True}) if args.parity_steps else None
+    replays = {
+      m: [_child(args, {"replay": m}) for _ in range(args.determinism_runs)] for m in modes
+    }
     # The children's machine facts: the parent never starts a JAX backend (on a GPU it would
     # hold memory that the cases need).
-    infos = [r.pop("machine") for r in [*rows, parity or {}] if "machine" in r]
+    children = [*rows, parity or {}, *(r for runs in replays.values() for r in runs)]
+    infos = [r.pop("machine") for r in children if "machine" in r]
     info = infos[0] if infos else {"error": "no case ran"}
-  else:
+  else:  # One process: the replays recompile but share the process (a weaker check).
     bench = Bench(args)
     rows = [bench.run_case(case) for case in cases]
     parity = bench.parity() if args.parity_steps else None
+    replays = {m: [bench.replay(m) for _ in range(args.determinism_runs)] for m in modes}
     info = machine(bench)
+  determinism = {("on" if m else "off"): compare_replays(runs) for m, runs in replays.items()}
   return {
     "benchmark": "accelerator",
     "image_size": args.image_size,
@@ -499,6 +582,7 @@ def run(args) -> dict:
     "flops": "model FLOPs: XLA cost analysis of the unoptimised float32 step without remat",
     "rows": rows,
     "parity": parity,
+    "determinism": determinism or None,
     "machine": info,
   }
 
@@ -520,6 +604,11 @@ def main(argv=None):
     print(f"parity ({p['steps']} steps, batch {p['batch']}, vs float32_highest):")
     for mode in p["modes"][1:]:
       print(f"  {mode}: {p[mode]}")
+  for label, d in (result["determinism"] or {}).items():
+    print(
+      f"determinism (deterministic ops {label}): {d['completed']} runs,"
+      f" bitwise equal: {d.get('bitwise_equal', 'n/a')}, losses equal: {d.get('losses_equal')}"
+    )
   print(f"machine: {result['machine']}")
   common.write_json(args.json, result)
   return result

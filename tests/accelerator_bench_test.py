@@ -106,12 +106,33 @@ def test_isolated_case_runs_in_its_own_process(tmp_path, monkeypatch):
   monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "true")  # The child's compile, as here.
   result = accelerator.main(
     ["--smoke", "--isolate", "on", "--dtypes", "float32", "--remat", "off", "--batches", "2",
-     "--parity_steps", "0", "--json", str(out)]
+     "--parity_steps", "0", "--determinism_runs", "2", "--determinism_modes", "on",
+     "--json", str(out)]
   )  # fmt: skip
   (row,) = result["rows"]
   assert "error" not in row, row
   assert row["img_s"] > 0 and result["isolated"] and result["machine"]["device_kind"] == "cpu"
   assert _load(out)["rows"] == result["rows"]
+  # Two processes compiled and replayed the same 3 steps: XLA:CPU ends bitwise equal.
+  (label,) = result["determinism"]
+  replays = result["determinism"][label]
+  assert label == "on" and replays["completed"] == 2, replays
+  assert replays["bitwise_equal"] and replays["losses_equal"]
+  assert replays["state_abs_sum_rel_spread"] == 0
+  for r in replays["runs"]:
+    assert len(r["sha256"]) == 64 and len(r["losses"]) == 3 and r["batch"] == 2
+
+
+def test_replays_that_differ_are_reported_apart():
+  run = {"sha256": "a" * 64, "state_abs_sum": 10.0, "losses": [{"g": 1.0}]}
+  same = accelerator.compare_replays([run, dict(run)])
+  assert same["bitwise_equal"] and same["losses_equal"] and same["completed"] == 2
+  other = {**run, "sha256": "b" * 64, "state_abs_sum": 10.5, "losses": [{"g": 1.0 + 1e-7}]}
+  apart = accelerator.compare_replays([run, other])
+  assert not apart["bitwise_equal"] and not apart["losses_equal"]
+  assert apart["state_abs_sum_rel_spread"] == pytest.approx(0.5 / 10.5)
+  failed = accelerator.compare_replays([run, {"error": "child exited 1: OOM"}])
+  assert failed["completed"] == 1 and "bitwise_equal" not in failed
 
 
 def test_model_flops_fall_back_to_the_host_where_the_backend_has_no_cost_analysis(monkeypatch):
