@@ -1,4 +1,5 @@
-"""Convolution algorithms for XLA:CPU in plain JAX: Winograd for 3x3 convs, im2col for the rest.
+"""Convolution algorithms for XLA:CPU in plain JAX: Winograd for 3x3 and 4x4 stride-1 convs,
+im2col for the rest.
 
 On CPU both XLA and TensorFlow/oneDNN run a direct 3x3 convolution at about the machine's
 matmul peak, so the only way to be much faster is to do fewer multiplications. Winograd's
@@ -17,9 +18,12 @@ direct convolution by ~1e-6 (m=2) / ~1e-5 (m=4) relative, like any reordering of
 Use it for float32 on CPU only: accelerators have their own convolution algorithms, and the
 m=4 transform constants (up to 8) lose too much precision in bfloat16.
 
-The other convolutions (the critic's 4x4 ones, strided and 1x1 convs) are computed in training
-by im2col: the kernel-sized patches are gathered with strided slices and multiplied by the
-kernel in one matmul. Its weight gradient is a matmul too, and its second derivatives, which
+The same construction for 4x4 kernels, F(m x m, 4x4) from (m+3) x (m+3) tiles, computes the
+critic's stride-1 conv4 (2.6x fewer multiplies for m=2, 5.2x for m=4).
+
+The other convolutions (the critic's strided 4x4 ones, strided and 1x1 convs) are computed in
+training by im2col: the kernel-sized patches are gathered with strided slices and multiplied by
+the kernel in one matmul. Its weight gradient is a matmul too, and its second derivatives, which
 the critic's gradient penalty needs, were 4-5x faster than XLA's own on the critic's middle
 layers (bench/RESULTS.md). Forward-only programs keep XLA's convolution for them (:func:`rule`).
 
@@ -31,6 +35,7 @@ kernels transposed (:func:`dense_dot_general`: XLA:CPU's matrix-vector product i
 import contextlib
 import contextvars
 import functools
+import math
 import os
 import platform
 
@@ -40,15 +45,20 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-# Transform matrices of F(2x2, 3x3) and F(4x4, 3x3) (Lavin & Gray, 2016): Y = A^T [(G g G^T) *
-# (B^T d B)] A for a 3x3 filter g and an (m+2)x(m+2) input tile d.
+# Transform matrices (B^T, G, A^T) of F(m x m, r x r), keyed (m, r): Y = A^T [(G g G^T) *
+# (B^T d B)] A for an r x r filter g and an (m+r-1) x (m+r-1) input tile d. F(2x2, 3x3) and
+# F(4x4, 3x3) are Lavin & Gray's (2016). F(2x2, 4x4) and F(4x4, 4x4) (the critic's 4x4 stride-1
+# conv) are the Toom-Cook construction with the points 0, 1, -1, 2 (and -2, 1/2) and infinity:
+# A^T and G are Vandermonde rows of the points, B^T solves the identity exactly in rationals, and
+# each B^T row is scaled to integers (its inverse scale moved into G, applied to the weights),
+# so the data transforms are exact in float32. tests/cpu_conv_test.py checks every identity.
 _MATRICES = {
-  2: (
+  (2, 3): (
     [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]],
     [[1, 0, 0], [1 / 2, 1 / 2, 1 / 2], [1 / 2, -1 / 2, 1 / 2], [0, 0, 1]],
     [[1, 1, 1, 0], [0, 1, -1, -1]],
   ),
-  4: (
+  (4, 3): (
     [
       [4, 0, -5, 0, 1, 0],
       [0, -4, -4, 1, 1, 0],
@@ -67,9 +77,48 @@ _MATRICES = {
     ],
     [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
   ),
+  (2, 4): (
+    [[2, -1, -2, 1, 0], [0, 2, 1, -1, 0], [0, -2, 3, -1, 0], [0, -1, 0, 1, 0], [0, 2, -1, -2, 1]],
+    [
+      [1 / 2, 0, 0, 0],
+      [1 / 2, 1 / 2, 1 / 2, 1 / 2],
+      [1 / 6, -1 / 6, 1 / 6, -1 / 6],
+      [1 / 6, 1 / 3, 2 / 3, 4 / 3],
+      [0, 0, 0, 1],
+    ],
+    [[1, 1, 1, 1, 0], [0, 1, -1, 2, 1]],
+  ),
+  (4, 4): (
+    [
+      [4, -8, -5, 10, 1, -2, 0],
+      [0, -4, 4, 9, -1, -2, 0],
+      [0, -4, 12, -7, -3, 2, 0],
+      [0, 2, -3, -4, 3, 2, 0],
+      [0, 2, -5, 0, 5, -2, 0],
+      [0, 4, 0, -5, 0, 1, 0],
+      [0, -4, 8, 5, -10, -1, 2],
+    ],
+    [
+      [1 / 4, 0, 0, 0],
+      [1 / 6, 1 / 6, 1 / 6, 1 / 6],
+      [1 / 18, -1 / 18, 1 / 18, -1 / 18],
+      [1 / 72, 1 / 36, 1 / 18, 1 / 9],
+      [1 / 120, -1 / 60, 1 / 30, -1 / 15],
+      [32 / 45, 16 / 45, 8 / 45, 4 / 45],
+      [0, 0, 0, 1 / 2],
+    ],
+    [
+      [1, 1, 1, 1, 1, 1, 0],
+      [0, 1, -1, 2, -2, 1 / 2, 0],
+      [0, 1, 1, 4, 4, 1 / 4, 0],
+      [0, 1, -1, 8, -8, 1 / 8, 1],
+    ],
+  ),
 }
-TILE_SIZES = tuple(_MATRICES)
+TILE_SIZES = (2, 4)  # m: output tiles of m x m.
+KERNEL_SIZES = (3, 4)  # r: square stride-1 kernels Winograd computes.
 _NHWC = ("NHWC", "HWIO", "NHWC")
+_SAME_3X3_PADS = ((1, 1), (1, 1))
 
 
 # XLA:CPU hands matmuls to YNNPACK ("ynn fusions", on by default in jaxlib 0.10 and 0.12). For
@@ -104,34 +153,47 @@ def _combine(matrix, terms):
   return out
 
 
+def _matrices(m: int, r: int):
+  if m not in TILE_SIZES:
+    raise ValueError(f"Winograd tile size must be one of {TILE_SIZES}, got {m}")
+  if r not in KERNEL_SIZES:
+    raise ValueError(f"Winograd kernel size must be one of {KERNEL_SIZES}, got {r}")
+  return _MATRICES[m, r]
+
+
 def filter_transform(w, m: int):
-  """Winograd filter transform ``G g G^T`` of HWIO 3x3 ``w`` -> ((m+2)^2, Cin, Cout).
+  """Winograd filter transform ``G g G^T`` of HWIO r x r ``w`` -> ((m+r-1)^2, Cin, Cout).
 
   It depends on the weights only: inference can compute it once per weight set
   (:func:`recording_filters` / :func:`using_filters`) instead of in every call.
   """
-  if m not in _MATRICES:
-    raise ValueError(f"Winograd tile size must be one of {TILE_SIZES}, got {m}")
-  g = _MATRICES[m][1]
-  a = m + 2
-  gw = _combine(g, [w[i] for i in range(3)])  # a x (3, Cin, Cout)
-  u = jnp.stack([jnp.stack(_combine(g, [r[j] for j in range(3)])) for r in gw])
+  r = w.shape[0]
+  g = _matrices(m, r)[1]
+  a = m + r - 1
+  gw = _combine(g, [w[i] for i in range(r)])  # a x (r, Cin, Cout)
+  u = jnp.stack([jnp.stack(_combine(g, [q[j] for j in range(r)])) for q in gw])
   return u.reshape(a * a, *w.shape[2:])
 
 
-def conv3x3(x, w, m: int = 4, u=None):
-  """'SAME' 3x3 stride-1 convolution of NHWC ``x`` with HWIO ``w`` by Winograd F(m x m, 3x3).
+def winograd_conv(x, w, m: int, pads, u=None):
+  """Stride-1 convolution of NHWC ``x`` with HWIO r x r ``w`` (r in :data:`KERNEL_SIZES`),
+  zero padding ``pads`` ((top, bottom), (left, right)), by Winograd F(m x m, r x r).
 
-  ``u``: ``filter_transform(w, m)`` when already computed (``w`` is then not read).
+  ``u``: ``filter_transform(w, m)`` when already computed (``w`` is then not read: None will do).
   """
-  if m not in _MATRICES:
-    raise ValueError(f"Winograd tile size must be one of {TILE_SIZES}, got {m}")
-  bt, _, at = _MATRICES[m]
-  a = m + 2
+  if u is None and w.shape[0] != w.shape[1]:
+    raise ValueError(f"Winograd needs a square kernel, got {w.shape[:2]}")
+  r = w.shape[0] if u is None else math.isqrt(u.shape[0]) - m + 1  # u: ((m + r - 1)^2, ...).
+  bt, _, at = _matrices(m, r)
+  a = m + r - 1
   n, h, wd, _ = x.shape
-  th, tw = -(-h // m), -(-wd // m)
-  # Zero padding: 1 on top/left ('SAME' for 3x3), enough at the bottom/right for whole tiles.
-  xp = jnp.pad(x, ((0, 0), (1, th * m - h + 1), (1, tw * m - wd + 1), (0, 0)))
+  (top, bottom), (left, right) = pads
+  ho, wo = h + top + bottom - r + 1, wd + left + right - r + 1
+  th, tw = -(-ho // m), -(-wo // m)
+  # The given padding, then zeros at the bottom/right for whole tiles.
+  xp = jnp.pad(
+    x, ((0, 0), (top, th * m + r - 1 - h - top), (left, tw * m + r - 1 - wd - left), (0, 0))
+  )
 
   # Input transform B^T d B, separably: rows, then columns of every tile. Stacking each stage
   # lets XLA write one contiguous buffer per stage instead of recomputing per output.
@@ -144,15 +206,20 @@ def conv3x3(x, w, m: int = 4, u=None):
   # Filter transform G g G^T.
   u = (filter_transform(w, m) if u is None else u).astype(x.dtype)
 
-  # (m+2)^2 independent channel matmuls.
+  # (m+r-1)^2 independent channel matmuls.
   prod = lax.dot_general(v, u, (((2,), (1,)), ((0,), (0,))))  # (a*a, P, Cout)
   prod = prod.reshape(a, a, n, th, tw, -1)
 
   # Output transform A^T M A, then the m x m tiles back into the image.
-  r = _combine(at, [prod[i] for i in range(a)])  # m x (a, N, th, tw, Cout)
-  y = jnp.stack([jnp.stack(_combine(at, [ri[j] for j in range(a)]), axis=3) for ri in r], 2)
+  rr = _combine(at, [prod[i] for i in range(a)])  # m x (a, N, th, tw, Cout)
+  y = jnp.stack([jnp.stack(_combine(at, [ri[j] for j in range(a)]), axis=3) for ri in rr], 2)
   y = y.reshape(n, th * m, tw * m, -1)  # (N, th, m, tw, m, Cout) -> image.
-  return y[:, :h, :wd]
+  return y[:, :ho, :wo]
+
+
+def conv3x3(x, w, m: int = 4, u=None):
+  """'SAME' 3x3 stride-1 convolution of NHWC ``x`` with HWIO ``w`` by Winograd F(m x m, 3x3)."""
+  return winograd_conv(x, w, m, _SAME_3X3_PADS, u=u)
 
 
 def im2col_conv(x, w, strides, padding):
@@ -183,7 +250,6 @@ ALGORITHMS = ("xla", "winograd2", "winograd4", "im2col")
 # im2col gathers kh*kw copies of the input: beyond this many patch elements (1 GiB of float32)
 # it is not a candidate.
 _MAX_PATCH_ELEMENTS = 1 << 28
-_SAME_3X3_PADS = ((1, 1), (1, 1))
 
 
 def explicit_pads(lhs_shape, rhs_shape, strides, padding) -> tuple:
@@ -222,11 +288,12 @@ def is_plain(
 def candidates(lhs_shape, rhs_shape, strides, pads) -> tuple[str, ...]:
   """The :data:`ALGORITHMS` that can compute this plain conv (``pads`` explicit); xla first."""
   names = ["xla"]
-  if tuple(rhs_shape[:2]) == (3, 3) and tuple(strides) == (1, 1) and pads == _SAME_3X3_PADS:
-    names += ["winograd2", "winograd4"]
   (sh, sw), (kh, kw, cin, _) = strides, rhs_shape
   out_h = (lhs_shape[1] + sum(pads[0]) - kh) // sh + 1
   out_w = (lhs_shape[2] + sum(pads[1]) - kw) // sw + 1
+  square = kh == kw and kh in KERNEL_SIZES
+  if square and (sh, sw) == (1, 1) and min(out_h, out_w) >= 1 and min(min(pads)) >= 0:
+    names += ["winograd2", "winograd4"]
   if lhs_shape[0] * out_h * out_w * kh * kw * cin <= _MAX_PATCH_ELEMENTS:
     names.append("im2col")
   return tuple(names)
@@ -237,7 +304,7 @@ def run(name: str, x, w, strides, pads, u=None):
   if name == "xla":
     return lax.conv_general_dilated(x, w, tuple(strides), pads, dimension_numbers=_NHWC)
   if name in ("winograd2", "winograd4"):
-    return conv3x3(x, w, int(name[-1]), u=u)
+    return winograd_conv(x, w, int(name[-1]), pads, u=u)
   if name == "im2col":
     return im2col_conv(x, w, tuple(strides), pads)
   raise ValueError(f"unknown convolution algorithm {name!r}; expected one of {ALGORITHMS}")
@@ -319,17 +386,21 @@ def rule(
   the layer runs forward only with its Winograd filters transformed once (None:
   :func:`filters_given`, i.e. whether it is traced that way now).
 
-  3x3 stride-1 'SAME' convs with at least ``min_channels`` input and output channels:
-  Winograd with tile size ``tile`` (2, 4 or "auto": :func:`choose_tile`, which depends on the
-  ISA and on ``inference``); in training, other kernel sizes and strides (the critic's 4x4
-  convs, strided and 1x1 convs) with at least ``min_im2col_features`` output channels: im2col,
-  whose gradients are plain matmuls (up to 8x faster than XLA's for the critic's gradient
-  penalty); everything else: XLA. That is thin 3x3 layers, where the tile transforms cost more
-  than they save and a full-resolution im2col is memory-bound, the 1-channel critic output,
-  and at inference the strided and 1x1 convs, whose forward pass XLA computes as fast or
-  faster (AMD EPYC, batch 1 and 16: im2col 1.04-1.15x XLA's time on the global branch's
-  strided 3x3 convs with AVX2 and AVX-512, the 1x1 conv within noise: bench/RESULTS.md), and
-  with AVX-512 the critic's stride-1 4x4 conv.
+  Stride-1 3x3 and 4x4 convs (the generator's 3x3 'SAME' layers, the critic's conv4) with at
+  least ``min_channels`` input and output channels: Winograd with tile size ``tile`` (2, 4 or
+  "auto": :func:`choose_tile`, which depends on the ISA and on ``inference``); in training,
+  other kernel sizes and strides (the critic's strided 4x4 convs, strided and 1x1 convs) with
+  at least ``min_im2col_features`` output channels: im2col, whose gradients are plain matmuls
+  (up to 8x faster than XLA's for the critic's gradient penalty); everything else: XLA. That
+  is thin 3x3 layers, where the tile transforms cost more than they save and a
+  full-resolution im2col is memory-bound, the 1-channel critic output, at inference the
+  strided and 1x1 convs, whose forward pass XLA computes as fast or faster (AMD EPYC, batch 1
+  and 16: im2col 1.04-1.15x XLA's time on the global branch's strided 3x3 convs with AVX2 and
+  AVX-512, the 1x1 conv within noise: bench/RESULTS.md), and with AVX-512 thin stride-1 4x4
+  convs. The critic's conv4 by Winograd is measured on the AMD EPYC with AVX-512 only (F(4x4,
+  4x4) 2.2-3.7x faster than XLA and im2col forward, backward and in the gradient penalty,
+  bench/RESULTS.md); on AVX2 it rests on the same count (2.6x / 5.2x fewer multiplies than a
+  direct conv for F(2x2) / F(4x4)) that made the 3x3 layers win there by more than on AVX-512.
   Not right for every layer on every CPU (per-layer times: bench/conv_choice_cost.py), which
   is why ``conv_impl="auto"`` can measure instead (conv_choice.py).
   """
@@ -340,12 +411,13 @@ def rule(
     if min(rhs_shape[2:]) >= min_channels:
       m = choose_tile(*lhs_shape[:3], isa=isa, inference=inference) if tile == "auto" else tile
       return f"winograd{m}"
-    return "xla"
+    if rhs_shape[0] == 3:
+      return "xla"
   im2col = "im2col" in names and rhs_shape[3] >= min_im2col_features and not inference
-  # A stride-1 kernel larger than 1x1 (the critic's conv4) gathers kh*kw overlapping copies of
-  # its input; with AVX-512 XLA's direct convolution (near the matmul peak there) is faster:
-  # its gradient-penalty pass at batch 8 took im2col 1.05-1.13x XLA's time (AMD EPYC, 4 runs),
-  # while on AVX2 im2col took 0.85x (batch 2).
+  # A thin stride-1 kernel larger than 1x1 gathers kh*kw overlapping copies of its input; with
+  # AVX-512 XLA's direct convolution (near the matmul peak there) is faster: the critic's conv4
+  # (before Winograd took it) in its gradient-penalty pass at batch 8 took im2col 1.05-1.13x
+  # XLA's time (AMD EPYC, 4 runs), while on AVX2 im2col took 0.85x (batch 2).
   overlapping = tuple(strides) == (1, 1) and tuple(rhs_shape[:2]) != (1, 1)
   if overlapping and isa == "avx512":
     im2col = False
@@ -545,7 +617,7 @@ def conv_with(choose):
 
 def make_conv(tile="auto", min_channels: int = 64, min_im2col_features: int = 8):
   """:func:`conv_with` the fixed :func:`rule` (``conv_impl`` "winograd", "winograd2/4")."""
-  if tile != "auto" and tile not in _MATRICES:
+  if tile != "auto" and tile not in TILE_SIZES:
     raise ValueError(f"Winograd tile size must be 'auto' or one of {TILE_SIZES}, got {tile!r}")
   return conv_with(
     functools.partial(

@@ -80,12 +80,12 @@ def test_rule_per_isa_and_use():
 
 
 def test_rule_keeps_im2col_for_training_only():
-  """Strided, 1x1 and 4x4 convs: im2col where gradients are taken (its backward passes are
-  plain matmuls), XLA's forward at inference (as fast or faster there, bench/RESULTS.md)."""
+  """Strided, 1x1 and thin 4x4 convs: im2col where gradients are taken (its backward passes
+  are plain matmuls), XLA's forward at inference (as fast or faster there, bench/RESULTS.md)."""
   strided = ((1, 28, 28, 512), (3, 3, 512, 512), (2, 2), ((0, 1), (0, 1)))
   pointwise = ((1, 28, 28, 512), (1, 1, 512, 256), (1, 1), ((0, 0), (0, 0)))
-  critic = ((8, 28, 28, 256), (4, 4, 256, 512), (1, 1), ((1, 2), (1, 2)))
-  for layer in (strided, pointwise, critic):
+  thin_4x4 = ((8, 28, 28, 32), (4, 4, 32, 48), (1, 1), ((1, 2), (1, 2)))
+  for layer in (strided, pointwise, thin_4x4):
     assert cpu_conv.rule(*layer, isa="avx2") == "im2col"
     assert cpu_conv.rule(*layer, isa="avx2", inference=False) == "im2col"
     assert cpu_conv.rule(*layer, inference=True) == "xla"
@@ -94,9 +94,36 @@ def test_rule_keeps_im2col_for_training_only():
     with cpu_conv.recording_filters():
       assert cpu_conv.rule(*layer) == "xla"
   # With AVX-512 XLA's direct convolution beats im2col's overlapping patches (stride 1, 4x4).
-  assert cpu_conv.rule(*critic, isa="avx512") == "xla"
+  assert cpu_conv.rule(*thin_4x4, isa="avx512") == "xla"
   for layer in (strided, pointwise):
     assert cpu_conv.rule(*layer, isa="avx512") == "im2col"
+
+
+def test_rule_takes_winograd_for_the_critics_stride_one_4x4_conv():
+  """The critic's conv4 (28x28x256 -> 512 at 224x224, 'SAME': pads 1 and 2): Winograd F(m x m,
+  4x4), the tile as for 3x3 layers; its 1-channel conv5 stays on XLA."""
+  conv4 = ((8, 28, 28, 256), (4, 4, 256, 512), (1, 1), ((1, 2), (1, 2)))
+  assert cpu_conv.rule(*conv4, isa="avx512") == "winograd4"  # 392 tiles.
+  assert cpu_conv.rule(*conv4, isa="avx2") == "winograd2"
+  assert cpu_conv.rule((2, 28, 28, 256), *conv4[1:], isa="avx512") == "winograd2"  # 98 tiles.
+  conv5 = ((8, 28, 28, 512), (4, 4, 512, 1), (1, 1), ((1, 2), (1, 2)))
+  assert cpu_conv.rule(*conv5, isa="avx512") == cpu_conv.rule(*conv5, isa="avx2") == "xla"
+
+
+@pytest.mark.parametrize("m", cpu_conv.TILE_SIZES)
+@pytest.mark.parametrize("r", cpu_conv.KERNEL_SIZES)
+def test_winograd_matrices_compute_the_correlation_exactly(m, r):
+  """A^T [(G g) * (B^T d)] equals the 1-D correlation sum_k g[k] d[i + k] (float64, to
+  rounding), for random filters and tiles: the identity F(m, r) rests on, for every table."""
+  bt, g, at = (np.asarray(t, np.float64) for t in cpu_conv._MATRICES[m, r])
+  assert bt.shape == (m + r - 1, m + r - 1) and g.shape == (m + r - 1, r)
+  rng = np.random.default_rng(m * 10 + r)
+  for _ in range(10):
+    d, w = rng.standard_normal(m + r - 1), rng.standard_normal(r)
+    want = [d[i : i + r] @ w for i in range(m)]
+    np.testing.assert_allclose(at @ ((g @ w) * (bt @ d)), want, rtol=0, atol=1e-12)
+  # The data transforms are exact in float32: small integers only.
+  assert np.array_equal(bt, np.round(bt)) and np.abs(bt).max() <= 12
 
 
 LAYERS = {  # (input HW, Cin, kernel, Cout, stride, padding): every candidates() case.
@@ -107,6 +134,8 @@ LAYERS = {  # (input HW, Cin, kernel, Cout, stride, padding): every candidates()
   "1x1": ((5, 6), 6, 1, 4, 1, "SAME"),
   "4x4_stride1": ((6, 7), 3, 4, 2, 1, "SAME"),
   "4x4_explicit_pads": ((9, 8), 3, 4, 4, 2, ((2, 1), (0, 3))),
+  "4x4_stride1_explicit_pads": ((9, 10), 3, 4, 5, 1, ((0, 3), (2, 1))),
+  "4x4_stride1_valid": ((11, 6), 4, 4, 3, 1, "VALID"),
   "3x3_valid": ((9, 8), 3, 3, 4, 1, "VALID"),
 }
 
