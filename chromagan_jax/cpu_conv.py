@@ -370,6 +370,19 @@ def choose_tile(
   return 4 if batch * (-(-height // 4)) * (-(-width // 4)) >= min_tiles else 2
 
 
+# Stride-1 4x4 convs (the critic's conv4) by Winograd: with AVX-512, from this many 4x4 output
+# tiles per call. Measured there (AMD EPYC, 28x28x256 -> 512, 'SAME'; bench/RESULTS.md), its
+# gradient-penalty pass: batch 1 (49 tiles) XLA 78 ms, F(2x2) 88, F(4x4) 176; batch 2 (98)
+# 140 / 126 / 193; batch 8 (392) 613 / 672 / 492; forward + backward F(2x2) or F(4x4) faster
+# than XLA from batch 1. On AVX2 (not measured with Winograd) the rule keeps im2col there.
+MIN_4X4_TILES = 64
+
+
+def _winograd_4x4(lhs_shape, isa: str) -> bool:
+  batch, height, width = lhs_shape[:3]
+  return isa == "avx512" and batch * (-(-height // 4)) * (-(-width // 4)) >= MIN_4X4_TILES
+
+
 def rule(
   lhs_shape,
   rhs_shape,
@@ -386,8 +399,9 @@ def rule(
   the layer runs forward only with its Winograd filters transformed once (None:
   :func:`filters_given`, i.e. whether it is traced that way now).
 
-  Stride-1 3x3 and 4x4 convs (the generator's 3x3 'SAME' layers, the critic's conv4) with at
-  least ``min_channels`` input and output channels: Winograd with tile size ``tile`` (2, 4 or
+  Stride-1 3x3 convs (the generator's 'SAME' layers) and, with AVX-512 and at least
+  :data:`MIN_4X4_TILES` tiles, stride-1 4x4 convs (the critic's conv4) with at least
+  ``min_channels`` input and output channels: Winograd with tile size ``tile`` (2, 4 or
   "auto": :func:`choose_tile`, which depends on the ISA and on ``inference``); in training,
   other kernel sizes and strides (the critic's strided 4x4 convs, strided and 1x1 convs) with
   at least ``min_im2col_features`` output channels: im2col, whose gradients are plain matmuls
@@ -396,11 +410,10 @@ def rule(
   full-resolution im2col is memory-bound, the 1-channel critic output, at inference the
   strided and 1x1 convs, whose forward pass XLA computes as fast or faster (AMD EPYC, batch 1
   and 16: im2col 1.04-1.15x XLA's time on the global branch's strided 3x3 convs with AVX2 and
-  AVX-512, the 1x1 conv within noise: bench/RESULTS.md), and with AVX-512 thin stride-1 4x4
-  convs. The critic's conv4 by Winograd is measured on the AMD EPYC with AVX-512 only (F(4x4,
-  4x4) 2.2-3.7x faster than XLA and im2col forward, backward and in the gradient penalty,
-  bench/RESULTS.md); on AVX2 it rests on the same count (2.6x / 5.2x fewer multiplies than a
-  direct conv for F(2x2) / F(4x4)) that made the 3x3 layers win there by more than on AVX-512.
+  AVX-512, the 1x1 conv within noise: bench/RESULTS.md), and with AVX-512 stride-1 4x4 convs
+  that Winograd does not take (thin, or fewer tiles). The critic's conv4 by Winograd is
+  measured on the AMD EPYC with AVX-512 only; on AVX2 it keeps im2col, as measured there
+  before Winograd existed for it (``conv_impl="auto"`` measures both).
   Not right for every layer on every CPU (per-layer times: bench/conv_choice_cost.py), which
   is why ``conv_impl="auto"`` can measure instead (conv_choice.py).
   """
@@ -408,7 +421,8 @@ def rule(
   isa = isa or cpu_isa()
   names = candidates(lhs_shape, rhs_shape, strides, pads)
   if "winograd2" in names:
-    if min(rhs_shape[2:]) >= min_channels:
+    thick = min(rhs_shape[2:]) >= min_channels
+    if thick and (rhs_shape[0] == 3 or _winograd_4x4(lhs_shape, isa)):
       m = choose_tile(*lhs_shape[:3], isa=isa, inference=inference) if tile == "auto" else tile
       return f"winograd{m}"
     if rhs_shape[0] == 3:
