@@ -29,8 +29,9 @@ Grid: dtype {float32, bfloat16} x global batch {10, 64, 256, largest that fits} 
   * ``compile_s`` (lower + compile), ``xla_bytes`` (the compiled program's planned footprint:
     arguments + outputs + temporaries - donated aliases), ``peak_bytes_in_use`` (the device's
     high-water mark, ``device.memory_stats()``; ``n/a`` on CPU, which has none).
-  * ``largest that fits``: ``max`` in ``--batches``. Fitted as a line through the planned
-    footprint of two batches, then checked by compiling: the largest multiple of
+  * ``largest that fits``: ``max`` in ``--batches``. A line through the planned footprint of
+    two batches guesses it; compiles with doubling steps, then bisection, settle it (each
+    probe's planned bytes and compile time printed as it goes): the largest multiple of
     ``--granularity`` x devices whose ``xla_bytes`` is within ``--memory_fraction`` of the
     device's ``bytes_limit`` (``--memory_limit_bytes`` overrides it, e.g. on CPU) and whose
     next multiple is not. With JAX's default preallocation ``bytes_limit`` is 75% of the GPU.
@@ -147,39 +148,50 @@ def search_largest_batch(need, limit: int, g: int, listed: list[int], cap: int) 
   """Largest multiple ``b`` of ``g`` (<= ``cap``) with ``need(b) <= limit < need(b + g)``.
 
   ``need(batch)`` is the planned bytes of the step at that batch (a compile each, so few
-  calls): a line through the two largest ``listed`` batches (or g and 2g) guesses ``b``, then
-  single steps of ``g`` settle it. Returns ``{'batch', 'limit_bytes', 'probes'}`` or
-  ``{'error', 'probes'}`` when not even ``g`` fits.
+  calls): a line through the two largest ``listed`` batches (or g and 2g) guesses ``b``; steps
+  that double from there bracket it (the line can be far off: XLA's plan is not linear in
+  the batch), and bisection settles it, so the compiles grow with log(error / g), not with
+  the error. Returns ``{'batch', 'limit_bytes', 'probes'}`` or ``{'error', 'probes'}`` when not
+  even ``g`` fits.
   """
   listed = sorted(listed)
   b1, b2 = listed[-2:] if len(listed) >= 2 else (g, 2 * g)
   b1, b2 = max(g, b1 // g * g), max(2 * g, b2 // g * g)
   if b2 <= b1:
     b2 = b1 + g
-  probes = {b1: need(b1), b2: need(b2)}
-  per_image = max((probes[b2] - probes[b1]) / (b2 - b1), 1.0)
-  guess = int((limit - (probes[b1] - per_image * b1)) / per_image) // g * g
-  batch = min(max(g, guess), cap // g * g)
-  for _ in range(16):  # The line is close: a step or two settles it.
+  top = cap // g * g
+  probes = {}
+
+  def fits(batch):
     if batch not in probes:
       probes[batch] = need(batch)
-    if probes[batch] > limit:
-      if batch <= g:
-        return {"error": f"even batch {g} needs {probes[batch]} > {limit} bytes", "probes": probes}
-      batch -= g
-      continue
-    if batch + g > cap:
-      break
-    if batch + g not in probes:
-      probes[batch + g] = need(batch + g)
-    if probes[batch + g] > limit:
-      break
-    batch += g
-  return {
-    "batch": batch,
-    "limit_bytes": limit,
-    "probes": {str(k): probes[k] for k in sorted(probes)},
-  }
+    return probes[batch] <= limit
+
+  fits(b1), fits(b2)
+  per_image = max((probes[b2] - probes[b1]) / (b2 - b1), 1.0)
+  guess = int((limit - (probes[b1] - per_image * b1)) / per_image) // g * g
+  guess = min(max(g, guess), top)
+  # Bracket: lo fits, hi does not (top + g: above the cap).
+  step = g
+  if fits(guess):
+    lo, hi = guess, guess + g
+    while hi <= top and fits(hi):  # Upwards, doubling.
+      lo, step = hi, 2 * step
+      hi = min(lo + step, top + g)
+  else:
+    lo, hi = 0, guess
+    while lo == 0:  # Downwards, doubling.
+      below = max(g, hi - step)
+      if fits(below):
+        lo = below
+      elif below == g:
+        return {"error": f"even batch {g} needs {probes[g]} > {limit} bytes", "probes": probes}
+      else:
+        hi, step = below, 2 * step
+  while hi - lo > g:  # Bisection over multiples of g.
+    mid = (lo + hi) // 2 // g * g
+    lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+  return {"batch": lo, "limit_bytes": limit, "probes": {str(k): probes[k] for k in sorted(probes)}}
 
 
 # --- in-process measurement -----------------------------------------------------------------
@@ -319,7 +331,9 @@ class Bench:
   def need(self, case: Case, batch: int) -> int:
     key = (case.dtype, case.remat, case.deterministic, batch)
     if key not in self._needs:
-      self.compile(case, batch)
+      seconds = self.compile(case, batch)[4]
+      print(f"  batch {batch}: {self._needs[key] / 2**30:.2f} GiB planned, compiled in"
+            f" {seconds:.1f} s", file=sys.stderr, flush=True)  # fmt: skip
     return self._needs[key]
 
   def memory_limit(self):
@@ -530,12 +544,13 @@ def machine(bench: "Bench | None" = None) -> dict:
 def _child(args, spec: dict) -> dict:
   """Runs one case (or the parity part) in a fresh process (--isolate)."""
   cmd = [sys.executable, os.path.abspath(__file__), *args.argv, "--isolate=off"]
-  proc = subprocess.run([*cmd, "--case", json.dumps(spec)], capture_output=True, text=True)
+  # The child's stderr (progress, errors) goes straight to ours: a case killed by a time limit
+  # has still said how far it got.
+  proc = subprocess.run([*cmd, "--case", json.dumps(spec)], stdout=subprocess.PIPE, text=True)
   for line in proc.stdout.splitlines():
     if line.startswith(CASE_PREFIX):
       return json.loads(line[len(CASE_PREFIX) :])
-  tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]
-  return {**spec, "error": f"child exited {proc.returncode}: {tail}"}
+  return {**spec, "error": f"child exited {proc.returncode} (its stderr is above)"}
 
 
 def run(args) -> dict:

@@ -100,6 +100,21 @@ def test_largest_batch_search_finds_the_last_fitting_multiple():
   assert "error" in accelerator.search_largest_batch(lambda b: 10**6, 5000, 4, [], 64)
 
 
+def test_largest_batch_search_survives_a_far_off_first_guess():
+  """The line through batches 8 and 16 guesses ~100x too high when the per-image bytes grow
+  past batch 64: doubling steps and bisection still find the last fitting batch (1,056), with
+  few compiles, where single steps from the guess would need ~1,900 of them."""
+  calls = []
+
+  def need(batch):
+    calls.append(batch)
+    return 1000 + 10 * min(batch, 64) + 1000 * max(batch - 64, 0)
+
+  found = accelerator.search_largest_batch(need, limit=10**6, g=8, listed=[], cap=16384)
+  assert found["batch"] == 1056 and need(1056) <= 10**6 < need(1064)
+  assert len(set(calls)) == len(calls) - 2 <= 24  # The two checks just above are repeats.
+
+
 @pytest.mark.slow
 def test_isolated_case_runs_in_its_own_process(tmp_path, monkeypatch):
   out = tmp_path / "iso.json"
