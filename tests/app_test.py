@@ -107,6 +107,9 @@ def browser(tmp_path_factory):
   from selenium.webdriver.chrome.service import Service
 
   downloads = tmp_path_factory.mktemp("downloads")
+  # Chromium puts its singleton socket in a fresh $TMPDIR/org.chromium.Chromium.* folder and
+  # leaves it behind when the driver quits: pytest's own folder takes it instead of /tmp.
+  browser_tmp = tmp_path_factory.mktemp("chromium_tmp")
   options = webdriver.ChromeOptions()
   options.binary_location = chromium
   for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
@@ -116,7 +119,8 @@ def browser(tmp_path_factory):
     "prefs",
     {"download.default_directory": str(downloads), "download.prompt_for_download": False},
   )
-  driver = webdriver.Chrome(service=Service(driver_path), options=options)
+  service = Service(driver_path, env={**os.environ, "TMPDIR": str(browser_tmp)})
+  driver = webdriver.Chrome(service=service, options=options)
   driver.set_page_load_timeout(60)
   try:
     yield driver, downloads
