@@ -27,7 +27,7 @@ import generator_inference  # noqa: E402
 import input_pipeline as input_pipeline_bench  # noqa: E402
 import train_step  # noqa: E402
 
-from chromagan_jax import conv_choice  # noqa: E402
+from chromagan_jax import conv_choice, cpu_conv  # noqa: E402
 
 
 def _load(path):
@@ -93,6 +93,9 @@ def test_generator_inference_smoke(tmp_path):
   assert rows[0]["model_gflop_per_call"] < full["model_gflop_per_call"]
   assert rows[0]["max_abs_diff_ab"] < 1e-4
   assert result["machine"]["cores"] >= 1
+  # Every result names the CPU and the ISA it was measured with.
+  assert result["machine"]["cpu"] == cpu_conv.cpu_facts()[0]
+  assert result["machine"]["isa"] == cpu_conv.cpu_isa() in ("avx512", "avx2", "other")
 
 
 def test_train_step_smoke(tmp_path):
