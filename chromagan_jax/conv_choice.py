@@ -66,7 +66,8 @@ OBJECTIVES = ("fwd", "train", "gp")
 # transform is not part of a call and F(4x4) pays off from far fewer tiles (:func:`use_of`).
 USES = (*OBJECTIVES, "infer")
 # Bump when cpu_conv's algorithms or this module's measurement change: old choices are ignored.
-VERSION = 3  # 2: forward candidates timed with the inference compiler options; 3: "infer".
+VERSION = 4  # 2: forward candidates timed with the inference compiler options; 3: "infer";
+# 4: Winograd candidates for stride-1 4x4 convs.
 # Another algorithm replaces XLA's own convolution only when measured this much faster.
 MARGIN = 0.03
 # After the first round of timing, candidates this many times slower than the best drop out.
