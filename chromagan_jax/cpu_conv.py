@@ -349,6 +349,11 @@ MIN_TILES = {"avx512": 256, "avx2": 512, "other": 512}
 PRE_MIN_TILES = 16
 
 
+def tiles_4x4(batch: int, height: int, width: int) -> int:
+  """4x4 output tiles of a call: what the tile-size and 4x4-kernel thresholds count."""
+  return batch * (-(-height // 4)) * (-(-width // 4))
+
+
 def choose_tile(
   batch: int,
   height: int,
@@ -367,7 +372,7 @@ def choose_tile(
   if min_tiles is None:
     inference = filters_given() if inference is None else inference
     min_tiles = PRE_MIN_TILES if inference else MIN_TILES[isa or cpu_isa()]
-  return 4 if batch * (-(-height // 4)) * (-(-width // 4)) >= min_tiles else 2
+  return 4 if tiles_4x4(batch, height, width) >= min_tiles else 2
 
 
 # Stride-1 4x4 convs (the critic's conv4) by Winograd: with AVX-512, from this many 4x4 output
@@ -379,8 +384,7 @@ MIN_4X4_TILES = 64
 
 
 def _winograd_4x4(lhs_shape, isa: str) -> bool:
-  batch, height, width = lhs_shape[:3]
-  return isa == "avx512" and batch * (-(-height // 4)) * (-(-width // 4)) >= MIN_4X4_TILES
+  return isa == "avx512" and tiles_4x4(*lhs_shape[:3]) >= MIN_4X4_TILES
 
 
 def rule(
