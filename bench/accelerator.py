@@ -490,11 +490,8 @@ class Bench:
     label = "on" if deterministic else "off"
     print(f"replay: deterministic ops {label}, {a.determinism_steps} steps at batch {n}",
           file=sys.stderr, flush=True)  # fmt: skip
-    config = self.config(a.determinism_dtype, False, deterministic, n)
-    start = time.perf_counter()
-    nets, lowered, teacher = self.lowered(config)
-    compiled = lowered.compile()
-    compile_s = time.perf_counter() - start
+    case = Case(a.determinism_dtype, n, remat=False, deterministic=deterministic)
+    compiled, nets, config, teacher, compile_s, _ = self.compile(case, n)
     state = self.fresh_state(nets, config)
     history = []
     for i in range(a.determinism_steps):
