@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps '$(JAX2ONNX)'
 	touch $(STAMP)
 
-# ONNX export (chromagan_jax/export.py) for a venv made without `make`: jax2onnx without its
+# ONNX export (chromagan_jax/inference/exporter.py) for a venv made without `make`: jax2onnx without its
 # declared dependencies (they would downgrade orbax-checkpoint; see pyproject's `export`).
 export-deps:
 	$(PY) -m pip install -q -e '.[export]'

@@ -8,7 +8,7 @@
                                               # is a replay bitwise equal (exact resume)?
 
 Imports no TensorFlow, tfds or clu: an accelerator machine with jax (CUDA/TPU), flax, optax
-and orbax runs it. The step is ``train_lib.make_train_step`` (generator update with MSE + KL to
+and orbax runs it. The step is ``trainer.make_train_step`` (generator update with MSE + KL to
 a random VGG16 teacher + adversarial term, critic update with WGAN-GP, Adam for both, Lab
 conversion on device) over a 1-D data mesh of all devices, fed synthetic uint8 RGB batches.
 
@@ -203,12 +203,12 @@ class Bench:
   def __init__(self, args):
     import jax  # noqa: PLC0415 (after the child/parent split: the parent never starts JAX)
 
-    from chromagan_jax import train_lib  # noqa: PLC0415
     from chromagan_jax.configs import default  # noqa: PLC0415
+    from chromagan_jax.training import trainer
 
-    self.jax, self.train_lib, self.default, self.args = jax, train_lib, default, args
+    self.jax, self.train_lib, self.default, self.args = jax, trainer, default, args
     devices = jax.devices()[: args.num_devices or None]
-    self.mesh = train_lib.make_mesh(devices)
+    self.mesh = trainer.make_mesh(devices)
     self.n_devices = len(devices)
     self._peaks, self._model_flops, self._teachers, self._needs = {}, {}, {}, {}
     self._state = None
@@ -357,11 +357,11 @@ class Bench:
 
   def run_case(self, case: Case) -> dict:
     jax, args = self.jax, self.args
-    from chromagan_jax import models  # noqa: PLC0415
+    from chromagan_jax.model import networks
 
     row = {**dataclasses.asdict(case), "devices": self.n_devices}
     print(f"case {row}", file=sys.stderr, flush=True)  # Progress: a full grid takes a while.
-    if problem := models.cpu_bfloat16_problem(self.train_lib.compute_dtype(self.config(
+    if problem := networks.cpu_bfloat16_problem(self.train_lib.compute_dtype(self.config(
       case.dtype, case.remat, case.deterministic, 1
     ))):  # fmt: skip
       return {**row, "error": f"skipped: {problem}"}
@@ -423,12 +423,12 @@ class Bench:
   def parity(self) -> dict:
     """``--parity_steps`` steps from one state in f32-highest, f32-default and bf16."""
     jax, args = self.jax, self.args
-    from chromagan_jax import models  # noqa: PLC0415
+    from chromagan_jax.model import networks
 
     n = args.parity_batch
     print(f"parity: {args.parity_steps} steps at batch {n}", file=sys.stderr, flush=True)
     modes = {"float32_highest": ("float32", "highest"), "float32_default": ("float32", None)}
-    if not models.cpu_bfloat16_problem(jax.numpy.bfloat16):
+    if not networks.cpu_bfloat16_problem(jax.numpy.bfloat16):
       modes["bfloat16"] = ("bfloat16", None)
     batches = [self.batch(n, seed=100 + i) for i in range(args.parity_steps)]
     base = self.config("float32", False, True, n)

@@ -12,15 +12,15 @@ Stages (batch 1, warm: each program compiled by a first run; the median of --rep
   resize    images.resize to S x S (the training data's resize) + the network's L input
   network   the head-free generator (conv_impl 'auto', what colorize uses) -> ab (S, S, 2)
   compose   ab upsample (bilinear) to the photo's size, its full-resolution L, Lab -> sRGB,
-            uint8 (colorize_lib.compose_host, OpenCV; the XLA compose for photos smaller
+            uint8 (engine.compose_host, OpenCV; the XLA compose for photos smaller
             than the network input)
   encode    JPEG, quality 95, no chroma subsampling (colorize.py's output)
 and, for comparison in the same run: Pillow's resize for the resize stage; the compose stage
-in XLA (colorize_lib.compose, on device, what colorize used before) and an 8-bit
+in XLA (engine.compose, on device, what colorize used before) and an 8-bit
 Pillow/LittleCMS path (ImageCms Lab -> sRGB, ab upsampled by Pillow) for the compose stage,
 with its error against ours; the network stage in TF/Keras (bench/keras_reference.py, the same
 weights; it computes the class head too), ONNX Runtime and TFLite on the exported model
-(chromagan_jax.export), and JAX with XLA's own convolutions.
+(chromagan_jax.inference.exporter), and JAX with XLA's own convolutions.
 
 Loading (separate processes, one photo each): parameters read, peak RSS, checkpoint load time
 and time to the first colorized photo, for the full generator (before head-free inference)
@@ -42,8 +42,13 @@ import jax
 import numpy as np
 from PIL import Image, ImageCms
 
-from chromagan_jax import allocator, checkpoint, color, colorize_lib, export, images, models
 from chromagan_jax.configs import default
+from chromagan_jax.data import images
+from chromagan_jax.inference import engine, exporter
+from chromagan_jax.model import networks, predict
+from chromagan_jax.ops import color
+from chromagan_jax.runtime import allocator
+from chromagan_jax.weights import checkpoint
 
 PHOTO_SIZES = {"0.3": (640, 480), "2": (1728, 1152), "12": (4000, 3000)}
 GRAIN_SIGMA = 3.0
@@ -67,7 +72,7 @@ def make_photo(folder, size, seed=0) -> str:
 def random_checkpoint(folder) -> str:
   """A paper-size (224, width 1) generator checkpoint with random weights (NumPy, no compile)."""
   config = default.get_config()
-  gen = models.models_from_config(config.model)[0]
+  gen = networks.models_from_config(config.model)[0]
   s = config.model.image_size
   shapes = jax.eval_shape(gen.init, jax.random.key(0), jax.ShapeDtypeStruct((1, s, s, 3), "f4"))
   rng = np.random.default_rng(0)
@@ -102,7 +107,7 @@ def load_child(mode: str, ckpt: str, photo: str) -> dict:
   variables, config = checkpoint.load_generator(ckpt, with_class_head=mode == "full")
   jax.block_until_ready(variables)
   load_s = time.perf_counter() - t0
-  colorizer = colorize_lib.Colorizer(variables, config, batch_size=1)
+  colorizer = engine.Colorizer(variables, config, batch_size=1)
   if mode == "full":  # the generator as it ran before: class head loaded and computed
     colorizer.model = colorizer.model.clone(with_class_head=True)
     colorizer.variables = variables
@@ -152,7 +157,7 @@ def encode_jpeg(rgb) -> bytes:
 class Pipeline:
   """colorize's per-photo path split into its stages (the calls Colorizer makes)."""
 
-  def __init__(self, colorizer: colorize_lib.Colorizer):
+  def __init__(self, colorizer: engine.Colorizer):
     self.c = colorizer
 
   def run(self, path) -> dict:
@@ -170,15 +175,15 @@ class Pipeline:
     lap("resize")
     rgb = small[None]
     if self.c.filters is None:
-      self.c.filters = colorize_lib.inference_filters(self.c.model, self.c.variables, rgb)
-    _, ab = colorize_lib.predict_ab(self.c.model, self.c.variables, rgb, self.c.filters)
+      self.c.filters = predict.inference_filters(self.c.model, self.c.variables, rgb)
+    _, ab = engine.predict_ab(self.c.model, self.c.variables, rgb, self.c.filters)
     ab = np.asarray(ab)
     lap("network")
     h, w = photo.rgb.shape[:2]
     if min(h, w) >= self.c.image_size:
-      colour = colorize_lib.compose_host(photo.rgb, ab[0])
+      colour = engine.compose_host(photo.rgb, ab[0])
     else:
-      out = colorize_lib.compose(colorize_lib.pad_to_bucket(photo.rgb), ab[0], h, w)
+      out = engine.compose(engine.pad_to_bucket(photo.rgb), ab[0], h, w)
       colour = np.asarray(out)[:h, :w]
     lap("compose")
     encode_jpeg(colour)
@@ -201,9 +206,9 @@ def littlecms_compose(rgb, ab_net) -> np.ndarray:
 
 
 def xla_compose(rgb, ab_net) -> np.ndarray:
-  """The compose stage in XLA (colorize_lib.compose on the bucket-padded photo)."""
+  """The compose stage in XLA (engine.compose on the bucket-padded photo)."""
   h, w = rgb.shape[:2]
-  return np.asarray(colorize_lib.compose(colorize_lib.pad_to_bucket(rgb), ab_net, h, w))[:h, :w]
+  return np.asarray(engine.compose(engine.pad_to_bucket(rgb), ab_net, h, w))[:h, :w]
 
 
 def median_times(fn, repeats: int) -> dict:
@@ -227,7 +232,7 @@ def network_contenders(ckpt, variables, config, l3: np.ndarray, repeats: int, fo
 
   out, ab = {}, {}
   size = config.model.image_size
-  fn = export.network_fn(models.models_from_config(config.model)[0], variables)
+  fn = exporter.network_fn(networks.models_from_config(config.model)[0], variables)
   net_l = np.ascontiguousarray(l3[..., :1])
   xla = jax.jit(fn)
   out["jax_xla_convs"] = timed(lambda: jax.block_until_ready(xla(net_l)), repeats)
@@ -244,16 +249,16 @@ def network_contenders(ckpt, variables, config, l3: np.ndarray, repeats: int, fo
   ab["tf_keras"] = keras_fn(x3).numpy()
 
   onnx_path = os.path.join(folder, "generator.onnx")
-  onnx.save(export.to_onnx(fn, size), onnx_path)
+  onnx.save(exporter.to_onnx(fn, size), onnx_path)
   session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
-  run_onnx = lambda: session.run([export.OUTPUT_NAME], {export.INPUT_NAME: net_l})[0]  # noqa: E731
+  run_onnx = lambda: session.run([exporter.OUTPUT_NAME], {exporter.INPUT_NAME: net_l})[0]  # noqa: E731
   out["onnxruntime"] = timed(run_onnx, repeats)
   ab["onnxruntime"] = run_onnx()
 
-  if problem := export.tf_formats_problem():
+  if problem := exporter.tf_formats_problem():
     print(f"TFLite not timed: {problem}", file=sys.stderr)
     return out, ab
-  interpreter = tf.lite.Interpreter(model_content=export.to_tflite(fn, size), num_threads=2)
+  interpreter = tf.lite.Interpreter(model_content=exporter.to_tflite(fn, size), num_threads=2)
   interpreter.allocate_tensors()
 
   def run_tflite():
@@ -266,7 +271,7 @@ def network_contenders(ckpt, variables, config, l3: np.ndarray, repeats: int, fo
 
   # Reduced precision: TFLite's dynamic-range int8 weights (activations stay float).
   converter = tf.lite.TFLiteConverter.from_concrete_functions(
-    [export.to_tf_function(fn, size).get_concrete_function()]
+    [exporter.to_tf_function(fn, size).get_concrete_function()]
   )
   converter.optimizations = [tf.lite.Optimize.DEFAULT]
   interpreter = tf.lite.Interpreter(model_content=converter.convert(), num_threads=2)
@@ -313,7 +318,7 @@ def measure(args, folder: str) -> None:
   photos = {mp: make_photo(folder, PHOTO_SIZES[mp]) for mp in args.sizes.split(",")}
 
   variables, config = checkpoint.load_generator(args.ckpt, with_class_head=False)
-  colorizer = colorize_lib.Colorizer(variables, config, batch_size=1)
+  colorizer = engine.Colorizer(variables, config, batch_size=1)
 
   def end_to_end(path):  # Colorizer.stream + encode, as colorize.py runs it.
     return timed(lambda: encode_jpeg(next(colorizer.stream([images.read(path)]))[1]), args.repeats)
@@ -362,7 +367,7 @@ def measure(args, folder: str) -> None:
     l3 = np.asarray(color.gray_to_l3(color.rgb_to_net(small[None])[0]))
     net, ab = network_contenders(args.ckpt, variables, config, l3, args.repeats, folder)
     net["jax_auto (colorize)"] = float(np.median([r["network_s"] for r in rows]))
-    _, ours = colorize_lib.predict_ab(
+    _, ours = engine.predict_ab(
       colorizer.model, colorizer.variables, small[None], colorizer.filters
     )
     ours = np.asarray(ours)

@@ -24,10 +24,11 @@ if ROOT not in sys.path:
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-from chromagan_jax import allocator  # noqa: E402 (needs ROOT on sys.path)
+from chromagan_jax.runtime import allocator  # noqa: E402
 
 # A benchmark script measures what train.py and colorize.py run: malloc with transparent huge
-# pages (chromagan_jax/allocator.py). Only a script of bench/ itself re-executes, never a test.
+# pages (chromagan_jax/runtime/allocator.py). Only a script of bench/ itself re-executes, never a
+# test.
 _MAIN = getattr(sys.modules.get("__main__"), "__file__", None) or ""
 if os.path.dirname(os.path.abspath(_MAIN)) == os.path.dirname(os.path.abspath(__file__)):
   allocator.reexec_with_huge_pages()
@@ -37,7 +38,7 @@ _LOAD_AT_START = list(os.getloadavg())
 
 def cpu_model() -> str:
   """lscpu-style model name (``cpu_conv.cpu_facts``: /proc/cpuinfo, or the platform's)."""
-  from chromagan_jax import cpu_conv  # Imports jax: when called, as in machine_info.
+  from chromagan_jax.ops import cpu_conv  # Imports jax: when called, as in machine_info.
 
   return cpu_conv.cpu_facts()[0] or "unknown"
 
@@ -51,7 +52,7 @@ def machine_info() -> dict:
   import jax  # Imported when called, as the benchmarks set their environment first.
 
   tf = sys.modules.get("tensorflow")
-  from chromagan_jax import cpu_conv
+  from chromagan_jax.ops import cpu_conv
 
   return {
     "cpu": cpu_model(),

@@ -28,7 +28,8 @@ import common  # noqa: I001 (sets sys.path before the imports below)
 import jax
 import jax.numpy as jnp
 
-from chromagan_jax import conv_choice, cpu_conv, models
+from chromagan_jax.model import networks
+from chromagan_jax.ops import conv_choice, cpu_conv
 
 
 def parse_args(argv=None):
@@ -59,16 +60,16 @@ def model_layers(image_size: int, width: float, batch: int, use: str) -> list[tu
     return {n: 1.0 for n in names}
 
   objective = "fwd" if use == "infer" else use
-  impl = models.resolve_conv_impl("auto", jnp.float32, backend="cpu", objective=objective)
+  impl = networks.resolve_conv_impl("auto", jnp.float32, backend="cpu", objective=objective)
   if use == "gp":
-    model = models.Critic(width=width, conv_impl=impl)
+    model = networks.Critic(width=width, conv_impl=impl)
     inputs = (jnp.zeros((batch, image_size, image_size, 2)),)
     inputs += (jnp.zeros((batch, image_size, image_size, 1)),)
   elif use == "fwd":
-    model = models.VGG16Classifier(width=width, conv_impl=impl)
+    model = networks.VGG16Classifier(width=width, conv_impl=impl)
     inputs = (jnp.zeros((batch, image_size, image_size, 3)),)
   else:
-    model = models.Generator(image_size=image_size, width=width, conv_impl=impl)
+    model = networks.Generator(image_size=image_size, width=width, conv_impl=impl)
     inputs = (jnp.zeros((batch, image_size, image_size, 3)),)
   train = {"train": True} if use == "train" else {}
   mutable = ["batch_stats"] if use == "train" else False

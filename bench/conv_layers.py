@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import tensorflow as tf
 
-from chromagan_jax import models
+from chromagan_jax.model import networks
 
 # (name, spatial size, in channels, out channels, kernel, stride)
 LAYERS = (
@@ -46,7 +46,7 @@ def parse_args(argv=None):
   p.add_argument(
     "--conv_impl",
     default="xla,xla_nchw,winograd,winograd2,winograd4",
-    help="models.CONV_IMPLS, or xla_nchw: XLA's convolution in NCHW/OIHW layout",
+    help="networks.CONV_IMPLS, or xla_nchw: XLA's convolution in NCHW/OIHW layout",
   )
   p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
   p.add_argument("--json", default="bench/results/conv_layers.json")
@@ -89,7 +89,7 @@ def _jax_fns(x, w, stride, second_order, impl):
   if impl == "xla_nchw":  # XLA's convolution on channels-first data (transposed untimed).
     x, w, dims = x.transpose(0, 3, 1, 2), w.transpose(3, 2, 0, 1), ("NCHW", "OIHW", "NCHW")
     impl = "xla"
-  fn = models.conv_general_dilated(impl) or jax.lax.conv_general_dilated
+  fn = networks.conv_general_dilated(impl) or jax.lax.conv_general_dilated
   conv = lambda x, w: fn(x, w, (stride, stride), "SAME", dimension_numbers=dims)  # noqa: E731
   loss = lambda x, w: jnp.sum(jnp.sin(conv(x, w)))  # noqa: E731
   fwd = jax.jit(conv)

@@ -22,7 +22,9 @@ import keras_reference
 import numpy as np
 import tensorflow as tf
 
-from chromagan_jax import colorize_lib, conv_choice, cpu_conv, models
+from chromagan_jax.model import networks
+from chromagan_jax.model import predict as predict_lib
+from chromagan_jax.ops import conv_choice, cpu_conv
 
 
 def parse_args(argv=None):
@@ -37,10 +39,10 @@ def parse_args(argv=None):
   p.add_argument(
     "--conv_impl",
     default="xla,winograd,auto,auto+pre",
-    help="comma-separated models.CONV_IMPLS or 'auto' (measured per layer, conv_choice.py) to "
+    help="comma-separated networks.CONV_IMPLS or 'auto' (measured per layer, conv_choice.py) to "
     "time side by side (each against the same Keras); '+pre' after one: Winograd filters "
     "transformed (and at batch 1 Dense kernels transposed) once beforehand "
-    "(colorize_lib.inference_filters), as colorize does",
+    "(predict_lib.inference_filters), as colorize does",
   )
   p.add_argument(
     "--outputs",
@@ -71,12 +73,12 @@ def run(args) -> dict:
   size, width = args.image_size, args.width
   impls = args.conv_impl.split(",")
   gens = {
-    impl: models.Generator(
+    impl: networks.Generator(
       image_size=size,
       width=width,
       fc_width=args.fc_width,
       num_classes=args.num_classes,
-      conv_impl=models.resolve_conv_impl(impl.removesuffix("+pre"), objective="fwd"),
+      conv_impl=networks.resolve_conv_impl(impl.removesuffix("+pre"), objective="fwd"),
     )
     for impl in ["xla", *impls]
   }
@@ -102,9 +104,9 @@ def run(args) -> dict:
       filters = {}
       if impl.endswith("+pre"):
         start = time.perf_counter()
-        filters = jax.block_until_ready(colorize_lib.inference_filters(gen, variables, xj))
+        filters = jax.block_until_ready(predict_lib.inference_filters(gen, variables, xj))
         filters_s[batch, impl] = time.perf_counter() - start
-      # The compiler options colorize's programs use (colorize_lib.predict_ab).
+      # The compiler options colorize's programs use (engine.predict_ab).
       fn = jax.jit(
         lambda v, x, f, g=gen: predict(g, v, x, f, args.outputs),
         compiler_options=cpu_conv.cpu_compiler_options(),

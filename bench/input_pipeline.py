@@ -4,7 +4,7 @@
   python bench/input_pipeline.py --path '/work/photos/photos/**/*.jpg' --processes 0,1,2
   python bench/input_pipeline.py --smoke                # seconds: 32x32, a few batches
 
-Runs ``input_pipeline.create_train_iterator`` (decode with ``chromagan_jax.images``, optional
+Runs ``pipeline.create_train_iterator`` (decode with ``chromagan_jax.data.images``, optional
 crop/flip, resize; in ``--processes`` worker processes, 0 = in the calling process) on the
 bundled photos or on a folder/glob of your photos (``--path``; e.g. the shared photo set,
 ``bash /work/shared/data/fetch_photos.sh /work/photos``). Reports, per process count, the
@@ -24,8 +24,8 @@ import time
 import common  # noqa: I001 (sets sys.path and TF env before the imports below)
 import numpy as np
 
-from chromagan_jax import images, input_pipeline
 from chromagan_jax.configs import default
+from chromagan_jax.data import images, pipeline
 
 
 def parse_args(argv=None):
@@ -75,10 +75,10 @@ def measure(args, processes: int) -> dict:
   does not (much): it is the rate one free core sustains, i.e. img/s per core.
   """
   config = make_config(args, processes)
-  it = input_pipeline.create_train_iterator(config, process_index=0, process_count=1)
+  it = pipeline.create_train_iterator(config, process_index=0, process_count=1)
   for _ in range(args.cold_batches):
     batch = next(it)
-  pids = [os.getpid(), *input_pipeline._workers(processes).pids()]
+  pids = [os.getpid(), *pipeline._workers(processes).pids()]
   cpu0, start = cpu_seconds(pids), time.perf_counter()
   for _ in range(args.batches):
     batch = next(it)
@@ -98,12 +98,12 @@ def measure(args, processes: int) -> dict:
 def resume_cost(args, processes: int) -> dict:
   """Seconds from create_train_iterator(start_step) to its first batch, at 10% and 90%."""
   config = make_config(args, processes)
-  steps_per_epoch = max(1, input_pipeline.num_train_examples(config) // args.batch)
+  steps_per_epoch = max(1, pipeline.num_train_examples(config) // args.batch)
   out = {"decode_processes": processes, "steps_per_epoch": steps_per_epoch}
   for fraction in (0.1, 0.9):
     step = int(fraction * steps_per_epoch)
     start = time.perf_counter()
-    next(input_pipeline.create_train_iterator(config, start_step=step, process_index=0,
+    next(pipeline.create_train_iterator(config, start_step=step, process_index=0,
                                               process_count=1))  # fmt: skip
     out[f"resume_s_at_{round(fraction * 100)}pct"] = time.perf_counter() - start
   return out
@@ -111,7 +111,7 @@ def resume_cost(args, processes: int) -> dict:
 
 def dataset_facts(args) -> dict:
   config = make_config(args, 0)
-  files = input_pipeline._train_files(config)
+  files = pipeline._train_files(config)
   pixels = []
   for f in files:
     try:

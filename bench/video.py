@@ -28,8 +28,10 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from chromagan_jax import colorize_lib, input_pipeline, models, video  # noqa: E402
 from chromagan_jax.configs import default  # noqa: E402
+from chromagan_jax.data import pipeline  # noqa: E402
+from chromagan_jax.inference import engine, video  # noqa: E402
+from chromagan_jax.model import networks  # noqa: E402
 
 WARMUP_FRAMES = 8
 RATE = fractions.Fraction(24000, 1001)
@@ -54,7 +56,7 @@ def random_variables(model, size: int, seed: int = 0):
 
 def photos(names=None):
   """The bundled photos as uint8 RGB arrays (all of them, or the named ones)."""
-  paths = input_pipeline.bundled_photos("train") + input_pipeline.bundled_photos("holdout")
+  paths = pipeline.bundled_photos("train") + pipeline.bundled_photos("holdout")
   out = []
   for p in paths:
     if names is None or os.path.basename(p) in names:
@@ -69,9 +71,9 @@ def make_clip(path, size, frames_per_shot, names, grain):
 
 def throughput(sizes, frames, batch_size):
   config = default.get_config()
-  model = models.models_from_config(config.model)[0]
-  variables = models.without_class_head(random_variables(model, config.model.image_size))
-  colorizer = colorize_lib.Colorizer(variables, config, batch_size=batch_size)
+  model = networks.models_from_config(config.model)[0]
+  variables = networks.without_class_head(random_variables(model, config.model.image_size))
+  colorizer = engine.Colorizer(variables, config, batch_size=batch_size)
   results = []
   with tempfile.TemporaryDirectory() as tmp:
     for w, h in sizes:

@@ -5,10 +5,11 @@
   python -m chromagan_jax.convert generator my_model_colorization.h5 OUT
   python -m chromagan_jax.convert critic my_model_discriminator.h5 OUT
 
-``OUT`` is a checkpoint directory in the one layout of :mod:`chromagan_jax.checkpoint` (step 0,
+``OUT`` is a checkpoint directory in the one layout of :mod:`chromagan_jax.weights.checkpoint`
+(step 0,
 one weights item and a config recording the model fields, the source file and the input
 preprocessing the weights were trained with); it is never overwritten. Reading and mapping
-the files is :mod:`chromagan_jax.weights`; training and ``colorize.py`` also take the files
+the files is :mod:`chromagan_jax.weights.port`; training and ``colorize.py`` also take the files
 directly.
 """
 
@@ -19,8 +20,10 @@ import sys
 import jax
 import numpy as np
 
-from chromagan_jax import checkpoint, shapes, weights
 from chromagan_jax.errors import ConversionError, UserError
+from chromagan_jax.model import shapes
+from chromagan_jax.runtime import runner
+from chromagan_jax.weights import checkpoint, port
 
 KINDS = ("vgg16", "generator", "critic")
 
@@ -39,23 +42,23 @@ def convert(kind: str, source, out) -> str:
     raise ConversionError(f"{out}: already exists and is not empty; choose a new directory")
   converted = {"kind": kind, "source": os.path.abspath(source)}
   if kind == "vgg16":
-    params, pre = weights.load_vgg16(source, require_top=False)
-    top = weights.has_top(params)
+    params, pre = port.load_vgg16(source, require_top=False)
+    top = port.has_top(params)
     converted.update(preprocessing=pre, include_top=top)
     model = {**shapes.made_for(params, source), "vgg_preprocessing": pre}
     checkpoint.save_weights(out, checkpoint.VGG16, params, {"model": model, "converted": converted})
     what = "VGG16 classifier" if top else "VGG16 convolutions (notop)"
     summary = f"{what}, {_count(params):,} parameters, trained with {pre!r} preprocessing"
   elif kind == "generator":
-    variables, model = weights.chromagan_generator_with_config(source)
-    converted.update(preprocessing=weights.PREPROCESSING_CHROMAGAN)
+    variables, model = port.chromagan_generator_with_config(source)
+    converted.update(preprocessing=port.PREPROCESSING_CHROMAGAN)
     checkpoint.save_generator(out, variables, {"model": model, "converted": converted})
     summary = (
       f"ChromaGAN generator, {_count(variables):,} values (image_size "
       f"{model['image_size']}, width {model['width']}), colorize.py --ckpt {out}"
     )
   elif kind == "critic":
-    variables = weights.chromagan_critic_from_keras(source)
+    variables = port.chromagan_critic_from_keras(source)
     config = {"model": shapes.made_for(variables), "converted": converted}
     checkpoint.save_weights(out, checkpoint.CRITIC, variables, config)
     summary = f"ChromaGAN critic, {_count(variables):,} parameters"
@@ -87,4 +90,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  runner.run(main)

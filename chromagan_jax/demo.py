@@ -3,7 +3,7 @@ evaluate held-out ones.
 
   python -m chromagan_jax.demo --workdir demo_out [--steps 300]
 
-The photos ship inside the scikit-image wheel (see ``input_pipeline.bundled_photos``), so the
+The photos ship inside the scikit-image wheel (see ``pipeline.bundled_photos``), so the
 demo needs no download. Writes ``<workdir>/train`` (checkpoints, TensorBoard),
 ``<workdir>/colorized`` (the held-out photos colorized at their full resolution),
 ``<workdir>/before_after.png`` (grey | colorized | original per row) and
@@ -13,7 +13,6 @@ demo needs no download. Writes ``<workdir>/train`` (checkpoints, TensorBoard),
 import argparse
 import logging as std_logging
 import os
-import sys
 import time
 
 import jax
@@ -21,8 +20,13 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from chromagan_jax import allocator, checkpoint, colorize_lib, evaluate, images, train_lib
 from chromagan_jax.configs import cpu
+from chromagan_jax.data import images
+from chromagan_jax.evaluation import evaluator
+from chromagan_jax.inference import engine
+from chromagan_jax.runtime import runner
+from chromagan_jax.training import trainer
+from chromagan_jax.weights import checkpoint
 
 
 def before_after_grid(greys, colorized, originals, height=256) -> np.ndarray:
@@ -55,7 +59,7 @@ def main(argv=None) -> int:
   # --help is instant; its GPUs are hidden before JAX claims them.
   import tensorflow as tf
 
-  from chromagan_jax import input_pipeline
+  from chromagan_jax.data import pipeline
 
   tf.config.set_visible_devices([], "GPU")
   logging.set_verbosity(logging.INFO)
@@ -68,18 +72,18 @@ def main(argv=None) -> int:
   t0 = time.time()
   print(
     f"[demo] training configs/cpu.py for {config.num_train_steps} steps on "
-    f"{len(input_pipeline.bundled_photos('train'))} bundled photos ({jax.device_count()} "
+    f"{len(pipeline.bundled_photos('train'))} bundled photos ({jax.device_count()} "
     f"{jax.default_backend()} device(s)) -> {train_dir}",
     flush=True,
   )
-  train_lib.train_and_evaluate(config, train_dir)
+  trainer.train_and_evaluate(config, train_dir)
   print(f"[demo] trained in {time.time() - t0:.0f} s", flush=True)
 
   variables, saved = checkpoint.load_generator(train_dir, with_class_head=False)
-  holdout = input_pipeline.bundled_photos("holdout")
+  holdout = pipeline.bundled_photos("holdout")
   originals = [images.read_rgb(p) for p in holdout]
   greys = [np.asarray(Image.fromarray(x).convert("L")) for x in originals]
-  colorized = colorize_lib.colorize(greys, variables, saved)
+  colorized = engine.colorize(greys, variables, saved)
   out_dir = os.path.join(args.workdir, "colorized")
   os.makedirs(out_dir, exist_ok=True)
   for path, img in zip(holdout, colorized, strict=True):
@@ -89,10 +93,10 @@ def main(argv=None) -> int:
   grid_path = os.path.join(args.workdir, "before_after.png")
   Image.fromarray(grid).save(grid_path)
 
-  summary = evaluate.evaluate_checkpoint(
+  summary = evaluator.evaluate_checkpoint(
     train_dir, "bundled", os.path.join(args.workdir, "eval"), progress=False
   )
-  print(evaluate.format_table(summary))
+  print(evaluator.format_table(summary))
   print(
     f"[demo] done in {time.time() - t0:.0f} s. Results:\n"
     f"  before/after grid : {grid_path}\n"
@@ -104,5 +108,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  allocator.reexec_with_huge_pages()  # Huge pages for malloc: allocator.py.
-  sys.exit(main())
+  runner.run(main)

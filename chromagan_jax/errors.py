@@ -1,9 +1,9 @@
 """Errors the user can fix: bad flags, configs, files, data or weights.
 
 Every such error derives from :class:`UserError`, whose message is one line naming the file or
-setting and the problem. Entry scripts (``train.py``, ``colorize.py``, ``python -m
-chromagan_jax.evaluate`` / ``.convert``) catch ``UserError`` alone and print ``error: <message>``
-without a traceback; anything else is a bug and keeps its traceback.
+setting and the problem. Every command (through ``runtime/runner.py``) catches ``UserError``
+alone and prints ``error: <message>`` without a traceback; anything else is a bug and keeps
+its traceback.
 
 The subclasses say where the error arose; they live here (not in the modules that raise them)
 so that a module can raise another's error without importing it, and are re-exported by their

@@ -1,212 +1,34 @@
-"""Exports the head-free generator as ONNX, TFLite or a TensorFlow SavedModel.
+"""``chromagan-export``: the head-free generator as ONNX, TFLite or a TensorFlow SavedModel.
 
   python -m chromagan_jax.export --ckpt DIR --format onnx --output chromagan.onnx
   python -m chromagan_jax.export --ckpt DIR --format tflite --output chromagan.tflite
-  python -m chromagan_jax.export --ckpt DIR --format saved_model --output chromagan_savedmodel/
 
-The exported network (README "Colorize your photos"; ``docs/colorize_onnx.py`` runs it):
-  * input ``L``: float32 (N, S, S, 1), the Lab lightness of the photo resized to S x S
-    (S = the model's ``image_size``, 224 for the paper's model), divided by 100: in [0, 1];
-    the batch dimension N is dynamic;
-  * output ``ab``: float32 (N, S, S, 2) in [0, 1], the reference's 8-bit encoding over 255:
-    ``a = 255 * ab[..., 0] - 128``, ``b = 255 * ab[..., 1] - 128``.
-Pre-processing (resize the photo to S x S, its L) and post-processing (upsample ab to the
-photo's size, join with the full-resolution L, Lab -> sRGB) stay outside the model, as in
-``colorize.py``. Only what ab depends on is exported (no class head), with XLA's plain
-convolutions (``conv_impl='xla'``) so that each runtime picks its own convolution kernels.
-
-Converters (chosen for being maintained for current JAX and installable beside this
-project's TensorFlow 2.21 / jax 0.10 on Python 3.11):
-  * ONNX: ``jax2onnx`` converts the jaxpr straight to ONNX operators (opset 21). The other
-    route, jax2tf + tf2onnx, no longer works: jax2tf now only emits ``XlaCallModule`` ops
-    (StableHLO), which tf2onnx cannot translate. jax2onnx's package metadata pins
-    ``orbax-checkpoint<0.11.37`` and pulls equinox, huggingface-hub and netron, none of which
-    the conversion of a Flax linen function needs, so it is installed with ``--no-deps``
-    (``make export-deps``, see pyproject.toml's ``export`` extra for the rest).
-  * SavedModel and TFLite: ``jax.experimental.jax2tf`` (part of JAX) wraps the function as
-    a ``tf.function`` with a symbolic batch dimension; TensorFlow saves it, and its TFLite
-    converter lowers the StableHLO to TFLite builtin ops (no Flex/TF ops needed at run time).
+The exported contract (input L / 100, output ab in [0, 1]) is
+:mod:`chromagan_jax.inference.exporter`'s.
 """
 
 import argparse
-import logging
 import os
-import shutil
 import sys
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-import jax
-import jax.numpy as jnp
-
-from chromagan_jax import checkpoint, color, models
 from chromagan_jax.errors import UserError
-
-FORMATS = ("onnx", "tflite", "saved_model")
-INPUT_NAME = "L"
-OUTPUT_NAME = "ab"
-# The exported graph uses XLA's plain convolutions: runtimes choose their own kernels, and the
-# Winograd / im2col rewrites of cpu_conv.py would only obscure the graph.
-EXPORT_CONV_IMPL = "xla"
-# jax2onnx's target opset (ONNX Runtime >= 1.16 runs it).
-ONNX_OPSET = 21
-
-
-class ExportError(UserError):
-  """The export cannot be made (output exists, converter missing); one-line message."""
-
-
-def network_fn(model: models.Generator, variables) -> Callable:
-  """``L`` (N, S, S, 1) in [0, 1] -> ``ab`` (N, S, S, 2) in [0, 1] of the head-free ``model``.
-
-  ``variables`` (with or without the class head) are closed over, so they become constants
-  of the exported graph.
-  """
-  model = model.clone(with_class_head=False, conv_impl=EXPORT_CONV_IMPL)
-  variables = jax.tree.map(jnp.asarray, models.without_class_head(variables))
-
-  def fn(lightness):
-    return model.apply(variables, color.gray_to_l3(lightness), train=False)[0]
-
-  return fn
-
-
-def load(ckpt, step=None) -> tuple[Callable, int]:
-  """(:func:`network_fn` of checkpoint ``ckpt``, image size S); reads no class-head array."""
-  variables, config = checkpoint.load_generator(ckpt, step, with_class_head=False)
-  model = models.models_from_config(config.model)[0]
-  return network_fn(model, variables), int(config.model.image_size)
-
-
-def to_onnx(fn: Callable, size: int):
-  """An ``onnx.ModelProto`` of ``fn`` with a dynamic batch dimension ``N``."""
-  # jax2onnx imports every plugin it ships and logs each one whose library (equinox, dm-pix)
-  # is absent, with a traceback; none is needed for this network.
-  logging.getLogger("jax2onnx.plugins.plugin_system").setLevel(logging.ERROR)
-  logging.getLogger("onnx_ir.serde").setLevel(logging.ERROR)  # benign shape-info notes
-  # jax2onnx 0.17.1 (the newest) checks isinstance(..., jax._src.core.ClosedJaxpr), a class
-  # jax 0.12 folded into Jaxpr (jax.extend.core.ClosedJaxpr is Jaxpr there): give it the alias.
-  from jax._src import core as jax_core
-
-  if not hasattr(jax_core, "ClosedJaxpr"):
-    jax_core.ClosedJaxpr = jax_core.Jaxpr
-  try:
-    from jax2onnx import to_onnx as jax2onnx_to_onnx  # An optional dependency.
-  except ImportError as e:
-    raise ExportError(
-      f"ONNX export needs jax2onnx ({e}); install it with `make export-deps`"
-    ) from None
-  return jax2onnx_to_onnx(
-    fn,
-    [("N", size, size, 1)],
-    input_names=[INPUT_NAME],
-    output_names=[OUTPUT_NAME],
-    opset=ONNX_OPSET,
-    model_name="chromagan_generator",
-  )
-
-
-def to_tf_function(fn: Callable, size: int):
-  """A ``tf.function`` of ``fn`` (jax2tf) with input signature (None, S, S, 1) float32."""
-  # TensorFlow only for the TF formats (seconds to import).
-  import tensorflow as tf
-  from jax.experimental import jax2tf
-
-  converted = jax2tf.convert(
-    fn, polymorphic_shapes=[f"(n, {size}, {size}, 1)"], native_serialization_platforms=("cpu",)
-  )
-  return tf.function(
-    lambda lightness: {OUTPUT_NAME: converted(lightness)},
-    input_signature=[tf.TensorSpec([None, size, size, 1], tf.float32, name=INPUT_NAME)],
-    autograph=False,
-  )
-
-
-def to_tflite(fn: Callable, size: int) -> bytes:
-  """A TFLite flatbuffer of ``fn`` (builtin ops only), dynamic batch."""
-  import tensorflow as tf  # Only for the TF formats, as above.
-
-  tf_fn = to_tf_function(fn, size)
-  converter = tf.lite.TFLiteConverter.from_concrete_functions([tf_fn.get_concrete_function()])
-  converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-  return converter.convert()
-
-
-def save_saved_model(fn: Callable, size: int, directory: str) -> None:
-  """Writes a SavedModel whose ``serving_default`` signature maps ``L`` to ``ab``."""
-  import tensorflow as tf  # Only for the TF formats, as above.
-
-  module = tf.Module()
-  module.serve = to_tf_function(fn, size)
-  tf.saved_model.save(module, directory, signatures={"serving_default": module.serve})
-
-
-TF_FORMATS = ("tflite", "saved_model")
-
-
-def tf_formats_problem() -> str | None:
-  """Why the TensorFlow formats cannot be exported with this jax, or None when they can.
-
-  jax2tf serialises the network as StableHLO inside an XlaCallModule op. With jax 0.12
-  (Python 3.12; measured with TensorFlow 2.21) TensorFlow cannot read jax's newer StableHLO
-  (SavedModel: "failed to deserialize portable artifact") and TFLite cannot convert the op.
-  """
-  if jax.__version_info__[:2] < (0, 12):  # Integers whatever the release's suffix.
-    return None
-  return (
-    f"jax {jax.__version__} serialises StableHLO that TensorFlow's SavedModel and TFLite "
-    "cannot read or convert (needs jax < 0.12, i.e. Python 3.11 here); --format onnx works"
-  )
-
-
-def export(ckpt, fmt: str, output: str, step=None, overwrite: bool = False) -> str:
-  """Exports checkpoint ``ckpt`` in format ``fmt`` to ``output`` (a file; a folder for
-  ``saved_model``), written beside it first and moved into place when complete.
-
-  Raises:
-    UserError: unknown format, output exists (without ``overwrite``), bad checkpoint.
-  """
-  if fmt not in FORMATS:
-    raise ExportError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
-  if fmt in TF_FORMATS and (problem := tf_formats_problem()):
-    raise ExportError(f"--format {fmt}: {problem}")
-  output = os.path.abspath(output)
-  if os.path.lexists(output) and not overwrite:
-    raise ExportError(f"{output}: already exists; not overwritten (pass --overwrite)")
-  fn, size = load(ckpt, step)
-  parent = os.path.dirname(output)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
-  try:
-    staged = os.path.join(tmp, os.path.basename(output))
-    if fmt == "onnx":
-      import onnx  # Comes with the optional jax2onnx.
-
-      onnx.save(to_onnx(fn, size), staged)
-    elif fmt == "tflite":
-      with open(staged, "wb") as f:
-        f.write(to_tflite(fn, size))
-    else:
-      save_saved_model(fn, size, staged)
-    if os.path.isdir(output) and not os.path.islink(output):
-      shutil.rmtree(output)
-    os.replace(staged, output)
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
-  return output
+from chromagan_jax.inference import exporter
+from chromagan_jax.runtime import runner
 
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
     prog="python -m chromagan_jax.export",
-    description=__doc__.split("\n\n")[0] + " Input L (N, S, S, 1) in [0, 1] (Lab L / 100), "
+    description=exporter.__doc__.split("\n\n")[0]
+    + " Input L (N, S, S, 1) in [0, 1] (Lab L / 100), "
     "output ab (N, S, S, 2) in [0, 1] (a = 255 ab - 128); see docs/colorize_onnx.py.",
   )
   parser.add_argument(
     "--ckpt", required=True, help="checkpoint: workdir, checkpoints/ or convert output"
   )
   parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-  parser.add_argument("--format", required=True, choices=FORMATS)
+  parser.add_argument("--format", required=True, choices=exporter.FORMATS)
   parser.add_argument("--output", required=True, help="output file (a folder for saved_model)")
   parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
   return parser
@@ -215,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   try:
-    path = export(args.ckpt, args.format, args.output, args.step, args.overwrite)
+    path = exporter.export(args.ckpt, args.format, args.output, args.step, args.overwrite)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
@@ -225,4 +47,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-  sys.exit(main())
+  runner.run(main)
+
+
+if __name__ == "__main__":
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  runner.run(main)

@@ -4,7 +4,7 @@
       /photos/val/*.jpg
 
 Each photo is read with the one image reader (``images.read_rgb``), its grey version (Pillow's
-"L") is colorized at full resolution by ``colorize_lib.colorize`` (the moving-average generator
+"L") is colorized at full resolution by ``engine.colorize`` (the moving-average generator
 when the checkpoint has one, unless ``--no_ema``), and the rows are stacked by
 ``demo.before_after_grid``. README "Train on your own photos" shows its output.
 """
@@ -16,7 +16,10 @@ import sys
 import numpy as np
 from PIL import Image
 
-from chromagan_jax import checkpoint, colorize_lib, demo, images
+from chromagan_jax import demo
+from chromagan_jax.data import images
+from chromagan_jax.inference import engine
+from chromagan_jax.weights import checkpoint
 
 
 def main(argv=None) -> int:
@@ -38,7 +41,7 @@ def main(argv=None) -> int:
   )
   originals = [images.read_rgb(p) for p in args.photos]
   greys = [np.asarray(Image.fromarray(x).convert("L")) for x in originals]
-  colorized = colorize_lib.colorize(greys, variables, config)
+  colorized = engine.colorize(greys, variables, config)
   grid = demo.before_after_grid(greys, colorized, originals, height=args.height)
   Image.fromarray(grid).save(args.output, optimize=True, quality=88)  # quality: JPEG only
   print(f"wrote {args.output} ({grid.shape[1]}x{grid.shape[0]})")

@@ -20,7 +20,7 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image, ImageOps
 
-# sRGB (linear) <-> XYZ (D65) and the D65 white, as in chromagan_jax/color.py.
+# sRGB (linear) <-> XYZ (D65) and the D65 white, as in chromagan_jax/ops/color.py.
 RGB_TO_XYZ = np.array(
   [[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]]
 )

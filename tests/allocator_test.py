@@ -1,4 +1,4 @@
-"""chromagan_jax/allocator.py: entry points re-execute with malloc's transparent huge pages."""
+"""runtime/allocator.py: entry points re-execute with malloc's transparent huge pages."""
 
 import os
 import subprocess
@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from chromagan_jax import allocator
+from chromagan_jax.runtime import allocator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -67,7 +67,7 @@ def test_thp_mode_reads_the_bracketed_mode(tmp_path):
 _PROBE = textwrap.dedent("""
   import ctypes, os, resource, sys
   print("pid", os.getpid(), flush=True)
-  from chromagan_jax import allocator
+  from chromagan_jax.runtime import allocator
   allocator.reexec_with_huge_pages()
   libc, size = ctypes.CDLL(None), 256 * 2**20
   libc.malloc.restype = ctypes.c_void_p
@@ -124,14 +124,15 @@ def test_colorize_entry_point_runs_once_after_the_exec():
 KEEP_FREED_PROBE = """
 import resource, sys
 import numpy as np
-from chromagan_jax import allocator, colorize_lib
+from chromagan_jax.inference import engine
+from chromagan_jax.runtime import allocator
 if sys.argv[1] == "keep":
   assert allocator.keep_freed_memory()
 rgb = np.random.default_rng(0).integers(0, 256, (3000, 4000, 3), np.uint8)  # 12 MP
 ab = np.random.default_rng(1).random((64, 64, 2), dtype=np.float32)
 for _ in range(3):  # colorize's full-resolution compose, photo after photo
   before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-  colorize_lib.compose_host(rgb, ab)
+  engine.compose_host(rgb, ab)
   faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 print(faults)
 """

@@ -1,4 +1,4 @@
-"""End-to-end test of the web app (chromagan_jax.app) in a real headless browser.
+"""End-to-end test of the web app (chromagan_jax.inference.webapp) in a real headless browser.
 
 The server is the real entry point (``python -m chromagan_jax.app``) on a free 127.0.0.1
 port, killed at the end; the browser is Debian's chromium driven through chromedriver by
@@ -21,7 +21,8 @@ from helpers import random_generator_variables, skip_or_fail_under_ci, small_con
 from PIL import Image
 from skimage import color as skcolor
 
-from chromagan_jax import checkpoint, images, input_pipeline
+from chromagan_jax.data import images, pipeline
+from chromagan_jax.weights import checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The screenshot goes to the test's tmp_path; CHROMAGAN_APP_SCREENSHOT=docs/app.png refreshes
@@ -72,7 +73,15 @@ def server(tmp_path_factory):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
   with open(log, "w") as out:
     proc = subprocess.Popen(
-      [sys.executable, "-m", "chromagan_jax.app", "--ckpt", str(ckpt), "--port", str(port)]
+      [
+        sys.executable,
+        "-m",
+        "chromagan_jax.app",
+        "--ckpt",
+        str(ckpt),
+        "--port",
+        str(port),
+      ]
       + ["--max_upload_mb", "2"],
       cwd=ROOT,
       env=env,
@@ -156,7 +165,7 @@ def test_app_in_headless_chromium(server, browser, tmp_path):
   assert "ChromaGAN" in driver.title
 
   # 1. A real photo (PNG: lossless, so its L can be compared).
-  photo = input_pipeline.bundled_photos("holdout")[0]
+  photo = pipeline.bundled_photos("holdout")[0]
   _upload(driver, [photo])
   _wait_done(driver, 1)
   (card,) = driver.find_elements("css selector", ".card.ok")
@@ -207,11 +216,11 @@ def test_app_in_headless_chromium(server, browser, tmp_path):
 
 def test_server_limits_without_browser(tmp_path):
   """The server's own checks (the page also checks the size before uploading)."""
-  from chromagan_jax import app as app_lib
-  from chromagan_jax import colorize_lib
+  from chromagan_jax.inference import engine
+  from chromagan_jax.inference import webapp as app_lib
 
   config = small_config()
-  colorizer = colorize_lib.Colorizer(random_generator_variables(config), config, batch_size=1)
+  colorizer = engine.Colorizer(random_generator_variables(config), config, batch_size=1)
   client = app_lib.create_app(
     colorizer, max_upload_bytes=10_000, max_pixels=100 * 100
   ).test_client()

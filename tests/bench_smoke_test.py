@@ -27,7 +27,7 @@ import generator_inference  # noqa: E402
 import input_pipeline as input_pipeline_bench  # noqa: E402
 import train_step  # noqa: E402
 
-from chromagan_jax import conv_choice, cpu_conv  # noqa: E402
+from chromagan_jax.ops import conv_choice, cpu_conv  # noqa: E402
 
 
 def _load(path):
@@ -173,7 +173,7 @@ def test_colorize_bench_smoke(tmp_path, monkeypatch):
   import colorize_e2e as colorize_bench
   from helpers import random_generator_variables, small_config
 
-  from chromagan_jax import checkpoint
+  from chromagan_jax.weights import checkpoint
 
   config = small_config()
   ckpt = tmp_path / "ckpt"

@@ -10,8 +10,9 @@ import pytest
 from absl import logging as absl_logging
 from helpers import random_generator_variables, small_config
 
-from chromagan_jax import checkpoint, models
 from chromagan_jax.errors import ShapeError
+from chromagan_jax.model import networks
+from chromagan_jax.weights import checkpoint
 
 jax.config.update("jax_disable_most_optimizations", True)
 
@@ -47,16 +48,16 @@ def test_head_free_load_reads_no_class_head_array(tmp_path):
   # would fail, as the full load below does.
   removed = 0
   for name in os.listdir(tmp_path / "0" / "generator"):
-    if any(f"params.{layer}." in name for layer in models.CLASS_HEAD):
+    if any(f"params.{layer}." in name for layer in networks.CLASS_HEAD):
       for root, _, files in os.walk(tmp_path / "0" / "generator" / name):
         for f in files:
           if not f.startswith("."):
             os.remove(os.path.join(root, f))
             removed += 1
-  assert removed >= 2 * len(models.CLASS_HEAD)
+  assert removed >= 2 * len(networks.CLASS_HEAD)
   head_free, saved = checkpoint.load_generator(tmp_path, with_class_head=False)
   assert saved.model.width == config.model.width
-  jax.tree.map(np.testing.assert_array_equal, head_free, models.without_class_head(variables))
+  jax.tree.map(np.testing.assert_array_equal, head_free, networks.without_class_head(variables))
   with pytest.raises(checkpoint.CheckpointError, match="cannot read the generator"):
     checkpoint.load_generator(tmp_path)
 

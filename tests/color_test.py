@@ -1,4 +1,4 @@
-"""Tests of chromagan_jax.color against scikit-image and hand-computed CIE formulas."""
+"""Tests of chromagan_jax.ops.color against scikit-image and hand-computed CIE formulas."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +7,7 @@ import pytest
 from jax.extend import core as jax_core
 from skimage import color as skcolor
 
-from chromagan_jax import color
+from chromagan_jax.ops import color
 
 # These are tiny arrays: XLA's optimisation passes would cost more than they save.
 jax.config.update("jax_disable_most_optimizations", True)

@@ -1,7 +1,7 @@
 """Tests of colorize_lib, colorize_files and colorize.py on real photos (scikit-image's bundled
 ones).
 
-References are independent of chromagan_jax.color: scikit-image's Lab conversion and resize,
+References are independent of chromagan_jax.ops.color: scikit-image's Lab conversion and resize,
 NumPy rotations for EXIF orientation, file hashes for "inputs untouched".
 """
 
@@ -27,8 +27,11 @@ from skimage import color as skcolor
 from skimage import data as skdata
 from skimage import transform as sktransform
 
-import colorize
-from chromagan_jax import checkpoint, colorize_lib, images, models
+from chromagan_jax import colorize
+from chromagan_jax.data import images
+from chromagan_jax.inference import engine
+from chromagan_jax.model import networks
+from chromagan_jax.weights import checkpoint
 
 jax.config.update("jax_disable_most_optimizations", True)
 
@@ -48,7 +51,7 @@ def colourful(tmp_path_factory):
 
 
 def reference_colorize(rgb, variables, config):
-  """The reference inference without chromagan_jax.color or colorize_lib.
+  """The reference inference without chromagan_jax.ops.color or colorize_lib.
 
   scikit-image bilinear resize to the network size (rounded to uint8, as training data),
   its Lab L / 100 tiled -> ``Generator.apply`` -> ab8 = clip(ab * 255) upsampled bilinearly
@@ -63,7 +66,7 @@ def reference_colorize(rgb, variables, config):
   )
   small = np.clip(np.round(small), 0, 255).astype(np.uint8)
   l3 = np.repeat(skcolor.rgb2lab(small)[..., :1] / 100.0, 3, axis=-1)[None].astype(np.float32)
-  gen = models.models_from_config(config.model)[0]
+  gen = networks.models_from_config(config.model)[0]
   ab = np.asarray(_apply_generator(gen, variables, l3))[0].astype(np.float64)
   ab8 = np.clip(ab * 255.0, 0, 255)
   up = sktransform.resize(ab8, rgb.shape[:2], order=1, mode="edge", anti_aliasing=False)
@@ -135,7 +138,7 @@ def run_cli(args):
 
 def test_network_resize_matches_skimage_bilinear():
   rgb = photo("astronaut", (150, 113))
-  assert colorize_lib.pad_to_bucket(rgb).shape[:2] == (128, 160)
+  assert engine.pad_to_bucket(rgb).shape[:2] == (128, 160)
   # What Colorizer feeds the network: the training data's resize.
   ours = images.resize(rgb, 64)
   ref = sktransform.resize(
@@ -153,8 +156,8 @@ def test_compose_matches_skimage_lab():
   # sRGB gamut, where scikit-image (clips XYZ) and color.py (clips linear RGB) differ.
   ab_small = rng.uniform(0.4, 0.6, (4, 4, 2))
   ab_net = sktransform.resize(ab_small, (64, 64), order=1).astype(np.float32)
-  padded = colorize_lib.pad_to_bucket(rgb)
-  ours = np.asarray(colorize_lib.compose(padded, ab_net, 100, 120)[:100, :120])
+  padded = engine.pad_to_bucket(rgb)
+  ours = np.asarray(engine.compose(padded, ab_net, 100, 120)[:100, :120])
   ab8 = ab_net.astype(np.float64) * 255
   ab8_up = sktransform.resize(ab8, (100, 120), order=1, mode="edge", anti_aliasing=False)
   lab = np.concatenate([lightness(rgb)[..., None], ab8_up - 128], axis=-1)
@@ -162,8 +165,8 @@ def test_compose_matches_skimage_lab():
   diff = np.abs(ours.astype(int) - ref)
   assert diff.max() <= 1, diff.max()
   # ab beyond [0, 1] is clipped (the reference's clip(ab * 255, 0, 255)).
-  over = np.asarray(colorize_lib.compose(padded, ab_net + 2.0, 100, 120))
-  at_one = np.asarray(colorize_lib.compose(padded, np.ones_like(ab_net), 100, 120))
+  over = np.asarray(engine.compose(padded, ab_net + 2.0, 100, 120))
+  at_one = np.asarray(engine.compose(padded, np.ones_like(ab_net), 100, 120))
   np.testing.assert_array_equal(over, at_one)
   assert np.abs(ours[..., 0].astype(int) - ours[..., 2]).mean() > 5  # really coloured.
 
@@ -186,7 +189,7 @@ def test_colorize_api_kinds(generator):
   rgba = np.concatenate([photo("coffee", (100, 100)), alpha[..., None]], axis=-1)
   tiny = np.full((1, 1, 3), 77, np.uint8)
   images = [grey, grey[..., None], as_rgb(grey), rgb, rgba, tiny]
-  out = colorize_lib.colorize(images, variables, config, batch_size=4)
+  out = engine.colorize(images, variables, config, batch_size=4)
   assert [o.shape for o in out] == [
     (90, 100, 3), (90, 100, 3), (90, 100, 3), (97, 110, 3), (100, 100, 4), (1, 1, 3),
   ]  # fmt: skip
@@ -199,9 +202,9 @@ def test_colorize_api_kinds(generator):
     assert np.abs(lightness(result) - lightness(as_rgb(image))).mean() < 0.5
   assert np.abs(out[3][..., 0].astype(int) - out[3][..., 2]).mean() > 2  # tinted, not grey.
   with pytest.raises(ValueError, match="uint8"):
-    colorize_lib.colorize([grey.astype(np.float32)], variables, config)
+    engine.colorize([grey.astype(np.float32)], variables, config)
   with pytest.raises(ValueError, match="shape"):
-    colorize_lib.colorize([np.zeros((4, 4, 2), np.uint8)], variables, config)
+    engine.colorize([np.zeros((4, 4, 2), np.uint8)], variables, config)
 
 
 def test_colorize_matches_an_independent_pipeline_whatever_the_batching(colourful):
@@ -217,12 +220,12 @@ def test_colorize_matches_an_independent_pipeline_whatever_the_batching(colourfu
   # The test generator's colours vary across each picture, not one tint: tens of Lab units.
   _, _, ab = reference_colorize(images[0], variables, config)
   assert ab.std(axis=(0, 1)).min() > 10, ab.std(axis=(0, 1))
-  out = colorize_lib.colorize(images, variables, config, batch_size=3)  # a padded last batch
+  out = engine.colorize(images, variables, config, batch_size=3)  # a padded last batch
   for i, (image, result) in enumerate(zip(images, out, strict=True)):
     assert_matches_reference(result[..., :3], as_rgb(image), variables, config, name=i)
   np.testing.assert_array_equal(out[3][..., 3], images[3][..., 3])
-  one_by_one = colorize_lib.colorize(images, variables, config, batch_size=1)
-  reversed_pairs = colorize_lib.colorize(images[::-1], variables, config, batch_size=2)[::-1]
+  one_by_one = engine.colorize(images, variables, config, batch_size=1)
+  reversed_pairs = engine.colorize(images[::-1], variables, config, batch_size=2)[::-1]
   for i in range(len(images)):
     for other in (one_by_one[i], reversed_pairs[i]):
       assert np.abs(other.astype(int) - out[i]).max() <= 1, i  # float rounding at most.

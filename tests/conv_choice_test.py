@@ -12,7 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from chromagan_jax import compile_cache, conv_choice, cpu_conv, models
+from chromagan_jax.model import networks
+from chromagan_jax.ops import conv_choice, cpu_conv
+from chromagan_jax.runtime import compile_cache
 
 SAME_3X3 = ((2, 8, 8, 16), (3, 3, 16, 16), (1, 1), ((1, 1), (1, 1)))
 STRIDED_4X4 = ((2, 8, 8, 16), (4, 4, 16, 8), (2, 2), ((1, 2), (1, 2)))
@@ -152,10 +154,10 @@ def test_models_trace_with_the_chosen_algorithms(monkeypatch):
   size, width = 16, 0.25
   kw = dict(image_size=size, width=width, fc_width=16, num_classes=4)
   x = jnp.asarray(np.random.default_rng(0).random((1, size, size, 3), np.float32))
-  ref = models.Generator(**kw)
+  ref = networks.Generator(**kw)
   variables = jax.jit(ref.init)(jax.random.key(0), x)
   want = ref.apply(variables, x)[0]
-  auto = models.Generator(**kw, conv_impl=models.resolve_conv_impl("auto", objective="fwd"))
+  auto = networks.Generator(**kw, conv_impl=networks.resolve_conv_impl("auto", objective="fwd"))
   init_timer = FakeTimer()
   conv_choice.set_chooser(conv_choice.Chooser(None, timer=init_timer))
   jax.eval_shape(auto.init, jax.random.key(0), x)

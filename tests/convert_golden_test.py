@@ -14,7 +14,8 @@ import os
 import numpy as np
 import pytest
 
-from chromagan_jax import models, weights
+from chromagan_jax.model import networks
+from chromagan_jax.weights import port
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 _spec = importlib.util.spec_from_file_location("make_fixtures", f"{FIXTURES}/make_fixtures.py")
@@ -34,12 +35,12 @@ FC_WIDTH = 256  # scaled(256, 1/64) = make_fixtures.FC units.
   ],
 )
 def test_vgg16_files_written_by_the_real_libraries(name, out, preprocessing):
-  params, found = weights.load_vgg16(os.path.join(FIXTURES, name))
+  params, found = port.load_vgg16(os.path.join(FIXTURES, name))
   assert found == preprocessing
-  assert models.scaled(512, WIDTH) == make_fixtures.CHANNELS[-1][1]
-  assert models.scaled(FC_WIDTH, WIDTH) == make_fixtures.FC
+  assert networks.scaled(512, WIDTH) == make_fixtures.CHANNELS[-1][1]
+  assert networks.scaled(FC_WIDTH, WIDTH) == make_fixtures.FC
   # The library's own logits on the same input (the weights' preprocessing is the caller's).
-  teacher = models.VGG16Classifier(
+  teacher = networks.VGG16Classifier(
     width=WIDTH, num_classes=make_fixtures.CLASSES, fc_width=FC_WIDTH, preprocessing="none"
   )
   got = np.asarray(teacher.apply({"params": params}, make_fixtures.tiny_input()), np.float64)
@@ -51,10 +52,10 @@ def test_vgg16_files_written_by_the_real_libraries(name, out, preprocessing):
 def test_generator_saved_whole_by_keras2():
   """The authors' kind of file: a whole generator saved by Keras 2 (tf_keras) model.save."""
   path = os.path.join(FIXTURES, "generator_tiny_keras2_model.h5")
-  variables, fields = weights.chromagan_generator_with_config(path)
+  variables, fields = port.chromagan_generator_with_config(path)
   assert fields["image_size"] == make_fixtures.GEN_SIZE
   assert fields["width"] == pytest.approx(make_fixtures.GEN_WIDTH)
-  gen = models.Generator(**fields)
+  gen = networks.Generator(**fields)
   ab, probs = gen.apply(variables, make_fixtures.generator_input(), train=False)
   want = np.load(os.path.join(FIXTURES, "generator_tiny_keras2_out.npz"))
   assert np.ptp(want["ab"]) > 0.01  # not a constant output

@@ -26,8 +26,10 @@ import pytest
 from helpers import TORCH_CONVS, TORCH_LINEARS, assert_trees_equal, randomize
 from keras.src.legacy.saving import legacy_h5_format
 
-from chromagan_jax import checkpoint, convert, models, shapes, torch_pickle, weights
+from chromagan_jax import convert
 from chromagan_jax.errors import CheckpointError, ConversionError, ShapeError
+from chromagan_jax.model import networks, shapes
+from chromagan_jax.weights import checkpoint, port, torch_pickle
 
 # Small networks: XLA's optimisation passes cost more than they save here.
 jax.config.update("jax_disable_most_optimizations", True)
@@ -83,16 +85,16 @@ def test_vgg16_classifier_from_keras_matches_keras_logits(keras_classifier):
   model, files = keras_classifier
   x = grey_batch(GEN_SIZE)
   want = model(x).numpy()
-  teacher = models.VGG16Classifier(width=VGG_WIDTH, num_classes=NUM_CLASSES, fc_width=VGG_FC)
-  params = weights.vgg16_from_keras(files["keras1"])
+  teacher = networks.VGG16Classifier(width=VGG_WIDTH, num_classes=NUM_CLASSES, fc_width=VGG_FC)
+  params = port.vgg16_from_keras(files["keras1"])
   assert_rel_close(teacher.apply({"params": params}, x), want)
   # The Keras 3 writer's layout ('block1_conv1/kernel' names) gives the same arrays.
-  assert_trees_equal(weights.vgg16_from_keras(files["keras3"]), params)
-  loaded, preprocessing = weights.load_vgg16(files["keras1"])
+  assert_trees_equal(port.vgg16_from_keras(files["keras3"]), params)
+  loaded, preprocessing = port.load_vgg16(files["keras1"])
   assert preprocessing == "caffe"
   assert_trees_equal(loaded, params)
   # The generator's trunk: blocks 1-4 only.
-  trunk = weights.vgg16_trunk_params(params)
+  trunk = port.vgg16_trunk_params(params)
   assert list(trunk) == [
     f"block{b}_conv{i}" for b, n in ((1, 2), (2, 2), (3, 3), (4, 3)) for i in range(1, n + 1)
   ]
@@ -106,9 +108,9 @@ def test_vgg16_cli_round_trip(keras_classifier, tmp_path, capsys):
   out = str(tmp_path / "vgg16")
   assert convert.main(["vgg16", files["keras1"], out]) == 0
   assert "caffe" in capsys.readouterr().out
-  params, preprocessing = weights.load_vgg16(out)
+  params, preprocessing = port.load_vgg16(out)
   assert preprocessing == "caffe"
-  assert_trees_equal(params, weights.vgg16_from_keras(files["keras1"]))
+  assert_trees_equal(params, port.vgg16_from_keras(files["keras1"]))
   # Never overwrites: a second conversion into the same directory fails in one line.
   assert convert.main(["vgg16", files["keras1"], out]) == 1
   err = capsys.readouterr().err.strip()
@@ -120,23 +122,23 @@ def test_keras_applications_notop_file_gives_the_trunk(tmp_path):
   randomize(vgg, seed=2)
   path = str(tmp_path / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5")
   save_keras3_weights_h5(vgg, path)
-  params = weights.vgg16_from_keras(path, include_top=False)
+  params = port.vgg16_from_keras(path, include_top=False)
   assert set(params) == {"vgg16"}
-  for name in weights.VGG16_CONVS:  # Block 5 too, by value.
+  for name in port.VGG16_CONVS:  # Block 5 too, by value.
     kernel, bias = vgg.get_layer(name).get_weights()
     np.testing.assert_array_equal(params["vgg16"][name]["kernel"], kernel)
     np.testing.assert_array_equal(params["vgg16"][name]["bias"], bias)
   x = grey_batch(32)
   want = keras.Model(vgg.input, vgg.get_layer("block4_conv3").output)(x).numpy()
-  trunk = models.VGG16Trunk(depth=4)
-  got = trunk.apply({"params": weights.vgg16_trunk_params(params)}, x)
+  trunk = networks.VGG16Trunk(depth=4)
+  got = trunk.apply({"params": port.vgg16_trunk_params(params)}, x)
   assert_rel_close(got, want)
   # The teacher needs the classifier top: a notop file is refused, naming the file.
   with pytest.raises(ConversionError, match=rf"{path}.*notop"):
-    weights.vgg16_from_keras(path)
+    port.vgg16_from_keras(path)
   with pytest.raises(ConversionError, match="notop"):
-    weights.load_vgg16(path)
-  assert weights.load_vgg16(path, require_top=False)[1] == "caffe"
+    port.load_vgg16(path)
+  assert port.load_vgg16(path, require_top=False)[1] == "caffe"
 
 
 # ----------------------------------------------------------------------------------------
@@ -146,12 +148,12 @@ def test_keras_applications_notop_file_gives_the_trunk(tmp_path):
 def torch_vgg16_state_dict(seed, width=VGG_WIDTH, fc=VGG_FC, classes=NUM_CLASSES):
   rng = np.random.default_rng(seed)
   sd, cin = collections.OrderedDict(), 3
-  channels = [models.scaled(c, width) for n, c in models.VGG16_BLOCKS for _ in range(n)]
+  channels = [networks.scaled(c, width) for n, c in networks.VGG16_BLOCKS for _ in range(n)]
   for idx, cout in zip(TORCH_CONVS, channels, strict=True):
     sd[f"features.{idx}.weight"] = rng.normal(0, 1 / np.sqrt(9 * cin), (cout, cin, 3, 3))
     sd[f"features.{idx}.bias"] = rng.normal(0, 0.1, (cout,))
     cin = cout
-  sizes = [cin * 3 * 3, models.scaled(fc, width), models.scaled(fc, width), classes]
+  sizes = [cin * 3 * 3, networks.scaled(fc, width), networks.scaled(fc, width), classes]
   for idx, fin, fout in zip(TORCH_LINEARS, sizes[:-1], sizes[1:], strict=True):
     sd[f"classifier.{idx}.weight"] = rng.normal(0, 1 / np.sqrt(fin), (fout, fin))
     sd[f"classifier.{idx}.bias"] = rng.normal(0, 0.1, (fout,))
@@ -189,13 +191,13 @@ def test_vgg16_from_torch_matches_torch_semantics(tmp_path, fmt):
     )
   else:
     convert_formats.save_torch_legacy(path, sd, shared=fmt == "legacy_shared")
-  params, preprocessing = weights.load_vgg16(path)
+  params, preprocessing = port.load_vgg16(path)
   assert preprocessing == "torch"
   # 96x96 input: a 3x3x32 block-5 map, so a missing NCHW -> NHWC permutation of fc1 shows.
   x = grey_batch(96)
   x[..., 1] *= 0.5  # Distinct channels, so an RGB/BGR or C-axis mix-up shows too.
   want = torch_vgg16_logits(sd, x.transpose(0, 3, 1, 2))
-  teacher = models.VGG16Classifier(width=VGG_WIDTH, num_classes=NUM_CLASSES, fc_width=VGG_FC)
+  teacher = networks.VGG16Classifier(width=VGG_WIDTH, num_classes=NUM_CLASSES, fc_width=VGG_FC)
   assert_rel_close(teacher.apply({"params": params}, x), want)
 
 
@@ -235,15 +237,15 @@ def test_generator_from_keras_files(keras_generator):
   assert "model_6" in [name for name, _ in layers] and "conv2d_17" in [n for n, _ in layers]
   want_vars = keras_reference.keras_to_flax(model)  # By layer name: independent mapping.
   for path in (k2, k3):
-    assert_trees_equal(weights.chromagan_generator_from_keras(path), want_vars)
+    assert_trees_equal(port.chromagan_generator_from_keras(path), want_vars)
   x = grey_batch(GEN_SIZE)
   want_ab, want_p = (t.numpy() for t in model(x, training=False))
   # Non-trivial outputs: unsaturated ab, a spread class distribution.
   assert want_ab.std() > 0.02 and want_p.max() < 0.99
-  gen = models.Generator(
+  gen = networks.Generator(
     image_size=GEN_SIZE, width=WIDTH, num_classes=NUM_CLASSES, fc_width=FC_WIDTH
   )
-  ab, p = gen.apply(weights.chromagan_generator_from_keras(k2), x)
+  ab, p = gen.apply(port.chromagan_generator_from_keras(k2), x)
   assert_rel_close(ab, want_ab)
   assert_rel_close(p, want_p)
 
@@ -254,18 +256,16 @@ def test_generator_cli_writes_a_colorize_checkpoint(keras_generator, tmp_path, c
   assert convert.main(["generator", k2, out]) == 0
   assert out in capsys.readouterr().out
   variables, config = checkpoint.load_generator(out)
-  assert_trees_equal(
-    jax.tree.map(np.asarray, variables), weights.chromagan_generator_from_keras(k2)
-  )
+  assert_trees_equal(jax.tree.map(np.asarray, variables), port.chromagan_generator_from_keras(k2))
   assert config.model.image_size == GEN_SIZE and config.model.width == WIDTH
   assert config.model.num_classes == NUM_CLASSES and config.model.fc_width == FC_WIDTH
   assert config.model.vgg_preprocessing == "none"
   # The stored model config rebuilds a generator these variables fit.
-  gen = models.models_from_config(config.model)[0]
+  gen = networks.models_from_config(config.model)[0]
   shapes.check_shapes(
     variables, jax.eval_shape(gen.init, jax.random.key(0), grey_batch(GEN_SIZE, 1)), out
   )
-  assert_trees_equal(weights.load_generator_variables(out), jax.tree.map(np.asarray, variables))
+  assert_trees_equal(port.load_generator_variables(out), jax.tree.map(np.asarray, variables))
 
 
 def test_generator_layer_order_is_checked_against_strides(keras_generator, tmp_path):
@@ -279,7 +279,7 @@ def test_generator_layer_order_is_checked_against_strides(keras_generator, tmp_p
   path = str(tmp_path / "swapped.h5")
   convert_formats.write_keras2_h5(path, swapped, config)
   with pytest.raises(ConversionError, match=rf"{names[j]}.*global_conv1.*stride"):
-    weights.chromagan_generator_from_keras(path)
+    port.chromagan_generator_from_keras(path)
 
 
 def test_generator_shape_mismatch_names_file_layer_and_shapes(keras_generator, tmp_path):
@@ -296,7 +296,7 @@ def test_generator_shape_mismatch_names_file_layer_and_shapes(keras_generator, t
   path = str(tmp_path / "bad.h5")
   convert_formats.write_keras2_h5(path, bad, config)
   with pytest.raises(ShapeError) as e:
-    weights.chromagan_generator_from_keras(path)
+    port.chromagan_generator_from_keras(path)
   msg = str(e.value)
   assert path in msg and "dec_conv3" in msg and bad_name in msg
   assert "expected shape (3, 3, 16, 8), found (3, 3, 16, 9)" in msg
@@ -319,19 +319,19 @@ def test_critic_from_keras_files(keras_critic, tmp_path):
   model, k3, k2 = keras_critic
   want_vars = keras_reference.keras_to_flax(model)
   for path in (k2, k3):
-    assert_trees_equal(weights.chromagan_critic_from_keras(path), want_vars)
+    assert_trees_equal(port.chromagan_critic_from_keras(path), want_vars)
   rng = np.random.default_rng(6)
   ab = rng.uniform(0, 1, (2, 32, 32, 2)).astype(np.float32)
   lightness = rng.uniform(0, 1, (2, 32, 32, 1)).astype(np.float32)
   want = model([ab, lightness]).numpy()
-  got = models.Critic(width=WIDTH).apply(weights.chromagan_critic_from_keras(k2), ab, lightness)
+  got = networks.Critic(width=WIDTH).apply(port.chromagan_critic_from_keras(k2), ab, lightness)
   assert_rel_close(got, want)
   out = str(tmp_path / "critic")
   assert convert.main(["critic", k2, out]) == 0
-  assert_trees_equal(weights.load_critic(out), want_vars)
+  assert_trees_equal(port.load_critic(out), want_vars)
   # A critic directory is not VGG16 weights.
   with pytest.raises(CheckpointError, match="'critic' weights, 'vgg16' weights were expected"):
-    weights.load_vgg16(out)
+    port.load_vgg16(out)
 
 
 # ----------------------------------------------------------------------------------------
@@ -343,9 +343,9 @@ def test_not_hdf5_and_cli_error_line(tmp_path, capsys):
   with open(path, "w") as f:
     f.write("not weights\n")
   with pytest.raises(ConversionError, match=rf"{path}: not an HDF5 file"):
-    weights.vgg16_from_keras(path)
+    port.vgg16_from_keras(path)
   with pytest.raises(ConversionError, match=rf"{path}: not a Keras .h5, a torch"):
-    weights.load_vgg16(path)
+    port.load_vgg16(path)
   assert convert.main(["generator", path, str(tmp_path / "out")]) == 1
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and err.startswith("error: ") and path in err
@@ -360,7 +360,7 @@ def test_truncated_files(keras_classifier, tmp_path):
   with open(cut, "wb") as f:
     f.write(data[: len(data) // 2])
   with pytest.raises(ConversionError, match=rf"{cut}.*truncated"):
-    weights.vgg16_from_keras(cut)
+    port.vgg16_from_keras(cut)
   sd = torch_vgg16_state_dict(seed=7)
   for save in (convert_formats.save_torch_zip, convert_formats.save_torch_legacy):
     full, cut = str(tmp_path / "full.pth"), str(tmp_path / "cut.pth")
@@ -369,7 +369,7 @@ def test_truncated_files(keras_classifier, tmp_path):
     with open(cut, "r+b") as f:
       f.truncate(int(os.path.getsize(full) * 0.6))
     with pytest.raises(ConversionError, match=rf"{cut}.*(truncated|corrupt)"):
-      weights.vgg16_from_torch(cut)
+      port.vgg16_from_torch(cut)
 
 
 def test_vgg19_and_wrong_model_files(keras_classifier, keras_generator, tmp_path):
@@ -382,24 +382,24 @@ def test_vgg19_and_wrong_model_files(keras_classifier, keras_generator, tmp_path
   vgg19 = str(tmp_path / "vgg19_weights_tf_dim_ordering_tf_kernels.h5")
   convert_formats.write_keras2_h5(vgg19, layers + [extra], weights_only=True)
   with pytest.raises(ConversionError, match=rf"{vgg19}.*block5_conv4.*VGG19"):
-    weights.vgg16_from_keras(vgg19)
+    port.vgg16_from_keras(vgg19)
   sd = torch_vgg16_state_dict(seed=8)
   sd["features.30.weight"] = np.zeros((32, 32, 3, 3), np.float32)
   sd["features.30.bias"] = np.zeros((32,), np.float32)
   pth = str(tmp_path / "vgg19.pth")
   convert_formats.save_torch_zip(pth, sd)
   with pytest.raises(ConversionError, match=rf"{pth}: has 14 convolutions"):
-    weights.vgg16_from_torch(pth)
+    port.vgg16_from_torch(pth)
   # A generator file is not VGG16, and a VGG16 file is not a generator or a critic.
   _, _, k2, _, _ = keras_generator
   with pytest.raises(ConversionError, match=rf"{k2}: no VGG16 layers"):
-    weights.vgg16_from_keras(k2)
+    port.vgg16_from_keras(k2)
   vgg = str(tmp_path / "vgg16.h5")
   convert_formats.write_keras2_h5(vgg, layers, weights_only=True)
   with pytest.raises(ConversionError, match=rf"{vgg}: .*block5_conv1.*not a ChromaGAN generator"):
-    weights.chromagan_generator_from_keras(vgg)
+    port.chromagan_generator_from_keras(vgg)
   with pytest.raises(ConversionError, match=rf"{vgg}: layer 'fc1' is not a convolution"):
-    weights.chromagan_critic_from_keras(vgg)
+    port.chromagan_critic_from_keras(vgg)
 
 
 # ----------------------------------------------------------------------------------------
@@ -418,23 +418,23 @@ def write_legacy_conversion(directory, params, info):
 
 def test_earlier_converted_directories_still_load(keras_classifier, keras_critic, tmp_path, caplog):
   _, files = keras_classifier
-  vgg = weights.vgg16_from_keras(files["keras1"])
+  vgg = port.vgg16_from_keras(files["keras1"])
   old_vgg = str(tmp_path / "old_vgg16")
   info = {"kind": "vgg16", "source": files["keras1"], "preprocessing": "caffe", "include_top": True}
   write_legacy_conversion(old_vgg, vgg, info)
   caplog.set_level(logging.INFO)
-  params, preprocessing = weights.load_vgg16(old_vgg)
+  params, preprocessing = port.load_vgg16(old_vgg)
   assert preprocessing == "caffe"
   assert_trees_equal(params, vgg)
   assert "earlier layout" in caplog.text and old_vgg in caplog.text
   _, _, k2 = keras_critic
-  critic = weights.chromagan_critic_from_keras(k2)
+  critic = port.chromagan_critic_from_keras(k2)
   old_critic = str(tmp_path / "old_critic")
   info = {"kind": "critic", "source": k2, "width": WIDTH}
   write_legacy_conversion(old_critic, critic["params"], info)
-  assert_trees_equal(weights.load_critic(old_critic), critic)
+  assert_trees_equal(port.load_critic(old_critic), critic)
   with pytest.raises(CheckpointError, match="'critic' weights, 'vgg16' weights were expected"):
-    weights.load_vgg16(old_critic)
+    port.load_vgg16(old_critic)
 
 
 # ----------------------------------------------------------------------------------------
@@ -452,11 +452,11 @@ def test_earlier_converted_directories_still_load(keras_classifier, keras_critic
 def test_made_for_reads_back_the_model_config(fields):
   model = {**fields, "vgg_preprocessing": "none"}
   for network in ("generator", "vgg16"):
-    variables = weights.abstract_variables(model, network)
+    variables = port.abstract_variables(model, network)
     assert shapes.made_for(variables) == fields, network
-  critic = weights.abstract_variables(model, "critic")
+  critic = port.abstract_variables(model, "critic")
   assert shapes.made_for(critic) == {"width": fields["width"]}
-  trunk = {"vgg16": weights.abstract_variables(model, "vgg16")["params"]["vgg16"]}
+  trunk = {"vgg16": port.abstract_variables(model, "vgg16")["params"]["vgg16"]}
   assert shapes.made_for(trunk) == {"width": fields["width"]}
 
 
@@ -464,11 +464,11 @@ def test_made_for_reads_a_trunk_wider_than_the_branches():
   fields = {"image_size": 64, "width": 0.125, "trunk_width": 0.25, "num_classes": 10}
   fields["fc_width"] = 512
   model = {**fields, "vgg_preprocessing": "none"}
-  assert shapes.made_for(weights.abstract_variables(model, "generator")) == fields
+  assert shapes.made_for(port.abstract_variables(model, "generator")) == fields
   teacher = {**fields, "width": 0.25}  # The KL teacher is a VGG16 of the trunk's width.
   del teacher["trunk_width"]
-  assert shapes.made_for(weights.abstract_variables(model, "vgg16")) == teacher
-  assert shapes.made_for(weights.abstract_variables(model, "critic")) == {"width": 0.125}
+  assert shapes.made_for(port.abstract_variables(model, "vgg16")) == teacher
+  assert shapes.made_for(port.abstract_variables(model, "critic")) == {"width": 0.125}
   assert shapes.describe(fields) == (
     "image_size=64, width=0.125, trunk_width=0.25, num_classes=10, fc_width=512"
   )
@@ -477,9 +477,9 @@ def test_made_for_reads_a_trunk_wider_than_the_branches():
 def test_check_shapes_names_the_first_difference_and_what_the_weights_fit():
   small = {"image_size": 64, "width": 0.125, "num_classes": 10, "fc_width": 512}
   model = {**small, "vgg_preprocessing": "none"}
-  expected = weights.abstract_variables(model, "generator")
+  expected = port.abstract_variables(model, "generator")
   shapes.check_shapes(expected, expected, "same")  # Fits: no error.
-  wider = weights.abstract_variables({**model, "width": 0.25}, "generator")
+  wider = port.abstract_variables({**model, "width": 0.25}, "generator")
   with pytest.raises(ShapeError) as e:
     shapes.check_shapes(wider, expected, "w.h5", made_for_fields=lambda: shapes.made_for(wider))
   msg = str(e.value)

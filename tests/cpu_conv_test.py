@@ -8,8 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from chromagan_jax import colorize_lib, cpu_conv, models, train_lib
 from chromagan_jax.configs import tiny
+from chromagan_jax.inference import engine
+from chromagan_jax.model import networks, predict
+from chromagan_jax.ops import cpu_conv
+from chromagan_jax.training import trainer
 
 
 def _direct(x, w):
@@ -212,7 +215,7 @@ def test_networks_with_cpu_conv_match_xla():
   """
   size, width = 32, 0.25
   kw = dict(image_size=size, width=width, fc_width=64, num_classes=10)
-  ref, fast = models.Generator(**kw), models.Generator(**kw, conv_impl="winograd")
+  ref, fast = networks.Generator(**kw), networks.Generator(**kw, conv_impl="winograd")
   x = jnp.asarray(np.random.default_rng(3).random((2, size, size, 3), np.float32))
   variables = ref.init(jax.random.key(0), x)
   got, want = jax.jit(fast.apply)(variables, x), jax.jit(ref.apply)(variables, x)
@@ -220,13 +223,16 @@ def test_networks_with_cpu_conv_match_xla():
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
 
   tkw = dict(width=width, fc_width=64, num_classes=10)
-  t_ref, t_fast = models.VGG16Classifier(**tkw), models.VGG16Classifier(**tkw, conv_impl="winograd")
+  t_ref, t_fast = (
+    networks.VGG16Classifier(**tkw),
+    networks.VGG16Classifier(**tkw, conv_impl="winograd"),
+  )
   t_vars = t_ref.init(jax.random.key(1), x)
   want = jax.jit(t_ref.apply)(t_vars, x)
   np.testing.assert_allclose(jax.jit(t_fast.apply)(t_vars, x), want, rtol=1e-4, atol=1e-4)
 
   # The critic (im2col for its 4x4 convs) and its gradient-penalty gradient.
-  c_ref, c_fast = models.Critic(width=width), models.Critic(width=width, conv_impl="winograd")
+  c_ref, c_fast = networks.Critic(width=width), networks.Critic(width=width, conv_impl="winograd")
   ab, lightness = x[..., :2], x[..., :1]
   c_vars = c_ref.init(jax.random.key(2), ab, lightness)
 
@@ -245,41 +251,41 @@ def test_networks_with_cpu_conv_match_xla():
 
 
 def test_auto_conv_impl_is_measured_only_for_float32_on_cpu():
-  assert models.resolve_conv_impl("auto", jnp.float32, backend="cpu") == "auto:fwd"
-  assert models.resolve_conv_impl("auto", backend="cpu", objective="gp") == "auto:gp"
-  assert models.resolve_conv_impl("auto", jnp.bfloat16, backend="cpu") == "xla"
-  assert models.resolve_conv_impl("auto", jnp.float32, backend="gpu") == "xla"
-  assert models.resolve_conv_impl("winograd4", jnp.float32, backend="tpu") == "winograd4"
+  assert networks.resolve_conv_impl("auto", jnp.float32, backend="cpu") == "auto:fwd"
+  assert networks.resolve_conv_impl("auto", backend="cpu", objective="gp") == "auto:gp"
+  assert networks.resolve_conv_impl("auto", jnp.bfloat16, backend="cpu") == "xla"
+  assert networks.resolve_conv_impl("auto", jnp.float32, backend="gpu") == "xla"
+  assert networks.resolve_conv_impl("winograd4", jnp.float32, backend="tpu") == "winograd4"
   with pytest.raises(ValueError, match="unknown conv_impl 'fast'"):
-    models.resolve_conv_impl("fast")
+    networks.resolve_conv_impl("fast")
   with pytest.raises(ValueError, match="unknown objective"):
-    models.resolve_conv_impl("auto", objective="eval")
+    networks.resolve_conv_impl("auto", objective="eval")
   with pytest.raises(ValueError, match="unknown conv_impl 'auto:eval'"):
-    models.conv_general_dilated("auto:eval")
+    networks.conv_general_dilated("auto:eval")
 
 
 def test_models_from_config_chooses_per_use():
   config = tiny.get_config()
   config.model.conv_impl = "auto"
-  gen, critic, teacher = models.models_from_config(config.model)
+  gen, critic, teacher = networks.models_from_config(config.model)
   assert (gen.conv_impl, critic.conv_impl, teacher.conv_impl) == (
     "auto:train",
     "auto:gp",
     "auto:fwd",
   )
-  assert models.models_from_config(config.model, inference=True)[0].conv_impl == "auto:fwd"
+  assert networks.models_from_config(config.model, inference=True)[0].conv_impl == "auto:fwd"
   config.model.conv_impl = "winograd2"
-  assert {m.conv_impl for m in models.models_from_config(config.model)} == {"winograd2"}
+  assert {m.conv_impl for m in networks.models_from_config(config.model)} == {"winograd2"}
 
 
 def _quarter_width_generator(size, conv_impl, seed, batch=2):
   """(generator, variables, RGB batch in 0-255, its inference filters) at width 1/4."""
-  gen = models.Generator(
+  gen = networks.Generator(
     image_size=size, width=0.25, fc_width=16, num_classes=4, conv_impl=conv_impl
   )
   x = jnp.asarray(np.random.default_rng(seed).random((batch, size, size, 3), np.float32))
   variables = jax.jit(gen.init)(jax.random.key(0), x)
-  return gen, variables, x * 255, colorize_lib.inference_filters(gen, variables, x)
+  return gen, variables, x * 255, predict.inference_filters(gen, variables, x)
 
 
 def test_inference_filters_replace_the_per_call_transform():
@@ -289,13 +295,13 @@ def test_inference_filters_replace_the_per_call_transform():
   # Width 1/4: the >= 64-channel 3x3 layers (block2_conv1 .. mid_conv2, dec_conv2..4) only.
   assert "vgg16/block3_conv2:m2" in filters and "dec_conv5:m2" not in str(list(filters))
   assert all(f.shape[0] == 16 for f in filters.values())  # F(2x2): 4x4 transformed taps.
-  want = colorize_lib.predict_ab(gen, variables, x)[1]
-  same = np.abs(colorize_lib.predict_ab(gen, variables, x, filters)[1] - want).max()
+  want = engine.predict_ab(gen, variables, x)[1]
+  same = np.abs(engine.predict_ab(gen, variables, x, filters)[1] - want).max()
   zeroed = {**filters, "vgg16/block3_conv2:m2": jnp.zeros_like(filters["vgg16/block3_conv2:m2"])}
-  changed = np.abs(colorize_lib.predict_ab(gen, variables, x, zeroed)[1] - want).max()
+  changed = np.abs(engine.predict_ab(gen, variables, x, zeroed)[1] - want).max()
   # Random init: ab stays near 0.5, so compare with the float32 rounding of the same model.
   assert same <= 1e-6 and changed > max(100 * same, 1e-5), (same, changed)
-  assert colorize_lib.inference_filters(gen.clone(conv_impl="xla"), variables, x) == {}
+  assert predict.inference_filters(gen.clone(conv_impl="xla"), variables, x) == {}
 
 
 def test_batch_one_inference_uses_transposed_dense_kernels():
@@ -336,10 +342,10 @@ def test_inference_with_given_filters_uses_big_tiles():
   # Width 1/4: block3 (64 channels) has 16x16 maps, 2 x 4 x 4 = 32 tiles (m=4); block4 8x8 maps,
   # 8 tiles (m=2).
   assert "vgg16/block3_conv2:m4" in filters and "vgg16/block4_conv2:m2" in filters
-  want = colorize_lib.predict_ab(gen, variables, x)[1]  # Per-call filters: m=2 everywhere.
-  got = colorize_lib.predict_ab(gen, variables, x, filters)[1]
+  want = engine.predict_ab(gen, variables, x)[1]  # Per-call filters: m=2 everywhere.
+  got = engine.predict_ab(gen, variables, x, filters)[1]
   zeroed = {**filters, "vgg16/block3_conv2:m4": jnp.zeros_like(filters["vgg16/block3_conv2:m4"])}
-  changed = np.abs(colorize_lib.predict_ab(gen, variables, x, zeroed)[1] - got).max()
+  changed = np.abs(engine.predict_ab(gen, variables, x, zeroed)[1] - got).max()
   diff = np.abs(got - want).max()
   assert diff <= 2e-6 and changed > 1000 * max(diff, 1e-7), (diff, changed)  # 1.8e-7, 0.06.
 
@@ -354,7 +360,7 @@ def test_cpu_programs_compile_with_the_measured_options(monkeypatch):
   options = cpu_conv.cpu_compiler_options()
   config = tiny.get_config()
   config.model.conv_impl = "winograd"
-  gen = models.models_from_config(config.model, inference=True)[0].clone(with_class_head=False)
+  gen = networks.models_from_config(config.model, inference=True)[0].clone(with_class_head=False)
   rgb = jnp.zeros((2, 64, 64, 3), jnp.uint8)
   variables = gen.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False)
   plain = jax.jit(lambda v, x: gen.apply(v, x, train=False)).lower(variables, rgb / 1.0).compile()
@@ -363,16 +369,16 @@ def test_cpu_programs_compile_with_the_measured_options(monkeypatch):
   else:
     assert options == cpu_conv.CPU_COMPILER_OPTIONS
     assert _ynn_fusions(plain) > 0  # This jaxlib's default: the check below can fail.
-  assert _ynn_fusions(colorize_lib.predict_ab.lower(gen, variables, rgb).compile()) == 0
-  assert _ynn_fusions(colorize_lib.colorize_small.lower(gen, variables, rgb).compile()) == 0
+  assert _ynn_fusions(engine.predict_ab.lower(gen, variables, rgb).compile()) == 0
+  assert _ynn_fusions(engine.colorize_small.lower(gen, variables, rgb).compile()) == 0
   # The train loop's sample grids are inference too; its step keeps XLA's defaults (YNNPACK
   # measured faster there).
-  mesh = train_lib.make_mesh(jax.devices()[:1])
-  nets = train_lib.make_networks(config)
+  mesh = trainer.make_mesh(jax.devices()[:1])
+  nets = trainer.make_networks(config)
   full = nets.generator.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False)
   batch = {"rgb": rgb, "mask": jnp.ones(2, bool)}
-  sample = train_lib.make_sample_fn(nets, mesh)
+  sample = trainer.make_sample_fn(nets, mesh)
   assert _ynn_fusions(sample.lower(full, batch).compile()) == 0
-  assert train_lib.xla_compiler_options(config, backend="cpu") == {}
+  assert trainer.xla_compiler_options(config, backend="cpu") == {}
   monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=dot")
   assert cpu_conv.cpu_compiler_options() == {}

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from chromagan_jax import checkpoint
+from chromagan_jax.weights import checkpoint
 
 LR = 1e-3  # configs/tiny.py's learning rates.
 _WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "distributed_worker.py")

@@ -21,8 +21,10 @@ import numpy as np
 import pytest
 from convert_formats import write_keras2_h5
 
-from chromagan_jax import checkpoint, models, multihost, train_lib
 from chromagan_jax.configs import tiny
+from chromagan_jax.model import networks
+from chromagan_jax.training import multihost, trainer
+from chromagan_jax.weights import checkpoint
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 10
@@ -129,8 +131,8 @@ def _run(launcher, workdir, args_of_process, name, timeout=900):
 
 def _vgg16_h5(path, config):
   """A random VGG16 with top at ``config.model``'s size, as Keras' save_weights writes it."""
-  teacher = models.models_from_config(config.model)[2]
-  shapes = jax.eval_shape(teacher.init, jax.random.key(0), *train_lib.dummy_inputs(config)[:1])
+  teacher = networks.models_from_config(config.model)[2]
+  shapes = jax.eval_shape(teacher.init, jax.random.key(0), *trainer.dummy_inputs(config)[:1])
   rng = np.random.default_rng(3)
   params = shapes["params"]
   layers = []
@@ -169,9 +171,9 @@ def reference(files, tmp_path_factory):
 def _restore(workdir, step):
   config = tiny.get_config()
   config.model.conv_impl = "xla"
-  mesh = train_lib.make_mesh(jax.devices()[:1])
-  nets = train_lib.make_networks(config)
-  abstract = train_lib.split_state(train_lib.abstract_train_state(nets, config, mesh))
+  mesh = trainer.make_mesh(jax.devices()[:1])
+  nets = trainer.make_networks(config)
+  abstract = trainer.split_state(trainer.abstract_train_state(nets, config, mesh))
   mngr = checkpoint.manager(workdir / "checkpoints", read_only=True)
   items = jax.device_get(checkpoint.restore(mngr, step, abstract))
   return items[checkpoint.GENERATOR], items[checkpoint.TRAIN]

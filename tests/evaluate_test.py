@@ -1,5 +1,6 @@
-"""Tests of chromagan_jax.evaluate: metrics against scikit-image and hand computation, and a
-whole evaluation of a folder of real photos (scikit-image's bundled ones)."""
+"""Tests of evaluation/evaluator.py and the evaluate command: metrics against scikit-image
+and hand computation, and a whole evaluation of a folder of real photos (scikit-image's
+bundled ones)."""
 
 import csv
 import json
@@ -16,8 +17,11 @@ from skimage import color as skcolor
 from skimage import data as skdata
 from skimage import metrics as skmetrics
 
-from chromagan_jax import checkpoint, evaluate, models
+from chromagan_jax import evaluate
 from chromagan_jax.configs import default
+from chromagan_jax.evaluation import evaluator
+from chromagan_jax.model import networks
+from chromagan_jax.weights import checkpoint
 
 jax.config.update("jax_disable_most_optimizations", True)
 
@@ -35,16 +39,16 @@ def test_psnr_and_ssim_match_skimage():
   noise = rng.normal(0, [[[[6.0]]], [[[20.0]]]], truth.shape)
   pred = np.clip(np.round(truth + noise), 0, 255).astype(np.uint8)
   pred[1, :10] = 255 - pred[1, :10]  # a large structural error
-  psnr = np.asarray(evaluate.psnr(pred, truth))
-  ssim = np.asarray(evaluate.ssim_skimage(pred, truth))
+  psnr = np.asarray(evaluator.psnr(pred, truth))
+  ssim = np.asarray(evaluator.ssim_skimage(pred, truth))
   for i in range(2):
     ref_psnr = skmetrics.peak_signal_noise_ratio(truth[i], pred[i], data_range=255)
     ref_ssim = skmetrics.structural_similarity(truth[i], pred[i], channel_axis=-1, data_range=255)
     assert psnr[i] == pytest.approx(ref_psnr, abs=1e-3)
     assert ssim[i] == pytest.approx(ref_ssim, abs=2e-4)
   assert ssim[0] > ssim[1]
-  assert np.isinf(np.asarray(evaluate.psnr(truth, truth))).all()
-  np.testing.assert_allclose(np.asarray(evaluate.ssim_skimage(truth, truth)), 1.0, atol=1e-5)
+  assert np.isinf(np.asarray(evaluator.psnr(truth, truth))).all()
+  np.testing.assert_allclose(np.asarray(evaluator.ssim_skimage(truth, truth)), 1.0, atol=1e-5)
 
 
 def test_ssim_matches_tf_image_ssim():
@@ -56,7 +60,7 @@ def test_ssim_matches_tf_image_ssim():
   noise = rng.normal(0, 1, truth.shape) * np.array([3.0, 12.0, 30.0])[:, None, None, None]
   pred = np.clip(np.round(truth + noise), 0, 255).astype(np.uint8)
   pred[2, :10] = 255 - pred[2, :10]
-  ours = np.asarray(evaluate.ssim(pred, truth))
+  ours = np.asarray(evaluator.ssim(pred, truth))
   # uint8 as the reference feeds it (TF then works in float32 on [0, 1]), and float64.
   ref_uint8 = tf.image.ssim(tf.constant(pred), tf.constant(truth), max_val=255).numpy()
   ref_f64 = tf.image.ssim(
@@ -67,7 +71,7 @@ def test_ssim_matches_tf_image_ssim():
   np.testing.assert_allclose(ours, ref_f64, atol=2e-6)
   assert ours[0] > ours[1] > ours[2]
   # Not the 7x7 uniform definition: the two differ by far more than the tolerance.
-  assert np.abs(ours - np.asarray(evaluate.ssim_skimage(pred, truth))).max() > 1e-3
+  assert np.abs(ours - np.asarray(evaluator.ssim_skimage(pred, truth))).max() > 1e-3
 
 
 def test_colorfulness_hand_computed():
@@ -78,9 +82,9 @@ def test_colorfulness_hand_computed():
   # One flat colour (200, 100, 50): no spread, rg = 100, yb = 150 - 50 = 100.
   flat = np.broadcast_to(np.array([200, 100, 50], np.uint8), (1, 3, 3, 3))
   grey = np.full((1, 4, 4, 3), 120, np.uint8)
-  assert float(evaluate.colorfulness(two)[0]) == pytest.approx(expected, rel=1e-6)
-  assert float(evaluate.colorfulness(flat)[0]) == pytest.approx(0.3 * math.sqrt(2e4), rel=1e-6)
-  assert float(evaluate.colorfulness(grey)[0]) == 0.0
+  assert float(evaluator.colorfulness(two)[0]) == pytest.approx(expected, rel=1e-6)
+  assert float(evaluator.colorfulness(flat)[0]) == pytest.approx(0.3 * math.sqrt(2e4), rel=1e-6)
+  assert float(evaluator.colorfulness(grey)[0]) == 0.0
 
 
 def test_chroma_high_frequency_matches_skimage_and_sees_speckle():
@@ -90,7 +94,7 @@ def test_chroma_high_frequency_matches_skimage_and_sees_speckle():
   rng = np.random.default_rng(1)
   lab[..., 1:] += rng.normal(0, 12.0, lab.shape[:2] + (2,))  # rainbow speckle, L kept
   speckled = np.clip(np.round(skcolor.lab2rgb(lab) * 255), 0, 255).astype(np.uint8)
-  got = np.asarray(evaluate.chroma_high_frequency(np.stack([truth, speckled])))
+  got = np.asarray(evaluator.chroma_high_frequency(np.stack([truth, speckled])))
 
   def reference(rgb):
     ab = skcolor.rgb2lab(rgb)[..., 1:]
@@ -101,7 +105,7 @@ def test_chroma_high_frequency_matches_skimage_and_sees_speckle():
   np.testing.assert_allclose(got, [reference(truth), reference(speckled)], rtol=2e-3)
   assert got[1] > 5 * got[0]  # The speckle shows; the photo's own texture is the floor.
   grey = np.repeat(skcolor.rgb2gray(truth)[..., None] * 255, 3, -1).round().astype(np.uint8)
-  assert float(evaluate.chroma_high_frequency(grey[None])[0]) < 0.05
+  assert float(evaluator.chroma_high_frequency(grey[None])[0]) < 0.05
 
 
 @pytest.fixture(scope="module")
@@ -122,11 +126,11 @@ def ckpt(tmp_path_factory, generator):
 
 
 def colorized_reference(rgb, variables, config):
-  """The colorized image without chromagan_jax.color: scikit-image's L of the ground truth
+  """The colorized image without chromagan_jax.ops.color: scikit-image's L of the ground truth
   -> ``Generator.apply`` -> ab8 = clip(ab * 255) -> scikit-image ``lab2rgb`` -> uint8."""
   lab = skcolor.rgb2lab(rgb)
   l3 = np.repeat(lab[None, ..., :1] / 100.0, 3, axis=-1).astype(np.float32)
-  gen = models.models_from_config(config.model)[0]
+  gen = networks.models_from_config(config.model)[0]
   ab = np.asarray(jax.jit(gen.apply, static_argnames="train")(variables, l3, train=False)[0])
   lab[..., 1:] = np.clip(ab[0].astype(np.float64) * 255.0, 0, 255) - 128.0
   with warnings.catch_warnings():  # a few negative Z values clipped: see the tolerances.
@@ -215,7 +219,7 @@ def test_evaluate_errors(ckpt, tmp_path, capsys):
 @pytest.mark.slow
 def test_evaluate_bundled_through_input_pipeline(ckpt, tmp_path):
   """``--data bundled`` reads the held-out bundled photos via input_pipeline (TensorFlow)."""
-  summary = evaluate.evaluate_checkpoint(
+  summary = evaluator.evaluate_checkpoint(
     ckpt, "bundled", str(tmp_path), batch_size=4, max_images=2, progress=False
   )
   assert summary["num_images"] == 2
@@ -237,7 +241,7 @@ def test_evaluate_takes_a_predict_function(tmp_path):
     calls.append(rgb.shape)
     return np.repeat(np.asarray(rgb)[..., 1:2], 3, -1), rgb
 
-  summary = evaluate.evaluate(
+  summary = evaluator.evaluate(
     predict_fn, str(photos), str(tmp_path / "o"), image_size=32, batch_size=4, progress=False
   )
   assert calls == [(4, 32, 32, 3)]  # One padded batch.
@@ -245,4 +249,4 @@ def test_evaluate_takes_a_predict_function(tmp_path):
   assert summary["mean"]["colorized"]["psnr"] is None
   assert summary["mean"]["colorized"]["ssim"] == pytest.approx(1.0, abs=1e-6)
   assert summary["mean"]["baseline"]["ssim"] < 0.99
-  assert "checkpoint" not in evaluate.format_table(summary)
+  assert "checkpoint" not in evaluator.format_table(summary)

@@ -1,6 +1,6 @@
-"""Tests of chromagan_jax.export: each format against the JAX network on real photos.
+"""Tests of chromagan_jax.inference.exporter: each format against the JAX network on real photos.
 
-The photos are scikit-image's bundled ones (input_pipeline.bundled_photos), resized and
+The photos are scikit-image's bundled ones (pipeline.bundled_photos), resized and
 turned into the network's L the way colorize does; the runtimes are ONNX Runtime, TFLite's
 interpreter and TensorFlow's SavedModel loader.
 """
@@ -16,7 +16,11 @@ import pytest
 from helpers import random_generator_variables, small_config
 from skimage import color as skcolor
 
-from chromagan_jax import checkpoint, color, colorize_lib, export, images, input_pipeline
+from chromagan_jax import export
+from chromagan_jax.data import images, pipeline
+from chromagan_jax.inference import engine, exporter
+from chromagan_jax.ops import color
+from chromagan_jax.weights import checkpoint
 
 jax.config.update("jax_disable_most_optimizations", True)
 
@@ -36,7 +40,7 @@ def ckpt(tmp_path_factory):
 @pytest.fixture(scope="module")
 def photos_rgb():
   """Every bundled photo at the network size, uint8 RGB (N, 64, 64, 3)."""
-  paths = input_pipeline.bundled_photos("train") + input_pipeline.bundled_photos("holdout")
+  paths = pipeline.bundled_photos("train") + pipeline.bundled_photos("holdout")
   size = small_config().model.image_size
   return np.stack([images.resize(images.read_rgb(p), size) for p in paths])
 
@@ -51,8 +55,8 @@ def photos_l(photos_rgb):
 def reference(ckpt, photos_rgb):
   """ab of colorize's generator (XLA convs: the export's) on the photos."""
   variables, config = checkpoint.load_generator(ckpt, with_class_head=False)
-  colorizer = colorize_lib.Colorizer(variables, config, conv_impl="xla")
-  _, ab = colorize_lib.predict_ab(colorizer.model, colorizer.variables, photos_rgb)
+  colorizer = engine.Colorizer(variables, config, conv_impl="xla")
+  _, ab = engine.predict_ab(colorizer.model, colorizer.variables, photos_rgb)
   want = np.asarray(ab)
   # A real network output: not constant, inside [0, 1].
   assert want.std() > 1e-3 and 0.0 <= want.min() and want.max() <= 1.0
@@ -64,8 +68,8 @@ def _run_onnx(path, x):
 
   session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
   (inp,) = session.get_inputs()
-  assert inp.name == export.INPUT_NAME and not isinstance(inp.shape[0], int)  # dynamic batch
-  return session.run([export.OUTPUT_NAME], {export.INPUT_NAME: x})[0]
+  assert inp.name == exporter.INPUT_NAME and not isinstance(inp.shape[0], int)  # dynamic batch
+  return session.run([exporter.OUTPUT_NAME], {exporter.INPUT_NAME: x})[0]
 
 
 def _run_tflite(path, x):
@@ -84,16 +88,16 @@ def _run_saved_model(path, x):
   import tensorflow as tf
 
   serve = tf.saved_model.load(path).signatures["serving_default"]
-  return serve(**{export.INPUT_NAME: tf.constant(x)})[export.OUTPUT_NAME].numpy()
+  return serve(**{exporter.INPUT_NAME: tf.constant(x)})[exporter.OUTPUT_NAME].numpy()
 
 
 RUNNERS = {"onnx": _run_onnx, "tflite": _run_tflite, "saved_model": _run_saved_model}
 
 
-@pytest.mark.parametrize("fmt", export.FORMATS)
+@pytest.mark.parametrize("fmt", exporter.FORMATS)
 def test_export_matches_jax_on_real_photos(fmt, ckpt, photos_l, reference, tmp_path, capsys):
   out = str(tmp_path / f"model.{fmt}")
-  if fmt in export.TF_FORMATS and export.tf_formats_problem():
+  if fmt in exporter.TF_FORMATS and exporter.tf_formats_problem():
     # jax >= 0.12 (Python 3.12): refused in one line naming the reason, nothing written.
     assert export.main(["--ckpt", ckpt, "--format", fmt, "--output", out]) == 1
     err = capsys.readouterr().err.strip()
@@ -129,7 +133,7 @@ def test_docs_onnx_example_colorizes_at_full_resolution(ckpt, tmp_path):
   and its colours agree with colorize's."""
   model = str(tmp_path / "model.onnx")
   assert export.main(["--ckpt", ckpt, "--format", "onnx", "--output", model]) == 0
-  photo = input_pipeline.bundled_photos("holdout")[0]
+  photo = pipeline.bundled_photos("holdout")[0]
   out = str(tmp_path / "out.png")
   script = os.path.join(ROOT, "docs", "colorize_onnx.py")
   subprocess.run([sys.executable, script, model, photo, out], check=True, capture_output=True)
@@ -140,7 +144,7 @@ def test_docs_onnx_example_colorizes_at_full_resolution(ckpt, tmp_path):
   # uint8 rounding of the output moves L by < 1 (gamut clipping may move a few pixels more).
   assert np.percentile(np.abs(lab_out[..., 0] - lab_in[..., 0]), 99) < 1.0
   variables, config = checkpoint.load_generator(ckpt, with_class_head=False)
-  want = colorize_lib.colorize([rgb], variables, config)[0]
+  want = engine.colorize([rgb], variables, config)[0]
   # Only the network input's resize differs (Pillow filters when shrinking).
   ab_diff = np.abs(skcolor.rgb2lab(want)[..., 1:] - lab_out[..., 1:])
   assert np.mean(ab_diff) < 2.0, np.mean(ab_diff)

@@ -16,8 +16,8 @@ import pytest
 import skimage.data
 import skimage.transform
 
-from chromagan_jax import models
 from chromagan_jax.configs import default
+from chromagan_jax.model import networks
 
 # torchvision's VGG16 layout: conv indices in `features`, Linear indices in `classifier`.
 TORCH_CONVS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
@@ -105,7 +105,7 @@ def _numpy_generator_variables(config, seed, kernel, dec_bias=None):
   ``kernel(rng, shape, fan_in, is_last)`` draws each conv/dense kernel; batch-norm scales and
   variances are ones, other arrays zeros except the last conv's bias (``dec_bias``).
   """
-  gen = models.models_from_config(config.model)[0]
+  gen = networks.models_from_config(config.model)[0]
   size = config.model.image_size
   shapes = jax.eval_shape(gen.init, jax.random.key(0), np.zeros((1, size, size, 3), np.float32))
   rng = np.random.default_rng(seed)

@@ -1,4 +1,4 @@
-"""Tests of chromagan_jax.images, the one decoder / extension list / folder walk.
+"""Tests of chromagan_jax.data.images, the one decoder / extension list / folder walk.
 
 Every mode is checked on files the test writes from known arrays, against an expectation
 computed here with NumPy (not by the decoder). Then the same files go through every consumer
@@ -14,9 +14,11 @@ import tensorflow as tf
 from helpers import png_header_only, smooth_rgb
 from PIL import Image
 
-from chromagan_jax import colorize_files, evaluate, images
-from chromagan_jax import input_pipeline as ip
 from chromagan_jax.configs import default
+from chromagan_jax.data import images
+from chromagan_jax.data import pipeline as ip
+from chromagan_jax.evaluation import evaluator
+from chromagan_jax.inference import folders
 
 H, W = 10, 12
 
@@ -256,7 +258,7 @@ def test_bad_files_are_reported_by_every_consumer(tmp_path):
     next(it)
   assert sorted(os.path.basename(p) for p in ip.skipped_files()) == sorted(bad)
   logged = []
-  batches = list(evaluate._folder_batches(str(tmp_path), 8, 4, images.DEFAULT_MAX_PIXELS,
+  batches = list(evaluator._folder_batches(str(tmp_path), 8, 4, images.DEFAULT_MAX_PIXELS,
                                           logged.append))  # fmt: skip
   assert [n for b in batches for n, m in zip(b[0], b[2], strict=False) if m] == [
     str(tmp_path / "good.png")
@@ -314,13 +316,13 @@ def test_the_same_file_gives_the_same_pixels_to_every_consumer(tmp_path):
   )  # fmt: skip
   assert sorted(x.tobytes() for x in train) == sorted(x.tobytes() for x in truth)
   # evaluate --data DIR: the same files, the same pixels.
-  batches = list(evaluate._folder_batches(str(root), SIZE, 4, images.DEFAULT_MAX_PIXELS, print))
+  batches = list(evaluator._folder_batches(str(root), SIZE, 4, images.DEFAULT_MAX_PIXELS, print))
   assert [n for b in batches for n, m in zip(b[0], b[2], strict=False) if m] == files
   np.testing.assert_array_equal(np.concatenate([b[1][b[2]] for b in batches]), np.stack(truth))
   # colorize: the same files; the same colour pixels, with the alpha kept beside them.
-  inputs, errors = colorize_files.collect_inputs([str(root)])
+  inputs, errors = folders.collect_inputs([str(root)])
   assert errors == [] and [i.path for i in inputs] == files
-  photos = list(colorize_files._read_all(inputs, images.DEFAULT_MAX_PIXELS, print))
+  photos = list(folders._read_all(inputs, images.DEFAULT_MAX_PIXELS, print))
   for photo, want in zip(photos, truth, strict=True):
     np.testing.assert_array_equal(
       images.resize(images.composite_on_white(photo.rgb, photo.alpha), SIZE), want

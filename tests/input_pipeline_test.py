@@ -1,4 +1,4 @@
-"""Tests of chromagan_jax.input_pipeline: folder, bundled and (mocked) TFDS sources.
+"""Tests of chromagan_jax.data.pipeline: folder, bundled and (mocked) TFDS sources.
 
 Decoding is tested in images_test.py; here resizing is checked against scikit-image's
 bilinear resize, and the stream's determinism, exact resume and process sharding against
@@ -23,9 +23,9 @@ from helpers import smooth_rgb
 from PIL import Image
 from skimage import transform
 
-from chromagan_jax import images
-from chromagan_jax import input_pipeline as ip
 from chromagan_jax.configs import default
+from chromagan_jax.data import images
+from chromagan_jax.data import pipeline as ip
 
 SIZE = 16  # Output side of the tests' batches.
 
@@ -177,12 +177,13 @@ def test_near_grey_training_photos_are_skipped_counted_and_kept_on_request(tmp_p
   Image.fromarray(bw).save(tmp_path / "bw.png")
   Image.fromarray(faded).save(tmp_path / "faded.png")
   # The worker's NumPy colourfulness is evaluate's metric (the thumbnail is the whole image).
-  from chromagan_jax import evaluate, input_workers
+  from chromagan_jax.data import decode_workers
+  from chromagan_jax.evaluation import evaluator
 
   for rgb in (*colour, bw, faded):
-    want = float(evaluate.colorfulness(rgb[None])[0])
-    assert input_workers.colorfulness(rgb) == pytest.approx(want, rel=1e-5, abs=1e-4)
-  assert input_workers.colorfulness(faded) < 5 < min(map(input_workers.colorfulness, colour))
+    want = float(evaluator.colorfulness(rgb[None])[0])
+    assert decode_workers.colorfulness(rgb) == pytest.approx(want, rel=1e-5, abs=1e-4)
+  assert decode_workers.colorfulness(faded) < 5 < min(map(decode_workers.colorfulness, colour))
 
   ip.reset_skipped_files()
   caplog.set_level(logging.WARNING)
@@ -194,7 +195,7 @@ def test_near_grey_training_photos_are_skipped_counted_and_kept_on_request(tmp_p
   assert ip.num_skipped_grey() == 2 and ip.num_skipped_files() == 2
   assert "skipping image" in caplog.text and "near-grey photo (colourfulness" in caplog.text
   # Every training example is a colour photo (resized at SIZE: compare colourfulness).
-  assert min(input_workers.colorfulness(x) for x in seen) > 5
+  assert min(decode_workers.colorfulness(x) for x in seen) > 5
   # Eval batches are never filtered.
   config.data.eval_path = str(tmp_path)
   ev = next(ip.create_eval_iterator(config, batch_size=5, process_index=0, process_count=1))
@@ -206,7 +207,7 @@ def test_near_grey_training_photos_are_skipped_counted_and_kept_on_request(tmp_p
     _take(ip.create_train_iterator(config, process_index=0, process_count=1), 4)
   )
   assert ip.num_skipped_files() == 0
-  assert min(input_workers.colorfulness(x) for x in seen) < 1
+  assert min(decode_workers.colorfulness(x) for x in seen) < 1
   # All photos near-grey: one line saying what to do.
   config.data.min_colorfulness = 1e6
   with pytest.raises(ip.DataError, match="min_colorfulness=0 keeps"):
@@ -525,10 +526,10 @@ def test_workers_leave_sigint_and_sigterm_to_the_trainer(colour_folder):
 
 _ORPHAN_SCRIPT = """
 import time
-from chromagan_jax import input_workers
+from chromagan_jax.data import decode_workers
 if __name__ == "__main__":
-  workers = input_workers.Workers(2)
-  assert list(workers.map(input_workers.ExampleSpec(size=8), [[], []], ahead=2)) == [[], []]
+  workers = decode_workers.Workers(2)
+  assert list(workers.map(decode_workers.ExampleSpec(size=8), [[], []], ahead=2)) == [[], []]
   print(*workers.pids(), flush=True)
   time.sleep(600)
 """
@@ -550,7 +551,7 @@ def _alive(pid):
 def test_workers_exit_when_the_trainer_is_killed(tmp_path):
   """SIGKILL of the trainer (the OOM killer, a preempted host) leaves no decode worker
   running: they were left idle, holding their caches, with nothing to end them."""
-  script = tmp_path / "trainer.py"
+  script = tmp_path / "train_lib.py"
   script.write_text(_ORPHAN_SCRIPT)
   proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
   try:

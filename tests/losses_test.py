@@ -1,4 +1,4 @@
-"""Tests of chromagan_jax.losses against closed forms, finite differences and scipy."""
+"""Tests of chromagan_jax.model.losses against closed forms, finite differences and scipy."""
 
 import jax
 import jax.numpy as jnp
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import special
 
-from chromagan_jax import losses, models
 from chromagan_jax.configs import default
+from chromagan_jax.model import losses, networks
 
 jax.config.update("jax_disable_most_optimizations", True)
 
@@ -84,7 +84,7 @@ def test_gradient_penalty_interpolates_only_ab_with_per_sample_eps():
 @pytest.fixture(scope="module")
 def tiny_critic():
   """A Critic with 1, 2, 4, 8 channels on 16x16 inputs and random float32 parameters."""
-  critic = models.Critic(width=1 / 64)
+  critic = networks.Critic(width=1 / 64)
   size = 16
   abstract = jax.eval_shape(
     critic.init, jax.random.key(0), jnp.zeros((1, size, size, 2)), jnp.zeros((1, size, size, 1))

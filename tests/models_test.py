@@ -1,4 +1,4 @@
-"""Tests of chromagan_jax.models: exact parameter counts, shapes, and numerical parity with
+"""Tests of chromagan_jax.model.networks: exact parameter counts, shapes, and numerical parity with
 Keras 3 builds of the same spec (bench/keras_reference.py), layer by layer and end to end."""
 
 import flax.linen as nn
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from keras import layers
 
-from chromagan_jax import models
 from chromagan_jax.configs import tiny
+from chromagan_jax.model import networks
 
 # Small build used for forward passes: the real code at 64x64 and 1/8 width.
 SIZE = 64
@@ -63,7 +63,7 @@ def _assert_close(got, want, rtol=RTOL):
 
 
 def test_parameter_counts_at_paper_configuration():
-  gen, critic, teacher = models.Generator(), models.Critic(), models.VGG16Classifier()
+  gen, critic, teacher = networks.Generator(), networks.Critic(), networks.VGG16Classifier()
   key = jax.random.key(0)
   v = jax.eval_shape(gen.init, key, jnp.zeros((1, 224, 224, 3)))
   assert set(v) == {"params", "batch_stats"}
@@ -74,7 +74,7 @@ def test_parameter_counts_at_paper_configuration():
     gen.clone(with_class_head=False).init, key, jnp.zeros((1, 224, 224, 3))
   )
   assert _count(head_free["params"]) == 47_523_234
-  assert jax.tree.structure(head_free) == jax.tree.structure(models.without_class_head(v))
+  assert jax.tree.structure(head_free) == jax.tree.structure(networks.without_class_head(v))
   v = jax.eval_shape(critic.init, key, jnp.zeros((1, 224, 224, 2)), jnp.zeros((1, 224, 224, 1)))
   assert set(v) == {"params"}
   assert _count(v["params"]) == 2_764_737
@@ -84,7 +84,7 @@ def test_parameter_counts_at_paper_configuration():
 
 
 def test_output_shapes_at_paper_configuration():
-  gen, critic, teacher = models.Generator(), models.Critic(), models.VGG16Classifier()
+  gen, critic, teacher = networks.Generator(), networks.Critic(), networks.VGG16Classifier()
   key = jax.random.key(0)
   l3 = jax.ShapeDtypeStruct((3, 224, 224, 3), jnp.float32)
   ab_in = jax.ShapeDtypeStruct((3, 224, 224, 2), jnp.float32)
@@ -101,7 +101,7 @@ def test_output_shapes_at_paper_configuration():
 def test_generator_rejects_wrong_input_size():
   with pytest.raises(ValueError, match="64, 64, 3"):
     jax.eval_shape(
-      models.Generator(image_size=SIZE, width=WIDTH).init,
+      networks.Generator(image_size=SIZE, width=WIDTH).init,
       jax.random.key(0),
       jnp.zeros((1, 32, 32, 3)),
     )
@@ -109,8 +109,8 @@ def test_generator_rejects_wrong_input_size():
 
 def test_models_from_config():
   config = tiny.get_config()
-  gen, critic, teacher = models.models_from_config(config.model, dtype=jnp.bfloat16)
-  assert isinstance(gen, models.Generator) and gen.image_size == config.model.image_size
+  gen, critic, teacher = networks.models_from_config(config.model, dtype=jnp.bfloat16)
+  assert isinstance(gen, networks.Generator) and gen.image_size == config.model.image_size
   assert gen.width == critic.width == teacher.width == config.model.width
   assert gen.dtype == critic.dtype == teacher.dtype == jnp.bfloat16
   assert teacher.preprocessing == gen.vgg_preprocessing == config.model.vgg_preprocessing
@@ -130,7 +130,7 @@ def test_initialisers_are_the_references_keras_defaults():
   for layer in (conv, dense):
     assert isinstance(layer.kernel_initializer, keras.initializers.GlorotUniform)
     assert isinstance(layer.bias_initializer, keras.initializers.Zeros)
-  assert (bn.momentum, bn.epsilon) == (models.BN_MOMENTUM, models.BN_EPSILON)
+  assert (bn.momentum, bn.epsilon) == (networks.BN_MOMENTUM, networks.BN_EPSILON)
   for init in (bn.beta_initializer, bn.moving_mean_initializer):
     assert isinstance(init, keras.initializers.Zeros)
   for init in (bn.gamma_initializer, bn.moving_variance_initializer):
@@ -139,9 +139,9 @@ def test_initialisers_are_the_references_keras_defaults():
   l3 = jnp.zeros((1, SIZE, SIZE, 3))
   ab, lightness = jnp.zeros((1, SIZE, SIZE, 2)), jnp.zeros((1, SIZE, SIZE, 1))
   built = {
-    "generator": (models.Generator(image_size=SIZE, width=WIDTH), (l3,)),
-    "critic": (models.Critic(width=WIDTH), (ab, lightness)),
-    "teacher": (models.VGG16Classifier(width=WIDTH), (l3,)),
+    "generator": (networks.Generator(image_size=SIZE, width=WIDTH), (l3,)),
+    "critic": (networks.Critic(width=WIDTH), (ab, lightness)),
+    "teacher": (networks.VGG16Classifier(width=WIDTH), (l3,)),
   }
   for name, (module, inputs) in built.items():
     variables = jax.device_get(jax.jit(module.init)(jax.random.key(0), *inputs))
@@ -170,14 +170,14 @@ def test_initialisers_are_the_references_keras_defaults():
 
 def test_vgg_preprocess_matches_keras_applications():
   x = _inputs((2, 4, 4, 3), seed=1)
-  np.testing.assert_array_equal(models.vgg_preprocess(x, "none"), x)
+  np.testing.assert_array_equal(networks.vgg_preprocess(x, "none"), x)
   # Keras' caffe/torch preprocessing takes RGB in [0, 255].
   want = keras.applications.imagenet_utils.preprocess_input(x * 255.0, mode="caffe")
-  np.testing.assert_allclose(models.vgg_preprocess(x, "caffe"), want, rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(networks.vgg_preprocess(x, "caffe"), want, rtol=1e-5, atol=1e-4)
   want = keras.applications.imagenet_utils.preprocess_input(x * 255.0, mode="torch")
-  np.testing.assert_allclose(models.vgg_preprocess(x, "torch"), want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(networks.vgg_preprocess(x, "torch"), want, rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match="unknown vgg_preprocessing"):
-    models.vgg_preprocess(x, "tf")
+    networks.vgg_preprocess(x, "tf")
 
 
 # --- small configuration: Flax forward passes ---------------------------------------------
@@ -189,7 +189,7 @@ def generator():
 
   The train apply returns ((ab, probs), {'batch_stats': updated statistics}).
   """
-  gen = models.Generator(image_size=SIZE, width=WIDTH)
+  gen = networks.Generator(image_size=SIZE, width=WIDTH)
   variables = _random_variables(gen, (1, SIZE, SIZE, 3), seed=1)
   infer = jax.jit(lambda v, x: gen.apply(v, x, train=False))
   train = jax.jit(lambda v, x: gen.apply(v, x, train=True, mutable=["batch_stats"]))
@@ -198,7 +198,7 @@ def generator():
 
 @pytest.fixture(scope="module")
 def critic():
-  crit = models.Critic(width=WIDTH)
+  crit = networks.Critic(width=WIDTH)
   return crit, _random_variables(crit, (1, SIZE, SIZE, 2), (1, SIZE, SIZE, 1), seed=2)
 
 
@@ -217,10 +217,10 @@ def test_head_free_generator_gives_the_same_ab(generator):
   gen, variables, infer, _ = generator
   x = _inputs((BATCH, SIZE, SIZE, 3), seed=5)
   head_free = gen.clone(with_class_head=False)
-  ab, probs = jax.jit(head_free.apply)(models.without_class_head(variables), x)
+  ab, probs = jax.jit(head_free.apply)(networks.without_class_head(variables), x)
   assert probs is None
   np.testing.assert_array_equal(ab, infer(variables, x)[0])
-  assert not set(models.CLASS_HEAD) & set(head_free.init(jax.random.key(0), x)["params"])
+  assert not set(networks.CLASS_HEAD) & set(head_free.init(jax.random.key(0), x)["params"])
 
 
 def test_train_mode_updates_batch_stats_and_eval_mode_does_not(generator):
@@ -241,14 +241,14 @@ def test_train_mode_updates_batch_stats_and_eval_mode_does_not(generator):
 
 
 def test_bfloat16_compute_path(generator, critic):
-  if problem := models.cpu_bfloat16_problem(jnp.bfloat16):
+  if problem := networks.cpu_bfloat16_problem(jnp.bfloat16):
     # Only with XLA's default flags on an affected jaxlib (xla_defaults_test on jaxlib 0.12):
     # what would be computed is wrong, so the library must say so (training refuses with this
     # message). Everywhere else, including this suite's own runs, bfloat16 is compared below.
-    assert models.CPU_BFLOAT16_FLAG in problem
+    assert networks.CPU_BFLOAT16_FLAG in problem
     return
   _, variables, infer, _ = generator
-  gen16 = models.Generator(image_size=SIZE, width=WIDTH, dtype=jnp.bfloat16)
+  gen16 = networks.Generator(image_size=SIZE, width=WIDTH, dtype=jnp.bfloat16)
   shapes16 = jax.eval_shape(gen16.init, jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(shapes16))
   x = _inputs((BATCH, SIZE, SIZE, 3), seed=5)
@@ -262,7 +262,7 @@ def test_bfloat16_compute_path(generator, critic):
   assert np.abs(ab16 - ab32).max() < 0.015 * np.ptp(ab32)
   assert np.abs(p16 - p32).sum(axis=-1).max() < 5e-3  # total variation distance * 2
   crit, cvars = critic
-  crit16 = models.Critic(width=WIDTH, dtype=jnp.bfloat16)
+  crit16 = networks.Critic(width=WIDTH, dtype=jnp.bfloat16)
   ab, lum = _inputs((BATCH, SIZE, SIZE, 2), 6), _inputs((BATCH, SIZE, SIZE, 1), 7)
   s32, s16 = jax.jit(crit.apply)(cvars, ab, lum), jax.jit(crit16.apply)(cvars, ab, lum)
   assert s16.dtype == jnp.float32
@@ -297,12 +297,12 @@ def test_conv_same_padding_matches_keras(kernel, stride, size):
 
 def test_upsampling_matches_keras():
   x = _inputs((2, 3, 5, 4), seed=11)
-  _assert_close(models.upsample_nearest(x), _keras_layer_out(layers.UpSampling2D(2), x), 0)
+  _assert_close(networks.upsample_nearest(x), _keras_layer_out(layers.UpSampling2D(2), x), 0)
 
 
 def test_max_pool_matches_keras():
   x = _inputs((2, 8, 8, 4), seed=12)
-  _assert_close(models.max_pool(x), _keras_layer_out(layers.MaxPooling2D(2), x), 0)
+  _assert_close(networks.max_pool(x), _keras_layer_out(layers.MaxPooling2D(2), x), 0)
 
 
 def _xla_max_pool(x):  # Flax's pool, whose gradient is XLA's select_and_scatter.
@@ -323,35 +323,35 @@ def _first_max_pool_vjp(x, g):
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("shape", [(2, 8, 8, 3), (1, 7, 9, 2)])
 def test_max_pool_gradient_is_first_max_without_scatter(shape, dtype):
-  """models.max_pool's written-out derivative: ties (many, as after a ReLU) go to the first
+  """networks.max_pool's written-out derivative: ties (many, as after a ReLU) go to the first
   maximum, as XLA's select_and_scatter does (so gradients are bitwise nn.max_pool's), odd sizes
   drop the last row/column, forward mode works, and the gradient's program has no scatter
   (XLA:GPU's deterministic scatters halved the train step's speed)."""
   rng = np.random.default_rng(sum(shape))
   x = jnp.asarray(np.maximum(rng.integers(-2, 3, shape), 0), dtype)  # Ties in most windows.
   g = jnp.asarray(rng.standard_normal((shape[0], shape[1] // 2, shape[2] // 2, shape[3])), dtype)
-  got = jax.vjp(models.max_pool, x)[1](g)[0]
+  got = jax.vjp(networks.max_pool, x)[1](g)[0]
   xla = jax.vjp(_xla_max_pool, x)[1](g)[0]
   want = _first_max_pool_vjp(np.asarray(x, np.float32), np.asarray(g, np.float32))
   np.testing.assert_array_equal(np.asarray(got, np.float64), want)
   np.testing.assert_array_equal(np.asarray(got), np.asarray(xla))
-  assert jnp.array_equal(models.max_pool(x), _xla_max_pool(x))
+  assert jnp.array_equal(networks.max_pool(x), _xla_max_pool(x))
   # Forward mode (jvp) gives the same linear map as the transposed (vjp) one.
   t = jnp.asarray(rng.standard_normal(shape), dtype)
-  jvp = jax.jvp(models.max_pool, (x,), (t,))[1]
+  jvp = jax.jvp(networks.max_pool, (x,), (t,))[1]
   np.testing.assert_allclose(
     float(jnp.vdot(jvp.astype(jnp.float32), g.astype(jnp.float32))),
     float(jnp.vdot(t.astype(jnp.float32), got.astype(jnp.float32))),
     rtol=1e-2 if dtype == jnp.bfloat16 else 1e-5,
   )
-  hlo = jax.jit(jax.grad(lambda v: jnp.sum(models.max_pool(v).astype(jnp.float32) ** 2)))
+  hlo = jax.jit(jax.grad(lambda v: jnp.sum(networks.max_pool(v).astype(jnp.float32) ** 2)))
   assert "scatter" not in hlo.lower(x).as_text()
 
 
 def test_max_pool_second_derivatives_match_xla():
   x = jnp.asarray(np.random.default_rng(3).standard_normal((1, 4, 6, 2)), jnp.float32)
   cube = lambda pool: lambda v: jnp.sum(pool(v) ** 3)  # noqa: E731
-  got = jax.hessian(cube(models.max_pool))(x)
+  got = jax.hessian(cube(networks.max_pool))(x)
   want = jax.hessian(cube(_xla_max_pool))(x)
   assert float(jnp.max(jnp.abs(want))) > 1.0  # Non-trivial: the maxima's 6 * value.
   np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
@@ -381,7 +381,7 @@ def test_batch_norm_matches_keras_inference_and_training():
     "batch_stats": {"mean": weights[2], "var": weights[3]},
   }
   bn = lambda train: nn.BatchNorm(  # noqa: E731
-    use_running_average=not train, momentum=models.BN_MOMENTUM, epsilon=models.BN_EPSILON
+    use_running_average=not train, momentum=networks.BN_MOMENTUM, epsilon=networks.BN_EPSILON
   )
   # Inference: (x - moving_mean) / sqrt(moving_var + 1e-3) * gamma + beta.
   hand = (x - mean) / np.sqrt(var + 1e-3) * gamma + beta
@@ -399,7 +399,7 @@ def test_batch_norm_matches_keras_inference_and_training():
 def test_leaky_relu_matches_keras_default():
   x = np.linspace(-3, 3, 25, dtype=np.float32).reshape(1, 25)
   want = _keras_layer_out(layers.LeakyReLU(), x)
-  _assert_close(nn.leaky_relu(x, models.LEAKY_SLOPE), want, rtol=1e-6)
+  _assert_close(nn.leaky_relu(x, networks.LEAKY_SLOPE), want, rtol=1e-6)
   np.testing.assert_allclose(want[0, 0], -3 * 0.3, rtol=1e-6)
 
 
@@ -448,7 +448,7 @@ def test_critic_matches_keras(critic):
 
 
 def test_vgg16_classifier_matches_keras():
-  teacher = models.VGG16Classifier(width=WIDTH)
+  teacher = networks.VGG16Classifier(width=WIDTH)
   x = _inputs((BATCH, SIZE, SIZE, 3), seed=24)
   variables = _random_variables(teacher, x.shape, seed=3)
   keras_vgg = kr.build_keras_vgg16_classifier(SIZE, WIDTH)

@@ -11,7 +11,7 @@ import sys
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _ROOT)
 
-from chromagan_jax import color  # noqa: E402
+from chromagan_jax.ops import color  # noqa: E402
 
 _rgb_to_net = color.rgb_to_net
 

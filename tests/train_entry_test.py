@@ -10,8 +10,9 @@ import tensorflow_datasets as tfds
 from helpers import photo_batch
 from PIL import Image
 
-from chromagan_jax import checkpoint, train_lib
 from chromagan_jax.configs import tiny
+from chromagan_jax.training import trainer
+from chromagan_jax.weights import checkpoint
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -53,6 +54,6 @@ def test_training_on_mock_imagenet2012(tmp_path):
   config.data.tfds_name = "imagenet2012"
   config.num_train_steps = 2
   with tfds.testing.mock_data(num_examples=16):
-    state = train_lib.train_and_evaluate(config, str(tmp_path))
+    state = trainer.train_and_evaluate(config, str(tmp_path))
   assert int(state.step) == 2
   assert all(np.isfinite(np.asarray(x)).all() for x in __import__("jax").tree.leaves(state))

@@ -13,23 +13,27 @@ from helpers import photo_batch
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from chromagan_jax import checkpoint, color, input_pipeline, losses, models, train_lib
 from chromagan_jax.configs import tiny
+from chromagan_jax.data import pipeline
 from chromagan_jax.errors import CheckpointError, ShapeError
+from chromagan_jax.model import losses, networks
+from chromagan_jax.ops import color
+from chromagan_jax.training import trainer
+from chromagan_jax.weights import checkpoint
 
 
 def _setup(config, devices=None):
-  mesh = train_lib.make_mesh(devices)
-  nets = train_lib.make_networks(config)
-  state = train_lib.create_train_state(nets, config, mesh)
-  step = train_lib.make_train_step(nets, config, mesh, with_teacher=False)
+  mesh = trainer.make_mesh(devices)
+  nets = trainer.make_networks(config)
+  state = trainer.create_train_state(nets, config, mesh)
+  step = trainer.make_train_step(nets, config, mesh, with_teacher=False)
   return mesh, nets, state, step
 
 
 def test_a_few_steps_lower_the_colour_mse():
   config = tiny.get_config()
   mesh, _, state, step = _setup(config)
-  batch = train_lib.global_batch(photo_batch(), mesh)
+  batch = trainer.global_batch(photo_batch(), mesh)
   mses = []
   for _ in range(6):
     state, metrics = step(state, batch, None)
@@ -48,7 +52,7 @@ def test_step_matches_on_one_and_eight_devices():
     mesh, _, state, step = _setup(config, devices)
     metrics = []
     for _ in range(2):
-      state, m = step(state, train_lib.global_batch(batch, mesh), None)
+      state, m = step(state, trainer.global_batch(batch, mesh), None)
       metrics.append(m)
     assert len(jax.tree.leaves(state.g_params)[0].sharding.device_set) == len(devices)
     results.append(jax.device_get((state, metrics)))
@@ -80,8 +84,8 @@ def test_teacher_kl_is_used_and_no_host_transfers_inside_the_step():
     lambda k: nets.teacher.init(k, jnp.zeros((1, 64, 64, 3)))["params"],
   )(jax.random.key(1))
   teacher_params = jax.device_put(teacher_params, NamedSharding(mesh, P()))
-  step = train_lib.make_train_step(nets, config, mesh, with_teacher=True)
-  batch = train_lib.global_batch(photo_batch(), mesh)
+  step = trainer.make_train_step(nets, config, mesh, with_teacher=True)
+  batch = trainer.global_batch(photo_batch(), mesh)
 
   # Independent check of the KL term: teacher and generator distributions on the same input.
   @jax.jit
@@ -104,9 +108,9 @@ def test_teacher_kl_is_used_and_no_host_transfers_inside_the_step():
 
 def _one_step(config, batch):
   mesh, _, state, step = _setup(config, jax.devices()[:2])
-  lowered = step.lower(state, train_lib.global_batch(batch, mesh), None).as_text()
+  lowered = step.lower(state, trainer.global_batch(batch, mesh), None).as_text()
   with jax.transfer_guard("disallow"):
-    state, metrics = step(state, train_lib.global_batch(batch, mesh), None)
+    state, metrics = step(state, trainer.global_batch(batch, mesh), None)
   return jax.device_get((state, metrics)), lowered
 
 
@@ -142,29 +146,29 @@ def test_bfloat16_compute_and_trunk_remat_steps():
 
 
 def test_bfloat16_on_an_affected_cpu_jaxlib_is_refused_before_training(tmp_path, monkeypatch):
-  monkeypatch.setattr(models.importlib.metadata, "version", lambda name: "0.12.0.1")
+  monkeypatch.setattr(networks.importlib.metadata, "version", lambda name: "0.12.0.1")
   monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=true")
-  assert models.cpu_bfloat16_problem(jnp.float32) is None
-  assert models.cpu_bfloat16_problem(jnp.bfloat16, backend="gpu") is None
-  problem = models.cpu_bfloat16_problem(jnp.bfloat16)
-  assert "jaxlib 0.12.0.1" in problem and models.CPU_BFLOAT16_FLAG in problem
+  assert networks.cpu_bfloat16_problem(jnp.float32) is None
+  assert networks.cpu_bfloat16_problem(jnp.bfloat16, backend="gpu") is None
+  problem = networks.cpu_bfloat16_problem(jnp.bfloat16)
+  assert "jaxlib 0.12.0.1" in problem and networks.CPU_BFLOAT16_FLAG in problem
   config = tiny.get_config()
   config.dtype = "bfloat16"
-  with pytest.raises(train_lib.ConfigError, match="config.dtype='bfloat16': bfloat16 on CPU"):
-    train_lib.train_and_evaluate(config, str(tmp_path / "w"))
+  with pytest.raises(trainer.ConfigError, match="config.dtype='bfloat16': bfloat16 on CPU"):
+    trainer.train_and_evaluate(config, str(tmp_path / "w"))
   assert not (tmp_path / "w" / "checkpoints").exists()
-  monkeypatch.setenv("XLA_FLAGS", models.CPU_BFLOAT16_FLAG + "dot,eltwise")  # Still on.
-  assert models.cpu_bfloat16_problem(jnp.bfloat16) is not None
-  monkeypatch.setenv("XLA_FLAGS", f"--xla_cpu_use_onednn=true {models.CPU_BFLOAT16_FLAG}")
-  assert models.cpu_bfloat16_problem(jnp.bfloat16) is None
-  monkeypatch.setattr(models.importlib.metadata, "version", lambda name: "0.10.2")
+  monkeypatch.setenv("XLA_FLAGS", networks.CPU_BFLOAT16_FLAG + "dot,eltwise")  # Still on.
+  assert networks.cpu_bfloat16_problem(jnp.bfloat16) is not None
+  monkeypatch.setenv("XLA_FLAGS", f"--xla_cpu_use_onednn=true {networks.CPU_BFLOAT16_FLAG}")
+  assert networks.cpu_bfloat16_problem(jnp.bfloat16) is None
+  monkeypatch.setattr(networks.importlib.metadata, "version", lambda name: "0.10.2")
   monkeypatch.setenv("XLA_FLAGS", "")
-  assert models.cpu_bfloat16_problem(jnp.bfloat16) is None
+  assert networks.cpu_bfloat16_problem(jnp.bfloat16) is None
 
 
 def test_batch_size_not_divisible_by_devices_is_one_line_naming_the_nearest_sizes():
   config = tiny.get_config()
-  mesh = train_lib.make_mesh()
+  mesh = trainer.make_mesh()
   cases = [
     (100, 1, "batch_size=100 does not split evenly over the 8 devices: "
      "set --config.batch_size=96 or 104 (a multiple of 8)"),
@@ -175,15 +179,15 @@ def test_batch_size_not_divisible_by_devices_is_one_line_naming_the_nearest_size
   ]  # fmt: skip
   for batch_size, processes, message in cases:
     config.batch_size = batch_size
-    with pytest.raises(train_lib.ConfigError) as e:
-      train_lib.check_batch_size(config, mesh, num_processes=processes)
+    with pytest.raises(trainer.ConfigError) as e:
+      trainer.check_batch_size(config, mesh, num_processes=processes)
     assert message in str(e.value) and "\n" not in str(e.value)
   for batch_size in (8, 16, 256):
     config.batch_size = batch_size
-    train_lib.check_batch_size(config, mesh)
-  assert train_lib.nearest_valid_batch_sizes(250, 32) == [224, 256]
+    trainer.check_batch_size(config, mesh)
+  assert trainer.nearest_valid_batch_sizes(250, 32) == [224, 256]
   config.batch_size = 3
-  train_lib.check_batch_size(config, train_lib.make_mesh(jax.devices()[:3]))
+  trainer.check_batch_size(config, trainer.make_mesh(jax.devices()[:3]))
 
 
 def test_deterministic_ops_reach_the_compiler_on_gpu(monkeypatch):
@@ -191,18 +195,18 @@ def test_deterministic_ops_reach_the_compiler_on_gpu(monkeypatch):
   misspelt option name in it, XLA refuses the compile, i.e. the options really get there."""
   config = tiny.get_config()
   assert config.deterministic_ops
-  options = train_lib.xla_compiler_options
+  options = trainer.xla_compiler_options
   assert options(config, "gpu") == {"xla_gpu_deterministic_ops": True}
   assert options(config, "cpu") == options(config, "tpu") == {}
   config.deterministic_ops = False
   assert options(config, "gpu") == {}
   config.deterministic_ops = True
-  monkeypatch.setattr(train_lib, "DETERMINISTIC_XLA_OPTIONS", {"xla_gpu_no_such_option": True})
+  monkeypatch.setattr(trainer, "DETERMINISTIC_XLA_OPTIONS", {"xla_gpu_no_such_option": True})
   mesh, _, state, _ = _setup(config, jax.devices()[:1])
-  batch = train_lib.global_batch(photo_batch(), mesh)
-  nets = train_lib.make_networks(config)
+  batch = trainer.global_batch(photo_batch(), mesh)
+  nets = trainer.make_networks(config)
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # As make_train_step sees it.
-  step = train_lib.make_train_step(nets, config, mesh, with_teacher=False)
+  step = trainer.make_train_step(nets, config, mesh, with_teacher=False)
   with pytest.raises(Exception, match="xla_gpu_no_such_option"):
     step.lower(state, batch, None).compile()  # Refused before compiling: fast.
 
@@ -216,13 +220,13 @@ def _leaves_equal(a, b):
 def test_resume_is_exact(tmp_path, monkeypatch):
   config = tiny.get_config()
   config.num_train_steps = 4
-  straight = train_lib.train_and_evaluate(config, str(tmp_path / "straight"))
+  straight = trainer.train_and_evaluate(config, str(tmp_path / "straight"))
   # A relative --workdir (as in `make demo`): Orbax's async saves need absolute paths.
   monkeypatch.chdir(tmp_path)
   config.num_train_steps = 2
-  train_lib.train_and_evaluate(config, "split")
+  trainer.train_and_evaluate(config, "split")
   config.num_train_steps = 4
-  resumed = train_lib.train_and_evaluate(config, "split")
+  resumed = trainer.train_and_evaluate(config, "split")
   assert int(resumed.step) == int(straight.step) == 4
   _leaves_equal(straight, resumed)
   # The generator item alone is what colorize loads.
@@ -235,7 +239,7 @@ def test_sigterm_checkpoints_the_current_step_and_stops(tmp_path, monkeypatch):
   config = tiny.get_config()
   config.num_train_steps = 50
   config.checkpoint_every_steps = 1000
-  real = input_pipeline.create_train_iterator
+  real = pipeline.create_train_iterator
 
   def killing_iterator(cfg, **kwargs):
     for i, batch in enumerate(real(cfg, **kwargs)):
@@ -243,8 +247,8 @@ def test_sigterm_checkpoints_the_current_step_and_stops(tmp_path, monkeypatch):
         os.kill(os.getpid(), signal.SIGTERM)
       yield batch
 
-  monkeypatch.setattr(input_pipeline, "create_train_iterator", killing_iterator)
-  state = train_lib.train_and_evaluate(config, str(tmp_path))
+  monkeypatch.setattr(pipeline, "create_train_iterator", killing_iterator)
+  state = trainer.train_and_evaluate(config, str(tmp_path))
   assert int(state.step) == 4
   mngr = checkpoint.manager(tmp_path / "checkpoints", read_only=True)
   assert mngr.all_steps() == [4]
@@ -253,12 +257,12 @@ def test_sigterm_checkpoints_the_current_step_and_stops(tmp_path, monkeypatch):
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   config = tiny.get_config()
   config.num_train_steps = 2
-  train_lib.train_and_evaluate(config, str(tmp_path))
+  trainer.train_and_evaluate(config, str(tmp_path))
   config.num_train_steps = 6
   config.g_learning_rate = 1e30  # Diverges at once.
   config.d_learning_rate = 1e30
-  with pytest.raises(train_lib.NonFiniteLossError, match="non-finite loss"):
-    train_lib.train_and_evaluate(config, str(tmp_path))
+  with pytest.raises(trainer.NonFiniteLossError, match="non-finite loss"):
+    trainer.train_and_evaluate(config, str(tmp_path))
   mngr = checkpoint.manager(tmp_path / "checkpoints", read_only=True)
   assert mngr.latest_step() == 2
 
@@ -266,12 +270,12 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 def test_workdir_with_a_different_model_is_a_clear_error(tmp_path):
   config = tiny.get_config()
   config.num_train_steps = 1
-  train_lib.train_and_evaluate(config, str(tmp_path))
+  trainer.train_and_evaluate(config, str(tmp_path))
   config.model.width = 0.25
   config.num_train_steps = 2
   made_for = "they were made for image_size=64, width=0.125"
   with pytest.raises(ShapeError, match=f"does not fit config.model: .*; {made_for}") as error:
-    train_lib.train_and_evaluate(config, str(tmp_path))
+    trainer.train_and_evaluate(config, str(tmp_path))
   # One line naming the checkpoint, the first parameter that differs and both shapes.
   message = str(error.value)
   assert "\n" not in message and str(tmp_path / "checkpoints") in message, message
@@ -284,16 +288,16 @@ def test_resuming_with_another_optimizer_layout_is_one_line_naming_the_fields(tm
   other values names both values on one line, before Orbax is asked."""
   config = tiny.get_config()
   config.num_train_steps = 1
-  train_lib.train_and_evaluate(config, str(tmp_path))
+  trainer.train_and_evaluate(config, str(tmp_path))
   config.num_train_steps, config.lr_schedule, config.trunk_lr_scale = 2, "cosine", 0.5
   with pytest.raises(CheckpointError) as error:
-    train_lib.train_and_evaluate(config, str(tmp_path))
+    trainer.train_and_evaluate(config, str(tmp_path))
   message = str(error.value)
   assert "\n" not in message and str(tmp_path / "checkpoints") in message, message
   assert "lr_schedule='constant', trunk_lr_scale=1.0, this config has" in message, message
   assert "lr_schedule='cosine', trunk_lr_scale=0.5" in message, message
   config.lr_schedule, config.trunk_lr_scale = "constant", 1.0  # The run's own: resumes.
-  assert int(train_lib.train_and_evaluate(config, str(tmp_path)).step) == 2
+  assert int(trainer.train_and_evaluate(config, str(tmp_path)).step) == 2
 
 
 def test_critic_update_also_updates_the_generators_batch_norm_by_default():
@@ -307,9 +311,9 @@ def test_critic_update_also_updates_the_generators_batch_norm_by_default():
   results = {}
   for flag in (True, False):
     config.bn_update_in_critic_step = flag
-    step = train_lib.make_train_step(nets, config, mesh, with_teacher=False)
+    step = trainer.make_train_step(nets, config, mesh, with_teacher=False)
     state = jax.device_put(host_state, NamedSharding(mesh, P()))
-    results[flag] = jax.device_get(step(state, train_lib.global_batch(batch, mesh), None)[0])
+    results[flag] = jax.device_get(step(state, trainer.global_batch(batch, mesh), None)[0])
   twice, once = results[True], results[False]
   # The flag changes nothing but the statistics: same parameters after the step ...
   for a, b in zip(jax.tree.leaves(twice.g_params), jax.tree.leaves(once.g_params), strict=True):
@@ -338,7 +342,7 @@ def test_ema_follows_the_generator_with_the_warmed_up_decay():
   config = tiny.get_config()
   config.ema_decay = 0.5  # Below the warm-up's (1 + k) / (10 + k) from k = 8 on: both branches.
   mesh, _, state, step = _setup(config)
-  batch = train_lib.global_batch(photo_batch(), mesh)
+  batch = trainer.global_batch(photo_batch(), mesh)
   to64 = lambda t: jax.tree.map(lambda x: np.asarray(x, np.float64), t)  # noqa: E731
   ema = to64(state.ema_params)
   _leaves_equal(state.ema_params, state.g_params)  # Starts at the initial weights.
@@ -360,11 +364,11 @@ def test_ema_is_checkpointed_resumed_exactly_and_preferred_by_inference(tmp_path
   config = tiny.get_config()
   config.ema_decay = 0.9
   config.num_train_steps = 4
-  straight = train_lib.train_and_evaluate(config, str(tmp_path / "straight"))
+  straight = trainer.train_and_evaluate(config, str(tmp_path / "straight"))
   config.num_train_steps = 2
-  train_lib.train_and_evaluate(config, str(tmp_path / "split"))
+  trainer.train_and_evaluate(config, str(tmp_path / "split"))
   config.num_train_steps = 4
-  resumed = train_lib.train_and_evaluate(config, str(tmp_path / "split"))
+  resumed = trainer.train_and_evaluate(config, str(tmp_path / "split"))
   _leaves_equal(straight, resumed)  # EMA included: it is part of the state.
   ema, _ = checkpoint.load_generator(tmp_path / "split")
   _leaves_equal(ema["params"], straight.ema_params)
@@ -372,10 +376,10 @@ def test_ema_is_checkpointed_resumed_exactly_and_preferred_by_inference(tmp_path
   live, _ = checkpoint.load_generator(tmp_path / "split", ema=False)
   _leaves_equal(live, straight.generator_variables)
   # evaluate scores the EMA unless told not to, and says which it scored.
-  from chromagan_jax import evaluate
+  from chromagan_jax.evaluation import evaluator
 
   scores = {
-    ema: evaluate.evaluate_checkpoint(
+    ema: evaluator.evaluate_checkpoint(
       tmp_path / "split", "bundled", str(tmp_path / f"eval{ema}"), ema=ema, progress=False
     )
     for ema in (None, False)
@@ -386,13 +390,13 @@ def test_ema_is_checkpointed_resumed_exactly_and_preferred_by_inference(tmp_path
   # (a changed config) is one line saying so.
   config.ema_decay = 0.0
   config.num_train_steps = 1
-  train_lib.train_and_evaluate(config, str(tmp_path / "plain"))
+  trainer.train_and_evaluate(config, str(tmp_path / "plain"))
   with pytest.raises(checkpoint.CheckpointError, match="no moving-average generator"):
     checkpoint.load_generator(tmp_path / "plain", ema=True)
   config.ema_decay = 0.9
   config.num_train_steps = 2
   with pytest.raises(ShapeError, match="has no generator_ema item.*config.ema_decay"):
-    train_lib.train_and_evaluate(config, str(tmp_path / "plain"))
+    trainer.train_and_evaluate(config, str(tmp_path / "plain"))
 
 
 def _cosine(peak, final_fraction, total, k):
@@ -404,7 +408,7 @@ def _cosine(peak, final_fraction, total, k):
 def test_cosine_learning_rate_drives_adam_as_the_closed_form():
   config = tiny.get_config()
   config.lr_schedule, config.lr_final_fraction, total = "cosine", 0.1, 6
-  nets = train_lib.make_networks(config, total)
+  nets = trainer.make_networks(config, total)
   b1, b2, eps = config.adam_b1, config.adam_b2, config.adam_eps
   rng = np.random.default_rng(0)
   params = {"w": jnp.zeros(5)}
@@ -423,19 +427,19 @@ def test_cosine_learning_rate_drives_adam_as_the_closed_form():
 
 def test_learning_rate_schedule_errors_name_the_field():
   config = tiny.get_config()
-  assert train_lib.learning_rate(config, 3e-4) == 3e-4  # 'constant', the reference's.
+  assert trainer.learning_rate(config, 3e-4) == 3e-4  # 'constant', the reference's.
   config.lr_schedule = "cosine"
-  with pytest.raises(train_lib.ConfigError, match="lr_schedule='cosine' needs"):
-    train_lib.make_networks(config)
+  with pytest.raises(trainer.ConfigError, match="lr_schedule='cosine' needs"):
+    trainer.make_networks(config)
   config.lr_schedule = "linear"
-  with pytest.raises(train_lib.ConfigError, match=r"lr_schedule='linear'.*constant.*cosine"):
-    train_lib.make_networks(config, 10)
+  with pytest.raises(trainer.ConfigError, match=r"lr_schedule='linear'.*constant.*cosine"):
+    trainer.make_networks(config, 10)
 
 
 def test_train_loop_follows_and_logs_the_cosine_schedule(tmp_path):
   config = tiny.get_config()
   config.lr_schedule, config.num_train_steps = "cosine", 4
-  state = train_lib.train_and_evaluate(config, str(tmp_path))
+  state = trainer.train_and_evaluate(config, str(tmp_path))
   # The schedule's own step counter is part of the checkpointed optimizer state.
   counts = [int(x) for x in jax.tree.leaves(state.g_opt_state) if x.ndim == 0]
   assert counts and set(counts) == {4}, counts
@@ -463,7 +467,7 @@ def test_frozen_trunk_stays_put_the_rest_trains_as_unfrozen_and_its_backward_is_
   mesh, _, state0, free_step = _setup(config)
   config.freeze_trunk = True
   frozen_step = _setup(config)[3]
-  batch = train_lib.global_batch(photo_batch(), mesh)
+  batch = trainer.global_batch(photo_batch(), mesh)
   host0 = jax.device_get(state0)
   copy = lambda: jax.device_put(host0, NamedSharding(mesh, P()))  # noqa: E731 (donated)
   free, frozen = copy(), copy()
@@ -471,12 +475,12 @@ def test_frozen_trunk_stays_put_the_rest_trains_as_unfrozen_and_its_backward_is_
     free, _ = free_step(free, batch, None)
     frozen, _ = frozen_step(frozen, batch, None)
   free, frozen = jax.device_get((free, frozen))
-  _leaves_equal(frozen.g_params[train_lib.TRUNK], host0.g_params[train_lib.TRUNK])
+  _leaves_equal(frozen.g_params[trainer.TRUNK], host0.g_params[trainer.TRUNK])
   moved = max(
     np.abs(a - b).max()
     for a, b in zip(
-      jax.tree.leaves(free.g_params[train_lib.TRUNK]),
-      jax.tree.leaves(host0.g_params[train_lib.TRUNK]),
+      jax.tree.leaves(free.g_params[trainer.TRUNK]),
+      jax.tree.leaves(host0.g_params[trainer.TRUNK]),
       strict=True,
     )
   )
@@ -487,7 +491,7 @@ def test_frozen_trunk_stays_put_the_rest_trains_as_unfrozen_and_its_backward_is_
   one_frozen, _ = frozen_step(copy(), batch, None)
   one_free, one_frozen = jax.device_get((one_free, one_frozen))
   for name in one_free.g_params:
-    if name != train_lib.TRUNK:
+    if name != trainer.TRUNK:
       for a, b in zip(
         jax.tree.leaves(one_frozen.g_params[name]),
         jax.tree.leaves(one_free.g_params[name]),
@@ -504,8 +508,8 @@ def test_frozen_trunk_stays_put_the_rest_trains_as_unfrozen_and_its_backward_is_
 def test_frozen_trunk_without_weights_is_one_line(tmp_path):
   config = tiny.get_config()
   config.freeze_trunk = True
-  with pytest.raises(train_lib.ConfigError, match="freeze_trunk.*vgg_weights") as e:
-    train_lib.train_and_evaluate(config, str(tmp_path))
+  with pytest.raises(trainer.ConfigError, match="freeze_trunk.*vgg_weights") as e:
+    trainer.train_and_evaluate(config, str(tmp_path))
   assert "\n" not in str(e.value)
 
 
@@ -513,14 +517,14 @@ def test_adversarial_weight_ramps_linearly_and_the_step_uses_this_steps_weight()
   """config.adv_final / adv_ramp_steps: loss.adv until the ramp starts, adv_final from its
   end, linear between; a step taken at step s is the constant-weight step of weight w(s)."""
   config = tiny.get_config()
-  assert train_lib.adversarial_weight(config) == config.loss.adv == -0.1  # The reference.
+  assert trainer.adversarial_weight(config) == config.loss.adv == -0.1  # The reference.
   # Weights exact in float32, so the two steps below compute with the same weight.
   config.loss.adv, config.adv_final, config.adv_ramp_steps = -0.5, -1.5, (2, 6)
-  weight = train_lib.adversarial_weight(config)
+  weight = trainer.adversarial_weight(config)
   got = [float(weight(s)) for s in (0, 2, 3, 5, 6, 9)]
   assert got == [-0.5, -0.5, -0.75, -1.25, -1.5, -1.5]
   mesh, _, state, ramp_step = _setup(config)
-  batch = train_lib.global_batch(photo_batch(), mesh)
+  batch = trainer.global_batch(photo_batch(), mesh)
   host = jax.device_get(state.replace(step=jnp.asarray(3, state.step.dtype)))
   fixed = tiny.get_config()
   fixed.loss.adv = -0.75
@@ -535,19 +539,19 @@ def test_adversarial_weight_ramps_linearly_and_the_step_uses_this_steps_weight()
   for a, b in zip(jax.tree.leaves(ramped), jax.tree.leaves(want), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
   config.adv_ramp_steps = (5, 2)
-  with pytest.raises(train_lib.ConfigError, match=r"adv_ramp_steps=\(5, 2\)"):
-    train_lib.make_networks(config)
+  with pytest.raises(trainer.ConfigError, match=r"adv_ramp_steps=\(5, 2\)"):
+    trainer.make_networks(config)
 
 
 def test_trunk_lr_scale_scales_only_the_trunks_adam_updates():
   """config.trunk_lr_scale: the trunk's update is the plain Adam update times the scale (a
   power of two, so exactly), every other update is Adam's own, over several steps."""
   config = tiny.get_config()
-  plain = train_lib.make_networks(config)
+  plain = trainer.make_networks(config)
   config.trunk_lr_scale = 0.25
-  scaled = train_lib.make_networks(config)
-  params = jax.device_get(train_lib.init_state(plain, config, jax.random.key(0)).g_params)
-  assert train_lib.TRUNK in params and len(params) > 1
+  scaled = trainer.make_networks(config)
+  params = jax.device_get(trainer.init_state(plain, config, jax.random.key(0)).g_params)
+  assert trainer.TRUNK in params and len(params) > 1
   rng = np.random.default_rng(0)
   p_state, s_state = plain.g_tx.init(params), scaled.g_tx.init(params)
   for _ in range(3):
@@ -555,13 +559,13 @@ def test_trunk_lr_scale_scales_only_the_trunks_adam_updates():
     want, p_state = plain.g_tx.update(grads, p_state, params)
     got, s_state = scaled.g_tx.update(grads, s_state, params)
     for name in params:
-      factor = 0.25 if name == train_lib.TRUNK else 1.0
+      factor = 0.25 if name == trainer.TRUNK else 1.0
       for a, b in zip(jax.tree.leaves(got[name]), jax.tree.leaves(want[name]), strict=True):
         np.testing.assert_array_equal(np.asarray(a), factor * np.asarray(b), err_msg=name)
   for bad, freeze in ((0.0, False), (1.5, False), (0.5, True)):
     config.trunk_lr_scale, config.freeze_trunk = bad, freeze
-    with pytest.raises(train_lib.ConfigError, match="trunk_lr_scale") as e:
-      train_lib.make_networks(config)
+    with pytest.raises(trainer.ConfigError, match="trunk_lr_scale") as e:
+      trainer.make_networks(config)
     assert "\n" not in str(e.value)
 
 
@@ -571,9 +575,9 @@ def test_critic_steps_repeat_the_critics_update_on_the_batch_with_fresh_penalty_
   with the gradient penalty interpolated at the second step's own eps (checked by hand)."""
   config = tiny.get_config()
   mesh, nets, state, one_step = _setup(config)
-  batch = train_lib.global_batch(photo_batch(), mesh)
+  batch = trainer.global_batch(photo_batch(), mesh)
   config.critic_steps = 2
-  two_step = train_lib.make_train_step(nets, config, mesh, with_teacher=False)
+  two_step = trainer.make_train_step(nets, config, mesh, with_teacher=False)
   host = jax.device_get(state)
   copy = lambda: jax.device_put(host, NamedSharding(mesh, P()))  # noqa: E731 (donated)
   once, _ = jax.device_get(one_step(copy(), batch, None))
@@ -591,7 +595,7 @@ def test_critic_steps_repeat_the_critics_update_on_the_batch_with_fresh_penalty_
   )
   step_rng = jax.random.fold_in(jax.random.wrap_key_data(host.rng), host.step)
   eps = jax.random.uniform(jax.random.fold_in(step_rng, 1), (ab_real.shape[0],), jnp.float32)
-  weights = train_lib.loss_weights_from_config(config)
+  weights = trainer.loss_weights_from_config(config)
 
   def d_loss(d_params):
     score = lambda ab, light=lightness: nets.critic.apply({"params": d_params}, ab, light)  # noqa: E731
@@ -613,8 +617,8 @@ def test_critic_steps_repeat_the_critics_update_on_the_batch_with_fresh_penalty_
   assert float(metrics["d/gp"]) == pytest.approx(float(terms["gp"]), rel=1e-4, abs=1e-7)
   for bad in (0, -2):  # (ml_collections refuses a float for this int field itself.)
     config.critic_steps = bad
-    with pytest.raises(train_lib.ConfigError, match="critic_steps"):
-      train_lib.make_train_step(nets, config, mesh, with_teacher=False)
+    with pytest.raises(trainer.ConfigError, match="critic_steps"):
+      trainer.make_train_step(nets, config, mesh, with_teacher=False)
 
 
 def test_l1_colour_loss_reaches_the_step():
@@ -623,11 +627,11 @@ def test_l1_colour_loss_reaches_the_step():
   config = tiny.get_config()
   config.colour_loss = "l1"
   mesh, nets, state, step = _setup(config)
-  _, metrics = jax.device_get(step(state, train_lib.global_batch(photo_batch(), mesh), None))
+  _, metrics = jax.device_get(step(state, trainer.global_batch(photo_batch(), mesh), None))
   want = float(metrics["g/l1"]) + config.loss.adv * float(metrics["g/adv"])
   assert float(metrics["g/total"]) == pytest.approx(want, rel=1e-5)
   assert abs(float(metrics["g/l1"]) - float(metrics["g/mse"])) > 1e-2
   config.colour_loss = "huber"
-  with pytest.raises(train_lib.ConfigError, match="colour_loss='huber'") as e:
-    train_lib.make_train_step(nets, config, mesh, with_teacher=False)
+  with pytest.raises(trainer.ConfigError, match="colour_loss='huber'") as e:
+    trainer.make_train_step(nets, config, mesh, with_teacher=False)
   assert "\n" not in str(e.value)

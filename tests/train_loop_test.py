@@ -13,8 +13,10 @@ import tensorflow as tf
 from skimage import color as skcolor
 from tensorboard.backend.event_processing import event_accumulator
 
-from chromagan_jax import checkpoint, input_pipeline, train_lib
 from chromagan_jax.configs import tiny
+from chromagan_jax.data import pipeline
+from chromagan_jax.training import trainer
+from chromagan_jax.weights import checkpoint
 
 
 def read_events(workdir):
@@ -41,7 +43,7 @@ def test_sigterm_stop_checkpoints_grids_scalars_and_resume(tmp_path, monkeypatch
   config.max_checkpoints_to_keep = 2
   config.log_every_steps = 2
   config.sample_every_steps = 2
-  real = input_pipeline.create_train_iterator
+  real = pipeline.create_train_iterator
   steps_fed = []
 
   def killing_iterator(cfg, **kwargs):
@@ -51,8 +53,8 @@ def test_sigterm_stop_checkpoints_grids_scalars_and_resume(tmp_path, monkeypatch
         os.kill(os.getpid(), signal.SIGTERM)
       yield batch
 
-  monkeypatch.setattr(input_pipeline, "create_train_iterator", killing_iterator)
-  state = train_lib.train_and_evaluate(config, str(tmp_path))
+  monkeypatch.setattr(pipeline, "create_train_iterator", killing_iterator)
+  state = trainer.train_and_evaluate(config, str(tmp_path))
   assert int(state.step) == 3
   mngr = checkpoint.manager(tmp_path / "checkpoints", read_only=True)
   assert mngr.all_steps() == [2, 3]  # every step saved, two kept
@@ -69,7 +71,7 @@ def test_sigterm_stop_checkpoints_grids_scalars_and_resume(tmp_path, monkeypatch
   assert [s for s, _ in events["samples"]] == [2, 3]
   grid = events["samples"][-1][1]
   size = config.model.image_size
-  rows = min(config.num_samples, len(input_pipeline.bundled_photos("holdout")))
+  rows = min(config.num_samples, len(pipeline.bundled_photos("holdout")))
   assert grid.shape == (rows * size, 3 * size, 3)
   grey, colorized, truth = (grid[:, i * size : (i + 1) * size].astype(int) for i in range(3))
   assert np.abs(grey - grey[..., :1]).max() <= 1  # neutral
@@ -81,7 +83,7 @@ def test_sigterm_stop_checkpoints_grids_scalars_and_resume(tmp_path, monkeypatch
   # Resume right after the SIGTERM checkpoint: from step 3, on to 5.
   config.num_train_steps = 5
   steps_fed.clear()
-  resumed = train_lib.train_and_evaluate(config, str(tmp_path))
+  resumed = trainer.train_and_evaluate(config, str(tmp_path))
   assert int(resumed.step) == 5 and len(steps_fed) >= 2
   mngr = checkpoint.manager(tmp_path / "checkpoints", read_only=True)
   assert mngr.all_steps() == [4, 5]
@@ -94,7 +96,7 @@ def test_sigterm_stop_checkpoints_grids_scalars_and_resume(tmp_path, monkeypatch
 def test_second_signal_stops_waiting():
   """The first SIGINT/SIGTERM asks for a checkpoint and a stop; a second one gives up."""
   previous = signal.getsignal(signal.SIGINT)
-  with train_lib._StopRequest() as stop:
+  with trainer._StopRequest() as stop:
     assert stop.signum is None
     os.kill(os.getpid(), signal.SIGINT)
     assert stop.signum == signal.SIGINT

@@ -19,9 +19,13 @@ import numpy as np
 import pytest
 from helpers import TORCH_CONVS, TORCH_LINEARS, assert_trees_equal, randomize
 
-from chromagan_jax import checkpoint, color, convert, models, shapes, train_lib, weights
+from chromagan_jax import convert
 from chromagan_jax.configs import tiny
 from chromagan_jax.errors import UserError
+from chromagan_jax.model import networks, shapes
+from chromagan_jax.ops import color
+from chromagan_jax.training import trainer
+from chromagan_jax.weights import checkpoint, port
 
 # The tiny config's model: every file below is built at these sizes unless a test says not.
 _CONFIG = tiny.get_config().model
@@ -53,7 +57,7 @@ def first_step(monkeypatch):
   step's metrics and the teacher the last step was given.
   """
   seen = {"metrics": []}
-  real = train_lib.make_train_step
+  real = trainer.make_train_step
 
   def make_train_step(nets, config, mesh, with_teacher):
     step = real(nets, config, mesh, with_teacher)
@@ -70,7 +74,7 @@ def first_step(monkeypatch):
 
     return spied
 
-  monkeypatch.setattr(train_lib, "make_train_step", make_train_step)
+  monkeypatch.setattr(trainer, "make_train_step", make_train_step)
   return seen
 
 
@@ -91,10 +95,10 @@ def _torch_state_dict(vgg_params):
   NCHW flatten order (the converter must undo that permutation).
   """
   sd = {}
-  for i, name in zip(TORCH_CONVS, weights.VGG16_CONVS, strict=True):
+  for i, name in zip(TORCH_CONVS, port.VGG16_CONVS, strict=True):
     sd[f"features.{i}.weight"] = vgg_params["vgg16"][name]["kernel"].transpose(3, 2, 0, 1)
     sd[f"features.{i}.bias"] = vgg_params["vgg16"][name]["bias"]
-  for i, name in zip(TORCH_LINEARS, weights.VGG16_TOP, strict=True):
+  for i, name in zip(TORCH_LINEARS, port.VGG16_TOP, strict=True):
     kernel = vgg_params[name]["kernel"]
     if name == "fc1":  # Rows h*W*C + w*C + c (NHWC flatten) -> columns c*H*W + h*W + w.
       channels = vgg_params["vgg16"]["block5_conv3"]["kernel"].shape[3]
@@ -168,7 +172,7 @@ def test_vgg_weights_initialise_the_trunk_and_teach(vgg_files, fmt, first_step, 
   model, files = vgg_files
   caplog.set_level(logging.INFO)
   config = _config(vgg_weights=files[fmt])
-  state = train_lib.train_and_evaluate(config, str(tmp_path))
+  state = trainer.train_and_evaluate(config, str(tmp_path))
   assert int(state.step) == 2 and first_step["with_teacher"]
 
   want = keras_reference.keras_to_flax(model)["params"]  # By Keras layer name.
@@ -176,7 +180,7 @@ def test_vgg_weights_initialise_the_trunk_and_teach(vgg_files, fmt, first_step, 
   # Training the trunk (donated with the state) leaves the frozen teacher intact.
   assert_trees_equal(first_step["last_teacher"], want)
   step0 = first_step["state"]
-  trunk = {n: want["vgg16"][n] for n in weights.TRUNK_CONVS}  # Blocks 1-4 of VGG16.
+  trunk = {n: want["vgg16"][n] for n in port.TRUNK_CONVS}  # Blocks 1-4 of VGG16.
   assert_trees_equal(step0.g_params["vgg16"], trunk)
   # The files' own preprocessing differs from the reference's 'none': said, not changed.
   own = {"keras_h5": "caffe", "converted_dir": "caffe", "torch_pth": "torch"}[fmt]
@@ -189,7 +193,7 @@ def test_vgg_weights_initialise_the_trunk_and_teach(vgg_files, fmt, first_step, 
     assert np.isfinite(metrics["g/kl"]) and metrics["g/kl"] > 0
   l3 = np.asarray(color.gray_to_l3(color.rgb_to_net(first_step["batch"]["rgb"])[0]))
   p_t = model(l3).numpy()
-  generator = models.models_from_config(config.model)[0]
+  generator = networks.models_from_config(config.model)[0]
   (_, p_g), _ = generator.apply(
     {"params": step0.g_params, "batch_stats": step0.g_batch_stats},
     l3,
@@ -206,7 +210,7 @@ def test_without_vgg_weights_kl_is_off_with_a_warning(first_step, tmp_path, capl
   caplog.set_level(logging.WARNING)
   config = _config(num_train_steps=1)
   assert config.loss.kl > 0
-  train_lib.train_and_evaluate(config, str(tmp_path))
+  trainer.train_and_evaluate(config, str(tmp_path))
   assert "vgg_weights is empty" in caplog.text and "KL term is disabled" in caplog.text
   assert first_step["with_teacher"] is False and first_step["teacher"] is None
   (metrics,) = first_step["metrics"]
@@ -223,17 +227,15 @@ def test_notop_vgg_weights_initialise_the_trunk_without_a_teacher(
   with no classifier there is no teacher, so the KL term is off, with a warning naming it."""
   model, _ = vgg_files
   layers, _ = convert_formats.keras2_layers(model, style="keras1")
-  notop = [(name, w) for name, w in layers if name not in weights.VGG16_TOP]
+  notop = [(name, w) for name, w in layers if name not in port.VGG16_TOP]
   assert len(notop) < len(layers)
   h5 = tmp_path / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
   convert_formats.write_keras2_h5(h5, notop, weights_only=True)
   caplog.set_level(logging.WARNING)
-  train_lib.train_and_evaluate(_config(num_train_steps=1, vgg_weights=h5), str(tmp_path / "w"))
+  trainer.train_and_evaluate(_config(num_train_steps=1, vgg_weights=h5), str(tmp_path / "w"))
   assert first_step["with_teacher"] is False and first_step["teacher"] is None
   want = keras_reference.keras_to_flax(model)["params"]["vgg16"]
-  assert_trees_equal(
-    first_step["state"].g_params["vgg16"], {n: want[n] for n in weights.TRUNK_CONVS}
-  )
+  assert_trees_equal(first_step["state"].g_params["vgg16"], {n: want[n] for n in port.TRUNK_CONVS})
   assert f"{h5} has no classifier top" in caplog.text and "KL term is disabled" in caplog.text
   assert "g/kl" not in first_step["metrics"][0]
 
@@ -248,15 +250,15 @@ def test_a_wider_trunk_takes_vgg_weights_under_narrow_branches(first_step, tmp_p
   convert_formats.write_keras2_h5(h5, layers, weights_only=True)
   config = _config(num_train_steps=1, vgg_weights=h5)
   with pytest.raises(USER_ERRORS, match=r"made for image_size=\d+, width=0.25"):  # No field.
-    train_lib.train_and_evaluate(config, str(tmp_path / "no"))
+    trainer.train_and_evaluate(config, str(tmp_path / "no"))
   config.model.trunk_width = 2 * WIDTH
-  train_lib.train_and_evaluate(config, str(tmp_path / "w"))
+  trainer.train_and_evaluate(config, str(tmp_path / "w"))
   want = keras_reference.keras_to_flax(model)["params"]
   assert first_step["with_teacher"] is True
   assert_trees_equal(first_step["teacher"], want)
   g = first_step["state"].g_params
-  assert_trees_equal(g["vgg16"], {n: want["vgg16"][n] for n in weights.TRUNK_CONVS})
-  assert g["global_conv1"]["kernel"].shape == (3, 3, models.scaled(512, 2 * WIDTH), 64)
+  assert_trees_equal(g["vgg16"], {n: want["vgg16"][n] for n in port.TRUNK_CONVS})
+  assert g["global_conv1"]["kernel"].shape == (3, 3, networks.scaled(512, 2 * WIDTH), 64)
   assert first_step["state"].d_params["conv1"]["kernel"].shape[3] == 8  # 64 x WIDTH.
   variables, saved = checkpoint.load_generator(tmp_path / "w")
   assert saved.model.trunk_width == 2 * WIDTH
@@ -272,7 +274,7 @@ def test_vgg_weights_of_another_input_size_is_one_clear_error(tmp_path):
   layers, _ = convert_formats.keras2_layers(model, style="keras1")
   convert_formats.write_keras2_h5(h5, layers, weights_only=True)
   with pytest.raises(USER_ERRORS, match=r"\['fc1'\]\['kernel'\] expected shape \(256, 512\)") as e:
-    train_lib.train_and_evaluate(_config(vgg_weights=h5), str(tmp_path / "work"))
+    trainer.train_and_evaluate(_config(vgg_weights=h5), str(tmp_path / "work"))
   assert_one_line_naming(e, h5)
   assert f"made for image_size={2 * SIZE}, width={WIDTH}" in str(e.value)
 
@@ -292,7 +294,7 @@ def test_init_from_loads_the_whole_generator(
   vgg_model, vgg = vgg_files
   if fmt == "h5":  # With a teacher too: init_from's trunk wins over the VGG16 file's.
     weights["vgg_weights"] = vgg["keras_h5"]
-  state = train_lib.train_and_evaluate(_config(**weights), str(tmp_path))
+  state = trainer.train_and_evaluate(_config(**weights), str(tmp_path))
   assert int(state.step) == 2
   want = keras_reference.keras_to_flax(model)  # Keras weights by layer name.
   step0 = first_step["state"]
@@ -310,7 +312,7 @@ def test_init_from_of_another_width_is_one_clear_error(generator_files, fmt, tmp
   _, h5, converted = generator_files["wider"]
   path = h5 if fmt == "h5" else converted
   with pytest.raises(USER_ERRORS, match="does not fit config.model") as e:
-    train_lib.train_and_evaluate(_config(init_from=path), str(tmp_path))
+    trainer.train_and_evaluate(_config(init_from=path), str(tmp_path))
   assert_one_line_naming(e, path)
   assert "expected shape (512,), found (1024,)" in str(e.value)  # class_fc1 at 1/8 vs 1/4.
   assert f"made for image_size={SIZE}, width={2 * WIDTH}, num_classes=1000" in str(e.value)
@@ -340,7 +342,7 @@ def test_init_from_a_file_that_is_not_a_generator(vgg_files, tmp_path):
     (tmp_path / "missing.h5", "no such file"),
   ):
     with pytest.raises(USER_ERRORS, match=match) as e:
-      train_lib.train_and_evaluate(_config(init_from=path), str(tmp_path / "work"))
+      trainer.train_and_evaluate(_config(init_from=path), str(tmp_path / "work"))
     assert_one_line_naming(e, path)
 
 
@@ -352,7 +354,7 @@ def test_init_from_a_file_that_is_not_a_generator(vgg_files, tmp_path):
 def test_init_critic_from_loads_the_critic(critic_files, fmt, first_step, tmp_path):
   model, h5, converted = critic_files["fits"]
   path = h5 if fmt == "h5" else converted
-  state = train_lib.train_and_evaluate(_config(init_critic_from=path), str(tmp_path))
+  state = trainer.train_and_evaluate(_config(init_critic_from=path), str(tmp_path))
   assert int(state.step) == 2
   assert_trees_equal(first_step["state"].d_params, keras_reference.keras_to_flax(model)["params"])
   assert all(np.isfinite(m["d/total"]) for m in first_step["metrics"])
@@ -363,7 +365,7 @@ def test_init_critic_from_of_another_width_is_one_clear_error(critic_files, fmt,
   _, h5, converted = critic_files["wider"]
   path = h5 if fmt == "h5" else converted
   with pytest.raises(USER_ERRORS, match=r"critic of .* does not fit config.model") as e:
-    train_lib.train_and_evaluate(_config(init_critic_from=path), str(tmp_path))
+    trainer.train_and_evaluate(_config(init_critic_from=path), str(tmp_path))
   assert_one_line_naming(e, path)
   assert "['conv1']['bias'] expected shape (8,), found (16,)" in str(e.value)
   assert f"made for width={2 * WIDTH}" in str(e.value)
@@ -376,7 +378,7 @@ def test_init_critic_from_of_another_width_is_one_clear_error(critic_files, fmt,
 @pytest.mark.slow  # two training runs
 def test_resume_ignores_init_from(generator_files, critic_files, first_step, tmp_path, caplog):
   workdir = str(tmp_path)
-  before = _host(train_lib.train_and_evaluate(_config(num_train_steps=1), workdir))
+  before = _host(trainer.train_and_evaluate(_config(num_train_steps=1), workdir))
   first_step.clear()
   first_step["metrics"] = []
   caplog.set_level(logging.WARNING)
@@ -385,7 +387,7 @@ def test_resume_ignores_init_from(generator_files, critic_files, first_step, tmp
     init_from=generator_files["fits"][1],
     init_critic_from=critic_files["fits"][1],
   )
-  state = train_lib.train_and_evaluate(config, workdir)
+  state = trainer.train_and_evaluate(config, workdir)
   assert int(state.step) == 2
   # The second run trains on from the workdir's step-1 state, generator and critic included.
   assert_trees_equal(first_step["state"], before)

@@ -19,9 +19,13 @@ import pytest
 import skimage.data
 from PIL import Image
 
-import colorize
-from chromagan_jax import checkpoint, color, colorize_lib, evaluate, video
+from chromagan_jax import colorize
 from chromagan_jax.configs import tiny
+from chromagan_jax.evaluation import evaluator
+from chromagan_jax.inference import engine, video
+from chromagan_jax.model import predict
+from chromagan_jax.ops import color
+from chromagan_jax.weights import checkpoint
 
 SIZE = (96, 64)  # (W, H)
 SHOT = 12  # frames per shot; the cut is at frame SHOT.
@@ -45,7 +49,7 @@ def _photos():
 @pytest.fixture(scope="module")
 def generator():
   config = tiny.get_config()
-  model = colorize_lib.generator_from(config)
+  model = predict.generator_from(config)
   size = config.model.image_size
   variables = model.init(jax.random.PRNGKey(0), np.zeros((1, size, size, 3)), train=False)
   params = dict(variables["params"])
@@ -57,7 +61,7 @@ def generator():
 @pytest.fixture(scope="module")
 def colorizer(generator):
   variables, config = generator
-  return colorize_lib.Colorizer(variables, config, batch_size=8, conv_impl="xla")
+  return engine.Colorizer(variables, config, batch_size=8, conv_impl="xla")
 
 
 @pytest.fixture(scope="module")
@@ -146,14 +150,14 @@ def test_cut_detected_and_resets_smoothing(clip, colorizer):
 
 
 def test_smoothing_lowers_flicker_without_lowering_psnr(clip, colorizer):
-  result = evaluate.evaluate_video(clip, colorizer)
+  result = evaluator.evaluate_video(clip, colorizer)
   flicker, psnr = result["flicker"], result["psnr"]
   assert result["frames"] == 2 * SHOT and result["cuts"] == 1
   assert result["static_fraction"] > 0.2
   # Measured: 1.37 smoothed, 2.54 unsmoothed, 0.72 for the video's own colours.
   assert flicker["colorized"] < 0.7 * flicker["unsmoothed"]
   assert psnr["colorized"] >= psnr["unsmoothed"] - 0.05
-  off = evaluate.evaluate_video(clip, colorizer, smoothing=0.0)
+  off = evaluator.evaluate_video(clip, colorizer, smoothing=0.0)
   assert off["flicker"]["colorized"] == pytest.approx(off["flicker"]["unsmoothed"])
 
 
@@ -303,12 +307,13 @@ _MEMORY_SCRIPT = textwrap.dedent(
   sys.path.insert(0, {root!r})
   import jax, numpy as np
   jax.config.update("jax_disable_most_optimizations", True)
-  from chromagan_jax import colorize_lib, video
+  from chromagan_jax.inference import engine, video
+  from chromagan_jax.model import predict
   from chromagan_jax.configs import tiny
   config = tiny.get_config()
-  model = colorize_lib.generator_from(config)
+  model = predict.generator_from(config)
   variables = model.init(jax.random.PRNGKey(0), np.zeros((1, 64, 64, 3)), train=False)
-  c = colorize_lib.Colorizer(variables, config, batch_size=8, conv_impl="xla")
+  c = engine.Colorizer(variables, config, batch_size=8, conv_impl="xla")
   options = video.VideoOptions(preset="ultrafast")
   for name in sys.argv[1:]:
     r = video.colorize_video(name, name + ".out.mp4", c, options, progress=False)

@@ -30,7 +30,7 @@ import sys
 import pytest
 from helpers import skip_or_fail_under_ci
 
-from chromagan_jax.models import CPU_BFLOAT16_FLAG
+from chromagan_jax.model.networks import CPU_BFLOAT16_FLAG
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Whole networks in float32, what users run on CPU: Winograd/im2col against XLA's convolutions,

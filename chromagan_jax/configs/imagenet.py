@@ -18,7 +18,7 @@ devices each sees 10 / N, so the reference batch runs on 1, 2, 5 or 10 devices o
 ``:gpu`` (arguments combine with commas, e.g. ``gpu,smoke``) keeps the networks, losses,
 Adam betas and the 5 epochs, and changes what a big accelerator needs:
   * ``dtype='bfloat16'``: convolutions and matmuls in bf16, parameters, optimizer states,
-    Lab conversion and losses in float32 (they are pinned: see chromagan_jax/color.py).
+    Lab conversion and losses in float32 (they are pinned: see chromagan_jax/ops/color.py).
   * ``batch_size=256``: global, a multiple of every power-of-two device count up to 256
     (32 per GPU on an 8-GPU host). Another size that does not split over the devices stops
     the run with one line naming the nearest valid sizes (train_lib.check_batch_size).

@@ -8,34 +8,33 @@ The procedure is the reference's inference (see ``/work/shared/spec/chromagan.md
    no antialiasing, rounded to uint8, as the training data is), its ``L`` tiled to 3 channels;
 3. the generator predicts ``ab`` in [0, 1]; ``ab8 = clip(ab * 255, 0, 255)`` (the 8-bit
    encoding, a8 = a + 128) is resized (bilinear) to the ORIGINAL resolution and joined with the
-   original-resolution ``L``; Lab -> sRGB with :mod:`chromagan_jax.color`.
+   original-resolution ``L``; Lab -> sRGB with :mod:`chromagan_jax.ops.color`.
 
-Step 2's resize runs on the host (NumPy, :func:`chromagan_jax.images.resize`, the training
+Step 2's resize runs on the host (NumPy, :func:`chromagan_jax.data.images.resize`, the training
 data's resize); the rest runs on device. Images of different sizes are edge-padded to a few
 bucket shapes (the true height and width are traced scalars of the ab resize), so a folder
 of photos of many sizes compiles a handful of programs, not one per size; the generator runs
 on a fixed batch shape (the last batch is padded).
 
-Decoding is :mod:`chromagan_jax.images`, as for training and evaluation (EXIF orientation;
+Decoding is :mod:`chromagan_jax.data.images`, as for training and evaluation (EXIF orientation;
 grey, grey+alpha, RGB, RGBA, palette, 16/32-bit grey, CMYK); the alpha channel is kept and
 passed through to the output. Files in, files out (names, formats, saving) is
-:mod:`chromagan_jax.colorize_files`; the command line is ``colorize.py``.
+:mod:`chromagan_jax.inference.folders`; the command line is ``colorize.py``.
 """
 
 import functools
 from collections.abc import Iterable, Iterator, Sequence
 
 import cv2
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import tqdm
 
-from chromagan_jax import color, cpu_conv, models
-from chromagan_jax import images as image_files
-from chromagan_jax.images import Photo
+from chromagan_jax.data import images as image_files
+from chromagan_jax.data.images import Photo
+from chromagan_jax.model import networks, predict
+from chromagan_jax.ops import color, cpu_conv
 
 DEFAULT_BATCH_SIZE = 8
 # ab8 upsampling to the original size; antialiasing only matters when shrinking (inputs
@@ -172,75 +171,15 @@ def compose_host(rgb, ab_net, with_grey: bool = False):
 # Batched colorization.
 
 
-def generator_from(config) -> nn.Module:
-  """The head-free inference generator (``with_class_head=False``: ab only) for ``config``: a
-  full config, its ``model`` section, a dict of either, a :class:`models.Generator`, or None
-  (the paper's 224x224, width-1 network)."""
-  if config is None:
-    model = models.Generator()
-  elif isinstance(config, nn.Module):
-    model = config
-  else:
-    if not isinstance(config, ml_collections.ConfigDict):
-      config = ml_collections.ConfigDict(config)
-    model_config = config.model if "model" in config else config
-    model = models.models_from_config(model_config, inference=True)[0]
-  return model.clone(with_class_head=False)
-
-
-def _predict_ab(model, variables, rgb, filters=None):
-  """The generator on uint8 RGB at the network size: its L, then the predicted ab.
-
-  Args:
-    model: a :class:`models.Generator` (static: modules are hashable).
-    variables: its ``{'params', 'batch_stats'}``; inference mode (moving averages).
-    rgb: uint8 (or 0-255 float) RGB (N, S, S, 3), S = ``model.image_size``; colour inputs
-      are colorized from their L alone.
-    filters: the model's inference weights prepared once (:func:`inference_filters`): Winograd
-      filters transformed, and at batch 1 the Dense kernels transposed.
-
-  Returns:
-    (L (N, S, S, 1), ab (N, S, S, 2)), network values in [0, 1].
-  """
-  lightness, _ = color.rgb_to_net(rgb)
-  l3 = color.gray_to_l3(lightness)
-  if not filters:
-    return lightness, model.apply(variables, l3, train=False)[0]
-  with cpu_conv.using_filters(filters):
-    return lightness, model.apply(variables, l3, train=False)[0]
-
-
-def colorize_small_fn(model, variables, rgb, filters=None):
-  """The generator on uint8 RGB (N, S, S, 3) at the network size -> uint8 (grey, colour).
-
-  ``grey`` is the input's L alone (a = b = 0: the grey baseline), ``colour`` its L with the
-  predicted ab; both (N, S, S, 3). Train-time sample grids and ``evaluate`` use this; the
-  full-resolution path (:class:`Colorizer`) uses :func:`predict_ab` and :func:`compose`.
-  """
-  lightness, ab = _predict_ab(model, variables, rgb, filters)
-  grey = color.net_to_rgb(lightness, jnp.full_like(ab, color.GREY_AB_NET))
-  return color.to_uint8(grey), color.to_uint8(color.net_to_rgb(lightness, ab))
-
-
 # Jitted with the CPU compiler options measured for inference (cpu_conv.CPU_COMPILER_OPTIONS).
 # Options can only be given to a top-level jit: programs that call these inside their own jit
 # (the train loop's sample grids) use the plain functions and pass the options themselves.
 predict_ab = jax.jit(
-  _predict_ab, static_argnums=0, compiler_options=cpu_conv.cpu_compiler_options()
+  predict.predict_ab_fn, static_argnums=0, compiler_options=cpu_conv.cpu_compiler_options()
 )
 colorize_small = jax.jit(
-  colorize_small_fn, static_argnums=0, compiler_options=cpu_conv.cpu_compiler_options()
+  predict.colorize_small_fn, static_argnums=0, compiler_options=cpu_conv.cpu_compiler_options()
 )
-
-
-def inference_filters(model, variables, rgb) -> dict:
-  """``model``'s Winograd filters for network inputs shaped like ``rgb`` (N, S, S, 3),
-  transformed once per weight set rather than in every call, and at N = 1 its Dense kernels
-  transposed (cpu_conv.inference_filters); {} without Winograd layers."""
-  if model.conv_impl == "xla":
-    return {}
-  apply = lambda v, x: model.apply(v, x, train=False)  # noqa: E731
-  return cpu_conv.inference_filters(apply, variables, jnp.zeros(rgb.shape, jnp.float32))
 
 
 class Colorizer:
@@ -249,21 +188,21 @@ class Colorizer:
   Args:
     variables: generator variables ``{'params', 'batch_stats'}``, with or without the class
       head (:func:`checkpoint.load_generator` ``with_class_head=False``); it is not used.
-    config: see :func:`generator_from`.
+    config: see :func:`predict.generator_from`.
     batch_size: images per generator call (the last batch is padded with zeros).
-    conv_impl: overrides the convolution algorithm of ``config`` (``models.CONV_IMPLS`` or
+    conv_impl: overrides the convolution algorithm of ``config`` (``networks.CONV_IMPLS`` or
       "auto"); None keeps the checkpoint's. On CPU "auto" measures each layer's algorithms
       once per machine (conv_choice.py) and Winograd layers get their filters transformed
-      once, at the first batch (:func:`inference_filters`).
+      once, at the first batch (:func:`predict.inference_filters`).
   """
 
   def __init__(self, variables, config=None, batch_size: int = DEFAULT_BATCH_SIZE, conv_impl=None):
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    self.model = generator_from(config)
+    self.model = predict.generator_from(config)
     if conv_impl is not None:
-      self.model = self.model.clone(conv_impl=models.resolve_conv_impl(conv_impl))
-    self.variables = models.without_class_head(variables)
+      self.model = self.model.clone(conv_impl=networks.resolve_conv_impl(conv_impl))
+    self.variables = networks.without_class_head(variables)
     self.filters = None  # Winograd filters, transformed once at the first batch.
     self.batch_size = batch_size
     self.image_size = self.model.image_size
@@ -286,7 +225,7 @@ class Colorizer:
     if len(rgbs) < self.batch_size:  # Black images fill the batch: one compiled shape.
       smalls = np.pad(smalls, ((0, self.batch_size - len(rgbs)), (0, 0), (0, 0), (0, 0)))
     if self.filters is None:
-      self.filters = inference_filters(self.model, self.variables, smalls)
+      self.filters = predict.inference_filters(self.model, self.variables, smalls)
     lightness, ab = predict_ab(self.model, self.variables, smalls, self.filters)
     return lightness[..., 0], ab
 
@@ -348,8 +287,8 @@ def colorize(
     images: uint8 arrays (H, W), (H, W, 1) (grey), (H, W, 3) (RGB, only its L is used) or
       (H, W, 4) (RGBA; alpha is passed through), any sizes.
     variables: generator variables ``{'params', 'batch_stats'}``.
-    config: full config, ``config.model``, a :class:`models.Generator` or None (see
-      :func:`generator_from`).
+    config: full config, ``config.model``, a :class:`networks.Generator` or None (see
+      :func:`predict.generator_from`).
     batch_size: generator batch; capped at the number of images.
     progress: show a tqdm progress bar.
 

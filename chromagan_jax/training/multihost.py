@@ -29,8 +29,8 @@ from etils import epath
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from chromagan_jax import checkpoint
 from chromagan_jax.errors import CheckpointError
+from chromagan_jax.weights import checkpoint
 
 # Bits of the joint flags.
 STOP = 1  # Some process received SIGTERM/SIGINT: all save the current step and stop.

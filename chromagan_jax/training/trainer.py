@@ -28,17 +28,11 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from chromagan_jax import (
-  checkpoint,
-  color,
-  colorize_lib,
-  cpu_conv,
-  losses,
-  models,
-  multihost,
-  weights,
-)
 from chromagan_jax.errors import CheckpointError, ConfigError, NonFiniteLossError
+from chromagan_jax.model import losses, networks, predict
+from chromagan_jax.ops import color, cpu_conv
+from chromagan_jax.training import multihost
+from chromagan_jax.weights import checkpoint, port
 
 DATA_AXIS = "data"
 # The generator's params subtree of its VGG16 trunk (what ``config.freeze_trunk`` freezes).
@@ -83,9 +77,9 @@ class TrainState:
 class Networks:
   """The three modules and two optimizers a step needs (static, hashable)."""
 
-  generator: models.Generator
-  critic: models.Critic
-  teacher: models.VGG16Classifier
+  generator: networks.Generator
+  critic: networks.Critic
+  teacher: networks.VGG16Classifier
   g_tx: optax.GradientTransformation
   d_tx: optax.GradientTransformation
   # The generator's adversarial weight: config.loss.adv, or a schedule (adversarial_weight).
@@ -143,7 +137,7 @@ def adam(config, learning_rate):
 
 def make_networks(config, total_steps: int | None = None) -> Networks:
   """The modules and optimizers; ``total_steps`` is needed by decaying learning rates only."""
-  gen, critic, teacher = models.models_from_config(config.model, dtype=compute_dtype(config))
+  gen, critic, teacher = networks.models_from_config(config.model, dtype=compute_dtype(config))
   g_lr = learning_rate(config, config.g_learning_rate, total_steps)
   d_lr = learning_rate(config, config.d_learning_rate, total_steps)
   tx = generator_optimizer(config, g_lr), adam(config, d_lr)
@@ -554,9 +548,9 @@ def apply_initial_weights(state: TrainState, config, vgg_params, mesh) -> TrainS
 
   What is put where (the VGG16 trunk from ``vgg_params``, then ``config.init_from``'s whole
   generator, then ``config.init_critic_from``'s critic) and the shape checks are
-  :func:`weights.initial_weights`; here the weights are placed on ``mesh``.
+  :func:`port.initial_weights`; here the weights are placed on ``mesh``.
   """
-  init = weights.initial_weights(config, vgg_params)
+  init = port.initial_weights(config, vgg_params)
   put = functools.partial(_fresh_replicated, mesh=mesh)
   g_params, g_batch_stats, d_params = state.g_params, state.g_batch_stats, state.d_params
   if init.trunk is not None:
@@ -615,7 +609,7 @@ def make_sample_fn(nets: Networks, mesh: Mesh) -> Callable:
   replicated = NamedSharding(mesh, P())
 
   def sample(variables, batch):
-    grey, colour = colorize_lib.colorize_small_fn(nets.generator, variables, batch["rgb"])
+    grey, colour = predict.colorize_small_fn(nets.generator, variables, batch["rgb"])
     return grey, colour, batch["rgb"], batch["mask"]
 
   options = cpu_conv.cpu_compiler_options() if jax.default_backend() == "cpu" else None
@@ -639,11 +633,11 @@ def _train(config, workdir, stop: "_StopRequest") -> TrainState:
   # losses and the step import without it.
   from clu import metric_writers
 
-  from chromagan_jax import input_pipeline
+  from chromagan_jax.data import pipeline
 
   mesh = make_mesh()
   check_batch_size(config, mesh)
-  if problem := models.cpu_bfloat16_problem(compute_dtype(config)):
+  if problem := networks.cpu_bfloat16_problem(compute_dtype(config)):
     raise ConfigError(f"config.dtype={config.dtype!r}: {problem}")
   if config.get("freeze_trunk") and not (config.vgg_weights or config.init_from):
     raise ConfigError(
@@ -651,7 +645,7 @@ def _train(config, workdir, stop: "_StopRequest") -> TrainState:
       "set --config.vgg_weights to ImageNet VGG16 weights (a notop file is enough) or "
       "--config.init_from"
     )
-  total_steps = num_train_steps(config, input_pipeline.num_train_examples(config))
+  total_steps = num_train_steps(config, pipeline.num_train_examples(config))
   nets = make_networks(config, total_steps)
   is_chief = jax.process_index() == 0
   ckpt_dir = checkpoint.epath.Path(workdir) / "checkpoints"
@@ -664,9 +658,9 @@ def _train(config, workdir, stop: "_StopRequest") -> TrainState:
       {k: v for k, v in config.to_dict().items() if isinstance(v, int | float | str)}
     )
 
-  vgg_params = weights.load_vgg(config)
+  vgg_params = port.load_vgg(config)
   teacher_params = None  # The KL teacher: VGG16 with its classifier top only.
-  if vgg_params is not None and weights.has_top(vgg_params):
+  if vgg_params is not None and port.has_top(vgg_params):
     teacher_params = jax.device_put(vgg_params, NamedSharding(mesh, P()))
   if latest is not None:
     check_resume_config(ckpt_dir, latest, config)
@@ -687,7 +681,7 @@ def _train(config, workdir, stop: "_StopRequest") -> TrainState:
   sample_fn = make_sample_fn(nets, mesh)
   joint = multihost.JointFlags(mesh)
   flags = joint.none
-  train_iter = input_pipeline.create_train_iterator(config, start_step=start_step)
+  train_iter = pipeline.create_train_iterator(config, start_step=start_step)
   sample_batch = None
   history, last_log, last_log_step = [], time.time(), start_step
   for step in range(start_step + 1, total_steps + 1):
@@ -721,8 +715,8 @@ def _train(config, workdir, stop: "_StopRequest") -> TrainState:
         (step - last_log_step) * config.batch_size / max(now - last_log, 1e-9)
       )
       # Unreadable files are skipped with a warning; the running count shows how many.
-      summary["data/skipped_files"] = float(input_pipeline.num_skipped_files())
-      summary["data/skipped_grey"] = float(input_pipeline.num_skipped_grey())
+      summary["data/skipped_files"] = float(pipeline.num_skipped_files())
+      summary["data/skipped_grey"] = float(pipeline.num_skipped_grey())
       summary["g/learning_rate"] = float(g_lr(step - 1) if callable(g_lr) else g_lr)
       _log_progress(writer, step, total_steps, summary, config.batch_size)
       last_log, last_log_step = now, step
@@ -731,7 +725,7 @@ def _train(config, workdir, stop: "_StopRequest") -> TrainState:
       checkpoint.save(mngr, step, split_state(state), config, force=True)
     if config.sample_every_steps > 0 and (step % config.sample_every_steps == 0 or stopping):
       if sample_batch is None:
-        sample_batch = _first_eval_batch(input_pipeline, config, mesh)
+        sample_batch = _first_eval_batch(pipeline, config, mesh)
       if sample_batch is not None:
         grey, colorized, truth, mask = sample_fn(state.inference_variables, sample_batch)
         if is_chief:  # Replicated outputs: process 0 holds every row.
@@ -747,11 +741,11 @@ def _train(config, workdir, stop: "_StopRequest") -> TrainState:
   return state
 
 
-def _first_eval_batch(input_pipeline, config, mesh) -> dict[str, jax.Array] | None:
+def _first_eval_batch(pipeline, config, mesh) -> dict[str, jax.Array] | None:
   """A fixed batch of held-out images for sample grids (global array), or None."""
   n = config.num_samples - config.num_samples % mesh.devices.size or mesh.devices.size
   try:
-    it = input_pipeline.create_eval_iterator(config, batch_size=n // jax.process_count())
+    it = pipeline.create_eval_iterator(config, batch_size=n // jax.process_count())
     batch = next(iter(it))
   except (StopIteration, ValueError) as e:
     logging.warning("no sample images (%s); skipping sample grids", e)

@@ -4,9 +4,9 @@ Decoding JPEG/PNG/WebP with Pillow holds the GIL for most of its time, so thread
 decode in parallel. :class:`Workers` runs :func:`make_examples` in a pool of processes
 started with ``spawn`` (forking a process that runs JAX or TensorFlow threads can deadlock);
 each task is a chunk of examples, and results come back in task order, a bounded number of
-chunks ahead. The work per example is the ONE decoder (:func:`chromagan_jax.images.decode`),
+chunks ahead. The work per example is the ONE decoder (:func:`chromagan_jax.data.images.decode`),
 alpha composited on white, an optional random crop/flip, then the training resize
-(:func:`chromagan_jax.images.resize`): only (S, S, 3) uint8 arrays cross the process boundary.
+(:func:`chromagan_jax.data.images.resize`): only (S, S, 3) uint8 arrays cross the process boundary.
 
 This module imports NumPy and Pillow only (through ``images``), so workers start in a fraction
 of a second and never load TensorFlow or JAX.
@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from chromagan_jax import images
+from chromagan_jax.data import images
 
 # Random crops of the optional augmentation (config.data.augment): the crop's side is this
 # fraction of the image's short side, its aspect ratio jittered in [3/4, 4/3].
@@ -127,7 +127,7 @@ def random_crop_flip(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def colorfulness(rgb: np.ndarray) -> float:
   """Hasler & Suesstrunk (2003) colourfulness of uint8 RGB (H, W, 3), population statistics.
 
-  The NumPy twin of ``chromagan_jax.evaluate.colorfulness`` (workers import no JAX): 0 for a
+  The NumPy twin of ``evaluation.evaluator.colorfulness`` (workers import no JAX): 0 for a
   grey image, ~15 for a faded or sepia-toned photo, 40-60 for typical colour photos.
   """
   step = max(1, -(-max(rgb.shape[:2]) // COLORFULNESS_THUMB_SIDE))

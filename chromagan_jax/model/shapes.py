@@ -2,8 +2,9 @@
 
 Every place that puts saved or outside weights into a model checks them here first: weight
 files and converted directories (``vgg_weights``, ``init_from``, ``init_critic_from`` and
-``python -m chromagan_jax.convert``, see :mod:`chromagan_jax.weights`) and training
-checkpoints on resume (:mod:`chromagan_jax.checkpoint`). Unchecked, a mismatch surfaces as an
+``python -m chromagan_jax.convert``, see :mod:`chromagan_jax.weights.port`) and training
+checkpoints on resume (:mod:`chromagan_jax.weights.checkpoint`).
+Unchecked, a mismatch surfaces as an
 anonymous ``dot_general`` error inside the jitted step, or (Orbax) not at all. The error is
 one :class:`~chromagan_jax.errors.ShapeError` line naming the weights, the first parameter
 that differs and, from :func:`made_for`, the config the weights were made for.
@@ -18,20 +19,20 @@ from typing import Any
 import jax
 import numpy as np
 
-from chromagan_jax import models
 from chromagan_jax.errors import ConversionError, ShapeError
+from chromagan_jax.model import networks
 
-# Channels of VGG16's first and last convolutions at width 1 (models.VGG16_BLOCKS): the
+# Channels of VGG16's first and last convolutions at width 1 (networks.VGG16_BLOCKS): the
 # width multiplier is read from the first, the flattened map's depth is the last.
-_VGG_FIRST_CHANNELS = models.VGG16_BLOCKS[0][1]
-_VGG_LAST_CHANNELS = models.VGG16_BLOCKS[-1][1]
+_VGG_FIRST_CHANNELS = networks.VGG16_BLOCKS[0][1]
+_VGG_LAST_CHANNELS = networks.VGG16_BLOCKS[-1][1]
 # The square map the first dense layer flattens is image_size / 32 on a side: the trunk's
 # three pools and the global branch's two stride-2 convs (generator), or five pools (VGG16).
 MAP_STRIDE = 32
 # The generator's global-branch convolutions' channels at width 1 (its branches' width).
 _GLOBAL_CHANNELS = 512
 # The critic's first convolution's channels at width 1.
-_CRITIC_FIRST_CHANNELS = models.CRITIC_LAYERS[0][0]
+_CRITIC_FIRST_CHANNELS = networks.CRITIC_LAYERS[0][0]
 FIELD_ORDER = ("image_size", "width", "trunk_width", "num_classes", "fc_width")
 
 
@@ -64,7 +65,7 @@ def made_for(variables, source: str = "weights") -> dict[str, Any]:
     first, fc, classes = "fc1", "fc1", "predictions"
   else:  # A trunk: any input size.
     return {"width": width}
-  channels = models.scaled(_VGG_LAST_CHANNELS, width)
+  channels = networks.scaled(_VGG_LAST_CHANNELS, width)
   rows = params[first]["kernel"].shape[0]
   side = math.isqrt(max(1, rows // channels))
   if rows != side * side * channels:

@@ -11,17 +11,17 @@ Sources (``config.data.source``):
     array_record``, or ``tfds convert_format`` for a tfrecord copy: a tfrecord-only dataset
     gives that instruction in one line).
   * ``'folder'``: a directory (searched recursively) or a glob of image files, found by
-    :func:`chromagan_jax.images.find`. Unreadable files are skipped with a warning naming
+    :func:`chromagan_jax.data.images.find`. Unreadable files are skipped with a warning naming
     each one (see ``skipped_files``), never crashing a long run; in training, the slot of an
     unreadable file is filled by the next readable one (sorted order), which keeps resumes
     exact.
   * ``'bundled'``: real colour photos that ship inside the scikit-image wheel (a demo set).
 
 Every source is read by index, and every example is made by the same code: the encoded image
-(a file, or a TFDS record's bytes) is decoded by :mod:`chromagan_jax.images` (alpha
+(a file, or a TFDS record's bytes) is decoded by :mod:`chromagan_jax.data.images` (alpha
 composited on white), optionally cropped and flipped (``config.data.augment``) and resized
 with ``images.resize``, in ``config.data.decode_processes`` worker processes
-(:mod:`chromagan_jax.input_workers`; Pillow holds the GIL, so threads would not decode in
+(:mod:`chromagan_jax.data.decode_workers`; Pillow holds the GIL, so threads would not decode in
 parallel).
 
 Training streams are infinite and deterministic given ``config.seed``: example t of a process
@@ -45,7 +45,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
-from chromagan_jax import images, input_workers
+from chromagan_jax.data import decode_workers, images
 from chromagan_jax.errors import DataError
 
 IMAGENET_TARS = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
@@ -91,7 +91,7 @@ def num_skipped_files() -> int:
 def num_skipped_grey() -> int:
   """How many of those were near-grey training photos (``config.data.min_colorfulness``)."""
   with _skipped_lock:
-    return sum(r.startswith(input_workers.NEAR_GREY) for r in _skipped.values())
+    return sum(r.startswith(decode_workers.NEAR_GREY) for r in _skipped.values())
 
 
 def reset_skipped_files() -> None:
@@ -105,7 +105,7 @@ def _record_skipped(path: str, reason: str) -> None:
     first = path not in _skipped
     _skipped[path] = reason
   if first:
-    what = "" if reason.startswith(input_workers.NEAR_GREY) else "unreadable "
+    what = "" if reason.startswith(decode_workers.NEAR_GREY) else "unreadable "
     logging.warning("skipping %simage %s: %s", what, path, reason)
 
 
@@ -305,9 +305,9 @@ def _tfds_prepared(builder) -> bool:
 
 
 @functools.cache
-def _workers(processes: int) -> input_workers.Workers:
+def _workers(processes: int) -> decode_workers.Workers:
   """One pool per process count, shared by the train and eval iterators of this process."""
-  return input_workers.Workers(processes)
+  return decode_workers.Workers(processes)
 
 
 def _results(workers, spec, chunks, ahead):
@@ -324,11 +324,11 @@ def _results(workers, spec, chunks, ahead):
 
 def _decode_processes(config) -> int:
   n = config.data.get("decode_processes", None)
-  return input_workers.default_processes() if n is None else int(n)
+  return decode_workers.default_processes() if n is None else int(n)
 
 
-def _spec(config, process_index: int, *, train: bool) -> input_workers.ExampleSpec:
-  return input_workers.ExampleSpec(
+def _spec(config, process_index: int, *, train: bool) -> decode_workers.ExampleSpec:
+  return decode_workers.ExampleSpec(
     size=config.model.image_size,
     augment=train and bool(config.data.get("augment", False)),
     seed=config.seed,
@@ -352,7 +352,7 @@ def _replacement(spec, items: _Items, t: int, i: int) -> np.ndarray:
   for k in range(1, items.n):
     source, name = items((i + k) % items.n)
     try:
-      return input_workers.make_example(spec, t, source, name)
+      return decode_workers.make_example(spec, t, source, name)
     except images.ImageError as e:
       _record_skipped(name, str(e).removeprefix(f"{name}: "))
   raise DataError(
@@ -365,7 +365,7 @@ def _train_stream(config, items: _Items, start: int, batch: int, process_index: 
   processes = _decode_processes(config)
   workers = _workers(processes)
   spec = _spec(config, process_index, train=True)
-  order = input_workers.EpochOrder(items.n, config.seed, process_index)
+  order = decode_workers.EpochOrder(items.n, config.seed, process_index)
   chunk = _chunk_size(batch, processes)
 
   def chunks():

@@ -28,7 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from chromagan_jax import conv_choice, cpu_conv
+from chromagan_jax.ops import conv_choice, cpu_conv
 
 # Keras' BatchNormalization defaults (Flax's momentum has the same meaning).
 BN_MOMENTUM = 0.99

@@ -10,11 +10,11 @@ Sources (see ``docs/weights.md`` for where to get them):
     / TF1, or the same model re-saved by Keras 3 ``model.save('x.h5')``) and a critic h5 saved
     by their training script; trained with no preprocessing ('none').
   * Directories: ``python -m chromagan_jax.convert`` outputs and training workdirs
-    (:mod:`chromagan_jax.checkpoint`).
+    (:mod:`chromagan_jax.weights.checkpoint`).
 
 Reading the files is :mod:`keras_h5` and :mod:`torch_pickle`; checking shapes against a
 config is :mod:`shapes`. This module maps the arrays onto the Flax names of
-:mod:`chromagan_jax.models` (NumPy float32 pytrees) and loads what a training run starts
+:mod:`chromagan_jax.model.networks` (NumPy float32 pytrees) and loads what a training run starts
 from: the VGG16 teacher and trunk (``config.vgg_weights``), the generator (``init_from``) and
 the critic (``init_critic_from``), each checked against ``config.model``:
   * VGG16: ``VGG16Classifier`` params ``{'vgg16': {block1_conv1 .. block5_conv3}, 'fc1',
@@ -39,23 +39,24 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from chromagan_jax import checkpoint, keras_h5, models, shapes, torch_pickle
 from chromagan_jax.errors import ConversionError, ShapeError
+from chromagan_jax.model import networks, shapes
+from chromagan_jax.weights import checkpoint, keras_h5, torch_pickle
 
-# Input preprocessing each weight source was trained with (see models.vgg_preprocess).
+# Input preprocessing each weight source was trained with (see networks.vgg_preprocess).
 PREPROCESSING_KERAS = "caffe"
 PREPROCESSING_TORCH = "torch"
 PREPROCESSING_CHROMAGAN = "none"
 
-# VGG16 layer names in network order (the table is models.VGG16_BLOCKS).
+# VGG16 layer names in network order (the table is networks.VGG16_BLOCKS).
 VGG16_CONVS = tuple(
   f"block{b}_conv{i}"
-  for b, (n, _) in enumerate(models.VGG16_BLOCKS, start=1)
+  for b, (n, _) in enumerate(networks.VGG16_BLOCKS, start=1)
   for i in range(1, n + 1)
 )
-# block1_conv1 .. block4_conv3: the generator's trunk (models.TRUNK_DEPTH blocks).
-TRUNK_CONVS = VGG16_CONVS[: sum(n for n, _ in models.VGG16_BLOCKS[: models.TRUNK_DEPTH])]
-VGG16_TOP = models.VGG16_TOP
+# block1_conv1 .. block4_conv3: the generator's trunk (networks.TRUNK_DEPTH blocks).
+TRUNK_CONVS = VGG16_CONVS[: sum(n for n, _ in networks.VGG16_BLOCKS[: networks.TRUNK_DEPTH])]
+VGG16_TOP = networks.VGG16_TOP
 
 # The ChromaGAN generator's own layers per kind, in the order of the authors' model
 # definition. Keras (2 and 3) lists a functional model's layers by decreasing depth (longest
@@ -67,7 +68,7 @@ VGG16_TOP = models.VGG16_TOP
 # else was built in the session and are never used. Shapes are checked for every layer and,
 # when the file holds its model config, conv strides too (the five 512->512 convs differ
 # only by stride and position).
-_GLOBAL_CONVS = tuple(f"global_conv{i}" for i in range(1, len(models.GLOBAL_STRIDES) + 1))
+_GLOBAL_CONVS = tuple(f"global_conv{i}" for i in range(1, len(networks.GLOBAL_STRIDES) + 1))
 GENERATOR_CONVS = (
   *_GLOBAL_CONVS,
   "mid_conv1",
@@ -83,9 +84,9 @@ GENERATOR_DENSES = (
   "class_fc2",
   "class_fc3",
 )
-GENERATOR_STRIDES = dict(zip(_GLOBAL_CONVS, models.GLOBAL_STRIDES, strict=True))  # Others: 1.
-CRITIC_CONVS = tuple(f"conv{i}" for i in range(1, len(models.CRITIC_LAYERS) + 2))
-CRITIC_STRIDES = {f"conv{i}": s for i, (_, s) in enumerate(models.CRITIC_LAYERS, start=1)}
+GENERATOR_STRIDES = dict(zip(_GLOBAL_CONVS, networks.GLOBAL_STRIDES, strict=True))  # Others: 1.
+CRITIC_CONVS = tuple(f"conv{i}" for i in range(1, len(networks.CRITIC_LAYERS) + 2))
+CRITIC_STRIDES = {f"conv{i}": s for i, (_, s) in enumerate(networks.CRITIC_LAYERS, start=1)}
 
 _BN_VARS = {
   "gamma": "scale",
@@ -365,7 +366,7 @@ def abstract_variables(model_config, network: str) -> dict[str, Any]:
   'vgg16' (the teacher), as ``jax.ShapeDtypeStruct`` pytrees (nothing is computed)."""
   if not isinstance(model_config, ml_collections.ConfigDict):
     model_config = ml_collections.ConfigDict(dict(model_config))
-  gen, critic, teacher = models.models_from_config(model_config)
+  gen, critic, teacher = networks.models_from_config(model_config)
   s = model_config.image_size
 
   def shape(*dims):
@@ -458,7 +459,7 @@ def load_vgg16(path, require_top: bool = True) -> tuple[dict[str, Any], str]:
 
   ``path``: Keras .h5 (with top; notop only when ``require_top=False``), torchvision .pth,
   or a directory written by ``python -m chromagan_jax.convert vgg16``. Preprocessing is one
-  of ``models.VGG_PREPROCESSING``: 'caffe' (Keras), 'torch' (torchvision).
+  of ``networks.VGG_PREPROCESSING``: 'caffe' (Keras), 'torch' (torchvision).
   """
   path = os.fspath(path)
   kind = source_kind(path)

@@ -32,8 +32,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from chromagan_jax import models, shapes
 from chromagan_jax.errors import CheckpointError
+from chromagan_jax.model import networks, shapes
 
 GENERATOR = "generator"
 GENERATOR_EMA = "generator_ema"
@@ -325,8 +325,8 @@ def load_generator(
 
   ``directory``: a training workdir, its ``checkpoints`` directory or a converter output.
   ``with_class_head=False`` reads only what ab depends on: the class head's arrays
-  (:data:`models.CLASS_HEAD`, 124 M of 171 M parameters at the paper's size) are not read
-  from disk at all (an Orbax partial restore), for ``models.Generator(with_class_head=False)``.
+  (:data:`networks.CLASS_HEAD`, 124 M of 171 M parameters at the paper's size) are not read
+  from disk at all (an Orbax partial restore), for ``networks.Generator(with_class_head=False)``.
   Every array's shape is checked against the generator that the stored config describes.
   Arrays are restored on the default device.
 
@@ -337,7 +337,7 @@ def load_generator(
   directory = resolve_directory(directory)
   step, config = load_config(directory, step)
   try:
-    model = models.models_from_config(config.model)[0].clone(with_class_head=with_class_head)
+    model = networks.models_from_config(config.model)[0].clone(with_class_head=with_class_head)
     size = config.model.image_size
     wanted = jax.eval_shape(
       functools.partial(model.init, train=False),

@@ -1,8 +1,8 @@
 """Colorizing video files: streamed decode -> batch -> colorize -> encode, stable over time.
 
 Frames are decoded one at a time (PyAV, which bundles FFmpeg's libraries), gathered into
-batches of ``Colorizer.batch_size``, colorized (:meth:`colorize_lib.Colorizer.predict_network`
-gives ab at the network size, :meth:`~colorize_lib.Colorizer.compose_full` joins it with the
+batches of ``Colorizer.batch_size``, colorized (:meth:`engine.Colorizer.predict_network`
+gives ab at the network size, :meth:`~engine.Colorizer.compose_full` joins it with the
 frame's own full-resolution L) and handed to the encoder at once: at most one batch of frames
 is held, so memory does not grow with the video's length.
 
@@ -43,8 +43,8 @@ import numpy as np
 import tqdm
 from PIL import Image
 
-from chromagan_jax import colorize_lib
 from chromagan_jax.errors import VideoError
+from chromagan_jax.inference import engine
 
 # Extensions taken as videos when a folder is walked. ".gif" is a video only when animated
 # (see is_video); a still GIF stays a photo.
@@ -443,7 +443,7 @@ def temporary_path(path: str) -> str:
 def colorize_video(
   path: str,
   output_path: str,
-  colorizer: colorize_lib.Colorizer,
+  colorizer: engine.Colorizer,
   options: VideoOptions = VideoOptions(),  # noqa: B008 - frozen, immutable default.
   progress: bool = True,
   frame_hook: Callable[[np.ndarray, np.ndarray], None] | None = None,

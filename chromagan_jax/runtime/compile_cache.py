@@ -36,7 +36,7 @@ def enable(path: str | None, warn: Callable[[str], None] = logging.warning) -> s
   # JAX (conv_choice imports it) only when called: `train.py --help` stays fast.
   import jax
 
-  from chromagan_jax import conv_choice
+  from chromagan_jax.ops import conv_choice
 
   configured = jax.config.jax_compilation_cache_dir
   if configured or not path:

@@ -2,7 +2,7 @@
 
 What ``colorize.py`` does after parsing its flags, as a function: :func:`colorize_files`
 expands files, folders and globs, reads each image (:func:`images.read`),
-colorizes them in batches (:class:`colorize_lib.Colorizer`) and writes each result under the
+colorizes them in batches (:class:`engine.Colorizer`) and writes each result under the
 output folder with the input's relative name. Names never clobber an input (nor, without
 ``overwrite``, an existing file): ``_colorized``, ``_colorized_2``, ... is added instead.
 JPEG inputs give JPEG outputs (quality 95, no chroma subsampling), everything else PNG.
@@ -18,8 +18,10 @@ import numpy as np
 import tqdm
 from PIL import Image
 
-from chromagan_jax import checkpoint, colorize_lib, images, video
+from chromagan_jax.data import images
 from chromagan_jax.errors import ImageError, UserError, VideoError
+from chromagan_jax.inference import engine, video
+from chromagan_jax.weights import checkpoint
 
 JPEG_QUALITY = 95
 _JPEG_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif")
@@ -145,7 +147,7 @@ def colorize_files(
   ckpt,
   *,
   step: int | None = None,
-  batch_size: int = colorize_lib.DEFAULT_BATCH_SIZE,
+  batch_size: int = engine.DEFAULT_BATCH_SIZE,
   max_pixels: int = images.DEFAULT_MAX_PIXELS,
   compare: bool = False,
   overwrite: bool = False,
@@ -165,7 +167,7 @@ def colorize_files(
     ckpt, step: the generator checkpoint (see :func:`checkpoint.load_generator`).
     compare: also write ``<name>_compare.<ext>``: the grey input | the result side by side.
     overwrite: replace existing files in ``output`` (input files are never replaced).
-    conv_impl: see :class:`colorize_lib.Colorizer`.
+    conv_impl: see :class:`engine.Colorizer`.
     video_options: encoding and temporal smoothing of videos (default ``VideoOptions()``).
     log: where the one-line reports go (default: stderr, above the progress bar).
 
@@ -191,7 +193,7 @@ def colorize_files(
     variables, config = checkpoint.load_generator(ckpt, step, with_class_head=False)
     # A video fills whole batches; photos alone need no bigger batch than their number.
     size = batch_size if clips else min(batch_size, len(found))
-    colorizer = colorize_lib.Colorizer(variables, config, batch_size=size, conv_impl=conv_impl)
+    colorizer = engine.Colorizer(variables, config, batch_size=size, conv_impl=conv_impl)
   except (checkpoint.CheckpointError, OSError, ValueError, KeyError) as e:
     raise UserError(f"cannot load checkpoint {ckpt}: {e}") from None
   try:

@@ -58,7 +58,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from chromagan_jax import cpu_conv
+from chromagan_jax.ops import cpu_conv
 
 OBJECTIVES = ("fwd", "train", "gp")
 # What a layer use is timed for: an objective, or "infer": "fwd" while the Winograd filters come
