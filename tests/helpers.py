@@ -154,6 +154,26 @@ def colourful_generator_variables(config, seed=0):
   return _numpy_generator_variables(config, seed, kernel)
 
 
+def ab_input_sensitivity(variables, config) -> float:
+  """max |ab(photos) - ab(black)| (network units: ab in [0, 1]) of generator ``variables``.
+
+  How far the generator's output moves with its input: a fixture that compares colours
+  asserts it is far above its tolerance, so that a wrong network input (``L / 100``, another
+  photo's L, a black frame) cannot pass as the right one. The photos' L is scikit-image's.
+  """
+  import skimage.color
+
+  size = config.model.image_size
+  lightness = skimage.color.rgb2lab(photo_batch(3, size)["rgb"])[..., :1] / 100.0
+  l3 = np.repeat(lightness, 3, axis=-1).astype(np.float32)
+  gen = models.models_from_config(config.model)[0].clone(with_class_head=False)
+  apply = jax.jit(lambda v, x: gen.apply(v, x, train=False)[0])
+  variables = models.without_class_head(variables)
+  ab = np.asarray(apply(variables, l3))
+  ab_black = np.asarray(apply(variables, np.zeros_like(l3)))
+  return float(np.abs(ab - ab_black).max())
+
+
 def smooth_rgb(h, w, seed=0):
   """A smooth random uint8 (h, w, 3) image (JPEG-friendly)."""
   rng = np.random.default_rng(seed)
