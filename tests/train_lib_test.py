@@ -298,7 +298,11 @@ def test_resuming_with_another_optimizer_layout_is_one_line_naming_the_fields(tm
 
 def test_critic_update_also_updates_the_generators_batch_norm_by_default():
   """As Keras 2 did: the critic model's train function runs the nested generator's BN
-  updates too, so the moving averages move twice per batch (bn_update_in_critic_step)."""
+  updates too, so the moving averages move twice per batch (bn_update_in_critic_step).
+
+  The statistics are computed independently from the initial state: the generator step's
+  update by the initial parameters, then (with the flag) the critic step's by the updated
+  ones; a step that drops either update, or keeps the initial statistics, fails."""
   config = tiny.get_config()
   assert config.bn_update_in_critic_step
   batch = photo_batch()
@@ -314,19 +318,34 @@ def test_critic_update_also_updates_the_generators_batch_norm_by_default():
   # The flag changes nothing but the statistics: same parameters after the step ...
   for a, b in zip(jax.tree.leaves(twice.g_params), jax.tree.leaves(once.g_params), strict=True):
     np.testing.assert_array_equal(a, b)
-  # ... and 'twice' is 'once' plus one more update by the updated generator (the critic's
-  # fake-ab pass), computed here independently.
   l3 = color.gray_to_l3(color.rgb_to_net(batch["rgb"])[0])
-  _, updated = nets.generator.apply(
-    {"params": once.g_params, "batch_stats": once.g_batch_stats},
-    l3,
-    train=True,
-    mutable=["batch_stats"],
+
+  @jax.jit
+  def bn_update(params, batch_stats):
+    _, new = nets.generator.apply(
+      {"params": params, "batch_stats": batch_stats}, l3, train=True, mutable=["batch_stats"]
+    )
+    return new["batch_stats"]
+
+  def assert_stats_close(got, want, what):
+    for (path, a), b in zip(
+      jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want), strict=True
+    ):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=f"{what} {path}")
+
+  # ... the generator step's update, by the initial parameters (the only one without the
+  # flag), and 'twice' is that plus one more by the updated generator (the critic's fake-ab
+  # pass).
+  after_g_step = jax.device_get(bn_update(host_state.g_params, host_state.g_batch_stats))
+  assert_stats_close(once.g_batch_stats, after_g_step, "bn_update_in_critic_step=False")
+  assert_stats_close(
+    twice.g_batch_stats, bn_update(once.g_params, after_g_step), "bn_update_in_critic_step=True"
   )
-  for a, b in zip(
-    jax.tree.leaves(twice.g_batch_stats), jax.tree.leaves(updated["batch_stats"]), strict=True
-  ):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  initial = jax.tree.leaves(host_state.g_batch_stats)
+  for got in (once, twice):  # Both updates are visible.
+    leaves = jax.tree.leaves(got.g_batch_stats)
+    moved = [np.abs(a - b).max() for a, b in zip(leaves, initial, strict=True)]
+    assert max(moved) > 1e-3, max(moved)
   stats = [jax.tree.leaves(s.g_batch_stats) for s in (twice, once)]
   moved = [np.abs(a - b).max() for a, b in zip(*stats, strict=True)]
   assert max(moved) > 1e-4  # The second update is visible.
