@@ -43,9 +43,10 @@ def test_step_matches_on_one_and_eight_devices():
   assert jax.device_count() == 8
   config = tiny.get_config()
   batch = photo_batch()
-  results = []
+  results, initial = [], []
   for devices in (jax.devices()[:1], jax.devices()):
     mesh, _, state, step = _setup(config, devices)
+    initial.append(jax.device_get(state))
     metrics = []
     for _ in range(2):
       state, m = step(state, train_lib.global_batch(batch, mesh), None)
@@ -60,16 +61,30 @@ def test_step_matches_on_one_and_eight_devices():
     # near-zero entry whose float32 sum differs in the last bits may move by up to 2 * lr.
     # Measured: 9e-4 relative on d/gp (1.10) with glorot_uniform kernels.
     np.testing.assert_allclose(m1[1][key], m8[1][key], rtol=3e-3, atol=1e-4, err_msg=key)
-  # Parameters: each Adam step moves an entry by at most ~1.06 lr here (beta1 0.5, two
-  # steps), so two runs differ by at most ~4.2 lr. (The moments are gradient sums, not
-  # bounded by lr: with glorot_uniform kernels the critic's first-layer gradients are large
-  # enough for their float32 sums to differ by more.)
+  # Parameters, as updates p - p0 in units of lr (two Adam steps move an entry by up to
+  # ~2.05 lr, so the parameters themselves would agree within 4.5 lr whatever the step did).
+  # Adam divides each gradient entry by its own scale, so an entry whose gradient is float
+  # noise (a bias before batch norm) may move differently on each layout; most agree closely.
+  # Measured 95th percentile of |update difference|: 0.076 lr (generator), 0.0025 lr
+  # (critic); max 2.0 lr. One layout's updates 1.1x larger: 0.21 and 0.20.
   lr = config.g_learning_rate
   for name in ("g_params", "d_params"):
-    pairs = zip(*(jax.tree.leaves(getattr(s, name)) for s in (s1, s8)), strict=True)
-    for a, b in pairs:
-      a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-      np.testing.assert_array_less(np.abs(a - b), 4.5 * lr, err_msg=name)
+    p0 = jax.tree.leaves(getattr(initial[0], name))
+    for a, b in zip(p0, jax.tree.leaves(getattr(initial[1], name)), strict=True):
+      np.testing.assert_array_equal(a, b)  # The same start.
+
+    def update(state, p0=p0, name=name):
+      leaves = jax.tree.leaves(getattr(state, name))
+      pairs = zip(leaves, p0, strict=True)
+      return np.concatenate([(np.asarray(p, np.float64) - q).ravel() for p, q in pairs]) / lr
+
+    u1, u8 = update(s1), update(s8)
+    diff = np.abs(u1 - u8)
+    live = (u1 != 0) | (u8 != 0)  # Without a teacher the class head stands still.
+    assert live.mean() > 0.2, (name, live.mean())
+    assert (np.abs(u1[live]) > 0.5).mean() > 0.1, name  # Parameters really moved.
+    assert np.percentile(diff[live], 95) < 0.15, (name, np.percentile(diff[live], 95))
+    np.testing.assert_array_less(diff, 4.5, err_msg=name)
   assert int(s1.step) == int(s8.step) == 2
 
 
