@@ -90,7 +90,9 @@ def _is_video_file(data: str) -> bool:
 def video_main(args) -> int:
   """``--data`` is a video: flicker and PSNR with and without smoothing, to summary.json."""
   try:
-    variables, config = checkpoint.load_generator(args.ckpt, args.step, with_class_head=False)
+    variables, config = checkpoint.load_generator(
+      args.ckpt, args.step, with_class_head=False, ema=False if args.no_ema else None
+    )
     colorizer = engine.Colorizer(variables, config, batch_size=args.batch_size)
     result = evaluator.evaluate_video(
       args.data, colorizer, smoothing=args.smoothing, progress=not args.no_progress

@@ -1,5 +1,7 @@
-"""Tests of checkpoint.load_generator: head-free partial restore and one-line errors."""
+"""Tests of checkpoint.load_generator: head-free partial restore, one-line errors, and which
+generator (trained or moving average) each inference command loads."""
 
+import csv
 import logging
 import os
 
@@ -8,10 +10,21 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from absl import logging as absl_logging
-from helpers import random_generator_variables, small_config
+from helpers import (
+  assert_trees_equal,
+  colourful_generator_variables,
+  random_generator_variables,
+  small_config,
+)
+from PIL import Image
+from skimage import data as skdata
+from skimage import metrics as skmetrics
 
-from chromagan_jax.errors import ShapeError
-from chromagan_jax.model import networks
+from chromagan_jax import app, colorize, evaluate, export
+from chromagan_jax.errors import ShapeError, UserError
+from chromagan_jax.evaluation import evaluator
+from chromagan_jax.inference import engine, exporter, webapp
+from chromagan_jax.model import networks, predict
 from chromagan_jax.weights import checkpoint
 
 jax.config.update("jax_disable_most_optimizations", True)
@@ -117,3 +130,94 @@ def test_corrupt_checkpoint_is_one_line(tmp_path):
   with pytest.raises(checkpoint.CheckpointError) as err:
     checkpoint.load_generator(tmp_path, with_class_head=False)
   assert "\n" not in str(err.value) and str(tmp_path) in str(err.value)
+
+
+def test_inference_commands_load_the_moving_average_unless_told_otherwise(
+  tmp_path, monkeypatch, capsys
+):
+  """A training checkpoint holds ``generator`` and ``generator_ema``: colorize.py, evaluate,
+  the app and export use the moving average by default, ``evaluate --no_ema`` the trained
+  one. The two items hold different colourful generators, so outputs tell them apart."""
+  config = small_config()
+  live = colourful_generator_variables(config, seed=0)
+  ema = colourful_generator_variables(config, seed=1)
+  mngr = checkpoint.manager(tmp_path / "ckpt")
+  checkpoint.save(mngr, 3, {checkpoint.GENERATOR: live, checkpoint.GENERATOR_EMA: ema}, config)
+  mngr.wait_until_finished()
+  mngr.close()
+  ckpt = str(tmp_path / "ckpt")
+  photos = tmp_path / "photos"
+  photos.mkdir()
+  truth = {}  # At the network size: evaluate's resize is the identity.
+  for name in ("astronaut", "chelsea"):
+    truth[name] = np.asarray(Image.fromarray(getattr(skdata, name)()).resize((64, 64)))
+    Image.fromarray(truth[name]).save(photos / f"{name}.png")
+
+  def colours(variables, rgb):
+    return engine.colorize([rgb], variables, config)[0].astype(int)
+
+  # The two generators' pictures differ by far more than the 1 level of uint8 rounding.
+  rgb = truth["astronaut"]
+  assert np.abs(colours(ema, rgb) - colours(live, rgb)).mean() > 5
+
+  # colorize.py
+  out = tmp_path / "colorized"
+  status = colorize.main(["--ckpt", ckpt, "--output", str(out), str(photos / "astronaut.png")])
+  assert status == 0
+  got = np.asarray(Image.open(out / "astronaut.png")).astype(int)
+  assert np.abs(got - colours(ema, rgb)).max() <= 1
+
+  # evaluate, default and --no_ema: the per-image PSNR of each generator's colours.
+  model = predict.generator_from(config)
+  for flags, variables, is_ema in (([], ema, True), (["--no_ema"], live, False)):
+    out = tmp_path / f"eval{len(flags)}"
+    argv = ["--ckpt", ckpt, "--data", str(photos), "--output", str(out), "--no_progress"]
+    assert evaluate.main(argv + flags) == 0, capsys.readouterr().err
+    with open(out / "per_image.csv") as f:
+      rows = {os.path.basename(r["image"]): float(r["colorized_psnr"]) for r in csv.DictReader(f)}
+    for name, rgb in truth.items():
+      colour = np.asarray(engine.colorize_small(model, variables, rgb[None])[1])[0]
+      want = skmetrics.peak_signal_noise_ratio(rgb, colour, data_range=255)
+      assert rows[f"{name}.png"] == pytest.approx(want, abs=0.01), (flags, name)
+    with open(out / "summary.json") as f:
+      assert f'"ema": {str(is_ema).lower()}' in f.read()
+
+  # evaluate on a video: the colorizer it would run (stopped before decoding).
+  clip = tmp_path / "clip.mp4"
+  clip.write_bytes(b"")
+  used = []
+
+  def stop(path, colorizer, **kwargs):
+    used.append(colorizer)
+    raise UserError("stopped by the test")
+
+  monkeypatch.setattr(evaluator, "evaluate_video", stop)
+  for flags, variables in (([], ema), (["--no_ema"], live)):
+    argv = ["--ckpt", ckpt, "--data", str(clip), "--output", str(tmp_path / "v")]
+    assert evaluate.main(argv + flags) == 1 and "stopped by the test" in capsys.readouterr().err
+    assert_trees_equal(used.pop().variables, networks.without_class_head(variables))
+
+  # The app: the colorizer its server would use.
+  served = []
+  monkeypatch.setattr(
+    webapp, "create_app", lambda colorizer, *a: served.append(colorizer) or webapp
+  )
+  monkeypatch.setattr(webapp, "run", lambda **kwargs: None, raising=False)
+  assert app.main(["--ckpt", ckpt, "--compilation_cache", ""]) == 0
+  assert_trees_equal(served[0].variables, networks.without_class_head(ema))
+
+  # export: the ONNX graph's ab.
+  import onnxruntime as ort
+
+  onnx_path = str(tmp_path / "model.onnx")
+  assert export.main(["--ckpt", ckpt, "--format", "onnx", "--output", onnx_path]) == 0
+  session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+  lightness = np.asarray(
+    engine.predict_ab(model, networks.without_class_head(ema), rgb[None])[0], np.float32
+  )
+  got = session.run([exporter.OUTPUT_NAME], {exporter.INPUT_NAME: lightness})[0]
+  for variables, close in ((ema, True), (live, False)):
+    want = np.asarray(
+      engine.predict_ab(model, networks.without_class_head(variables), rgb[None])[1]
+    )
+    assert (np.abs(got - want).max() < 1e-5) == close

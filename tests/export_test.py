@@ -13,27 +13,34 @@ import sys
 import jax
 import numpy as np
 import pytest
-from helpers import random_generator_variables, small_config
+from helpers import ab_input_sensitivity, colourful_generator_variables, small_config
+from PIL import Image
 from skimage import color as skcolor
 
 from chromagan_jax import export
 from chromagan_jax.data import images, pipeline
 from chromagan_jax.inference import engine, exporter
 from chromagan_jax.ops import color
-from chromagan_jax.weights import checkpoint
+from chromagan_jax.weights.port import checkpoint
 
 jax.config.update("jax_disable_most_optimizations", True)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Exported vs JAX ab in float32: measured ~6e-8 at this size; the issue's bound.
-TOLERANCE = 1e-4
+# Exported vs JAX ab in float32 (ab in [0, 1]): measured max 1.6e-6 (TFLite), 1.3e-6 (ONNX),
+# 1.1e-6 (SavedModel) on the bundled photos with the colourful test generator.
+TOLERANCE = 1e-5
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
+  """A generator whose ab follows its input: a wrong network input (``L / 100``, a black
+  image) moves ab by far more than TOLERANCE."""
   config = small_config()
+  variables = colourful_generator_variables(config)
+  sensitivity = ab_input_sensitivity(variables, config)
+  assert sensitivity > 100 * TOLERANCE, sensitivity
   directory = tmp_path_factory.mktemp("ckpt")
-  checkpoint.save_generator(directory, random_generator_variables(config), config)
+  checkpoint.save_generator(directory, variables, config)
   return str(directory)
 
 
@@ -130,22 +137,30 @@ def test_export_refuses_to_overwrite_and_bad_checkpoints(ckpt, tmp_path, capsys)
 
 def test_docs_onnx_example_colorizes_at_full_resolution(ckpt, tmp_path):
   """docs/colorize_onnx.py (onnxruntime + NumPy + Pillow only) keeps the photo's size and L,
-  and its colours agree with colorize's."""
+  and its colours agree with colorize's: closely for a photo smaller than the network input
+  (both resize the same way there), within Pillow's shrink filter for a larger one."""
   model = str(tmp_path / "model.onnx")
   assert export.main(["--ckpt", ckpt, "--format", "onnx", "--output", model]) == 0
-  photo = pipeline.bundled_photos("holdout")[0]
-  out = str(tmp_path / "out.png")
-  script = os.path.join(ROOT, "docs", "colorize_onnx.py")
-  subprocess.run([sys.executable, script, model, photo, out], check=True, capture_output=True)
-  rgb = images.read_rgb(photo)
-  got = images.read_rgb(out)
-  assert got.shape == rgb.shape
-  lab_in, lab_out = skcolor.rgb2lab(rgb), skcolor.rgb2lab(got)
-  # uint8 rounding of the output moves L by < 1 (gamut clipping may move a few pixels more).
-  assert np.percentile(np.abs(lab_out[..., 0] - lab_in[..., 0]), 99) < 1.0
   variables, config = checkpoint.load_generator(ckpt, with_class_head=False)
-  want = engine.colorize([rgb], variables, config)[0]
-  # Only the network input's resize differs (Pillow filters when shrinking).
-  ab_diff = np.abs(skcolor.rgb2lab(want)[..., 1:] - lab_out[..., 1:])
-  assert np.mean(ab_diff) < 2.0, np.mean(ab_diff)
-  assert np.abs(lab_out[..., 1:]).mean() > 1.0  # coloured, not grey
+  full = images.read_rgb(pipeline.bundled_photos("holdout")[0])
+  small = np.asarray(Image.fromarray(full).resize((48, 40), Image.BILINEAR))
+  for name, rgb, ab_mean_tol in (("full", full, 3.0), ("small", small, 0.3)):
+    photo, out = str(tmp_path / f"{name}.png"), str(tmp_path / f"{name}_out.png")
+    Image.fromarray(rgb).save(photo)
+    script = os.path.join(ROOT, "docs", "colorize_onnx.py")
+    subprocess.run([sys.executable, script, model, photo, out], check=True, capture_output=True)
+    got = images.read_rgb(out)
+    assert got.shape == rgb.shape, name
+    lab_in, lab_out = skcolor.rgb2lab(rgb), skcolor.rgb2lab(got)
+    # uint8 rounding moves L by < 1 where no channel is clipped (the test generator's strong
+    # colours leave the sRGB gamut on ~5% of the pixels, where clipping moves L by more).
+    in_gamut = np.all((got > 0) & (got < 255), axis=-1)
+    assert in_gamut.mean() > 0.5, (name, in_gamut.mean())
+    l_diff = np.abs(lab_out[..., 0] - lab_in[..., 0])[in_gamut]
+    assert np.percentile(l_diff, 99) < 1.0, (name, np.percentile(l_diff, 99))
+    want = skcolor.rgb2lab(engine.colorize([rgb], variables, config)[0])
+    # Measured mean |ab - colorize's ab|: full 2.0 (Pillow filters the network input when
+    # shrinking, colorize does not), small 0.12 (rounding); the network input of a black image
+    # instead of the photo's L moves it by 13-14.
+    ab_diff = np.abs(want[..., 1:] - lab_out[..., 1:]).mean()
+    assert ab_diff < ab_mean_tol, (name, ab_diff)

@@ -138,20 +138,63 @@ def random_generator_variables(config, seed=0):
   return _numpy_generator_variables(config, seed, kernel, dec_bias=[0.15, -0.15])
 
 
-def colourful_generator_variables(config, seed=0):
+def colourful_generator_variables(config, seed=0, strength=4.0):
   """Generator variables whose ab varies strongly across the image (spatial std ~15-20 Lab).
 
   He-scaled kernels keep the activations' magnitude through the ReLU layers (so the output
-  depends on the input); the last conv's kernels, 4x larger, have zero spatial mean per input
-  channel, so ab follows the image's structure around a ~neutral mean instead of one tint.
-  A batch pairing, rotation or wrong network input then shows in every output.
+  depends on the input); the last conv's kernels, ``strength`` x larger, have zero spatial
+  mean per input channel, so ab follows the image's structure around a ~neutral mean instead
+  of one tint. A batch pairing, rotation or wrong network input then shows in every output.
+  ``strength=1`` keeps most pixels of most photos inside the sRGB gamut (tests of L).
   """
 
   def kernel(rng, shape, fan_in, last):
     k = rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)
-    return 4.0 * (k - k.mean(axis=(0, 1), keepdims=True)) if last else k
+    return strength * (k - k.mean(axis=(0, 1), keepdims=True)) if last else k
 
   return _numpy_generator_variables(config, seed, kernel)
+
+
+def ab_input_sensitivity(variables, config) -> float:
+  """max |ab(photos) - ab(black)| (network units: ab in [0, 1]) of generator ``variables``.
+
+  How far the generator's output moves with its input: a fixture that compares colours
+  asserts it is far above its tolerance, so that a wrong network input (``L / 100``, another
+  photo's L, a black frame) cannot pass as the right one. The photos' L is scikit-image's.
+  """
+  import skimage.color
+
+  size = config.model.image_size
+  lightness = skimage.color.rgb2lab(photo_batch(3, size)["rgb"])[..., :1] / 100.0
+  l3 = np.repeat(lightness, 3, axis=-1).astype(np.float32)
+  gen = networks.models_from_config(config.model)[0].clone(with_class_head=False)
+  apply = jax.jit(lambda v, x: gen.apply(v, x, train=False)[0])
+  variables = networks.without_class_head(variables)
+  ab = np.asarray(apply(variables, l3))
+  ab_black = np.asarray(apply(variables, np.zeros_like(l3)))
+  return float(np.abs(ab - ab_black).max())
+
+
+def resize_antialiased(image, shape):
+  """scikit-image's bilinear resize of (H, W, C) ``image`` to ``shape`` (h, w), float64, with
+  the antialiasing that bilinear resampling with a widened tent filter (Pillow's, and
+  ``jax.image``'s ``antialias=True``) applies when shrinking.
+
+  A tent of half-width f (the shrink factor) has variance f^2 / 6, plain bilinear
+  interpolation's 1 / 6: the Gaussian prefilter makes up the difference, sigma =
+  sqrt((f^2 - 1) / 6) per shrunk axis (scikit-image's default, (f - 1) / 2, blurs much less
+  than a tent for mild shrinks). Axes that grow are not filtered.
+  """
+  factors = np.asarray(image.shape[:2], np.float64) / np.asarray(shape)
+  sigma = np.sqrt(np.maximum(factors**2 - 1.0, 0.0) / 6.0)
+  return skimage.transform.resize(
+    image.astype(np.float64),
+    shape,
+    order=1,
+    mode="edge",
+    anti_aliasing=bool(sigma.any()),
+    anti_aliasing_sigma=(*sigma, 0.0)[: image.ndim],
+  )
 
 
 def smooth_rgb(h, w, seed=0):
