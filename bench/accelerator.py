@@ -8,7 +8,7 @@
                                               # is a replay bitwise equal (exact resume)?
 
 Imports no TensorFlow, tfds or clu: an accelerator machine with jax (CUDA/TPU), flax, optax
-and orbax runs it. The step is ``trainer.make_train_step`` (generator update with MSE + KL to
+and orbax runs it. The step is ``train_step.make_train_step`` (generator update with MSE + KL to
 a random VGG16 teacher + adversarial term, critic update with WGAN-GP, Adam for both, Lab
 conversion on device) over a 1-D data mesh of all devices, fed synthetic uint8 RGB batches.
 
@@ -204,11 +204,11 @@ class Bench:
     import jax  # noqa: PLC0415 (after the child/parent split: the parent never starts JAX)
 
     from chromagan_jax.configs import default  # noqa: PLC0415
-    from chromagan_jax.training import trainer
+    from chromagan_jax.training import train_state, trainer
 
     self.jax, self.train_lib, self.default, self.args = jax, trainer, default, args
     devices = jax.devices()[: args.num_devices or None]
-    self.mesh = trainer.make_mesh(devices)
+    self.mesh = train_state.make_mesh(devices)
     self.n_devices = len(devices)
     self._peaks, self._model_flops, self._teachers, self._needs = {}, {}, {}, {}
     self._state = None

@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from chromagan_jax.configs import default
 from chromagan_jax.ops import color, conv_choice
-from chromagan_jax.training import trainer
+from chromagan_jax.training import train_state, train_step
 
 
 def parse_args(argv=None):
@@ -80,7 +80,7 @@ class KerasStep:
       lr, beta_1=config.adam_b1, beta_2=config.adam_b2, epsilon=config.adam_eps
     )
     self.g_opt, self.d_opt = adam(config.g_learning_rate), adam(config.d_learning_rate)
-    self.w = trainer.loss_weights_from_config(config)
+    self.w = train_step.loss_weights_from_config(config)
     self.step = tf.function(self._step, jit_compile=False, autograph=False)
 
   def _step(self, lightness, ab_real, l3):
@@ -127,11 +127,11 @@ def _flat_teacher(t_params):
 def run(args) -> dict:
   impls = args.conv_impl.split(",")
   config = make_config(args)
-  mesh = trainer.make_mesh(jax.devices()[:1])
-  nets = {impl: trainer.make_networks(make_config(args, impl)) for impl in ["xla", *impls]}
+  mesh = train_state.make_mesh(jax.devices()[:1])
+  nets = {impl: train_state.make_networks(make_config(args, impl)) for impl in ["xla", *impls]}
   s = config.model.image_size
   rgb = np.random.default_rng(0).integers(0, 256, (args.batch, s, s, 3), dtype=np.uint8)
-  batch = trainer.global_batch({"rgb": rgb}, mesh)
+  batch = train_step.global_batch({"rgb": rgb}, mesh)
   lightness, ab_real = color.rgb_to_net(rgb)
   tf_inputs = [
     tf.constant(np.asarray(t)) for t in (lightness, ab_real, color.gray_to_l3(lightness))
@@ -139,7 +139,7 @@ def run(args) -> dict:
   peak = common.matmul_peak_gflops(256 if args.smoke else 2048)
   rows = []
   for mode in args.teacher.split(","):
-    state = trainer.create_train_state(nets["xla"], config, mesh)
+    state = train_state.create_train_state(nets["xla"], config, mesh)
     t_params = None
     if mode == "on":
       l3_zeros = np.zeros((1, s, s, 3), np.float32)
@@ -148,7 +148,7 @@ def run(args) -> dict:
     keras_step = KerasStep(config, g_vars, d_params, jax.device_get(t_params))
     fns, flops, compile_s = {}, {}, {}
     for impl, impl_nets in nets.items():
-      step = trainer.make_train_step(impl_nets, config, mesh, with_teacher=t_params is not None)
+      step = train_step.make_train_step(impl_nets, config, mesh, with_teacher=t_params is not None)
       step, flops[impl], compile_s[impl] = common.compile_with_cost(step, state, batch, t_params)
       if impl not in impls:  # Compiled for its FLOP count only.
         continue

@@ -18,7 +18,7 @@ from helpers import parse_config_flags
 
 import chromagan_jax
 from chromagan_jax import demo
-from chromagan_jax.training import trainer
+from chromagan_jax.training import train_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = ("default", "imagenet", "cpu", "folder", "tiny")
@@ -69,8 +69,8 @@ def test_imagenet_smoke_is_short_and_samples():
 def test_config_builds_a_train_state(name, arg):
   config = load(name, arg)
   steps = config.num_train_steps if config.num_train_steps > 0 else None  # Cosine needs it.
-  nets = trainer.make_networks(config, steps)
-  state = jax.eval_shape(functools.partial(trainer.init_state, nets, config), jax.random.key(0))
+  nets = train_state.make_networks(config, steps)
+  state = jax.eval_shape(functools.partial(train_state.init_state, nets, config), jax.random.key(0))
   size = config.model.image_size
   assert nets.generator.image_size == size
   # The first generator conv sees the tiled grey image; the critic's sees (L, ab).

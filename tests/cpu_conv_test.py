@@ -12,7 +12,7 @@ from chromagan_jax.configs import tiny
 from chromagan_jax.inference import engine
 from chromagan_jax.model import networks, predict
 from chromagan_jax.ops import cpu_conv
-from chromagan_jax.training import trainer
+from chromagan_jax.training import train_state, train_step, trainer
 
 
 def _direct(x, w):
@@ -373,12 +373,12 @@ def test_cpu_programs_compile_with_the_measured_options(monkeypatch):
   assert _ynn_fusions(engine.colorize_small.lower(gen, variables, rgb).compile()) == 0
   # The train loop's sample grids are inference too; its step keeps XLA's defaults (YNNPACK
   # measured faster there).
-  mesh = trainer.make_mesh(jax.devices()[:1])
-  nets = trainer.make_networks(config)
+  mesh = train_state.make_mesh(jax.devices()[:1])
+  nets = train_state.make_networks(config)
   full = nets.generator.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False)
   batch = {"rgb": rgb, "mask": jnp.ones(2, bool)}
   sample = trainer.make_sample_fn(nets, mesh)
   assert _ynn_fusions(sample.lower(full, batch).compile()) == 0
-  assert trainer.xla_compiler_options(config, backend="cpu") == {}
+  assert train_step.xla_compiler_options(config, backend="cpu") == {}
   monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=dot")
   assert cpu_conv.cpu_compiler_options() == {}

@@ -23,7 +23,7 @@ from convert_formats import write_keras2_h5
 
 from chromagan_jax.configs import tiny
 from chromagan_jax.model import networks
-from chromagan_jax.training import multihost, trainer
+from chromagan_jax.training import multihost, train_state
 from chromagan_jax.weights import checkpoint
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -132,7 +132,7 @@ def _run(launcher, workdir, args_of_process, name, timeout=900):
 def _vgg16_h5(path, config):
   """A random VGG16 with top at ``config.model``'s size, as Keras' save_weights writes it."""
   teacher = networks.models_from_config(config.model)[2]
-  shapes = jax.eval_shape(teacher.init, jax.random.key(0), *trainer.dummy_inputs(config)[:1])
+  shapes = jax.eval_shape(teacher.init, jax.random.key(0), *train_state.dummy_inputs(config)[:1])
   rng = np.random.default_rng(3)
   params = shapes["params"]
   layers = []
@@ -171,9 +171,9 @@ def reference(files, tmp_path_factory):
 def _restore(workdir, step):
   config = tiny.get_config()
   config.model.conv_impl = "xla"
-  mesh = trainer.make_mesh(jax.devices()[:1])
-  nets = trainer.make_networks(config)
-  abstract = trainer.split_state(trainer.abstract_train_state(nets, config, mesh))
+  mesh = train_state.make_mesh(jax.devices()[:1])
+  nets = train_state.make_networks(config)
+  abstract = train_state.split_state(train_state.abstract_train_state(nets, config, mesh))
   mngr = checkpoint.manager(workdir / "checkpoints", read_only=True)
   items = jax.device_get(checkpoint.restore(mngr, step, abstract))
   return items[checkpoint.GENERATOR], items[checkpoint.TRAIN]

@@ -29,23 +29,23 @@ def main():
   from helpers import photo_batch
 
   from chromagan_jax.configs import tiny
-  from chromagan_jax.training import trainer
+  from chromagan_jax.training import train_state, train_step, trainer
 
   config = tiny.get_config()
   # Batch statistics from the generator update only: the critic step's second BN update runs
   # the generator after its Adam update, where Adam turns float noise in near-zero gradients
   # into +-lr steps, so those statistics differ between device layouts by ~4e-4 relative.
   config.bn_update_in_critic_step = False
-  mesh = trainer.make_mesh()
-  nets = trainer.make_networks(config)
-  state = trainer.create_train_state(nets, config, mesh)
-  step = trainer.make_train_step(nets, config, mesh, with_teacher=False)
+  mesh = train_state.make_mesh()
+  nets = train_state.make_networks(config)
+  state = train_state.create_train_state(nets, config, mesh)
+  step = train_step.make_train_step(nets, config, mesh, with_teacher=False)
   batch = photo_batch(config.batch_size)
   rows = config.batch_size // jax.process_count()
   local = {k: v[pid * rows : (pid + 1) * rows] for k, v in batch.items()}
   # One step: Adam's first moments are then (1 - b1) * the gradients, which the test compares
   # tightly (after more steps Adam's normalisation amplifies float noise in near-zero entries).
-  global_batch = trainer.global_batch(local, mesh)
+  global_batch = train_step.global_batch(local, mesh)
   compiled = step.lower(state, global_batch, None).compile()
   if nproc > 1:
     # The first collective (XLA:CPU's gloo context set-up) waits only 30 s for the other

@@ -6,7 +6,7 @@ import pytest
 from helpers import parse_config_flags as _parse
 
 from chromagan_jax.configs import default, imagenet
-from chromagan_jax.training import trainer
+from chromagan_jax.training import train_state, train_step, trainer
 
 
 def test_reference_recipe_is_kept():
@@ -54,6 +54,6 @@ def test_arguments_combine_and_unknown_ones_are_refused():
 
 
 def test_gpu_batch_passes_the_batch_check_on_eight_devices():
-  trainer.check_batch_size(imagenet.get_config("gpu"), trainer.make_mesh())
+  train_step.check_batch_size(imagenet.get_config("gpu"), train_state.make_mesh())
   with pytest.raises(trainer.ConfigError, match="multiple of 8"):
-    trainer.check_batch_size(imagenet.get_config(), trainer.make_mesh())
+    train_step.check_batch_size(imagenet.get_config(), train_state.make_mesh())

@@ -18,22 +18,22 @@ from chromagan_jax.data import pipeline
 from chromagan_jax.errors import CheckpointError, ShapeError
 from chromagan_jax.model import losses, networks
 from chromagan_jax.ops import color
-from chromagan_jax.training import trainer
+from chromagan_jax.training import optim, train_state, train_step, trainer
 from chromagan_jax.weights import checkpoint
 
 
 def _setup(config, devices=None):
-  mesh = trainer.make_mesh(devices)
-  nets = trainer.make_networks(config)
-  state = trainer.create_train_state(nets, config, mesh)
-  step = trainer.make_train_step(nets, config, mesh, with_teacher=False)
+  mesh = train_state.make_mesh(devices)
+  nets = train_state.make_networks(config)
+  state = train_state.create_train_state(nets, config, mesh)
+  step = train_step.make_train_step(nets, config, mesh, with_teacher=False)
   return mesh, nets, state, step
 
 
 def test_a_few_steps_lower_the_colour_mse():
   config = tiny.get_config()
   mesh, _, state, step = _setup(config)
-  batch = trainer.global_batch(photo_batch(), mesh)
+  batch = train_step.global_batch(photo_batch(), mesh)
   mses = []
   for _ in range(6):
     state, metrics = step(state, batch, None)
@@ -53,7 +53,7 @@ def test_step_matches_on_one_and_eight_devices():
     initial.append(jax.device_get(state))
     metrics = []
     for _ in range(2):
-      state, m = step(state, trainer.global_batch(batch, mesh), None)
+      state, m = step(state, train_step.global_batch(batch, mesh), None)
       metrics.append(m)
     assert len(jax.tree.leaves(state.g_params)[0].sharding.device_set) == len(devices)
     results.append(jax.device_get((state, metrics)))
@@ -99,8 +99,8 @@ def test_teacher_kl_is_used_and_no_host_transfers_inside_the_step():
     lambda k: nets.teacher.init(k, jnp.zeros((1, 64, 64, 3)))["params"],
   )(jax.random.key(1))
   teacher_params = jax.device_put(teacher_params, NamedSharding(mesh, P()))
-  step = trainer.make_train_step(nets, config, mesh, with_teacher=True)
-  batch = trainer.global_batch(photo_batch(), mesh)
+  step = train_step.make_train_step(nets, config, mesh, with_teacher=True)
+  batch = train_step.global_batch(photo_batch(), mesh)
 
   # Independent check of the KL term: teacher and generator distributions on the same input.
   @jax.jit
@@ -123,9 +123,9 @@ def test_teacher_kl_is_used_and_no_host_transfers_inside_the_step():
 
 def _one_step(config, batch):
   mesh, _, state, step = _setup(config, jax.devices()[:2])
-  lowered = step.lower(state, trainer.global_batch(batch, mesh), None).as_text()
+  lowered = step.lower(state, train_step.global_batch(batch, mesh), None).as_text()
   with jax.transfer_guard("disallow"):
-    state, metrics = step(state, trainer.global_batch(batch, mesh), None)
+    state, metrics = step(state, train_step.global_batch(batch, mesh), None)
   return jax.device_get((state, metrics)), lowered
 
 
@@ -183,7 +183,7 @@ def test_bfloat16_on_an_affected_cpu_jaxlib_is_refused_before_training(tmp_path,
 
 def test_batch_size_not_divisible_by_devices_is_one_line_naming_the_nearest_sizes():
   config = tiny.get_config()
-  mesh = trainer.make_mesh()
+  mesh = train_state.make_mesh()
   cases = [
     (100, 1, "batch_size=100 does not split evenly over the 8 devices: "
      "set --config.batch_size=96 or 104 (a multiple of 8)"),
@@ -195,14 +195,14 @@ def test_batch_size_not_divisible_by_devices_is_one_line_naming_the_nearest_size
   for batch_size, processes, message in cases:
     config.batch_size = batch_size
     with pytest.raises(trainer.ConfigError) as e:
-      trainer.check_batch_size(config, mesh, num_processes=processes)
+      train_step.check_batch_size(config, mesh, num_processes=processes)
     assert message in str(e.value) and "\n" not in str(e.value)
   for batch_size in (8, 16, 256):
     config.batch_size = batch_size
-    trainer.check_batch_size(config, mesh)
-  assert trainer.nearest_valid_batch_sizes(250, 32) == [224, 256]
+    train_step.check_batch_size(config, mesh)
+  assert train_step.nearest_valid_batch_sizes(250, 32) == [224, 256]
   config.batch_size = 3
-  trainer.check_batch_size(config, trainer.make_mesh(jax.devices()[:3]))
+  train_step.check_batch_size(config, train_state.make_mesh(jax.devices()[:3]))
 
 
 def test_deterministic_ops_reach_the_compiler_on_gpu(monkeypatch):
@@ -210,18 +210,18 @@ def test_deterministic_ops_reach_the_compiler_on_gpu(monkeypatch):
   misspelt option name in it, XLA refuses the compile, i.e. the options really get there."""
   config = tiny.get_config()
   assert config.deterministic_ops
-  options = trainer.xla_compiler_options
+  options = train_step.xla_compiler_options
   assert options(config, "gpu") == {"xla_gpu_deterministic_ops": True}
   assert options(config, "cpu") == options(config, "tpu") == {}
   config.deterministic_ops = False
   assert options(config, "gpu") == {}
   config.deterministic_ops = True
-  monkeypatch.setattr(trainer, "DETERMINISTIC_XLA_OPTIONS", {"xla_gpu_no_such_option": True})
+  monkeypatch.setattr(train_step, "DETERMINISTIC_XLA_OPTIONS", {"xla_gpu_no_such_option": True})
   mesh, _, state, _ = _setup(config, jax.devices()[:1])
-  batch = trainer.global_batch(photo_batch(), mesh)
-  nets = trainer.make_networks(config)
+  batch = train_step.global_batch(photo_batch(), mesh)
+  nets = train_state.make_networks(config)
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # As make_train_step sees it.
-  step = trainer.make_train_step(nets, config, mesh, with_teacher=False)
+  step = train_step.make_train_step(nets, config, mesh, with_teacher=False)
   with pytest.raises(Exception, match="xla_gpu_no_such_option"):
     step.lower(state, batch, None).compile()  # Refused before compiling: fast.
 
@@ -330,9 +330,9 @@ def test_critic_update_also_updates_the_generators_batch_norm_by_default():
   results = {}
   for flag in (True, False):
     config.bn_update_in_critic_step = flag
-    step = trainer.make_train_step(nets, config, mesh, with_teacher=False)
+    step = train_step.make_train_step(nets, config, mesh, with_teacher=False)
     state = jax.device_put(host_state, NamedSharding(mesh, P()))
-    results[flag] = jax.device_get(step(state, trainer.global_batch(batch, mesh), None)[0])
+    results[flag] = jax.device_get(step(state, train_step.global_batch(batch, mesh), None)[0])
   twice, once = results[True], results[False]
   # The flag changes nothing but the statistics: same parameters after the step ...
   for a, b in zip(jax.tree.leaves(twice.g_params), jax.tree.leaves(once.g_params), strict=True):
@@ -376,7 +376,7 @@ def test_ema_follows_the_generator_with_the_warmed_up_decay():
   config = tiny.get_config()
   config.ema_decay = 0.5  # Below the warm-up's (1 + k) / (10 + k) from k = 8 on: both branches.
   mesh, _, state, step = _setup(config)
-  batch = trainer.global_batch(photo_batch(), mesh)
+  batch = train_step.global_batch(photo_batch(), mesh)
   to64 = lambda t: jax.tree.map(lambda x: np.asarray(x, np.float64), t)  # noqa: E731
   ema = to64(state.ema_params)
   _leaves_equal(state.ema_params, state.g_params)  # Starts at the initial weights.
@@ -442,7 +442,7 @@ def _cosine(peak, final_fraction, total, k):
 def test_cosine_learning_rate_drives_adam_as_the_closed_form():
   config = tiny.get_config()
   config.lr_schedule, config.lr_final_fraction, total = "cosine", 0.1, 6
-  nets = trainer.make_networks(config, total)
+  nets = train_state.make_networks(config, total)
   b1, b2, eps = config.adam_b1, config.adam_b2, config.adam_eps
   rng = np.random.default_rng(0)
   params = {"w": jnp.zeros(5)}
@@ -461,13 +461,13 @@ def test_cosine_learning_rate_drives_adam_as_the_closed_form():
 
 def test_learning_rate_schedule_errors_name_the_field():
   config = tiny.get_config()
-  assert trainer.learning_rate(config, 3e-4) == 3e-4  # 'constant', the reference's.
+  assert optim.learning_rate(config, 3e-4) == 3e-4  # 'constant', the reference's.
   config.lr_schedule = "cosine"
   with pytest.raises(trainer.ConfigError, match="lr_schedule='cosine' needs"):
-    trainer.make_networks(config)
+    train_state.make_networks(config)
   config.lr_schedule = "linear"
   with pytest.raises(trainer.ConfigError, match=r"lr_schedule='linear'.*constant.*cosine"):
-    trainer.make_networks(config, 10)
+    train_state.make_networks(config, 10)
 
 
 def test_train_loop_follows_and_logs_the_cosine_schedule(tmp_path):
@@ -501,7 +501,7 @@ def test_frozen_trunk_stays_put_the_rest_trains_as_unfrozen_and_its_backward_is_
   mesh, _, state0, free_step = _setup(config)
   config.freeze_trunk = True
   frozen_step = _setup(config)[3]
-  batch = trainer.global_batch(photo_batch(), mesh)
+  batch = train_step.global_batch(photo_batch(), mesh)
   host0 = jax.device_get(state0)
   copy = lambda: jax.device_put(host0, NamedSharding(mesh, P()))  # noqa: E731 (donated)
   free, frozen = copy(), copy()
@@ -509,12 +509,12 @@ def test_frozen_trunk_stays_put_the_rest_trains_as_unfrozen_and_its_backward_is_
     free, _ = free_step(free, batch, None)
     frozen, _ = frozen_step(frozen, batch, None)
   free, frozen = jax.device_get((free, frozen))
-  _leaves_equal(frozen.g_params[trainer.TRUNK], host0.g_params[trainer.TRUNK])
+  _leaves_equal(frozen.g_params[optim.TRUNK], host0.g_params[optim.TRUNK])
   moved = max(
     np.abs(a - b).max()
     for a, b in zip(
-      jax.tree.leaves(free.g_params[trainer.TRUNK]),
-      jax.tree.leaves(host0.g_params[trainer.TRUNK]),
+      jax.tree.leaves(free.g_params[optim.TRUNK]),
+      jax.tree.leaves(host0.g_params[optim.TRUNK]),
       strict=True,
     )
   )
@@ -525,7 +525,7 @@ def test_frozen_trunk_stays_put_the_rest_trains_as_unfrozen_and_its_backward_is_
   one_frozen, _ = frozen_step(copy(), batch, None)
   one_free, one_frozen = jax.device_get((one_free, one_frozen))
   for name in one_free.g_params:
-    if name != trainer.TRUNK:
+    if name != optim.TRUNK:
       for a, b in zip(
         jax.tree.leaves(one_frozen.g_params[name]),
         jax.tree.leaves(one_free.g_params[name]),
@@ -551,14 +551,14 @@ def test_adversarial_weight_ramps_linearly_and_the_step_uses_this_steps_weight()
   """config.adv_final / adv_ramp_steps: loss.adv until the ramp starts, adv_final from its
   end, linear between; a step taken at step s is the constant-weight step of weight w(s)."""
   config = tiny.get_config()
-  assert trainer.adversarial_weight(config) == config.loss.adv == -0.1  # The reference.
+  assert optim.adversarial_weight(config) == config.loss.adv == -0.1  # The reference.
   # Weights exact in float32, so the two steps below compute with the same weight.
   config.loss.adv, config.adv_final, config.adv_ramp_steps = -0.5, -1.5, (2, 6)
-  weight = trainer.adversarial_weight(config)
+  weight = optim.adversarial_weight(config)
   got = [float(weight(s)) for s in (0, 2, 3, 5, 6, 9)]
   assert got == [-0.5, -0.5, -0.75, -1.25, -1.5, -1.5]
   mesh, _, state, ramp_step = _setup(config)
-  batch = trainer.global_batch(photo_batch(), mesh)
+  batch = train_step.global_batch(photo_batch(), mesh)
   host = jax.device_get(state.replace(step=jnp.asarray(3, state.step.dtype)))
   fixed = tiny.get_config()
   fixed.loss.adv = -0.75
@@ -574,18 +574,18 @@ def test_adversarial_weight_ramps_linearly_and_the_step_uses_this_steps_weight()
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
   config.adv_ramp_steps = (5, 2)
   with pytest.raises(trainer.ConfigError, match=r"adv_ramp_steps=\(5, 2\)"):
-    trainer.make_networks(config)
+    train_state.make_networks(config)
 
 
 def test_trunk_lr_scale_scales_only_the_trunks_adam_updates():
   """config.trunk_lr_scale: the trunk's update is the plain Adam update times the scale (a
   power of two, so exactly), every other update is Adam's own, over several steps."""
   config = tiny.get_config()
-  plain = trainer.make_networks(config)
+  plain = train_state.make_networks(config)
   config.trunk_lr_scale = 0.25
-  scaled = trainer.make_networks(config)
-  params = jax.device_get(trainer.init_state(plain, config, jax.random.key(0)).g_params)
-  assert trainer.TRUNK in params and len(params) > 1
+  scaled = train_state.make_networks(config)
+  params = jax.device_get(train_state.init_state(plain, config, jax.random.key(0)).g_params)
+  assert optim.TRUNK in params and len(params) > 1
   rng = np.random.default_rng(0)
   p_state, s_state = plain.g_tx.init(params), scaled.g_tx.init(params)
   for _ in range(3):
@@ -593,13 +593,13 @@ def test_trunk_lr_scale_scales_only_the_trunks_adam_updates():
     want, p_state = plain.g_tx.update(grads, p_state, params)
     got, s_state = scaled.g_tx.update(grads, s_state, params)
     for name in params:
-      factor = 0.25 if name == trainer.TRUNK else 1.0
+      factor = 0.25 if name == optim.TRUNK else 1.0
       for a, b in zip(jax.tree.leaves(got[name]), jax.tree.leaves(want[name]), strict=True):
         np.testing.assert_array_equal(np.asarray(a), factor * np.asarray(b), err_msg=name)
   for bad, freeze in ((0.0, False), (1.5, False), (0.5, True)):
     config.trunk_lr_scale, config.freeze_trunk = bad, freeze
     with pytest.raises(trainer.ConfigError, match="trunk_lr_scale") as e:
-      trainer.make_networks(config)
+      train_state.make_networks(config)
     assert "\n" not in str(e.value)
 
 
@@ -609,9 +609,9 @@ def test_critic_steps_repeat_the_critics_update_on_the_batch_with_fresh_penalty_
   with the gradient penalty interpolated at the second step's own eps (checked by hand)."""
   config = tiny.get_config()
   mesh, nets, state, one_step = _setup(config)
-  batch = trainer.global_batch(photo_batch(), mesh)
+  batch = train_step.global_batch(photo_batch(), mesh)
   config.critic_steps = 2
-  two_step = trainer.make_train_step(nets, config, mesh, with_teacher=False)
+  two_step = train_step.make_train_step(nets, config, mesh, with_teacher=False)
   host = jax.device_get(state)
   copy = lambda: jax.device_put(host, NamedSharding(mesh, P()))  # noqa: E731 (donated)
   once, _ = jax.device_get(one_step(copy(), batch, None))
@@ -629,7 +629,7 @@ def test_critic_steps_repeat_the_critics_update_on_the_batch_with_fresh_penalty_
   )
   step_rng = jax.random.fold_in(jax.random.wrap_key_data(host.rng), host.step)
   eps = jax.random.uniform(jax.random.fold_in(step_rng, 1), (ab_real.shape[0],), jnp.float32)
-  weights = trainer.loss_weights_from_config(config)
+  weights = train_step.loss_weights_from_config(config)
 
   def d_loss(d_params):
     score = lambda ab, light=lightness: nets.critic.apply({"params": d_params}, ab, light)  # noqa: E731
@@ -652,7 +652,7 @@ def test_critic_steps_repeat_the_critics_update_on_the_batch_with_fresh_penalty_
   for bad in (0, -2):  # (ml_collections refuses a float for this int field itself.)
     config.critic_steps = bad
     with pytest.raises(trainer.ConfigError, match="critic_steps"):
-      trainer.make_train_step(nets, config, mesh, with_teacher=False)
+      train_step.make_train_step(nets, config, mesh, with_teacher=False)
 
 
 def test_l1_colour_loss_reaches_the_step():
@@ -661,11 +661,11 @@ def test_l1_colour_loss_reaches_the_step():
   config = tiny.get_config()
   config.colour_loss = "l1"
   mesh, nets, state, step = _setup(config)
-  _, metrics = jax.device_get(step(state, trainer.global_batch(photo_batch(), mesh), None))
+  _, metrics = jax.device_get(step(state, train_step.global_batch(photo_batch(), mesh), None))
   want = float(metrics["g/l1"]) + config.loss.adv * float(metrics["g/adv"])
   assert float(metrics["g/total"]) == pytest.approx(want, rel=1e-5)
   assert abs(float(metrics["g/l1"]) - float(metrics["g/mse"])) > 1e-2
   config.colour_loss = "huber"
   with pytest.raises(trainer.ConfigError, match="colour_loss='huber'") as e:
-    trainer.make_train_step(nets, config, mesh, with_teacher=False)
+    train_step.make_train_step(nets, config, mesh, with_teacher=False)
   assert "\n" not in str(e.value)

@@ -4,7 +4,7 @@ The reference (``reference_iteration``) uses only the networks' ``apply``; Lab c
 scikit-image, the losses are written out with the reference's weights and signs, the gradient
 penalty takes per-sample gradients with ``vmap``, and Adam is NumPy float64 with the
 reference's hyper-parameters (b1 0.5, Keras' b2 0.999; eps in optax's form, after the bias
-correction, as ``trainer.adam`` documents; the comparison raises eps, see ``EPS``). One
+correction, as ``optim.adam`` documents; the comparison raises eps, see ``EPS``). One
 iteration of the reference:
 
 1. generator update against the current critic: ``mse - 0.1 * mean D(fake)``;
@@ -34,7 +34,7 @@ from helpers import photo_batch
 from skimage import color as skcolor
 
 from chromagan_jax.configs import default, tiny
-from chromagan_jax.training import trainer
+from chromagan_jax.training import train_state, train_step
 
 # The paper's Adam(lr, beta_1=0.5) with Keras' defaults for beta_2 and epsilon.
 B1, B2, KERAS_EPS = 0.5, 0.999, 1e-7
@@ -213,7 +213,7 @@ def setup():
   config = tiny.get_config()
   assert (config.adam_b1, config.adam_b2) == (B1, B2)
   config.adam_eps = EPS
-  nets = trainer.make_networks(config)
+  nets = train_state.make_networks(config)
   return config, nets, reference_functions(nets)
 
 
@@ -221,9 +221,9 @@ def run_and_compare(config, nets, fns, bn_update_in_critic_step):
   """``STEPS`` iterations of the step, each with the reference iteration from the same state
   -> (errors per iteration, start state, end state), on host."""
   config.bn_update_in_critic_step = bn_update_in_critic_step
-  mesh = trainer.make_mesh(jax.devices()[:1])
-  state = trainer.create_train_state(nets, config, mesh)
-  step = trainer.make_train_step(nets, config, mesh, with_teacher=False)
+  mesh = train_state.make_mesh(jax.devices()[:1])
+  state = train_state.create_train_state(nets, config, mesh)
+  step = train_step.make_train_step(nets, config, mesh, with_teacher=False)
   rgb = photo_batch(config.batch_size, config.model.image_size)["rgb"]
   lightness, ab_real = lab_inputs(rgb)
   start = jax.device_get(state)
@@ -235,7 +235,7 @@ def run_and_compare(config, nets, fns, bn_update_in_critic_step):
   for t in range(STEPS):
     before = jax.device_get(state)
     want = reference_iteration(fns, before, t, lightness, ab_real, config, bn_update_in_critic_step)
-    state, _ = step(state, trainer.global_batch({"rgb": rgb}, mesh), None)
+    state, _ = step(state, train_step.global_batch({"rgb": rgb}, mesh), None)
     after = jax.device_get(state)
     assert int(after.step) == t + 1
     per_iteration.append(errors(observed(after), want))

@@ -24,7 +24,7 @@ from chromagan_jax.configs import tiny
 from chromagan_jax.errors import UserError
 from chromagan_jax.model import networks, shapes
 from chromagan_jax.ops import color
-from chromagan_jax.training import trainer
+from chromagan_jax.training import train_step, trainer
 from chromagan_jax.weights import checkpoint, port
 
 # The tiny config's model: every file below is built at these sizes unless a test says not.
@@ -57,7 +57,7 @@ def first_step(monkeypatch):
   step's metrics and the teacher the last step was given.
   """
   seen = {"metrics": []}
-  real = trainer.make_train_step
+  real = train_step.make_train_step
 
   def make_train_step(nets, config, mesh, with_teacher):
     step = real(nets, config, mesh, with_teacher)
@@ -74,7 +74,7 @@ def first_step(monkeypatch):
 
     return spied
 
-  monkeypatch.setattr(trainer, "make_train_step", make_train_step)
+  monkeypatch.setattr(train_step, "make_train_step", make_train_step)
   return seen
 
 
