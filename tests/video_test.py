@@ -3,7 +3,9 @@
 The clips are made here from bundled photos (a slow pan and zoom, a hard cut to another photo,
 film grain, a sine tone), 96x64 at a rational 24000/1001 fps. The generator is configs/tiny.py
 with random weights whose last layer is scaled up so that its ab varies across the picture
-and from frame to frame (with the plain initialisation it is a near-constant 0.5).
+and from frame to frame (with the plain initialisation it is a near-constant 0.5). The tests
+that compare colours frame by frame use lossless clips (FFV1, RGB) of five photos and
+``helpers.colourful_generator_variables``, whose ab follows its input.
 """
 
 import fractions
@@ -11,12 +13,15 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import av
 import jax
 import numpy as np
 import pytest
+import skimage.color
 import skimage.data
+from helpers import colourful_generator_variables, resize_antialiased
 from PIL import Image
 
 from chromagan_jax import colorize
@@ -121,6 +126,101 @@ def test_lightness_of_every_frame_is_the_inputs(clip, colorizer, tmp_path):
     # The output is coloured (the test would pass for a grey copy otherwise).
     lab = np.asarray(color.rgb_to_lab(b))
     assert np.abs(lab[..., 1:]).mean() > 3.0
+
+
+# Lossless clips (FFV1, RGB): two frames of each of five photos, so that every batch of
+# LOSSLESS_BATCH holds frames of different photos. (W, H): as large as the network input, and
+# smaller (ab shrunk from 64x64 to 40x24).
+LOSSLESS_SIZES = ((96, 64), (40, 24))
+LOSSLESS_BATCH = 4  # 10 frames: batches of 4, 4 and 2 (padded).
+
+
+def _write_lossless(path, frames, size):
+  """FFV1 in Matroska with RGB pixels (bgr0): decodes to exactly ``frames``."""
+  with av.open(path, "w") as out:
+    s = out.add_stream("ffv1", rate=24)
+    s.width, s.height = size
+    s.pix_fmt = "bgr0"
+    for i, rgb in enumerate(frames):
+      frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+      frame.pts = i
+      out.mux(s.encode(frame))
+    out.mux(s.encode(None))
+
+
+@pytest.fixture(scope="module")
+def colourful():
+  """A Colorizer on the input-sensitive test generator (ab moves by up to ~0.35 with L)."""
+  config = tiny.get_config()
+  variables = colourful_generator_variables(config)
+  return engine.Colorizer(variables, config, batch_size=LOSSLESS_BATCH, conv_impl="xla")
+
+
+@pytest.fixture(scope="module")
+def lossless_runs(colourful, tmp_path_factory):
+  """Per size in LOSSLESS_SIZES, a lossless clip colorized without smoothing: (frames written,
+  [(input, output)] as the frame hook saw them, output frames decoded from the file)."""
+  photos = [*_photos(), skimage.data.chelsea(), skimage.data.rocket()]
+  photos.append(skimage.data.immunohistochemistry())
+  runs = {}
+  for size in LOSSLESS_SIZES:
+    frames = list(video.pan_zoom_frames(photos, size, 2))
+    folder = tmp_path_factory.mktemp("lossless")
+    src, dst = str(folder / "in.mkv"), str(folder / "out.mkv")
+    _write_lossless(src, frames, size)
+    seen = []
+    options = video.VideoOptions(smoothing=0.0)
+    hook = lambda rgb, colour, seen=seen: seen.append((rgb.copy(), colour.copy()))  # noqa: E731
+    video.colorize_video(src, dst, colourful, options, progress=False, frame_hook=hook)
+    runs[size] = frames, seen, [rgb for _, rgb in _decode(dst)[1]]
+  return runs
+
+
+@pytest.mark.parametrize("size", LOSSLESS_SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_every_frame_is_coloured_as_that_frame_alone(colourful, lossless_runs, size):
+  """Smoothing off, each output frame is the colorizer's prediction for its input frame on
+  its own, whatever its place in a batch (a batch coloured with one frame's ab, or frames
+  paired with their neighbours' ab, fail)."""
+  frames, seen, decoded = lossless_runs[size]
+  assert len(seen) == len(decoded) == len(frames) == 10
+  first_ab = colourful.predict_network(frames[:1])[1][0]
+  for i, (frame, (rgb, colour)) in enumerate(zip(frames, seen, strict=True)):
+    np.testing.assert_array_equal(rgb, frame, err_msg=f"frame {i}: input not lossless")
+    alone = colourful.compose_full(frame, colourful.predict_network([frame])[1][0])
+    # Measured: bit-identical (the generator's rows do not interact in inference).
+    assert np.abs(colour.astype(int) - alone).max() <= 1, i
+    if i >= 2:  # Another photo than frame 0: its own ab differs (measured mean 7.1-12 levels).
+      other = colourful.compose_full(frame, first_ab)
+      assert np.abs(other.astype(int) - alone).mean() > 3.0, i
+  # The file holds those frames, in order (H.264 4:2:0 at CRF 18 of these strong colours:
+  # measured mean error 3.2-11 levels to the frame's own output, >= 11.3 to any other's).
+  for i, rgb in enumerate(decoded):
+    errors = [np.abs(rgb.astype(int) - colour).mean() for _, colour in seen]
+    assert int(np.argmin(errors)) == i, (i, errors)
+
+
+def test_frames_smaller_than_the_network_input_get_antialiased_colours(colourful, lossless_runs):
+  """ab shrunk from the network size to a smaller frame is antialiased: each output frame
+  matches a scikit-image composition of the frame's own predicted ab resized with the
+  matching prefilter (helpers.resize_antialiased), not plain bilinear sampling."""
+  frames, seen, _ = lossless_runs[(40, 24)]
+  assert max(frames[0].shape[:2]) < colourful.image_size
+  for i, (frame, (_, colour)) in enumerate(zip(frames, seen, strict=True)):
+    ab = np.asarray(colourful.predict_network([frame])[1][0], np.float64)
+    ab8 = resize_antialiased(np.clip(ab * 255.0, 0.0, 255.0), frame.shape[:2])
+    lightness = skimage.color.rgb2lab(frame)[..., :1]
+    lab = np.concatenate([lightness, ab8 - 128.0], axis=-1)
+    # scikit-image clips out-of-gamut colours in XYZ, color.py in linear RGB: compare in gamut.
+    with warnings.catch_warnings():  # "negative Z values clipped": those pixels are left out.
+      warnings.simplefilter("ignore", UserWarning)
+      linear = skimage.color.lab2xyz(lab) @ skimage.color.colorconv.rgb_from_xyz.T
+      want = skimage.color.lab2rgb(lab) * 255.0
+    in_gamut = np.all((linear > 1e-4) & (linear < 1 - 1e-4), axis=-1)
+    assert in_gamut.mean() > 0.6, (i, in_gamut.mean())
+    diff = np.abs(colour.astype(np.float64) - want)[in_gamut]
+    # Measured: mean <= 0.89, 99th percentile <= 7.4 (a tent and a Gaussian differ at sharp
+    # colour edges); without antialiasing mean up to 2.5, 99th percentile up to 15.
+    assert diff.mean() < 1.2 and np.percentile(diff, 99) < 9.0, (i, diff.mean())
 
 
 def test_cut_detected_and_resets_smoothing(clip, colorizer):
