@@ -3,9 +3,10 @@
   python tests/distributed_worker.py PORT NUM_PROCESSES PROCESS_ID DEVICES_PER_PROCESS OUT WORKDIR
 
 Runs one train step of configs/tiny.py on a fixed global batch (this process feeds its own
-rows), writes the resulting state and metrics to OUT (.npz keyed by tree path, process 0
-only), then runs the real training loop for 2 steps into WORKDIR (multi-process checkpointing
-and input sharding).
+rows), writes the resulting state and metrics, and the parameters before the step (keys
+``['initial']['g_params']...``), to OUT (.npz keyed by tree path, process 0 only), then runs
+the real training loop for 2 steps into WORKDIR (multi-process checkpointing and input
+sharding).
 """
 
 import os
@@ -54,12 +55,18 @@ def main():
     from jax._src import distributed
 
     distributed.global_state.client.wait_at_barrier("step_compiled", 600_000)
+  # The parameters before the step (the test compares updates), copied (np.array): the step
+  # donates the state's buffers.
+  initial = {"g_params": state.g_params, "d_params": state.d_params}
+  initial = jax.tree.map(lambda x: np.array(x.addressable_data(0)), initial)
   state, metrics = compiled(state, global_batch, None)
   # Replicated arrays: every process holds the full value on its own devices. Every process
   # waits for the step here, before the loop's own collectives (else process 1 may enter
   # those while process 0 still waits for the step, and the collectives time out).
   flat = jax.tree_util.tree_leaves_with_path({"state": state, "metrics": metrics})
   arrays = {jax.tree_util.keystr(k): np.asarray(x.addressable_data(0)) for k, x in flat}
+  flat = jax.tree_util.tree_leaves_with_path({"initial": initial})
+  arrays |= {jax.tree_util.keystr(k): x for k, x in flat}
   if pid == 0:
     np.savez(out, **arrays)
   config.num_train_steps = 2
