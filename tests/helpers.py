@@ -215,25 +215,3 @@ def png_header_only(width, height):
 
   ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
   return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
-
-
-def resize_antialiased(image, shape):
-  """scikit-image's bilinear resize of (H, W, C) ``image`` to ``shape`` (h, w), float64, with
-  the antialiasing that bilinear resampling with a widened tent filter (Pillow's, and
-  ``jax.image``'s ``antialias=True``) applies when shrinking.
-
-  A tent of half-width f (the shrink factor) has variance f^2 / 6, plain bilinear
-  interpolation's 1 / 6: the Gaussian prefilter makes up the difference, sigma =
-  sqrt((f^2 - 1) / 6) per shrunk axis (scikit-image's default, (f - 1) / 2, blurs much less
-  than a tent for mild shrinks). Axes that grow are not filtered.
-  """
-  factors = np.asarray(image.shape[:2], np.float64) / np.asarray(shape)
-  sigma = np.sqrt(np.maximum(factors**2 - 1.0, 0.0) / 6.0)
-  return skimage.transform.resize(
-    image.astype(np.float64),
-    shape,
-    order=1,
-    mode="edge",
-    anti_aliasing=bool(sigma.any()),
-    anti_aliasing_sigma=(*sigma, 0.0)[: image.ndim],
-  )
