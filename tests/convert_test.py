@@ -20,6 +20,7 @@ import h5py
 import jax
 import keras
 import keras_reference
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -332,6 +333,47 @@ def test_critic_from_keras_files(keras_critic, tmp_path):
   # A critic directory is not VGG16 weights.
   with pytest.raises(CheckpointError, match="'critic' weights, 'vgg16' weights were expected"):
     port.load_vgg16(out)
+
+
+# ----------------------------------------------------------------------------------------
+# TF1-renamed scopes: 'block1_conv1_1/kernel:0' when the graph already had a 'block1_conv1'.
+
+
+def test_tf1_renamed_scopes_convert_like_the_plain_files(
+  keras_generator, keras_critic, keras_classifier, tmp_path
+):
+  model, _, k2, _, _ = keras_generator
+  layers, config = convert_formats.keras2_layers(model, first_index=6, scope_suffix="_1")
+  assert ("model_6", "block1_conv1_1/kernel:0") in [(n, w[0][0]) for n, w in layers if w]
+  renamed = str(tmp_path / "my_model_colorizationEpoch3.h5")
+  convert_formats.write_keras2_h5(renamed, layers, config)
+  want = port.chromagan_generator_from_keras(k2)
+  assert_trees_equal(port.chromagan_generator_from_keras(renamed), want)
+  out = str(tmp_path / "gen")
+  assert convert.main(["generator", renamed, out]) == 0
+  assert_trees_equal(jax.tree.map(np.asarray, checkpoint.load_generator(out)[0]), want)
+  # init_from / init_critic_from read them too.
+  critic_model, _, critic_k2 = keras_critic
+  critic_layers, critic_config = convert_formats.keras2_layers(critic_model, scope_suffix="_2")
+  critic = str(tmp_path / "my_model_discriminatorEpoch3.h5")
+  convert_formats.write_keras2_h5(critic, critic_layers, critic_config)
+  train_config = ml_collections.ConfigDict(
+    {
+      "vgg_weights": "",
+      "init_from": renamed,
+      "init_critic_from": critic,
+      "model": {**shapes.made_for(want), "vgg_preprocessing": "none", "remat_trunk": False},
+    }
+  )
+  init = port.initial_weights(train_config)
+  assert_trees_equal(init.generator, want)
+  assert_trees_equal({"params": init.critic}, port.chromagan_critic_from_keras(critic_k2))
+  # Keras' VGG16 saved after another VGG16 was built in the same graph.
+  vgg_model, files = keras_classifier
+  vgg_layers, _ = convert_formats.keras2_layers(vgg_model, scope_suffix="_1")
+  vgg = str(tmp_path / "vgg16_weights_tf_dim_ordering_tf_kernels.h5")
+  convert_formats.write_keras2_h5(vgg, vgg_layers, weights_only=True)
+  assert_trees_equal(port.load_vgg16(vgg)[0], port.vgg16_from_keras(files["keras1"]))
 
 
 # ----------------------------------------------------------------------------------------

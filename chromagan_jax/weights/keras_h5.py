@@ -9,6 +9,7 @@ NumPy; mapping them onto our models is :mod:`chromagan_jax.weights.port`.
 import collections
 import json
 import os
+import re
 
 import h5py
 import numpy as np
@@ -37,6 +38,19 @@ def owner_name(weight_name: str) -> str | None:
   """'block1_conv1/kernel:0' -> 'block1_conv1' (None when the name has no layer part)."""
   parts = weight_name.split(":")[0].split("/")
   return parts[-2] if len(parts) >= 2 else None
+
+
+# TF1 Keras names a layer's variables inside a TF ``name_scope``, which TF makes unique in the
+# graph: a second VGG16 built in the same process (a teacher built before ``load_model``, a
+# notebook cell run twice) saves ``block1_conv1_1/kernel:0``. Keras loads such files by
+# position; the converter strips the suffix where it reads names.
+_VGG_SCOPE = re.compile(r"(block\d_conv\d)(?:_\d+)?")
+
+
+def vgg_scope(scope: str | None) -> str | None:
+  """'block1_conv1' or its TF1-uniquified 'block1_conv1_1' -> 'block1_conv1'; else None."""
+  m = _VGG_SCOPE.fullmatch(scope or "")
+  return m.group(1) if m else None
 
 
 def _attr_strings(group, name: str) -> list[str] | None:

@@ -301,11 +301,11 @@ def _split_generator_layers(path, layers):
     owners = {keras_h5.owner_name(w) for w, _ in layer.weights}
     if re.fullmatch(r"block\d_conv\d", layer.name):  # Trunk not nested (flattened model).
       trunk[layer.name] = layer
-    elif any(o and re.fullmatch(r"block\d_conv\d", o) for o in owners):
+    elif any(keras_h5.vgg_scope(o) for o in owners):
       # The nested VGG sub-model: its weight names carry the VGG layer names.
       for owner in sorted(o for o in owners if o):
         ws = [(w, a) for w, a in layer.weights if keras_h5.owner_name(w) == owner]
-        trunk[owner] = keras_h5.Layer(f"{layer.name}/{owner}", ws)
+        trunk[keras_h5.vgg_scope(owner) or owner] = keras_h5.Layer(f"{layer.name}/{owner}", ws)
     else:
       ndims = sorted(a.ndim for _, a in layer.weights)
       if ndims == [1, 4]:
