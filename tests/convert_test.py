@@ -394,6 +394,69 @@ def test_not_hdf5_and_cli_error_line(tmp_path, capsys):
   assert not os.path.exists(tmp_path / "out")
 
 
+def test_combined_gan_file_names_the_file_to_convert(
+  keras_generator, keras_critic, tmp_path, capsys
+):
+  """The authors' train() saves my_model_combinedEpochN.h5: both networks as nested models."""
+  model, _, _, _, _ = keras_generator
+  gen_layers, _ = convert_formats.keras2_layers(model, first_index=6)
+  critic_model, _, _ = keras_critic
+  critic_layers, _ = convert_formats.keras2_layers(critic_model)
+  nested = lambda layers: [w for _, ws in layers for w in ws]  # noqa: E731
+  combined = [
+    ("input_3", []),
+    ("input_4", []),
+    ("model_3", nested(gen_layers)),
+    ("model_1", nested(critic_layers)),
+  ]
+  path = str(tmp_path / "my_model_combinedEpoch7.h5")
+  convert_formats.write_keras2_h5(path, combined, {"class_name": "Model", "config": {}})
+  assert convert.main(["generator", path, str(tmp_path / "out")]) == 1
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "combined GAN model" in err
+  assert "convert my_model_colorizationEpoch7.h5" in err
+  with pytest.raises(ConversionError, match="convert my_model_discriminatorEpoch7.h5"):
+    port.load_critic(path)
+  with pytest.raises(ConversionError, match="combined GAN model"):
+    port.load_generator_variables(path)  # init_from
+
+
+def test_web_page_saved_as_weights_says_failed_download(tmp_path, capsys):
+  page = (
+    b"\n<!DOCTYPE html><html><head><title>Google Drive - Virus scan warning</title></head>"
+    b"<body>Google Drive can't scan this file for viruses.</body></html>\n"
+  )
+  gen = str(tmp_path / "my_model_colorization.h5")
+  pth = str(tmp_path / "vgg16-397923af.pth")
+  for path in (gen, pth):
+    with open(path, "wb") as f:
+      f.write(page)
+  assert convert.main(["generator", gen, str(tmp_path / "out")]) == 1
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and gen in err
+  assert "web page" in err and "failed download" in err and "Google Drive" in err
+  assert f"{len(page):,} bytes" in err and "my_model_colorization.h5, 0.68-2.1 GB" in err
+  with pytest.raises(ConversionError, match=r"web page.*vgg16_weights_tf.*553 MB"):
+    port.load_vgg16(pth)
+  with pytest.raises(ConversionError, match=r"web page.*my_model_discriminator.h5, 11-34 MB"):
+    port.load_critic(gen)
+
+
+def test_keras3_files_say_how_to_get_the_legacy_h5(keras_critic, tmp_path, capsys):
+  model, _, _ = keras_critic
+  archive = str(tmp_path / "critic.keras")
+  model.save(archive)
+  weights = str(tmp_path / "critic.weights.h5")
+  model.save_weights(weights)
+  for path, what in ((archive, "'.keras' archive"), (weights, "'.weights.h5' file")):
+    assert convert.main(["critic", path, str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and path in err and f"Keras 3 {what}" in err
+    assert "model.save('x.h5')" in err
+  with pytest.raises(ConversionError, match="Keras 3 '.keras' archive"):
+    port.load_vgg16(archive)  # A zip, but not torch's.
+
+
 def test_truncated_files(keras_classifier, tmp_path):
   _, files = keras_classifier
   cut = str(tmp_path / "cut.h5")
