@@ -8,6 +8,7 @@ formats written without torch), converted, and run in Flax on the same inputs as
 """
 
 import collections
+import hashlib
 import json
 import logging
 import os
@@ -267,6 +268,35 @@ def test_generator_cli_writes_a_colorize_checkpoint(keras_generator, tmp_path, c
     variables, jax.eval_shape(gen.init, jax.random.key(0), grey_batch(GEN_SIZE, 1)), out
   )
   assert_trees_equal(port.load_generator_variables(out), jax.tree.map(np.asarray, variables))
+
+
+def test_conversion_records_and_checks_the_source_sha256(keras_generator, tmp_path, capsys, caplog):
+  _, _, k2, _, _ = keras_generator
+  with open(k2, "rb") as f:
+    want = hashlib.sha256(f.read()).hexdigest()
+  size = os.path.getsize(k2)
+  out = str(tmp_path / "authors")
+  assert convert.main(["generator", k2, out, "--expect_sha256", want.upper()]) == 0
+  assert f"sha256 {want}, {size:,} bytes" in capsys.readouterr().out
+  _, config = checkpoint.load_config(out)
+  assert config.converted.sha256 == want and config.converted.size_bytes == size
+  # Loading it the way colorize / evaluate / the app do logs where it came from, once.
+  caplog.set_level(logging.INFO)
+  checkpoint.load_generator(out, with_class_head=False)
+  lines = [r.getMessage() for r in caplog.records if want in r.getMessage()]
+  assert len(lines) == 1 and k2 in lines[0] and f"{size:,} bytes" in lines[0]
+  # Another file (here: one value of one kernel changed) is refused in one line.
+  altered = str(tmp_path / "my_model_colorization.h5")
+  shutil.copy(k2, altered)
+  with h5py.File(altered, "r+") as f:
+    name = f["model_weights"].attrs["layer_names"][-1].decode()
+    group = f["model_weights"][name]
+    kernel = group[group.attrs["weight_names"][0].decode()]
+    kernel[0, 0] = kernel[0, 0] + 1
+  assert convert.main(["generator", altered, str(tmp_path / "bad"), "--expect_sha256", want]) == 1
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and f"not the expected {want}" in err
+  assert not os.path.exists(tmp_path / "bad")
 
 
 def test_generator_layer_order_is_checked_against_strides(keras_generator, tmp_path):

@@ -20,6 +20,7 @@ weights and trained checkpoints load the same way. Directories written by earlie
 
 import contextlib
 import functools
+import hashlib
 import json
 import os
 from typing import Any
@@ -48,6 +49,33 @@ LEGACY_PARAMS = "params"
 LEGACY_INFO = "conversion.json"
 # Which item a legacy directory's 'kind' holds, and how its params nest in that item.
 _LEGACY_ITEMS = {"vgg16": VGG16, "critic": CRITIC}
+
+
+def file_sha256(path) -> tuple[str, int]:
+  """(SHA-256 hex digest, size in bytes) of a file, read in 1 MiB chunks."""
+  digest, size = hashlib.sha256(), 0
+  with open(path, "rb") as f:
+    while chunk := f.read(1 << 20):
+      digest.update(chunk)
+      size += len(chunk)
+  return digest.hexdigest(), size
+
+
+def log_provenance(where, config) -> None:
+  """Logs, in one line, the source file a converted checkpoint came from and its SHA-256.
+
+  HDF5 keeps no checksum of its datasets: the digest the converter recorded is what lets a
+  user tell which file (and whether an intact one) the weights were converted from.
+  """
+  converted = config.get("converted") if hasattr(config, "get") else None
+  if converted is not None and converted.get("sha256"):
+    logging.info(
+      "%s: converted from %s (sha256 %s, %s bytes)",
+      where,
+      converted.get("source"),
+      converted.sha256,
+      f"{converted.get('size_bytes', 0):,}",
+    )
 
 
 def absolute(path) -> epath.Path:
@@ -307,6 +335,7 @@ def load_item(directory, item: str, step=None) -> tuple[dict[str, Any], ml_colle
   if is_legacy_conversion(directory):
     return _load_legacy(directory, item)
   step, config = load_config(directory, step)
+  log_provenance(f"{directory}/{step}", config)
   return _restore_item(directory, step, config, item), config
 
 
@@ -353,6 +382,7 @@ def load_generator(
       f"{directory}/{step}: has no moving-average generator (trained with config.ema_decay=0)"
     )
   item = GENERATOR_EMA if has_ema and ema is not False else GENERATOR
+  log_provenance(f"{directory}/{step}", config)
   if item == GENERATOR_EMA:
     logging.info("%s/%s: using the moving-average generator (generator_ema)", directory, step)
   out = _restore_item(directory, step, config, item, wanted, partial=not with_class_head)
