@@ -113,8 +113,9 @@ _BN_VARS = {
 
 
 def source_kind(path) -> str:
-  """'hdf5', 'torch' (zip or legacy pickle), 'keras3' (a ``.keras`` zip), 'dir' or 'unknown'
-  from the file's first bytes.
+  """'hdf5', 'torch' (zip or legacy pickle), 'keras3' (a ``.keras`` zip), 'msgpack' (our
+  weights file, :func:`checkpoint.save_msgpack`), 'dir' or 'unknown' from the file's first
+  bytes.
 
   Raises ConversionError when nothing exists at ``path``.
   """
@@ -125,6 +126,8 @@ def source_kind(path) -> str:
     raise ConversionError(f"{path}: no such file")
   if keras_h5.is_hdf5(path):
     return "hdf5"
+  if checkpoint.is_msgpack_file(path):
+    return "msgpack"
   if keras_h5.is_keras3_archive(path):
     return "keras3"
   if torch_pickle.file_kind(path):
@@ -544,8 +547,10 @@ def load_generator_variables(path) -> dict[str, Any]:
   kind = source_kind(path)
   if kind in ("hdf5", "keras3") or kind == "unknown" and keras_h5.looks_like_web_page(path):
     return chromagan_generator_from_keras(path)
-  if kind != "dir":
-    raise ConversionError(f"{path}: not a Keras .h5 generator file nor a checkpoint directory")
+  if kind not in ("dir", "msgpack"):
+    raise ConversionError(
+      f"{path}: not a Keras .h5 generator file, a msgpack weights file nor a checkpoint directory"
+    )
   return jax.tree.map(np.asarray, checkpoint.load_generator(path)[0])
 
 
