@@ -539,7 +539,8 @@ def load_vgg16(path, require_top: bool = True) -> tuple[dict[str, Any], str]:
 
 
 def load_generator_variables(path) -> dict[str, Any]:
-  """Generator ``{'params', 'batch_stats'}`` from the authors' h5 or a checkpoint directory.
+  """Generator ``{'params', 'batch_stats'}`` from the authors' h5, a checkpoint directory or a
+  msgpack weights file (``export --format msgpack --with_class_head``).
 
   A directory may be a training workdir, its ``checkpoints`` directory or the output of
   ``convert generator``. Any other file raises ConversionError naming it.
