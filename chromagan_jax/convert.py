@@ -32,15 +32,29 @@ def _count(tree) -> int:
   return sum(int(np.size(x)) for x in jax.tree.leaves(tree))
 
 
-def convert(kind: str, source, out) -> str:
+def convert(kind: str, source, out, expect_sha256: str | None = None) -> str:
   """Converts ``source`` into the directory ``out`` (must not exist or be empty).
 
-  Returns a one-line summary. ``kind``: 'vgg16', 'generator' or 'critic'.
+  Returns a one-line summary. ``kind``: 'vgg16', 'generator' or 'critic'. A source file's
+  SHA-256 and size are stored in the checkpoint's config (``converted.sha256``,
+  ``converted.size_bytes``); ``expect_sha256`` refuses a file with another digest.
   """
   source, out = os.fspath(source), os.path.abspath(os.fspath(out))
   if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
     raise ConversionError(f"{out}: already exists and is not empty; choose a new directory")
   converted = {"kind": kind, "source": os.path.abspath(source)}
+  provenance = ""
+  if os.path.isfile(source):
+    sha256, size = checkpoint.file_sha256(source)
+    converted.update(sha256=sha256, size_bytes=size)
+    provenance = f"; sha256 {sha256}, {size:,} bytes"
+    if expect_sha256 and expect_sha256.strip().lower() != sha256:
+      raise ConversionError(
+        f"{source}: SHA-256 is {sha256}, not the expected {expect_sha256.strip().lower()} "
+        "(another or a damaged file: download it again)"
+      )
+  elif expect_sha256:
+    raise ConversionError(f"{source}: --expect_sha256 needs a file, not a directory")
   if kind == "vgg16":
     params, pre = port.load_vgg16(source, require_top=False)
     top = port.has_top(params)
@@ -64,7 +78,7 @@ def convert(kind: str, source, out) -> str:
     summary = f"ChromaGAN critic, {_count(variables):,} parameters"
   else:
     raise ConversionError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
-  return f"wrote {out}: {summary} (from {source})"
+  return f"wrote {out}: {summary} (from {source}{provenance})"
 
 
 def main(argv=None) -> int:
@@ -80,9 +94,14 @@ def main(argv=None) -> int:
   )
   parser.add_argument("source", help="weight file to read")
   parser.add_argument("out", help="output directory (must not exist or be empty)")
+  parser.add_argument(
+    "--expect_sha256",
+    default=None,
+    help="refuse a source file whose SHA-256 differs (the digest its publisher lists)",
+  )
   args = parser.parse_args(argv)
   try:
-    print(convert(args.kind, args.source, args.out))
+    print(convert(args.kind, args.source, args.out, args.expect_sha256))
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

@@ -1,7 +1,9 @@
-"""``chromagan-export``: the head-free generator as ONNX, TFLite or a TensorFlow SavedModel.
+"""``chromagan-export``: the head-free generator as ONNX, TFLite, a TensorFlow SavedModel, or
+its weights as one pickle-free msgpack file with a SHA-256 (for passing converted weights on).
 
   python -m chromagan_jax.export --ckpt DIR --format onnx --output chromagan.onnx
   python -m chromagan_jax.export --ckpt DIR --format tflite --output chromagan.tflite
+  python -m chromagan_jax.export --ckpt DIR --format msgpack --output chromagan.msgpack
 
 The exported contract (input L / 100, output ab in [0, 1]) is
 :mod:`chromagan_jax.inference.exporter`'s.
@@ -15,6 +17,7 @@ from collections.abc import Sequence
 from chromagan_jax.errors import UserError
 from chromagan_jax.inference import exporter
 from chromagan_jax.runtime import runner
+from chromagan_jax.weights import checkpoint
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,17 +34,28 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--format", required=True, choices=exporter.FORMATS)
   parser.add_argument("--output", required=True, help="output file (a folder for saved_model)")
   parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+  parser.add_argument(
+    "--with_class_head",
+    action="store_true",
+    help="msgpack: keep the class head (the full generator, for init_from); default head-free",
+  )
   return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   try:
-    path = exporter.export(args.ckpt, args.format, args.output, args.step, args.overwrite)
+    path = exporter.export(
+      args.ckpt, args.format, args.output, args.step, args.overwrite, args.with_class_head
+    )
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
-  print(f"wrote {path}")
+  if args.format == "msgpack":
+    digest, size = checkpoint.file_sha256(path)
+    print(f"wrote {path} ({size:,} bytes; file sha256 {digest})")
+  else:
+    print(f"wrote {path}")
   return 0
 
 

@@ -1,7 +1,9 @@
-"""Tests of checkpoint.load_generator: head-free partial restore, one-line errors, and which
-generator (trained or moving average) each inference command loads."""
+"""Tests of checkpoint.load_generator: head-free partial restore, one-line errors, which
+generator (trained or moving average) each inference command loads, and the msgpack weights
+file (export, round trip, checksum)."""
 
 import csv
+import hashlib
 import logging
 import os
 
@@ -21,11 +23,11 @@ from skimage import data as skdata
 from skimage import metrics as skmetrics
 
 from chromagan_jax import app, colorize, evaluate, export
-from chromagan_jax.errors import ShapeError, UserError
+from chromagan_jax.errors import CheckpointError, ShapeError, UserError
 from chromagan_jax.evaluation import evaluator
 from chromagan_jax.inference import engine, exporter, webapp
 from chromagan_jax.model import networks, predict
-from chromagan_jax.weights import checkpoint
+from chromagan_jax.weights import checkpoint, port
 
 jax.config.update("jax_disable_most_optimizations", True)
 
@@ -221,3 +223,79 @@ def test_inference_commands_load_the_moving_average_unless_told_otherwise(
       engine.predict_ab(model, networks.without_class_head(variables), rgb[None])[1]
     )
     assert (np.abs(got - want).max() < 1e-5) == close
+
+
+# ----------------------------------------------------------------------------------------
+# The msgpack weights file (python -m chromagan_jax.export --format msgpack).
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """(checkpoint directory, its full generator variables as NumPy)."""
+  config = small_config()
+  directory = str(tmp_path_factory.mktemp("trained"))
+  variables = random_generator_variables(config, seed=3)
+  checkpoint.save_generator(directory, variables, config)
+  return directory, jax.tree.map(np.asarray, variables)
+
+
+def _export(ckpt, output, *flags):
+  assert export.main(["--ckpt", ckpt, "--format", "msgpack", "--output", output, *flags]) == 0
+
+
+def test_msgpack_round_trip_is_bit_exact(trained, tmp_path, capsys):
+  directory, full = trained
+  head_free = str(tmp_path / "chromagan.msgpack")
+  _export(directory, head_free)
+  with open(head_free, "rb") as f:
+    data = f.read()
+  assert f"file sha256 {hashlib.sha256(data).hexdigest()}" in capsys.readouterr().out
+  assert data.startswith(checkpoint.MSGPACK_MAGIC) and b"pickle" not in data[:200]
+  variables, config = checkpoint.load_generator(head_free, with_class_head=False)
+  assert_trees_equal(jax.tree.map(np.asarray, variables), networks.without_class_head(full))
+  assert checkpoint.load_config(head_free)[1].model == small_config().model
+  # Colorizing needs no class head; fine-tuning does, and says how to get it.
+  with pytest.raises(ShapeError, match="class_fc1.*found nothing.*--with_class_head"):
+    checkpoint.load_generator(head_free)
+  whole = str(tmp_path / "chromagan_full.msgpack")
+  _export(directory, whole, "--with_class_head")
+  assert_trees_equal(jax.tree.map(np.asarray, checkpoint.load_generator(whole)[0]), full)
+  assert_trees_equal(port.load_generator_variables(whole), full)  # init_from=FILE
+
+
+def test_colorize_reads_the_msgpack_file_like_the_directory(trained, tmp_path):
+  directory, _ = trained
+  path = str(tmp_path / "chromagan.msgpack")
+  _export(directory, path)
+  photo = tmp_path / "in" / "p.png"
+  photo.parent.mkdir()
+  rng = np.random.default_rng(0)
+  Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(photo)
+  outputs = []
+  for ckpt, out in ((directory, "from_dir"), (path, "from_file")):
+    assert colorize.main(["--ckpt", ckpt, "--output", str(tmp_path / out), str(photo)]) == 0
+    outputs.append(np.asarray(Image.open(tmp_path / out / "p.png")))
+  np.testing.assert_array_equal(outputs[0], outputs[1])
+
+
+@pytest.mark.parametrize("damage", ["truncated", "one_byte_altered"])
+def test_msgpack_file_damaged_is_refused_by_its_checksum(trained, tmp_path, damage):
+  directory, _ = trained
+  path = str(tmp_path / "chromagan.msgpack")
+  _export(directory, path)
+  with open(path, "r+b") as f:
+    if damage == "truncated":
+      f.truncate(os.path.getsize(path) - 1000)
+    else:
+      f.seek(os.path.getsize(path) // 2)
+      byte = f.read(1)
+      f.seek(-1, 1)
+      f.write(bytes([byte[0] ^ 0x01]))
+  with pytest.raises(CheckpointError, match="truncated or altered"):
+    checkpoint.load_generator(path, with_class_head=False)
+  messages = []
+  status = colorize.main(
+    ["--ckpt", path, "--output", str(tmp_path / "o"), path], log=messages.append
+  )
+  err = "\n".join(messages)
+  assert status != 0 and "truncated or altered" in err, err

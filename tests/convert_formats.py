@@ -68,12 +68,15 @@ def _snake(class_name):
   return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
-def keras2_layers(model, first_index=1, style="tf"):
+def keras2_layers(model, first_index=1, style="tf", scope_suffix=""):
   """(layers, model_config) of a Keras 3 functional ``model`` in Keras 2 naming.
 
   Layers keep Keras' ``model.layers`` order (the algorithm Keras 2 used too). Auto names are
   renumbered per class from ``first_index`` (as if earlier models had used lower numbers).
   ``style='keras1'`` names weights like the keras.applications files ('fc1_W_1:0').
+  ``scope_suffix`` ('_1') is appended to every weight's layer scope, as TF1 uniquified a
+  name scope already used in the graph ('block1_conv1_1/kernel:0', 'conv2d_6_1/bias:0');
+  layer (group) names keep theirs, as Keras 2 saved them.
   """
   counters = collections.Counter()
   layers, config_layers = [], []
@@ -85,7 +88,7 @@ def keras2_layers(model, first_index=1, style="tf"):
       weights = []
       for v in layer.trainable_weights + layer.non_trainable_weights:
         owner, var = v.path.split("/")[-2:]
-        weights.append((f"{owner}/{var}:0", v.numpy()))
+        weights.append((f"{owner}{scope_suffix}/{var}:0", v.numpy()))
       config_layers.append(
         {"class_name": "Model", "name": new_name, "config": {"name": new_name, "layers": []}}
       )
@@ -103,7 +106,7 @@ def keras2_layers(model, first_index=1, style="tf"):
           short = {"kernel": "W", "bias": "b"}.get(var, var)
           weights.append((f"{new_name}_{short}_1:0", v.numpy()))
         else:
-          weights.append((f"{new_name}/{var}:0", v.numpy()))
+          weights.append((f"{new_name}{scope_suffix}/{var}:0", v.numpy()))
       cfg = {"name": new_name}
       if cls == "Conv2D":
         cfg["strides"] = list(layer.strides)

@@ -8,6 +8,7 @@ formats written without torch), converted, and run in Flax on the same inputs as
 """
 
 import collections
+import hashlib
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ import h5py
 import jax
 import keras
 import keras_reference
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -268,6 +270,35 @@ def test_generator_cli_writes_a_colorize_checkpoint(keras_generator, tmp_path, c
   assert_trees_equal(port.load_generator_variables(out), jax.tree.map(np.asarray, variables))
 
 
+def test_conversion_records_and_checks_the_source_sha256(keras_generator, tmp_path, capsys, caplog):
+  _, _, k2, _, _ = keras_generator
+  with open(k2, "rb") as f:
+    want = hashlib.sha256(f.read()).hexdigest()
+  size = os.path.getsize(k2)
+  out = str(tmp_path / "authors")
+  assert convert.main(["generator", k2, out, "--expect_sha256", want.upper()]) == 0
+  assert f"sha256 {want}, {size:,} bytes" in capsys.readouterr().out
+  _, config = checkpoint.load_config(out)
+  assert config.converted.sha256 == want and config.converted.size_bytes == size
+  # Loading it the way colorize / evaluate / the app do logs where it came from, once.
+  caplog.set_level(logging.INFO)
+  checkpoint.load_generator(out, with_class_head=False)
+  lines = [r.getMessage() for r in caplog.records if want in r.getMessage()]
+  assert len(lines) == 1 and k2 in lines[0] and f"{size:,} bytes" in lines[0]
+  # Another file (here: one value of one kernel changed) is refused in one line.
+  altered = str(tmp_path / "my_model_colorization.h5")
+  shutil.copy(k2, altered)
+  with h5py.File(altered, "r+") as f:
+    name = f["model_weights"].attrs["layer_names"][-1].decode()
+    group = f["model_weights"][name]
+    kernel = group[group.attrs["weight_names"][0].decode()]
+    kernel[0, 0] = kernel[0, 0] + 1
+  assert convert.main(["generator", altered, str(tmp_path / "bad"), "--expect_sha256", want]) == 1
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and f"not the expected {want}" in err
+  assert not os.path.exists(tmp_path / "bad")
+
+
 def test_generator_layer_order_is_checked_against_strides(keras_generator, tmp_path):
   _, _, _, layers, config = keras_generator
   names = [name for name, _ in layers]
@@ -335,6 +366,47 @@ def test_critic_from_keras_files(keras_critic, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------
+# TF1-renamed scopes: 'block1_conv1_1/kernel:0' when the graph already had a 'block1_conv1'.
+
+
+def test_tf1_renamed_scopes_convert_like_the_plain_files(
+  keras_generator, keras_critic, keras_classifier, tmp_path
+):
+  model, _, k2, _, _ = keras_generator
+  layers, config = convert_formats.keras2_layers(model, first_index=6, scope_suffix="_1")
+  assert ("model_6", "block1_conv1_1/kernel:0") in [(n, w[0][0]) for n, w in layers if w]
+  renamed = str(tmp_path / "my_model_colorizationEpoch3.h5")
+  convert_formats.write_keras2_h5(renamed, layers, config)
+  want = port.chromagan_generator_from_keras(k2)
+  assert_trees_equal(port.chromagan_generator_from_keras(renamed), want)
+  out = str(tmp_path / "gen")
+  assert convert.main(["generator", renamed, out]) == 0
+  assert_trees_equal(jax.tree.map(np.asarray, checkpoint.load_generator(out)[0]), want)
+  # init_from / init_critic_from read them too.
+  critic_model, _, critic_k2 = keras_critic
+  critic_layers, critic_config = convert_formats.keras2_layers(critic_model, scope_suffix="_2")
+  critic = str(tmp_path / "my_model_discriminatorEpoch3.h5")
+  convert_formats.write_keras2_h5(critic, critic_layers, critic_config)
+  train_config = ml_collections.ConfigDict(
+    {
+      "vgg_weights": "",
+      "init_from": renamed,
+      "init_critic_from": critic,
+      "model": {**shapes.made_for(want), "vgg_preprocessing": "none", "remat_trunk": False},
+    }
+  )
+  init = port.initial_weights(train_config)
+  assert_trees_equal(init.generator, want)
+  assert_trees_equal({"params": init.critic}, port.chromagan_critic_from_keras(critic_k2))
+  # Keras' VGG16 saved after another VGG16 was built in the same graph.
+  vgg_model, files = keras_classifier
+  vgg_layers, _ = convert_formats.keras2_layers(vgg_model, scope_suffix="_1")
+  vgg = str(tmp_path / "vgg16_weights_tf_dim_ordering_tf_kernels.h5")
+  convert_formats.write_keras2_h5(vgg, vgg_layers, weights_only=True)
+  assert_trees_equal(port.load_vgg16(vgg)[0], port.vgg16_from_keras(files["keras1"]))
+
+
+# ----------------------------------------------------------------------------------------
 # Bad inputs: one clear error naming the file.
 
 
@@ -350,6 +422,69 @@ def test_not_hdf5_and_cli_error_line(tmp_path, capsys):
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and err.startswith("error: ") and path in err
   assert not os.path.exists(tmp_path / "out")
+
+
+def test_combined_gan_file_names_the_file_to_convert(
+  keras_generator, keras_critic, tmp_path, capsys
+):
+  """The authors' train() saves my_model_combinedEpochN.h5: both networks as nested models."""
+  model, _, _, _, _ = keras_generator
+  gen_layers, _ = convert_formats.keras2_layers(model, first_index=6)
+  critic_model, _, _ = keras_critic
+  critic_layers, _ = convert_formats.keras2_layers(critic_model)
+  nested = lambda layers: [w for _, ws in layers for w in ws]  # noqa: E731
+  combined = [
+    ("input_3", []),
+    ("input_4", []),
+    ("model_3", nested(gen_layers)),
+    ("model_1", nested(critic_layers)),
+  ]
+  path = str(tmp_path / "my_model_combinedEpoch7.h5")
+  convert_formats.write_keras2_h5(path, combined, {"class_name": "Model", "config": {}})
+  assert convert.main(["generator", path, str(tmp_path / "out")]) == 1
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "combined GAN model" in err
+  assert "convert my_model_colorizationEpoch7.h5" in err
+  with pytest.raises(ConversionError, match="convert my_model_discriminatorEpoch7.h5"):
+    port.load_critic(path)
+  with pytest.raises(ConversionError, match="combined GAN model"):
+    port.load_generator_variables(path)  # init_from
+
+
+def test_web_page_saved_as_weights_says_failed_download(tmp_path, capsys):
+  page = (
+    b"\n<!DOCTYPE html><html><head><title>Google Drive - Virus scan warning</title></head>"
+    b"<body>Google Drive can't scan this file for viruses.</body></html>\n"
+  )
+  gen = str(tmp_path / "my_model_colorization.h5")
+  pth = str(tmp_path / "vgg16-397923af.pth")
+  for path in (gen, pth):
+    with open(path, "wb") as f:
+      f.write(page)
+  assert convert.main(["generator", gen, str(tmp_path / "out")]) == 1
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and gen in err
+  assert "web page" in err and "failed download" in err and "Google Drive" in err
+  assert f"{len(page):,} bytes" in err and "my_model_colorization.h5, 0.68-2.1 GB" in err
+  with pytest.raises(ConversionError, match=r"web page.*vgg16_weights_tf.*553 MB"):
+    port.load_vgg16(pth)
+  with pytest.raises(ConversionError, match=r"web page.*my_model_discriminator.h5, 11-34 MB"):
+    port.load_critic(gen)
+
+
+def test_keras3_files_say_how_to_get_the_legacy_h5(keras_critic, tmp_path, capsys):
+  model, _, _ = keras_critic
+  archive = str(tmp_path / "critic.keras")
+  model.save(archive)
+  weights = str(tmp_path / "critic.weights.h5")
+  model.save_weights(weights)
+  for path, what in ((archive, "'.keras' archive"), (weights, "'.weights.h5' file")):
+    assert convert.main(["critic", path, str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and path in err and f"Keras 3 {what}" in err
+    assert "model.save('x.h5')" in err
+  with pytest.raises(ConversionError, match="Keras 3 '.keras' archive"):
+    port.load_vgg16(archive)  # A zip, but not torch's.
 
 
 def test_truncated_files(keras_classifier, tmp_path):

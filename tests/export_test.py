@@ -98,7 +98,18 @@ def _run_saved_model(path, x):
   return serve(**{exporter.INPUT_NAME: tf.constant(x)})[exporter.OUTPUT_NAME].numpy()
 
 
-RUNNERS = {"onnx": _run_onnx, "tflite": _run_tflite, "saved_model": _run_saved_model}
+def _run_msgpack(path, lightness):
+  """The msgpack file holds weights, not a graph: run them through exporter.network_fn."""
+  fn, _ = exporter.load(path)
+  return np.asarray(jax.jit(fn)(lightness))
+
+
+RUNNERS = {
+  "onnx": _run_onnx,
+  "tflite": _run_tflite,
+  "saved_model": _run_saved_model,
+  "msgpack": _run_msgpack,
+}
 
 
 @pytest.mark.parametrize("fmt", exporter.FORMATS)

@@ -42,7 +42,7 @@ from chromagan_jax.model import networks
 from chromagan_jax.ops import color
 from chromagan_jax.weights import checkpoint
 
-FORMATS = ("onnx", "tflite", "saved_model")
+FORMATS = ("onnx", "tflite", "saved_model", "msgpack")
 INPUT_NAME = "L"
 OUTPUT_NAME = "ab"
 # The exported graph uses XLA's plain convolutions: runtimes choose their own kernels, and the
@@ -159,9 +159,25 @@ def tf_formats_problem() -> str | None:
   )
 
 
-def export(ckpt, fmt: str, output: str, step=None, overwrite: bool = False) -> str:
+def export_msgpack(ckpt, staged: str, step=None, with_class_head: bool = False) -> str:
+  """Writes the generator of ``ckpt`` (head-free unless ``with_class_head``) and its config as
+  one msgpack file (:func:`checkpoint.save_msgpack`); returns the payload's SHA-256.
+
+  Weights, not a graph: read back by ``colorize.py --ckpt FILE`` and ``init_from=FILE``.
+  """
+  variables, config = checkpoint.load_generator(ckpt, step, with_class_head=with_class_head)
+  config = config.to_dict()
+  config["exported"] = {"from": str(ckpt), "with_class_head": with_class_head}
+  return checkpoint.save_msgpack(staged, variables, config)
+
+
+def export(
+  ckpt, fmt: str, output: str, step=None, overwrite: bool = False, with_class_head: bool = False
+) -> str:
   """Exports checkpoint ``ckpt`` in format ``fmt`` to ``output`` (a file; a folder for
   ``saved_model``), written beside it first and moved into place when complete.
+
+  ``with_class_head`` (msgpack only) keeps the class head, for fine-tuning from the file.
 
   Raises:
     UserError: unknown format, output exists (without ``overwrite``), bad checkpoint.
@@ -173,13 +189,19 @@ def export(ckpt, fmt: str, output: str, step=None, overwrite: bool = False) -> s
   output = os.path.abspath(output)
   if os.path.lexists(output) and not overwrite:
     raise ExportError(f"{output}: already exists; not overwritten (pass --overwrite)")
-  fn, size = load(ckpt, step)
+  if with_class_head and fmt != "msgpack":
+    raise ExportError(f"--with_class_head applies to --format msgpack, not {fmt}")
+  if fmt != "msgpack":
+    fn, size = load(ckpt, step)
   parent = os.path.dirname(output)
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
   try:
     staged = os.path.join(tmp, os.path.basename(output))
-    if fmt == "onnx":
+    if fmt == "msgpack":
+      digest = export_msgpack(ckpt, staged, step, with_class_head)
+      logging.info("%s: payload sha256 %s", output, digest)
+    elif fmt == "onnx":
       import onnx  # Comes with the optional jax2onnx.
 
       onnx.save(to_onnx(fn, size), staged)

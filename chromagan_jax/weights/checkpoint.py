@@ -16,10 +16,17 @@ chromagan_jax.convert`` writes step 0 with one weights item. Splitting the gener
 ``colorize.py`` read ~0.7 GB instead of the full ~2.7 GB train state, and lets converted
 weights and trained checkpoints load the same way. Directories written by earlier converters
 (``params/`` + ``conversion.json``) still load through :func:`load_item`, with a logged note.
+
+For passing weights on, a generator also travels as one pickle-free file
+(:func:`save_msgpack`, ``python -m chromagan_jax.export --format msgpack``): the line
+``MSGPACK_MAGIC``, the SHA-256 (hex) of the payload and a newline, then the payload, a
+``flax.serialization`` msgpack map ``{'config': JSON text, 'generator': variables}``.
+:func:`load_generator` and :func:`load_config` take such a file wherever they take a directory.
 """
 
 import contextlib
 import functools
+import hashlib
 import json
 import os
 from typing import Any
@@ -31,6 +38,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
+from flax import serialization
 
 from chromagan_jax.errors import CheckpointError
 from chromagan_jax.model import networks, shapes
@@ -48,6 +56,91 @@ LEGACY_PARAMS = "params"
 LEGACY_INFO = "conversion.json"
 # Which item a legacy directory's 'kind' holds, and how its params nest in that item.
 _LEGACY_ITEMS = {"vgg16": VGG16, "critic": CRITIC}
+
+
+MSGPACK_MAGIC = b"chromagan-jax generator msgpack v1\n"
+_DIGEST_LEN = 64  # Hex SHA-256, then b"\n".
+
+
+def is_msgpack_file(path) -> bool:
+  """Whether ``path`` is a file in the msgpack weights format (starts with MSGPACK_MAGIC)."""
+  path = os.fspath(path)
+  if "://" in path or not os.path.isfile(path):
+    return False
+  with open(path, "rb") as f:
+    return f.read(len(MSGPACK_MAGIC)) == MSGPACK_MAGIC
+
+
+def save_msgpack(path, variables, config) -> str:
+  """Writes generator ``variables`` (with or without the class head) and ``config`` (its
+  ``model`` section rebuilds the network) as one msgpack file; returns the payload's SHA-256.
+
+  Arrays are stored as float32 NumPy (``flax.serialization``'s ndarray extension): no pickle,
+  bit-exact on reading.
+  """
+  config_dict = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config
+  tree = jax.tree.map(lambda x: np.asarray(x, np.float32), variables)
+  payload = serialization.msgpack_serialize({"config": json.dumps(config_dict), "generator": tree})
+  digest = hashlib.sha256(payload).hexdigest()
+  with open(path, "wb") as f:
+    f.write(MSGPACK_MAGIC + digest.encode("ascii") + b"\n" + payload)
+  return digest
+
+
+def load_msgpack(path) -> tuple[dict[str, Any], ml_collections.ConfigDict, str]:
+  """(generator variables as NumPy, config, payload SHA-256) of a :func:`save_msgpack` file.
+
+  Raises CheckpointError (one line) when the payload's SHA-256 differs from the recorded one
+  (a truncated, altered or damaged file) or the file is not in this format.
+  """
+  path = os.fspath(path)
+  with open(path, "rb") as f:
+    data = f.read()
+  header = len(MSGPACK_MAGIC) + _DIGEST_LEN + 1
+  if not data.startswith(MSGPACK_MAGIC) or len(data) < header or data[header - 1 : header] != b"\n":
+    raise CheckpointError(f"{path}: not a chromagan-jax msgpack weights file")
+  recorded = data[len(MSGPACK_MAGIC) : header - 1].decode("ascii", "replace")
+  payload = data[header:]
+  actual = hashlib.sha256(payload).hexdigest()
+  if actual != recorded:
+    raise CheckpointError(
+      f"{path}: SHA-256 of the weights is {actual}, the file records {recorded}: the file is "
+      f"truncated or altered ({len(data):,} bytes); copy it again"
+    )
+  try:
+    tree = serialization.msgpack_restore(payload)
+    config = ml_collections.ConfigDict(json.loads(tree["config"]))
+    variables = tree["generator"]
+  except Exception as e:  # noqa: BLE001 - a payload that passed its digest but is not ours.
+    raise CheckpointError(f"{path}: unreadable msgpack weights ({type(e).__name__}: {e})") from None
+  return variables, config, actual
+
+
+def file_sha256(path) -> tuple[str, int]:
+  """(SHA-256 hex digest, size in bytes) of a file, read in 1 MiB chunks."""
+  digest, size = hashlib.sha256(), 0
+  with open(path, "rb") as f:
+    while chunk := f.read(1 << 20):
+      digest.update(chunk)
+      size += len(chunk)
+  return digest.hexdigest(), size
+
+
+def log_provenance(where, config) -> None:
+  """Logs, in one line, the source file a converted checkpoint came from and its SHA-256.
+
+  HDF5 keeps no checksum of its datasets: the digest the converter recorded is what lets a
+  user tell which file (and whether an intact one) the weights were converted from.
+  """
+  converted = config.get("converted") if hasattr(config, "get") else None
+  if converted is not None and converted.get("sha256"):
+    logging.info(
+      "%s: converted from %s (sha256 %s, %s bytes)",
+      where,
+      converted.get("source"),
+      converted.sha256,
+      f"{converted.get('size_bytes', 0):,}",
+    )
 
 
 def absolute(path) -> epath.Path:
@@ -189,7 +282,12 @@ def save_generator(directory, variables, config, step: int = 0) -> None:
 
 
 def load_config(directory, step=None) -> tuple[int, ml_collections.ConfigDict]:
-  """(step, config) stored in a checkpoint directory; ``step=None`` picks the latest."""
+  """(step, config) stored in a checkpoint directory; ``step=None`` picks the latest.
+
+  A msgpack weights file (:func:`save_msgpack`) is step 0.
+  """
+  if is_msgpack_file(directory):
+    return 0, load_msgpack(directory)[1]
   directory = resolve_directory(directory)
   if not directory.is_dir():
     raise CheckpointError(f"{directory}: checkpoint directory not found")
@@ -307,6 +405,7 @@ def load_item(directory, item: str, step=None) -> tuple[dict[str, Any], ml_colle
   if is_legacy_conversion(directory):
     return _load_legacy(directory, item)
   step, config = load_config(directory, step)
+  log_provenance(f"{directory}/{step}", config)
   return _restore_item(directory, step, config, item), config
 
 
@@ -334,26 +433,59 @@ def load_generator(
     CheckpointError: missing, unreadable or corrupt checkpoint (one line naming it).
     ShapeError: arrays that do not fit its config (naming the first parameter that differs).
   """
+  if is_msgpack_file(directory):
+    return _load_msgpack_generator(directory, with_class_head)
   directory = resolve_directory(directory)
   step, config = load_config(directory, step)
-  try:
-    model = networks.models_from_config(config.model)[0].clone(with_class_head=with_class_head)
-    size = config.model.image_size
-    wanted = jax.eval_shape(
-      functools.partial(model.init, train=False),
-      jax.random.key(0),
-      jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32),
-    )
-  except (AttributeError, KeyError, TypeError, ValueError) as e:
-    where = f"{directory}/{step}"
-    raise CheckpointError(f"{where}: config does not describe a generator ({e})") from None
+  wanted = _generator_shapes(config, f"{directory}/{step}", with_class_head)
   has_ema = has_generator_ema(directory, step)
   if ema and not has_ema:
     raise CheckpointError(
       f"{directory}/{step}: has no moving-average generator (trained with config.ema_decay=0)"
     )
   item = GENERATOR_EMA if has_ema and ema is not False else GENERATOR
+  log_provenance(f"{directory}/{step}", config)
   if item == GENERATOR_EMA:
     logging.info("%s/%s: using the moving-average generator (generator_ema)", directory, step)
   out = _restore_item(directory, step, config, item, wanted, partial=not with_class_head)
   return out, config
+
+
+def _generator_shapes(config, where, with_class_head: bool):
+  """Abstract ``{'params', 'batch_stats'}`` of the generator ``config.model`` describes."""
+  try:
+    model = networks.models_from_config(config.model)[0].clone(with_class_head=with_class_head)
+    size = config.model.image_size
+    return jax.eval_shape(
+      functools.partial(model.init, train=False),
+      jax.random.key(0),
+      jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32),
+    )
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    raise CheckpointError(f"{where}: config does not describe a generator ({e})") from None
+
+
+_HEAD_FREE_REMEDY = (
+  "the file holds the head-free generator (enough to colorize); fine-tuning needs the full "
+  "one: python -m chromagan_jax.export --format msgpack --with_class_head"
+)
+
+
+def _load_msgpack_generator(path, with_class_head: bool):
+  """:func:`load_generator` of a msgpack weights file (checked by its SHA-256, then shapes)."""
+  path = os.fspath(path)
+  variables, config, digest = load_msgpack(path)
+  logging.info("%s: msgpack weights, sha256 %s verified", path, digest)
+  log_provenance(path, config)
+  if not with_class_head:
+    variables = networks.without_class_head(variables)
+  wanted = _generator_shapes(config, path, with_class_head)
+  shapes.check_shapes(
+    variables,
+    wanted,
+    path,
+    target=f"the model its config describes ({shapes.describe(config.model)})",
+    remedy=None if networks.CLASS_HEAD[0] in variables["params"] else _HEAD_FREE_REMEDY,
+  )
+  device = jax.devices()[0]
+  return jax.tree.map(lambda x: jax.device_put(np.asarray(x), device), variables), config

@@ -9,6 +9,8 @@ NumPy; mapping them onto our models is :mod:`chromagan_jax.weights.port`.
 import collections
 import json
 import os
+import re
+import zipfile
 
 import h5py
 import numpy as np
@@ -22,6 +24,59 @@ def is_hdf5(path) -> bool:
   """Whether the file starts with the HDF5 signature."""
   with open(path, "rb") as f:
     return f.read(len(HDF5_MAGIC)) == HDF5_MAGIC
+
+
+# How HTML pages start (after a byte-order mark and whitespace): what a failed download saves.
+_WEB_PAGE_STARTS = (b"<!doctype html", b"<html", b"<head", b"<body", b"<!--", b"<?xml", b"<meta")
+# Members of a Keras 3 '.keras' archive (a zip).
+_KERAS3_ARCHIVE = ("config.json", "model.weights.h5")
+KERAS3_REMEDY = (
+  "load it in Keras 3 (keras.saving.load_model('x.keras'), or build the model and "
+  "model.load_weights('x.weights.h5')), save the legacy format with model.save('x.h5') and "
+  "convert that"
+)
+
+
+def looks_like_web_page(path) -> bool:
+  """Whether the file starts like an HTML/XML page (a download that saved an error page)."""
+  with open(path, "rb") as f:
+    head = f.read(1024).lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+  return head.startswith(_WEB_PAGE_STARTS)
+
+
+def is_keras3_archive(path) -> bool:
+  """Whether the file is a Keras 3 ``.keras`` zip archive (config.json + model.weights.h5)."""
+  try:
+    with zipfile.ZipFile(path) as zf:
+      names = set(zf.namelist())
+  except (zipfile.BadZipFile, OSError):
+    return False
+  return all(n in names for n in _KERAS3_ARCHIVE)
+
+
+def not_hdf5_message(path, expected: str | None = None) -> str:
+  """One line saying what a non-HDF5 file given as Keras weights is, and what to do.
+
+  ``expected``: the real file's name and size range, named when the file looks like a
+  failed download (an HTML page).
+  """
+  size = os.path.getsize(path)
+  if looks_like_web_page(path):
+    real = f"; the real file is {expected}" if expected else ""
+    return (
+      f"{path}: not an HDF5 file: it starts like a web page ({size:,} bytes of HTML), which "
+      "is what a failed download saves (Google Drive answers large files, exceeded quotas "
+      "and private links with a page instead of the file); download it again, in a browser "
+      f"if needed ('Download anyway'){real}"
+    )
+  if is_keras3_archive(path):
+    return f"{path}: a Keras 3 '.keras' archive, not a legacy Keras .h5: {KERAS3_REMEDY}"
+  return f"{path}: not an HDF5 file (a Keras .h5 was expected; {size:,} bytes)"
+
+
+def _is_keras3_weights(f) -> bool:
+  """Whether an open HDF5 file has Keras 3's ``.weights.h5`` layout (weights by object path)."""
+  return any(k in f for k in ("layers", "vars", "_layer_checkpoint_dependencies"))
 
 
 class Layer(collections.namedtuple("Layer", "name weights")):
@@ -39,6 +94,19 @@ def owner_name(weight_name: str) -> str | None:
   return parts[-2] if len(parts) >= 2 else None
 
 
+# TF1 Keras names a layer's variables inside a TF ``name_scope``, which TF makes unique in the
+# graph: a second VGG16 built in the same process (a teacher built before ``load_model``, a
+# notebook cell run twice) saves ``block1_conv1_1/kernel:0``. Keras loads such files by
+# position; the converter strips the suffix where it reads names.
+_VGG_SCOPE = re.compile(r"(block\d_conv\d)(?:_\d+)?")
+
+
+def vgg_scope(scope: str | None) -> str | None:
+  """'block1_conv1' or its TF1-uniquified 'block1_conv1_1' -> 'block1_conv1'; else None."""
+  m = _VGG_SCOPE.fullmatch(scope or "")
+  return m.group(1) if m else None
+
+
 def _attr_strings(group, name: str) -> list[str] | None:
   """A Keras string-list attribute, possibly chunked (``name0``, ``name1``, ...) when large."""
   if name in group.attrs:
@@ -53,18 +121,19 @@ def _attr_strings(group, name: str) -> list[str] | None:
   return [v.decode("utf8") if isinstance(v, bytes) else str(v) for v in values]
 
 
-def read_layers(path) -> tuple[list[Layer], dict | None]:
+def read_layers(path, expected: str | None = None) -> tuple[list[Layer], dict | None]:
   """Layers of a Keras HDF5 file in file (``layer_names``) order, and its model config.
 
   Accepts weight-only files (``layer_names`` on the root) and full-model files (a
   ``model_weights`` group). Layers without weights are dropped. Raises ConversionError for
-  files that are not HDF5, are truncated, or lack the Keras attributes.
+  files that are not HDF5 (:func:`not_hdf5_message`; ``expected`` names the real file and
+  its size), are truncated, or lack the Keras attributes (Keras 3 files say how to convert).
   """
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise ConversionError(f"{path}: no such file")
   if not is_hdf5(path):
-    raise ConversionError(f"{path}: not an HDF5 file (a Keras .h5 was expected)")
+    raise ConversionError(not_hdf5_message(path, expected))
   try:
     f = h5py.File(path, "r")
   except OSError as e:
@@ -75,11 +144,15 @@ def read_layers(path) -> tuple[list[Layer], dict | None]:
   with f:
     root = f["model_weights"] if "model_weights" in f else f
     names = _attr_strings(root, "layer_names")
+    if names is None and _is_keras3_weights(f):
+      raise ConversionError(
+        f"{path}: a Keras 3 '.weights.h5' file (weights stored by object path, without layer "
+        f"names), not a legacy Keras .h5: {KERAS3_REMEDY}"
+      )
     if names is None:
       raise ConversionError(
         f"{path}: HDF5 file without a 'layer_names' attribute: not a Keras 2 / legacy-h5 "
-        "weights or model file (Keras 3 '.keras' / '.weights.h5' files are not supported; "
-        "re-save with model.save('x.h5'))"
+        "weights or model file"
       )
     for name in names:
       if name not in root:

@@ -88,6 +88,16 @@ GENERATOR_STRIDES = dict(zip(_GLOBAL_CONVS, networks.GLOBAL_STRIDES, strict=True
 CRITIC_CONVS = tuple(f"conv{i}" for i in range(1, len(networks.CRITIC_LAYERS) + 2))
 CRITIC_STRIDES = {f"conv{i}": s for i, (_, s) in enumerate(networks.CRITIC_LAYERS, start=1)}
 
+# The real files' sizes, named when a download saved a web page instead (keras_h5.not_hdf5_message):
+# the generator holds 171 M float32 values (685 MB), x3 with the Adam slots model.save keeps;
+# the critic 2.8 M (11 MB).
+EXPECTED_FILES = {
+  "generator": "my_model_colorization.h5, 0.68-2.1 GB (with or without the optimizer state)",
+  "critic": "my_model_discriminator.h5, 11-34 MB",
+  "vgg16": "vgg16_weights_tf_dim_ordering_tf_kernels.h5, 553 MB (the _notop file 59 MB; "
+  "torchvision's vgg16-397923af.pth 553 MB)",
+}
+
 _BN_VARS = {
   "gamma": "scale",
   "beta": "bias",
@@ -103,7 +113,9 @@ _BN_VARS = {
 
 
 def source_kind(path) -> str:
-  """'hdf5', 'torch' (zip or legacy pickle), 'dir' or 'unknown' from the file's first bytes.
+  """'hdf5', 'torch' (zip or legacy pickle), 'keras3' (a ``.keras`` zip), 'msgpack' (our
+  weights file, :func:`checkpoint.save_msgpack`), 'dir' or 'unknown' from the file's first
+  bytes.
 
   Raises ConversionError when nothing exists at ``path``.
   """
@@ -114,6 +126,10 @@ def source_kind(path) -> str:
     raise ConversionError(f"{path}: no such file")
   if keras_h5.is_hdf5(path):
     return "hdf5"
+  if checkpoint.is_msgpack_file(path):
+    return "msgpack"
+  if keras_h5.is_keras3_archive(path):
+    return "keras3"
   if torch_pickle.file_kind(path):
     return "torch"
   return "unknown"
@@ -185,7 +201,7 @@ def vgg16_from_keras(path, include_top: bool = True) -> dict[str, Any]:
   ``{'vgg16': {...}}``. With ``include_top=True`` a notop file raises ConversionError.
   The weights expect 'caffe' preprocessing (BGR, 0-255, mean subtracted).
   """
-  layers, _ = keras_h5.read_layers(path)
+  layers, _ = keras_h5.read_layers(path, EXPECTED_FILES["vgg16"])
   by_name = {layer.name: layer for layer in layers}
   _not_vgg16(path, by_name)
   _require_vgg16_layers(path, VGG16_CONVS, by_name, layers, "a Keras VGG16 weights file")
@@ -301,11 +317,11 @@ def _split_generator_layers(path, layers):
     owners = {keras_h5.owner_name(w) for w, _ in layer.weights}
     if re.fullmatch(r"block\d_conv\d", layer.name):  # Trunk not nested (flattened model).
       trunk[layer.name] = layer
-    elif any(o and re.fullmatch(r"block\d_conv\d", o) for o in owners):
+    elif any(keras_h5.vgg_scope(o) for o in owners):
       # The nested VGG sub-model: its weight names carry the VGG layer names.
       for owner in sorted(o for o in owners if o):
         ws = [(w, a) for w, a in layer.weights if keras_h5.owner_name(w) == owner]
-        trunk[owner] = keras_h5.Layer(f"{layer.name}/{owner}", ws)
+        trunk[keras_h5.vgg_scope(owner) or owner] = keras_h5.Layer(f"{layer.name}/{owner}", ws)
     else:
       ndims = sorted(a.ndim for _, a in layer.weights)
       if ndims == [1, 4]:
@@ -379,9 +395,41 @@ def abstract_variables(model_config, network: str) -> dict[str, Any]:
   return jax.eval_shape(model.init, key, shape(1, s, s, 3))
 
 
+def _combined_model(path, layers, wanted: str) -> None:
+  """Raises for the authors' combined GAN file, naming the ``wanted`` one to use instead.
+
+  Their ``train()`` saves ``my_model_combinedEpochN.h5`` (generator and frozen critic as two
+  nested models, beside ``my_model_colorizationEpochN.h5`` and
+  ``my_model_discriminatorEpochN.h5``). Its generator group holds the VGG trunk's weights
+  with the branches' (in the colorization file only the VGG is nested) and its critic group
+  only convolutions.
+  """
+  nested_generator = nested_critic = False
+  for layer in layers:
+    owners = {keras_h5.owner_name(w) for w, _ in layer.weights} - {None}
+    if len(owners) < 2:
+      continue
+    vgg = {o for o in owners if keras_h5.vgg_scope(o)}
+    ndims = {a.ndim for _, a in layer.weights}
+    nested_generator |= bool(vgg) and len(vgg) < len(owners)
+    nested_critic |= not vgg and ndims == {1, 4}
+  if not (nested_generator and nested_critic):
+    return
+  base = os.path.basename(path)
+  m = re.search(r"combined(Epoch\d+)?", base)
+  epoch = (m.group(1) or "") if m else "EpochN"  # my_model_combined.h5 of forks: no epoch.
+  raise ConversionError(
+    f"{path}: this is the combined GAN model (generator and critic nested in one file, the "
+    f"authors' my_model_combined{epoch}.h5), not the {wanted}; convert "
+    f"my_model_{'colorization' if wanted == 'generator' else 'discriminator'}{epoch}.h5 "
+    "of the same epoch instead"
+  )
+
+
 def chromagan_generator_with_config(path) -> tuple[dict[str, Any], dict[str, Any]]:
   """(``{'params', 'batch_stats'}``, the ``config.model`` fields they fit) from an h5 file."""
-  layers, config = keras_h5.read_layers(path)
+  layers, config = keras_h5.read_layers(path, EXPECTED_FILES["generator"])
+  _combined_model(path, layers, "generator")
   trunk_layers, convs, bns, denses = _split_generator_layers(path, layers)
   _not_vgg16(path, trunk_layers)
   _require_vgg16_layers(path, TRUNK_CONVS, trunk_layers, layers, "a ChromaGAN generator file")
@@ -435,7 +483,8 @@ def chromagan_generator_from_keras(path) -> dict[str, Any]:
 
 def chromagan_critic_from_keras(path) -> dict[str, Any]:
   """Critic variables ``{'params': {conv1 .. conv5}}`` from a Keras h5 of the critic."""
-  layers, config = keras_h5.read_layers(path)
+  layers, config = keras_h5.read_layers(path, EXPECTED_FILES["critic"])
+  _combined_model(path, layers, "critic")
   for layer in layers:
     if sorted(a.ndim for _, a in layer.weights) != [1, 4]:
       raise ConversionError(
@@ -482,29 +531,34 @@ def load_vgg16(path, require_top: bool = True) -> tuple[dict[str, Any], str]:
     if require_top and not has_top(params):
       raise ConversionError(f"{path}: state dict has no classifier.* layers (no top)")
     return params, PREPROCESSING_TORCH
+  if kind == "keras3" or keras_h5.looks_like_web_page(path):
+    raise ConversionError(keras_h5.not_hdf5_message(path, EXPECTED_FILES["vgg16"]))
   raise ConversionError(
     f"{path}: not a Keras .h5, a torch .pth or a converted directory (unrecognised content)"
   )
 
 
 def load_generator_variables(path) -> dict[str, Any]:
-  """Generator ``{'params', 'batch_stats'}`` from the authors' h5 or a checkpoint directory.
+  """Generator ``{'params', 'batch_stats'}`` from the authors' h5, a checkpoint directory or a
+  msgpack weights file (``export --format msgpack --with_class_head``).
 
   A directory may be a training workdir, its ``checkpoints`` directory or the output of
   ``convert generator``. Any other file raises ConversionError naming it.
   """
   kind = source_kind(path)
-  if kind == "hdf5":
+  if kind in ("hdf5", "keras3") or kind == "unknown" and keras_h5.looks_like_web_page(path):
     return chromagan_generator_from_keras(path)
-  if kind != "dir":
-    raise ConversionError(f"{path}: not a Keras .h5 generator file nor a checkpoint directory")
+  if kind not in ("dir", "msgpack"):
+    raise ConversionError(
+      f"{path}: not a Keras .h5 generator file, a msgpack weights file nor a checkpoint directory"
+    )
   return jax.tree.map(np.asarray, checkpoint.load_generator(path)[0])
 
 
 def load_critic(path) -> dict[str, Any]:
   """Critic ``{'params'}`` from a Keras h5 of the critic or a ``convert critic`` directory."""
   kind = source_kind(path)
-  if kind == "hdf5":
+  if kind in ("hdf5", "keras3") or kind == "unknown" and keras_h5.looks_like_web_page(path):
     return chromagan_critic_from_keras(path)
   if kind != "dir":
     raise ConversionError(f"{path}: not a Keras .h5 critic file nor a converted critic directory")
