@@ -28,6 +28,7 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from chromagan_jax import extras
 from chromagan_jax.errors import CheckpointError, ConfigError, NonFiniteLossError
 from chromagan_jax.model import losses, networks, predict
 from chromagan_jax.ops import color, cpu_conv
@@ -631,9 +632,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 def _train(config, workdir, stop: "_StopRequest") -> TrainState:
   # TensorFlow only here, in the loop (clu's writers and the input pipeline): the models,
   # losses and the step import without it.
-  from clu import metric_writers
-
   from chromagan_jax.data import pipeline
+
+  metric_writers = extras.require("clu.metric_writers", "train", "training")
 
   mesh = make_mesh()
   check_batch_size(config, mesh)
