@@ -217,7 +217,7 @@ def _skimage_data_dir() -> str:
   try:
     dist = metadata.distribution("scikit-image")
   except metadata.PackageNotFoundError:
-    raise extras.missing("demo", "the bundled photos") from None
+    raise extras.missing("demo", "the bundled photos source") from None
   return str(dist.locate_file(os.path.join("skimage", "data")))
 
 
