@@ -2,11 +2,12 @@
 
 Builds the wheel from this checkout (``pip wheel``), installs it into a new venv with its
 declared dependencies only (from PyPI, or pip's cache), and checks there that TensorFlow and
-the other extras are absent, that ``chromagan-convert`` converts a Keras-2 ``.h5`` generator and
-``chromagan-colorize`` colorizes a photo with it, and that a video (the 'video' extra) stops
-with the one line naming the extra. A core module importing an extra at import time fails
-here (tried: ``import tensorflow`` at the top of ``inference/engine.py``), as does a dependency
-the core uses but pyproject.toml does not declare.
+the other extras are absent, that ``chromagan-convert`` converts a Keras-2 ``.h5`` generator,
+``chromagan-colorize`` colorizes a photo with it and ``chromagan-evaluate`` scores a photo
+folder, and that a video (the 'video' extra) stops with the one line naming the extra. A core
+module importing an extra at import time fails here (tried: ``import tensorflow`` at the top
+of ``inference/engine.py``), as does a dependency the core uses but pyproject.toml does not
+declare (tried: h5py left out).
 """
 
 import os
@@ -102,6 +103,16 @@ def test_the_core_converts_and_colorizes_without_the_extras(core_venv):
   rgb = np.asarray(Image.open(out / "photo.png")).astype(int)
   assert rgb.shape == (96, 128, 3)
   assert np.abs(rgb - rgb.mean(-1, keepdims=True)).mean() > 1  # Colour, not grey.
+
+  photos = work / "photos"  # Colour ground truth for chromagan-evaluate on a folder.
+  photos.mkdir()
+  Image.fromarray(np.stack([x % 256, y * 2, (x + y) % 256], -1).astype(np.uint8)).save(
+    photos / "colour.png"
+  )
+  evaluate = [str(bin_dir / "chromagan-evaluate"), "--ckpt", str(ckpt), "--no_progress"]
+  proc = _run([*evaluate, "--data", str(photos), "--output", "eval"], cwd=work, env=_env())
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert (work / "eval" / "summary.json").is_file()
 
   (work / "clip.mp4").write_bytes(b"\0" * 64)
   proc = _run([*colorize, "--output", str(work / "out2"), "clip.mp4"], cwd=work, env=_env())
