@@ -38,7 +38,8 @@ browser:
 	  "will be skipped (and fail under CI=true)"; fi
 
 # Python 3.12 gets jaxlib 0.12, whose XLA:CPU differs (YNNPACK fusions): tests/xla_defaults_test.py
-# runs the models/cpu_conv numerics there too, with XLA's default flags, in $(VENV312). Its
+# runs the models/cpu_conv numerics there too, with XLA's default flags, in $(VENV312) (the
+# 'demo' extra: Keras comes with TensorFlow, and the tests' photos with scikit-image). Its
 # Python is python3.12 on the PATH or pyenv's newest 3.12; without one the test is skipped
 # with its reason, and fails under CI=true.
 jax012:
@@ -49,7 +50,7 @@ jax012:
 	  if $$py --version >/dev/null 2>&1; then \
 	    (test -x $(VENV312)/bin/python || $$py -m venv $(VENV312)) \
 	    && $(VENV312)/bin/python -m pip install -q --upgrade pip \
-	    && $(VENV312)/bin/python -m pip install -q -e . 'pytest>=8' \
+	    && $(VENV312)/bin/python -m pip install -q -e '.[demo]' 'pytest>=8' \
 	    && touch $(VENV312)/.installed; \
 	  else echo "warning: no Python 3.12: tests/xla_defaults_test.py's jaxlib 0.12 run" \
 	    "will be skipped (and fail under CI=true)"; fi; fi

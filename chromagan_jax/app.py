@@ -57,6 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     if args.max_upload_mb <= 0 or args.max_pixels < 1:
       raise UserError("--max_upload_mb and --max_pixels must be positive")
+    webapp.require_flask()  # Before the checkpoint loads: a missing extra fails at once.
     compile_cache.enable(args.compilation_cache, warn=log)
     allocator.keep_freed_memory()  # Full-resolution photos: no page faults per photo.
     variables, config = checkpoint.load_generator(args.ckpt, args.step, with_class_head=False)

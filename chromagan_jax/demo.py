@@ -20,6 +20,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
+from chromagan_jax import extras
 from chromagan_jax.configs import cpu
 from chromagan_jax.data import images
 from chromagan_jax.evaluation import evaluator
@@ -56,8 +57,11 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
 
   # TensorFlow (the input pipeline's) takes seconds to import: after argparse, so that
-  # --help is instant; its GPUs are hidden before JAX claims them.
-  import tensorflow as tf
+  # --help is instant; its GPUs are hidden before JAX claims them. The demo trains (TensorFlow,
+  # clu) on scikit-image's photos: the 'demo' extra, which holds 'train'.
+  extras.require("skimage", "demo", "the demo")
+  extras.require("clu.metric_writers", "demo", "the demo")
+  tf = extras.require("tensorflow", "demo", "the demo")
 
   from chromagan_jax.data import pipeline
 

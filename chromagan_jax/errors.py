@@ -54,3 +54,8 @@ class VideoError(UserError):
 
 class ShapeError(UserError):
   """Weights (a file, a converted or a training checkpoint) do not fit the configured model."""
+
+
+class MissingExtraError(UserError):
+  """A feature's optional dependencies (a ``pip install 'chromagan-jax[extra]'``) are missing;
+  the message names the extra (see :mod:`chromagan_jax.extras`)."""

@@ -90,6 +90,9 @@ def _is_video_file(data: str) -> bool:
 def video_main(args) -> int:
   """``--data`` is a video: flicker and PSNR with and without smoothing, to summary.json."""
   try:
+    from chromagan_jax.inference import video
+
+    video.require_av()  # Before the checkpoint loads.
     variables, config = checkpoint.load_generator(
       args.ckpt, args.step, with_class_head=False, ema=False if args.no_ema else None
     )

@@ -62,8 +62,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 if __name__ == "__main__":
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   runner.run(main)
-
-
-if __name__ == "__main__":
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-  runner.run(main)

@@ -49,8 +49,15 @@ def _main(argv):
   std_logging.getLogger("absl").addFilter(lambda record: "orbax" not in record.pathname)
   # Imported here so that --help is fast and TF sees no accelerator before JAX claims it.
   import jax
-  import tensorflow as tf
 
+  from chromagan_jax import extras
+  from chromagan_jax.errors import UserError
+
+  try:
+    tf = extras.require("tensorflow", "train", "training")
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
   tf.config.set_visible_devices([], "GPU")
   tf.config.set_visible_devices([], "TPU") if tf.config.list_physical_devices("TPU") else None
   from chromagan_jax.training import multihost
@@ -63,7 +70,6 @@ def _main(argv):
       timeout_s=FLAGS.initialization_timeout,
     )
   compile_cache.enable(FLAGS.compilation_cache)
-  from chromagan_jax.errors import UserError
   from chromagan_jax.training import trainer
 
   logging.info(

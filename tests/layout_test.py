@@ -13,10 +13,13 @@ import pytest
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "chromagan_jax")
 
 # Sub-package -> layer. A module may import chromagan_jax.X only when X's layer is lower than
-# its own, or X is its own sub-package. ``errors`` (one module) is the leaf all may import.
+# its own, or X is its own sub-package. ``errors`` (one module) is the leaf all may
+# import; ``extras`` (one module, over ``errors``) is what layers 2 and up import optional
+# dependencies through.
 LAYERS = {
   "errors": 0,
   "configs": 0,
+  "extras": 1,
   "ops": 1,
   "runtime": 2,
   "model": 2,

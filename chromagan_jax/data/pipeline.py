@@ -42,9 +42,9 @@ from importlib import metadata
 import jax
 import ml_collections
 import numpy as np
-import tensorflow_datasets as tfds
 from absl import logging
 
+from chromagan_jax import extras
 from chromagan_jax.data import decode_workers, images
 from chromagan_jax.errors import DataError
 
@@ -217,7 +217,7 @@ def _skimage_data_dir() -> str:
   try:
     dist = metadata.distribution("scikit-image")
   except metadata.PackageNotFoundError:
-    raise DataError("scikit-image is not installed: pip install scikit-image") from None
+    raise extras.missing("demo", "the bundled photos source") from None
   return str(dist.locate_file(os.path.join("skimage", "data")))
 
 
@@ -243,7 +243,13 @@ def _where(config) -> str:
 # TFDS source: random access by index (array_record files).
 
 
+def _tfds():
+  """tensorflow-datasets (the 'train' extra), imported only for the 'tfds' source."""
+  return extras.require("tensorflow_datasets", "train", "TFDS data")
+
+
 def _tfds_builder(config):
+  tfds = _tfds()
   try:
     return tfds.builder(config.data.tfds_name, data_dir=config.data.data_dir)
   except tfds.core.registered.DatasetNotFoundError:
@@ -273,6 +279,7 @@ def _missing_tfds_error(config, builder) -> DataError:
 
 def _tfds_source(config, split: str):
   """The split as a random-access data source whose 'image' stays encoded bytes."""
+  tfds = _tfds()
   builder = _tfds_builder(config)
   try:
     return builder.as_data_source(

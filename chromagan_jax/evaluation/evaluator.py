@@ -21,7 +21,7 @@ import numpy as np
 import tqdm
 
 from chromagan_jax.data import decode_workers, images
-from chromagan_jax.errors import EvalError
+from chromagan_jax.errors import EvalError, MissingExtraError
 from chromagan_jax.inference import engine
 from chromagan_jax.model import predict
 from chromagan_jax.ops import color
@@ -237,6 +237,8 @@ def _pipeline_batches(config, spec, batch_size, max_images) -> Iterator[tuple]:
       names = [f"{prefix}/{index + i}" for i in range(len(rgb))]
       index += int(mask.sum())
       yield names, rgb, mask
+  except MissingExtraError:
+    raise  # Its own line, naming the extra.
   except (OSError, ValueError) as e:  # pipeline.DataError is a ValueError.
     raise EvalError(f"cannot read {spec}: {e}") from None
 

@@ -37,6 +37,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from chromagan_jax import extras
 from chromagan_jax.errors import UserError
 from chromagan_jax.model import networks
 from chromagan_jax.ops import color
@@ -106,10 +107,14 @@ def to_onnx(fn: Callable, size: int):
   )
 
 
+def require_tensorflow():
+  """TensorFlow, for the TFLite and SavedModel formats (the 'export' extra)."""
+  return extras.require("tensorflow", "export", "TFLite and SavedModel export")
+
+
 def to_tf_function(fn: Callable, size: int):
   """A ``tf.function`` of ``fn`` (jax2tf) with input signature (None, S, S, 1) float32."""
-  # TensorFlow only for the TF formats (seconds to import).
-  import tensorflow as tf
+  tf = require_tensorflow()  # Only for the TF formats (seconds to import).
   from jax.experimental import jax2tf
 
   converted = jax2tf.convert(
@@ -124,7 +129,7 @@ def to_tf_function(fn: Callable, size: int):
 
 def to_tflite(fn: Callable, size: int) -> bytes:
   """A TFLite flatbuffer of ``fn`` (builtin ops only), dynamic batch."""
-  import tensorflow as tf  # Only for the TF formats, as above.
+  tf = require_tensorflow()
 
   tf_fn = to_tf_function(fn, size)
   converter = tf.lite.TFLiteConverter.from_concrete_functions([tf_fn.get_concrete_function()])
@@ -134,7 +139,7 @@ def to_tflite(fn: Callable, size: int) -> bytes:
 
 def save_saved_model(fn: Callable, size: int, directory: str) -> None:
   """Writes a SavedModel whose ``serving_default`` signature maps ``L`` to ``ab``."""
-  import tensorflow as tf  # Only for the TF formats, as above.
+  tf = require_tensorflow()
 
   module = tf.Module()
   module.serve = to_tf_function(fn, size)
@@ -186,6 +191,10 @@ def export(
     raise ExportError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
   if fmt in TF_FORMATS and (problem := tf_formats_problem()):
     raise ExportError(f"--format {fmt}: {problem}")
+  if fmt in TF_FORMATS:
+    require_tensorflow()  # A missing extra fails before the checkpoint loads.
+  else:
+    extras.require("onnx", "export", "ONNX export")
   output = os.path.abspath(output)
   if os.path.lexists(output) and not overwrite:
     raise ExportError(f"{output}: already exists; not overwritten (pass --overwrite)")
@@ -202,7 +211,7 @@ def export(
       digest = export_msgpack(ckpt, staged, step, with_class_head)
       logging.info("%s: payload sha256 %s", output, digest)
     elif fmt == "onnx":
-      import onnx  # Comes with the optional jax2onnx.
+      onnx = extras.require("onnx", "export", "ONNX export")
 
       onnx.save(to_onnx(fn, size), staged)
     elif fmt == "tflite":

@@ -176,6 +176,7 @@ def colorize_files(
 
   Raises:
     UserError: bad arguments, no input file at all, an unusable checkpoint or output folder.
+    MissingExtraError: a video among the inputs and PyAV (the 'video' extra) not installed.
   """
   log = log or (lambda msg: tqdm.tqdm.write(msg, file=sys.stderr))
   if batch_size < 1 or max_pixels < 1:
@@ -189,6 +190,8 @@ def colorize_files(
     raise UserError("no input files")
   clips = [item for item in found if video.is_video(item.path)]
   found = [item for item in found if item not in clips]
+  if clips:
+    video.require_av()  # Before any work: one line naming the extra, not a skip per video.
   try:
     variables, config = checkpoint.load_generator(ckpt, step, with_class_head=False)
     # A video fills whole batches; photos alone need no bigger batch than their number.

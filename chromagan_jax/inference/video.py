@@ -35,16 +35,27 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
-import av
 import jax
 import jax.numpy as jnp
 import numpy as np
 import tqdm
 from PIL import Image
 
+from chromagan_jax import extras
 from chromagan_jax.errors import VideoError
 from chromagan_jax.inference import engine
+
+if TYPE_CHECKING:
+  import av
+
+
+def require_av():
+  """PyAV (the 'video' extra), imported on first use so that photos colorize without it;
+  MissingExtraError when it is not installed."""
+  return extras.require("av", "video", "video")
+
 
 # Extensions taken as videos when a folder is walked. ".gif" is a video only when animated
 # (see is_video); a still GIF stays a photo.
@@ -130,6 +141,7 @@ class VideoOptions:
     if self.extension is not None and self.extension not in MUXERS:
       raise ValueError(f"unknown video container {self.extension!r}; known: {sorted(MUXERS)}")
     if self.codec is not None:
+      av = require_av()
       try:
         av.codec.Codec(self.codec, "w")
       except Exception:  # noqa: BLE001 - PyAV raises UnknownCodecError / ValueError by version.
@@ -249,6 +261,7 @@ class TemporalSmoother:
 
 def _open_input(path: str):
   """Opens ``path`` and returns (container, video stream); VideoError for anything unusable."""
+  av = require_av()
   try:
     size = os.path.getsize(path)
   except OSError as e:
@@ -286,6 +299,7 @@ def _reason(e: BaseException) -> str:
 
 def _expected_duration(container, stream) -> float | None:
   """The video's declared duration in seconds, if the container says (None otherwise)."""
+  av = require_av()
   if stream.duration is not None and stream.time_base:
     return float(stream.duration * stream.time_base)
   # Matroska writes per-stream durations as a DURATION tag (HH:MM:SS.nnnnnnnnn).
@@ -366,7 +380,8 @@ def _video_encoder(out, in_stream, ext: str, options: VideoOptions, width: int, 
   return stream
 
 
-def _to_video_frame(rgb: np.ndarray, stream, in_colorspace) -> av.VideoFrame:
+def _to_video_frame(rgb: np.ndarray, stream, in_colorspace) -> "av.VideoFrame":
+  av = require_av()
   if stream.pix_fmt == "pal8":
     pal = Image.fromarray(rgb).quantize(GIF_COLOURS, method=Image.Quantize.MEDIANCUT)
     palette = np.zeros((GIF_COLOURS, 4), np.uint8)
@@ -384,6 +399,7 @@ class _AudioPath:
   """One input audio stream into the output: packets copied, or decoded and re-encoded."""
 
   def __init__(self, out, in_stream, ext: str):
+    av = require_av()
     self.in_stream = in_stream
     name = in_stream.codec_context.name
     try:
@@ -463,6 +479,7 @@ def colorize_video(
     VideoError: unreadable, empty, no video stream, unsupported codec, corrupt or truncated;
       the message names the file. Nothing is left at ``output_path`` (nor the temporary).
   """
+  av = require_av()
   start = time.perf_counter()
   ext = os.path.splitext(output_path)[1].lower()
   if ext not in MUXERS:
@@ -564,6 +581,7 @@ def _check_complete(path, container, stream, last_pts, stamps, frames):
 
 def iter_frames(path: str) -> Iterator[np.ndarray]:
   """Decodes ``path`` frame by frame: uint8 RGB (H, W, 3). VideoError if unusable."""
+  av = require_av()
   container, stream = _open_input(path)
   try:
     for frame in container.decode(stream):
@@ -665,6 +683,7 @@ def write_clip(
   into ``path``, with a sine tone of ``tone_hz`` as mono audio (``audio_codec``, default AAC,
   Opus in webm; ``audio_rate`` Hz, default 16 kHz, 48 kHz for Opus) as long as the video.
   Returns the number of frames."""
+  av = require_av()
   ext = os.path.splitext(path)[1].lower()
   audio_codec = audio_codec or AUDIO_CODECS.get(ext, DEFAULT_AUDIO_CODEC)
   audio_rate = audio_rate or (48000 if audio_codec == "libopus" else 16000)

@@ -24,13 +24,17 @@ import os
 import threading
 import urllib.parse
 import uuid
+from typing import TYPE_CHECKING
 
-import flask
 import numpy as np
 from PIL import Image
 
+from chromagan_jax import extras
 from chromagan_jax.data import images
 from chromagan_jax.inference import engine, folders
+
+if TYPE_CHECKING:
+  import flask
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860  # Gradio's default: what users of colorization demos expect.
@@ -80,12 +84,18 @@ def result_name(upload_name: str, ext: str) -> str:
   return f"{stem}{RESULT_SUFFIX}{ext}"
 
 
+def require_flask():
+  """Flask (the 'app' extra), imported on first use; MissingExtraError when not installed."""
+  return extras.require("flask", "app", "the web app")
+
+
 def create_app(
   colorizer: engine.Colorizer,
   max_upload_bytes: int = DEFAULT_MAX_UPLOAD_MB * _MIB,
   max_pixels: int = images.DEFAULT_MAX_PIXELS,
-) -> flask.Flask:
+) -> "flask.Flask":
   """The Flask app around ``colorizer`` (a :class:`engine.Colorizer`, batch size 1)."""
+  flask = require_flask()
   app = flask.Flask(__name__)
   app.config["MAX_CONTENT_LENGTH"] = max_upload_bytes
   store = ResultStore()

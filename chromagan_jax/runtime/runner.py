@@ -11,6 +11,7 @@ import importlib
 import sys
 from collections.abc import Callable, Sequence
 
+from chromagan_jax import extras
 from chromagan_jax.errors import UserError
 from chromagan_jax.runtime import allocator
 
@@ -37,7 +38,7 @@ def call(main: Callable[[Sequence[str]], int | None], argv: Sequence[str]) -> in
 
 def hide_accelerators_from_tensorflow() -> None:
   """Keeps TensorFlow (tf.data, clu) off GPUs/TPUs so that JAX owns them; TF imported here."""
-  import tensorflow as tf
+  tf = extras.require("tensorflow", "train", "training")
 
   tf.config.set_visible_devices([], "GPU")
   if tf.config.list_physical_devices("TPU"):

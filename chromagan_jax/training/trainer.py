@@ -20,6 +20,7 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from chromagan_jax import extras
 from chromagan_jax.errors import CheckpointError, ConfigError, NonFiniteLossError
 from chromagan_jax.model import networks, predict
 from chromagan_jax.ops import cpu_conv
@@ -176,9 +177,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
 def _train(config, workdir, stop: "_StopRequest") -> train_state.TrainState:
   # TensorFlow only here, in the loop (clu's writers and the input pipeline): the models,
   # losses and the step import without it.
-  from clu import metric_writers
-
   from chromagan_jax.data import pipeline
+
+  metric_writers = extras.require("clu.metric_writers", "train", "training")
 
   mesh = train_state.make_mesh()
   train_step.check_batch_size(config, mesh)
