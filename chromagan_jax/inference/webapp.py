@@ -8,25 +8,34 @@ beside its original with a slider; "download" gives the colorized image at the p
 resolution (JPEG for JPEG photos, PNG otherwise, as ``colorize.py`` writes them). A file that
 is not a readable image, is too large (``--max_upload_mb``) or has too many pixels
 (``--max_pixels``, checked before decoding) gets a one-line message on the page; the server
-keeps serving. Nothing is written to disk: results are kept in memory (the last
-:data:`KEPT_RESULTS`) until downloaded or displaced.
+keeps serving. Results are kept in memory, up to ``--max_result_mb`` of encoded bytes (oldest
+dropped first), until downloaded or displaced.
+
+Memory stays bounded under load: at most ``--max_in_flight`` uploads are decoded, colorized
+and encoded at once (a 12 MP photo holds ~100 MB of full-resolution arrays while it is); a
+further upload is answered 503 with ``Retry-After`` and a JSON message before its body is
+parsed, and the page retries it after that delay, saying so on its card. The server is
+waitress (:func:`make_server`): a fixed pool of threads, request bodies over 512 KB buffered
+to temporary files rather than memory, and at most ``connection_limit`` open connections.
 
 Framework: Flask (with Werkzeug, which TensorBoard already installs): ~1 MB and five small
 packages against Gradio's ~100 MB and several dozen (FastAPI, pandas, its front-end bundle),
 which would add minutes to every CI install; the page is one self-contained HTML file with no
-CDN, so it works offline. Werkzeug's threaded server suits one person or a small team on a
-trusted network; put a WSGI server (gunicorn, waitress) in front of :func:`create_app` for more.
+CDN, so it works offline. waitress is one pure-Python package with no dependencies.
 """
 
 import collections
 import io
+import math
 import os
 import threading
+import time
 import urllib.parse
 import uuid
 
 import flask
 import numpy as np
+import waitress.server
 from PIL import Image
 
 from chromagan_jax.data import images
@@ -37,31 +46,101 @@ DEFAULT_PORT = 7860  # Gradio's default: what users of colorization demos expect
 DEFAULT_MAX_UPLOAD_MB = 50
 # Photos uploaded at once by the page (the server colorizes one at a time).
 PARALLEL_UPLOADS = 4
-# Results kept in memory for download (oldest dropped first).
-KEPT_RESULTS = 64
+# Uploads decoded / colorized / encoded at once. One 12 MP photo in flight holds ~100 MB
+# (bytes, RGB, float Lab, the colour result, its encoding; docs/app.md): 4 keep the worst case
+# near 0.5 GB over idle, and keep 2 cores busy (one photo on the network, others decoding or
+# encoding around it).
+DEFAULT_MAX_IN_FLIGHT = 4
+# Server threads beyond the in-flight bound: the page, results and 503s are answered while
+# every slot is busy.
+SPARE_THREADS = 4
+# Open connections waitress accepts (its default); more wait in the kernel's listen backlog.
+CONNECTION_LIMIT = 100
+# Encoded results kept in memory for download (oldest dropped first).
+DEFAULT_MAX_RESULT_MB = 256
 RESULT_SUFFIX = "_colorized"
+# The page retries a 503 after its Retry-After (plus up to half again, so that refused pages
+# do not return together) this many times before it shows the upload as failed.
+PAGE_RETRIES = 100
 _MIB = 1024 * 1024
 
 
 class ResultStore:
-  """The last ``capacity`` results: id -> (file name, MIME type, encoded bytes); thread-safe."""
+  """Encoded results, id -> (file name, MIME type, bytes), up to ``capacity_bytes``; thread-safe.
 
-  def __init__(self, capacity: int = KEPT_RESULTS):
-    self.capacity = capacity
+  Adding a result drops the oldest until the total fits; the newest is always kept (a result
+  alone larger than the capacity displaces all others), so a just-returned URL works.
+  """
+
+  def __init__(self, capacity_bytes: int = DEFAULT_MAX_RESULT_MB * _MIB):
+    self.capacity_bytes = capacity_bytes
     self._items = collections.OrderedDict()
+    self._bytes = 0
     self._lock = threading.Lock()
 
   def add(self, name: str, mimetype: str, data: bytes) -> str:
     key = uuid.uuid4().hex
     with self._lock:
       self._items[key] = (name, mimetype, data)
-      while len(self._items) > self.capacity:
-        self._items.popitem(last=False)
+      self._bytes += len(data)
+      while self._bytes > self.capacity_bytes and len(self._items) > 1:
+        _, (_, _, old) = self._items.popitem(last=False)
+        self._bytes -= len(old)
     return key
 
   def get(self, key: str):
     with self._lock:
       return self._items.get(key)
+
+  @property
+  def nbytes(self) -> int:
+    """Encoded bytes held now."""
+    with self._lock:
+      return self._bytes
+
+  def __len__(self) -> int:
+    with self._lock:
+      return len(self._items)
+
+
+class Admission:
+  """At most ``limit`` uploads in flight; :meth:`try_enter` refuses, never waits, beyond it.
+
+  Refusing rather than queueing keeps the memory of waiting uploads out of the process: a
+  client told to retry holds its photo itself. :meth:`retry_after` estimates when a slot frees.
+  """
+
+  def __init__(self, limit: int):
+    if limit < 1:
+      raise ValueError(f"limit must be >= 1, got {limit}")
+    self.limit = limit
+    self._count = 0
+    self._seconds = None  # moving average of the time an upload holds a slot
+    self._lock = threading.Lock()
+
+  def try_enter(self) -> bool:
+    with self._lock:
+      if self._count >= self.limit:
+        return False
+      self._count += 1
+      return True
+
+  def leave(self, seconds: float) -> None:
+    with self._lock:
+      self._count -= 1
+      self._seconds = seconds if self._seconds is None else 0.8 * self._seconds + 0.2 * seconds
+
+  @property
+  def in_flight(self) -> int:
+    with self._lock:
+      return self._count
+
+  def retry_after(self) -> int:
+    """Whole seconds (>= 1) to wait: the recent mean time an upload holds a slot, by when
+    every slot has turned over once (a shorter wait mostly meets the same full slots)."""
+    with self._lock:
+      seconds = self._seconds or 1.0
+    return max(1, math.ceil(seconds))
 
 
 def encode(image: np.ndarray, fmt: str) -> bytes:
@@ -84,11 +163,20 @@ def create_app(
   colorizer: engine.Colorizer,
   max_upload_bytes: int = DEFAULT_MAX_UPLOAD_MB * _MIB,
   max_pixels: int = images.DEFAULT_MAX_PIXELS,
+  max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+  max_result_bytes: int = DEFAULT_MAX_RESULT_MB * _MIB,
 ) -> flask.Flask:
-  """The Flask app around ``colorizer`` (a :class:`engine.Colorizer`, batch size 1)."""
+  """The Flask app around ``colorizer`` (a :class:`engine.Colorizer`, batch size 1).
+
+  ``max_in_flight`` uploads are worked on at once; a further one gets 503 with ``Retry-After``
+  (whole seconds) and JSON ``{error, retry_after, in_flight, max_in_flight}``.
+  ``app.extensions['chromagan']`` holds the :class:`Admission` and :class:`ResultStore`.
+  """
   app = flask.Flask(__name__)
   app.config["MAX_CONTENT_LENGTH"] = max_upload_bytes
-  store = ResultStore()
+  store = ResultStore(max_result_bytes)
+  admission = Admission(max_in_flight)
+  app.extensions["chromagan"] = {"admission": admission, "store": store}
   # One photo on the network at a time: 2 CPU cores gain nothing from more, and memory for
   # full-resolution Lab arrays stays bounded. Decoding and encoding run outside the lock.
   network_lock = threading.Lock()
@@ -107,12 +195,34 @@ def create_app(
   @app.get("/")
   def index():
     page = _PAGE.replace("@@PARALLEL@@", str(PARALLEL_UPLOADS))
+    page = page.replace("@@RETRIES@@", str(PAGE_RETRIES))
     page = page.replace("@@LIMIT_MB@@", f"{limit_mb:g}")
     page = page.replace("@@LIMIT_BYTES@@", str(max_upload_bytes))
     return flask.Response(page, mimetype="text/html")
 
   @app.post("/colorize")
   def colorize():
+    # Both checks come before the body is parsed: a refused upload costs no memory here.
+    if (flask.request.content_length or 0) > max_upload_bytes:
+      flask.abort(413)
+    if not admission.try_enter():
+      wait = admission.retry_after()
+      response = flask.jsonify(
+        error=f"server busy: {admission.limit} photos are being colorized; retry in {wait} s",
+        retry_after=wait,
+        in_flight=admission.in_flight,
+        max_in_flight=admission.limit,
+      )
+      response.status_code = 503
+      response.headers["Retry-After"] = str(wait)
+      return response
+    start = time.monotonic()
+    try:
+      return _colorize_upload()
+    finally:
+      admission.leave(time.monotonic() - start)
+
+  def _colorize_upload():
     upload = flask.request.files.get("photo")
     if upload is None:
       return error("no file in the request (form field 'photo')", 400)
@@ -125,9 +235,10 @@ def create_app(
       _, colour, _ = next(colorizer.stream([photo]))
     fmt, ext = folders.output_format(photo, name)
     data = encode(colour, fmt)
+    height, width = colour.shape[:2]
+    del photo, colour  # the full-resolution arrays go before the response is built
     out_name = result_name(name, ext)
     key = store.add(out_name, "image/jpeg" if fmt == "JPEG" else "image/png", data)
-    height, width = colour.shape[:2]
     return flask.jsonify(
       name=out_name, width=width, height=height, url=flask.url_for("result", key=key)
     )
@@ -146,6 +257,25 @@ def create_app(
   return app
 
 
+def make_server(app, host: str, port: int, threads: int, connection_limit: int = CONNECTION_LIMIT):
+  """A waitress server for ``app`` on host:port (bound, not yet serving: call ``.run()``).
+
+  ``threads`` is the fixed pool running the app; request bodies over 512 KB are buffered in
+  temporary files, not memory, before the app sees them. Raises OSError when the port cannot
+  be bound.
+  """
+  return waitress.server.create_server(
+    app,
+    host=host,
+    port=port,
+    threads=threads,
+    connection_limit=connection_limit,
+    asyncore_use_poll=True,  # select() stops at 1024 descriptors
+    clear_untrusted_proxy_headers=True,
+    ident="chromagan",
+  )
+
+
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -160,6 +290,7 @@ _PAGE = """<!doctype html>
  progress { width: 100%; height: 1em; }
  .card { border: 1px solid #ddd; border-radius: 8px; padding: .8em; margin: .8em 0; }
  .card.error { border-color: #c33; background: #fff3f3; color: #a00; }
+ .card.waiting { border-color: #c90; background: #fffbea; color: #750; }
  .pair { display: grid; grid-template-columns: 1fr 1fr; gap: .6em; max-width: 820px; }
  .pair figure { margin: 0; } .pair img { width: 100%; display: block; }
  figcaption { font-size: .85em; color: #555; }
@@ -179,20 +310,46 @@ downloaded at its full resolution. Up to @@LIMIT_MB@@ MB per file.</p>
 <progress id="progress" value="0" max="1" hidden></progress>
 <div id="results"></div>
 <script>
-const PARALLEL = @@PARALLEL@@, LIMIT_BYTES = @@LIMIT_BYTES@@;
+const PARALLEL = @@PARALLEL@@, LIMIT_BYTES = @@LIMIT_BYTES@@, RETRIES = @@RETRIES@@;
 const drop = document.getElementById('drop'), input = document.getElementById('files');
 const statusEl = document.getElementById('status'), bar = document.getElementById('progress');
 const results = document.getElementById('results');
-let total = 0, done = 0, failed = 0;
+let total = 0, done = 0, failed = 0, waiting = 0;
 function showProgress() {
   bar.hidden = total === 0; bar.max = Math.max(total, 1); bar.value = done;
-  statusEl.textContent = done < total ? `Colorizing: ${done} of ${total} done`
+  const busy = waiting ? `, ${waiting} waiting for the busy server` : '';
+  statusEl.textContent = done < total ? `Colorizing: ${done} of ${total} done${busy}`
     : `Done: ${done - failed} colorized, ${failed} failed`;
   statusEl.dataset.done = String(done); statusEl.dataset.total = String(total);
+  statusEl.dataset.waiting = String(waiting);
 }
 function text(tag, cls, content) {
   const el = document.createElement(tag); if (cls) el.className = cls;
   el.textContent = content; return el;
+}
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+// One upload; a 503 (server busy) is retried after its Retry-After, with the wait on the card.
+async function upload(file, card) {
+  for (let attempt = 1; ; attempt++) {
+    const form = new FormData(); form.append('photo', file, file.name);
+    const response = await fetch('colorize', {
+      method: 'POST', body: form, headers: { 'X-File-Name': encodeURIComponent(file.name) } });
+    const body = await response.json().catch(() => ({ error: `server error ${response.status}` }));
+    if (response.ok) return [body, null];
+    if (response.status !== 503 || attempt > RETRIES) {
+      const busy = response.status === 503 ? ` (gave up after ${attempt} tries)` : '';
+      return [null, (body.error || `server error ${response.status}`) + busy];
+    }
+    const wait = Math.max(1, Number(response.headers.get('Retry-After')) || body.retry_after || 1);
+    const line = card.querySelector('.name');
+    line.textContent = `${file.name}: server busy (${body.in_flight ?? '?'} of `
+      + `${body.max_in_flight ?? '?'} slots in use); retrying in ${wait} s (try ${attempt + 1})`;
+    card.className = 'card waiting';
+    waiting++; showProgress();
+    await sleep(wait * 1000 * (1 + 0.5 * Math.random()));
+    waiting--; showProgress();
+    line.textContent = file.name + ': colorizing...'; card.className = 'card pending';
+  }
 }
 async function colorizeOne(file) {
   const card = document.createElement('div'); card.className = 'card pending';
@@ -202,11 +359,7 @@ async function colorizeOne(file) {
   if (file.size > LIMIT_BYTES) {  // the server refuses it too (413); spare the upload
     message = `${file.name}: larger than the limit of @@LIMIT_MB@@ MB (--max_upload_mb)`;
   } else try {
-    const form = new FormData(); form.append('photo', file, file.name);
-    const response = await fetch('colorize', {
-      method: 'POST', body: form, headers: { 'X-File-Name': encodeURIComponent(file.name) } });
-    const body = await response.json().catch(() => ({ error: `server error ${response.status}` }));
-    if (response.ok) data = body; else message = body.error || `server error ${response.status}`;
+    [data, message] = await upload(file, card);
   } catch (e) { message = `${file.name}: upload failed (${e})`; }
   card.replaceChildren();
   if (data === null) {
