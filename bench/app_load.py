@@ -10,7 +10,7 @@ its peak (``/proc/PID/clear_refs``), then N client threads POST the same 12 MP J
 status, peak RSS over idle (``VmHWM`` - idle ``VmRSS``), the wall time, and whether the server
 still colorizes a photo afterwards. Every request has a timeout and the whole run a deadline;
 the server is killed at the end. The photo is bench/colorize_e2e.py's grainy 4000x3000 JPEG
-(quality 90, ~3.5 MB), so that decoding and encoding cost what a camera photo's do.
+(quality 90, ~1.6 MB), so that decoding and encoding cost what a camera photo's do.
 
 tests/app_test.py's load test uses :func:`serve`, :func:`fire` and :func:`rss_mib` with a
 small checkpoint.

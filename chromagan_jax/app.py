@@ -43,8 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     "--max_in_flight",
     type=int,
     default=webapp.DEFAULT_MAX_IN_FLIGHT,
-    help="uploads decoded/colorized/encoded at once (~100 MB each at 12 MP); more get 503 "
-    "with Retry-After (%(default)s)",
+    help="uploads accepted at once (colorized one at a time, the others wait on disk); "
+    "more get 503 with Retry-After (%(default)s)",
   )
   parser.add_argument(
     "--threads",

@@ -11,12 +11,14 @@ is not a readable image, is too large (``--max_upload_mb``) or has too many pixe
 keeps serving. Results are kept in memory, up to ``--max_result_mb`` of encoded bytes (oldest
 dropped first), until downloaded or displaced.
 
-Memory stays bounded under load: at most ``--max_in_flight`` uploads are decoded, colorized
-and encoded at once (a 12 MP photo holds ~100 MB of full-resolution arrays while it is); a
-further upload is answered 503 with ``Retry-After`` and a JSON message before its body is
-parsed, and the page retries it after that delay, saying so on its card. The server is
-waitress (:func:`make_server`): a fixed pool of threads, request bodies over 512 KB buffered
-to temporary files rather than memory, and at most ``connection_limit`` open connections.
+Memory stays bounded under load (docs/app.md has the figures): one worker thread decodes,
+colorizes and encodes the photos one at a time, so full-resolution arrays exist for one photo
+only; at most ``--max_in_flight`` uploads are accepted at once, waiting for the worker in
+temporary files; a further upload is answered 503 with ``Retry-After`` and a JSON message
+before its body is parsed, and the page retries it after that delay, saying so on its card.
+The server is waitress (:func:`make_server`): a fixed pool of threads, request bodies over
+512 KB buffered to temporary files rather than memory, at most :data:`CONNECTION_LIMIT` open
+connections.
 
 Framework: Flask (with Werkzeug, which TensorBoard already installs): ~1 MB and five small
 packages against Gradio's ~100 MB and several dozen (FastAPI, pandas, its front-end bundle),
@@ -25,6 +27,7 @@ CDN, so it works offline. waitress is one pure-Python package with no dependenci
 """
 
 import collections
+import concurrent.futures
 import io
 import math
 import os
@@ -46,11 +49,11 @@ DEFAULT_PORT = 7860  # Gradio's default: what users of colorization demos expect
 DEFAULT_MAX_UPLOAD_MB = 50
 # Photos uploaded at once by the page (the server colorizes one at a time).
 PARALLEL_UPLOADS = 4
-# Uploads decoded / colorized / encoded at once. One 12 MP photo in flight holds ~100 MB
-# (bytes, RGB, float Lab, the colour result, its encoding; docs/app.md): 4 keep the worst case
-# near 0.5 GB over idle, and keep 2 cores busy (one photo on the network, others decoding or
-# encoding around it).
-DEFAULT_MAX_IN_FLIGHT = 4
+# Uploads accepted at once: one on the worker, the others waiting in temporary files (under a
+# MB of memory each). Two pages' worth (PARALLEL_UPLOADS each) are served without a 503.
+DEFAULT_MAX_IN_FLIGHT = 2 * PARALLEL_UPLOADS
+# Longest Retry-After sent (seconds).
+MAX_RETRY_AFTER_S = 10
 # Server threads beyond the in-flight bound: the page, results and 503s are answered while
 # every slot is busy.
 SPARE_THREADS = 4
@@ -106,8 +109,9 @@ class ResultStore:
 class Admission:
   """At most ``limit`` uploads in flight; :meth:`try_enter` refuses, never waits, beyond it.
 
-  Refusing rather than queueing keeps the memory of waiting uploads out of the process: a
-  client told to retry holds its photo itself. :meth:`retry_after` estimates when a slot frees.
+  Refusing rather than queueing without end keeps waiting uploads out of the process: a
+  client told to retry holds its photo itself. :meth:`retry_after` estimates when a slot
+  frees from the recent time per photo (:meth:`record`).
   """
 
   def __init__(self, limit: int):
@@ -115,7 +119,7 @@ class Admission:
       raise ValueError(f"limit must be >= 1, got {limit}")
     self.limit = limit
     self._count = 0
-    self._seconds = None  # moving average of the time an upload holds a slot
+    self._seconds = None  # moving average of the worker's time per photo
     self._lock = threading.Lock()
 
   def try_enter(self) -> bool:
@@ -125,10 +129,14 @@ class Admission:
       self._count += 1
       return True
 
-  def leave(self, seconds: float) -> None:
+  def leave(self) -> None:
     with self._lock:
       self._count -= 1
-      self._seconds = seconds if self._seconds is None else 0.8 * self._seconds + 0.2 * seconds
+
+  def record(self, seconds: float) -> None:
+    """One photo took ``seconds`` on the worker."""
+    with self._lock:
+      self._seconds = seconds if self._seconds is None else 0.7 * self._seconds + 0.3 * seconds
 
   @property
   def in_flight(self) -> int:
@@ -136,11 +144,11 @@ class Admission:
       return self._count
 
   def retry_after(self) -> int:
-    """Whole seconds (>= 1) to wait: the recent mean time an upload holds a slot, by when
-    every slot has turned over once (a shorter wait mostly meets the same full slots)."""
+    """Whole seconds in [1, MAX_RETRY_AFTER_S]: about when the photo being colorized ends and
+    frees a slot (the first photo's time includes compiling, hence the cap)."""
     with self._lock:
       seconds = self._seconds or 1.0
-    return max(1, math.ceil(seconds))
+    return min(MAX_RETRY_AFTER_S, max(1, math.ceil(seconds)))
 
 
 def encode(image: np.ndarray, fmt: str) -> bytes:
@@ -170,16 +178,20 @@ def create_app(
 
   ``max_in_flight`` uploads are worked on at once; a further one gets 503 with ``Retry-After``
   (whole seconds) and JSON ``{error, retry_after, in_flight, max_in_flight}``.
-  ``app.extensions['chromagan']`` holds the :class:`Admission` and :class:`ResultStore`.
+  ``app.extensions['chromagan']`` holds the :class:`Admission`, the :class:`ResultStore` and
+  the worker (a one-thread executor).
   """
   app = flask.Flask(__name__)
   app.config["MAX_CONTENT_LENGTH"] = max_upload_bytes
   store = ResultStore(max_result_bytes)
   admission = Admission(max_in_flight)
-  app.extensions["chromagan"] = {"admission": admission, "store": store}
-  # One photo on the network at a time: 2 CPU cores gain nothing from more, and memory for
-  # full-resolution Lab arrays stays bounded. Decoding and encoding run outside the lock.
-  network_lock = threading.Lock()
+  # One worker decodes, colorizes and encodes every photo, one at a time: 2 cores gain nothing
+  # from more (the network and OpenCV's compose use both), the full-resolution arrays exist
+  # for one photo only, and they are allocated by one thread, whose malloc arena reuses them
+  # (with allocator.keep_freed_memory, each thread's arena would keep its own photo-sized
+  # buffers). Uploads waiting for it stay in Werkzeug's spooled temporary files.
+  worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="colorize")
+  app.extensions["chromagan"] = {"admission": admission, "store": store, "worker": worker}
   limit_mb = max_upload_bytes / _MIB
 
   def error(message: str, status: int):
@@ -200,6 +212,19 @@ def create_app(
     page = page.replace("@@LIMIT_BYTES@@", str(max_upload_bytes))
     return flask.Response(page, mimetype="text/html")
 
+  def process(upload, name: str):
+    """On the worker: upload -> (result name, MIME type, encoded bytes, width, height)."""
+    start = time.monotonic()
+    try:
+      photo = images.decode(upload.read(), name=name, max_pixels=max_pixels)
+      _, colour, _ = next(colorizer.stream([photo]))
+      fmt, ext = folders.output_format(photo, name)
+      mimetype = "image/jpeg" if fmt == "JPEG" else "image/png"
+      height, width = colour.shape[:2]
+      return result_name(name, ext), mimetype, encode(colour, fmt), width, height
+    finally:
+      admission.record(time.monotonic() - start)
+
   @app.post("/colorize")
   def colorize():
     # Both checks come before the body is parsed: a refused upload costs no memory here.
@@ -216,29 +241,18 @@ def create_app(
       response.status_code = 503
       response.headers["Retry-After"] = str(wait)
       return response
-    start = time.monotonic()
     try:
-      return _colorize_upload()
+      upload = flask.request.files.get("photo")
+      if upload is None:
+        return error("no file in the request (form field 'photo')", 400)
+      name = os.path.basename(upload.filename or "upload")
+      try:
+        out_name, mimetype, data, width, height = worker.submit(process, upload, name).result()
+      except images.ImageError as e:
+        return error(str(e), 400)
     finally:
-      admission.leave(time.monotonic() - start)
-
-  def _colorize_upload():
-    upload = flask.request.files.get("photo")
-    if upload is None:
-      return error("no file in the request (form field 'photo')", 400)
-    name = os.path.basename(upload.filename or "upload")
-    try:
-      photo = images.decode(upload.read(), name=name, max_pixels=max_pixels)
-    except images.ImageError as e:
-      return error(str(e), 400)
-    with network_lock:
-      _, colour, _ = next(colorizer.stream([photo]))
-    fmt, ext = folders.output_format(photo, name)
-    data = encode(colour, fmt)
-    height, width = colour.shape[:2]
-    del photo, colour  # the full-resolution arrays go before the response is built
-    out_name = result_name(name, ext)
-    key = store.add(out_name, "image/jpeg" if fmt == "JPEG" else "image/png", data)
+      admission.leave()
+    key = store.add(out_name, mimetype, data)
     return flask.jsonify(
       name=out_name, width=width, height=height, url=flask.url_for("result", key=key)
     )
