@@ -84,7 +84,8 @@ def server(tmp_path_factory):
         "--port",
         str(port),
       ]
-      + ["--max_upload_mb", "2"],
+      # Two uploads at once: of the page's four in step 3, two are answered 503 and retried.
+      + ["--max_upload_mb", "2", "--max_in_flight", "2"],
       cwd=ROOT,
       env=env,
       stdout=out,
@@ -198,7 +199,8 @@ def test_app_in_headless_chromium(server, browser, tmp_path):
   assert any("larger than the limit of 2 MB" in e for e in errors), errors
 
   # 3. Four photos at once (uploaded concurrently by the page): all colorized, and the server
-  # still serves after the bad files.
+  # still serves after the bad files. With --max_in_flight 2 some are refused (503) first: the
+  # page retries them after Retry-After, so none fails.
   four = [str(tmp_path / f"p{i}.jpg") for i in range(4)]
   for i, path in enumerate(four):
     size = (200 + 40 * i, 150 + 30 * i)
