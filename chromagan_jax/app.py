@@ -40,6 +40,26 @@ def build_parser() -> argparse.ArgumentParser:
     help="refuse images with more pixels, before decoding them (%(default)s)",
   )
   parser.add_argument(
+    "--max_in_flight",
+    type=int,
+    default=webapp.DEFAULT_MAX_IN_FLIGHT,
+    help="uploads accepted at once (colorized one at a time, the others wait on disk); "
+    "more get 503 with Retry-After (%(default)s)",
+  )
+  parser.add_argument(
+    "--threads",
+    type=int,
+    default=None,
+    help=f"server threads (default: --max_in_flight + {webapp.SPARE_THREADS}, so pages, "
+    "results and 503s are answered while every slot is busy)",
+  )
+  parser.add_argument(
+    "--max_result_mb",
+    type=float,
+    default=webapp.DEFAULT_MAX_RESULT_MB,
+    help="encoded results kept in memory for download, oldest dropped first (%(default)s)",
+  )
+  parser.add_argument(
     "--conv_impl", default=None, help="convolution algorithm (see colorize.py --help)"
   )
   parser.add_argument(
@@ -55,8 +75,13 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
   try:
-    if args.max_upload_mb <= 0 or args.max_pixels < 1:
-      raise UserError("--max_upload_mb and --max_pixels must be positive")
+    if min(args.max_upload_mb, args.max_pixels, args.max_in_flight, args.max_result_mb) <= 0:
+      raise UserError(
+        "--max_upload_mb, --max_pixels, --max_in_flight and --max_result_mb must be positive"
+      )
+    threads = args.threads or args.max_in_flight + webapp.SPARE_THREADS
+    if threads < 1:
+      raise UserError("--threads must be positive")
     webapp.require_flask()  # Before the checkpoint loads: a missing extra fails at once.
     compile_cache.enable(args.compilation_cache, warn=log)
     allocator.keep_freed_memory()  # Full-resolution photos: no page faults per photo.
@@ -65,13 +90,28 @@ def main(argv: Sequence[str] | None = None) -> int:
   except (UserError, ValueError) as e:
     log(f"error: {e}")
     return 1
-  app = webapp.create_app(colorizer, int(args.max_upload_mb * webapp._MIB), args.max_pixels)
-  log(f"serving on http://{args.host}:{args.port}  (Ctrl-C stops)")
+  app = webapp.create_app(
+    colorizer,
+    int(args.max_upload_mb * webapp._MIB),
+    args.max_pixels,
+    max_in_flight=args.max_in_flight,
+    max_result_bytes=int(args.max_result_mb * webapp._MIB),
+  )
   try:
-    app.run(host=args.host, port=args.port, threaded=True)
+    server = webapp.make_server(app, args.host, args.port, threads)
   except OSError as e:  # port taken, no permission
     log(f"error: cannot serve on {args.host}:{args.port}: {e.strerror or e}")
     return 1
+  log(
+    f"serving on http://{args.host}:{args.port}  ({args.max_in_flight} uploads at once, "
+    f"{threads} threads; Ctrl-C stops)"
+  )
+  try:
+    server.run()
+  except KeyboardInterrupt:
+    pass
+  finally:
+    server.close()
   return 0
 
 

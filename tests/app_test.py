@@ -8,11 +8,13 @@ target installs chromium where it can.
 """
 
 import io
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -23,6 +25,7 @@ from helpers import (
   random_generator_variables,
   skip_or_fail_under_ci,
   small_config,
+  smooth_rgb,
 )
 from PIL import Image
 from skimage import color as skcolor
@@ -100,7 +103,8 @@ def server(tmp_path_factory, generator):
         "--port",
         str(port),
       ]
-      + ["--max_upload_mb", "2"],
+      # Two uploads at once: of the page's four in step 3, two are answered 503 and retried.
+      + ["--max_upload_mb", "2", "--max_in_flight", "2"],
       cwd=ROOT,
       env=env,
       stdout=out,
@@ -220,7 +224,8 @@ def test_app_in_headless_chromium(server, browser, generator, tmp_path):
   assert any("larger than the limit of 2 MB" in e for e in errors), errors
 
   # 3. Four photos at once (uploaded concurrently by the page): all colorized, and the server
-  # still serves after the bad files.
+  # still serves after the bad files. With --max_in_flight 2 some are refused (503) first: the
+  # page retries them after Retry-After, so none fails.
   four = [str(tmp_path / f"p{i}.jpg") for i in range(4)]
   for i, path in enumerate(four):
     size = (200 + 40 * i, 150 + 30 * i)
@@ -262,3 +267,168 @@ def test_server_limits_without_browser(tmp_path):
   assert bomb.status_code == 400 and "exceeds the limit of 10,000 pixels" in bomb.json["error"]
   assert client.post("/colorize", data={}).status_code == 400
   assert client.get("/result/nope").status_code == 404
+
+
+class _BlockingColorizer:
+  """Stands in for engine.Colorizer: holds each photo until ``release`` is set, returns it."""
+
+  def __init__(self):
+    self.release = threading.Event()
+    self.started = threading.Event()
+
+  def stream(self, photos):
+    self.started.set()
+    assert self.release.wait(30), "test did not release the colorizer"
+    for photo in photos:
+      yield photo, photo.rgb, None
+
+
+class _UnreadableBody(io.RawIOBase):
+  """A request body that fails the test if the server reads it."""
+
+  def readable(self):
+    return True
+
+  def readinto(self, _):
+    raise AssertionError("the server read the body of an upload it refuses")
+
+
+def _jpeg(width=40, height=30) -> bytes:
+  buf = io.BytesIO()
+  Image.fromarray(smooth_rgb(height, width)).save(buf, format="JPEG")
+  return buf.getvalue()
+
+
+def test_busy_server_answers_503_before_reading_the_body():
+  """Beyond --max_in_flight: 503, Retry-After and a JSON message; the body stays unread."""
+  from chromagan_jax.inference import webapp as app_lib
+
+  colorizer = _BlockingColorizer()
+  app = app_lib.create_app(colorizer, max_in_flight=1)
+  admission = app.extensions["chromagan"]["admission"]
+  first = {}
+
+  def post_first():
+    with app.test_client() as client:
+      first["response"] = client.post(
+        "/colorize", data={"photo": (io.BytesIO(_jpeg()), "first.jpg")}
+      )
+
+  thread = threading.Thread(target=post_first)
+  thread.start()
+  try:
+    assert colorizer.started.wait(30) and admission.in_flight == 1
+    busy = app.test_client().post(
+      "/colorize",
+      data=b"-" * 1000,
+      content_type="multipart/form-data; boundary=x",
+      environ_overrides={"wsgi.input": _UnreadableBody()},
+    )
+    assert busy.status_code == 503, busy.get_data(as_text=True)
+    wait = int(busy.headers["Retry-After"])
+    assert 1 <= wait <= app_lib.MAX_RETRY_AFTER_S
+    assert busy.json["retry_after"] == wait
+    assert busy.json["in_flight"] == 1 and busy.json["max_in_flight"] == 1
+    assert busy.json["error"].startswith("server busy")
+  finally:
+    colorizer.release.set()
+    thread.join(30)
+  assert first["response"].status_code == 200 and admission.in_flight == 0
+  again = app.test_client().post("/colorize", data={"photo": (io.BytesIO(_jpeg()), "b.jpg")})
+  assert again.status_code == 200 and again.json["name"] == "b_colorized.jpg"
+
+
+def test_result_store_is_bounded_by_bytes():
+  from chromagan_jax.inference import webapp as app_lib
+
+  store = app_lib.ResultStore(capacity_bytes=100)
+  keys = [store.add(f"r{i}.png", "image/png", bytes(30)) for i in range(5)]
+  assert store.nbytes == 90 and len(store) == 3  # the oldest two dropped
+  assert [store.get(k) is not None for k in keys] == [False, False, True, True, True]
+  big = store.add("big.png", "image/png", bytes(500))  # alone over the capacity: kept alone
+  assert store.get(big)[0] == "big.png" and len(store) == 1 and store.nbytes == 500
+  assert store.get(store.add("s.png", "image/png", bytes(10))) is not None
+  assert store.get(big) is None and store.nbytes == 10
+
+
+def test_page_retries_503_after_retry_after_and_says_so(tmp_path):
+  """The page's upload() in Node: a 503 is retried after Retry-After, with a visible message."""
+  node = shutil.which("node")
+  if node is None:
+    pytest.skip("node not found (runs the page's script without a browser)")
+  from chromagan_jax.inference import webapp as app_lib
+
+  page = app_lib.create_app(_BlockingColorizer()).test_client().get("/").get_data(as_text=True)
+  script = page[page.index("<script>") + len("<script>") : page.index("</script>")]
+  upload = script[
+    script.index("async function upload") : script.index("async function colorizeOne")
+  ]
+  harness = (
+    """
+let waiting = 0, calls = 0; const RETRIES = 3, waits = [], shown = [];
+function showProgress() {}
+const sleep = async (ms) => { waits.push(ms); shown.push(line.textContent); };
+const line = { textContent: '' }, card = { className: '', querySelector: () => line };
+globalThis.fetch = async () => {
+  calls++;
+  if (calls < 3) return new Response(JSON.stringify(
+    { error: 'server busy', retry_after: 3, in_flight: 8, max_in_flight: 8 }),
+    { status: 503, headers: { 'Retry-After': '3' } });
+  return new Response(JSON.stringify({ name: 'a_colorized.jpg' }), { status: 200 });
+};
+const file = new File([new Uint8Array(10)], 'a.jpg');
+"""
+    + upload
+    + """
+upload(file, card).then(([data, message]) => console.log(JSON.stringify(
+  { data, message, calls, waits, shown, waiting })));
+"""
+  )
+  path = tmp_path / "page_retry.mjs"
+  path.write_text(harness)
+  out = subprocess.run([node, str(path)], capture_output=True, text=True, timeout=60)
+  assert out.returncode == 0, out.stderr
+  got = json.loads(out.stdout)
+  assert got["data"] == {"name": "a_colorized.jpg"} and got["message"] is None
+  assert got["calls"] == 3 and got["waiting"] == 0
+  assert all(3000 <= w <= 4500 for w in got["waits"]) and len(got["waits"]) == 2
+  assert "a.jpg: server busy (8 of 8 slots in use); retrying in 3 s (try 2)" in got["shown"]
+
+
+# The load test: fixed counts on loopback, a deadline, the server killed at the end.
+LOAD_UPLOADS = 32
+LOAD_MAX_IN_FLIGHT = 4
+LOAD_DEADLINE_S = 120
+# Peak RSS over idle while LOAD_UPLOADS 12 MP JPEGs arrive at once: one photo's
+# full-resolution working set (~0.6-0.7 GB at 12 MP) and the results kept, not one per upload.
+LOAD_PEAK_OVER_IDLE_MIB = 1100
+
+
+@pytest.mark.slow  # starts the real server: ~60-90 s on 2 loaded cores
+def test_server_under_load_answers_all_and_bounds_memory(tmp_path):
+  import app_load  # bench/app_load.py (conftest puts bench/ on the path)
+
+  config = small_config()
+  checkpoint.save_generator(tmp_path / "ckpt", random_generator_variables(config), config)
+  buf = io.BytesIO()
+  Image.fromarray(smooth_rgb(3000, 4000)).save(buf, format="JPEG", quality=90)
+  photo = buf.getvalue()  # 12 MP
+  args = ["--max_in_flight", str(LOAD_MAX_IN_FLIGHT)]
+  with app_load.serve(tmp_path / "ckpt", args, log_path=str(tmp_path / "server.log")) as (
+    proc,
+    port,
+  ):
+    assert app_load.post(port, _jpeg(), "warm.jpg")[0] == 200  # compiles the network
+    idle = app_load.rss_mib(proc.pid)
+    if not app_load.reset_peak(proc.pid):
+      pytest.skip("/proc/PID/clear_refs refused: the peak cannot be measured from idle")
+    result = app_load.fire(port, photo, LOAD_UPLOADS, LOAD_DEADLINE_S)
+    peak_over_idle = app_load.rss_mib(proc.pid, "VmHWM") - idle
+    status, _, body = app_load.post(port, _jpeg(), "after.jpg")
+    assert status == 200 and app_load.get(port, body["url"])[0] == 200  # still serving
+    assert app_load.get(port, "/")[0] == 200
+  assert result["unanswered"] == 0, result
+  assert set(result["statuses"]) <= {200, 503}, result
+  assert result["statuses"].get(503, 0) >= 1, result  # the bound refused some
+  assert 1 <= result["statuses"].get(200, 0), result
+  assert peak_over_idle < LOAD_PEAK_OVER_IDLE_MIB, (peak_over_idle, result)
