@@ -6,7 +6,7 @@
 Each photo is read with the one image reader (``images.read_rgb``), its grey version (Pillow's
 "L") is colorized at full resolution by ``engine.colorize`` (the moving-average generator
 when the checkpoint has one, unless ``--no_ema``), and the rows are stacked by
-``demo.before_after_grid``. README "Train on your own photos" shows its output.
+``demo.before_after_grid``. docs/small-data-study.md shows its output.
 """
 
 import argparse

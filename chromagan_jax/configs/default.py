@@ -35,7 +35,7 @@ def get_config():
   config.dtype = "float32"  # Compute dtype: 'float32' or 'bfloat16' (params and losses f32).
   # Compile the train step with --xla_gpu_deterministic_ops on GPU so that GPU steps are
   # bitwise reproducible: what makes resume exact there (CPU and TPU steps are deterministic
-  # anyway). It costs GPU speed (README "Training on GPUs and pods"); False trades exact
+  # anyway). It costs GPU speed (docs/accelerators.md); False trades exact
   # resume for it.
   config.deterministic_ops = True
 
@@ -102,7 +102,7 @@ def get_config():
   # Ramp the generator's adversarial weight linearly from loss.adv (until step
   # adv_ramp_steps[0]) to adv_final (from step adv_ramp_steps[1]): a deviation for small sets,
   # where a strong weight from the first step paints speckle before the colour L2 has settled
-  # (README "Train on your own photos"). None: loss.adv throughout, as the reference.
+  # (docs/small-data-study.md). None: loss.adv throughout, as the reference.
   config.adv_final = ml_collections.config_dict.placeholder(float)
   config.adv_ramp_steps = (0, 0)
   # Whether the generator's batch-norm moving averages are also updated when the generator
@@ -113,11 +113,11 @@ def get_config():
   config.bn_update_in_critic_step = True
   # Critic Adam steps per batch (1: the reference). More (a deviation, as in WGAN-GP's
   # n_critic, here on the same batch) lets the critic keep up with the generator; measured
-  # on 335 photos in README "Train on your own photos".
+  # on 335 photos in docs/small-data-study.md.
   config.critic_steps = 1
   # The colour term: 'l2' (the reference's MSE) or 'l1' (mean absolute ab error, a deviation
   # that does not pull uncertain colour to the mean; loss.mse weights it). Measured on 335
-  # photos in README "Train on your own photos".
+  # photos in docs/small-data-study.md.
   config.colour_loss = "l2"
 
   # --- weights ------------------------------------------------------------------------------
@@ -127,13 +127,12 @@ def get_config():
   config.vgg_weights = ""
   # Train the generator's VGG16 trunk (reference) or keep it as initialised (True, a
   # deviation: the ImageNet features are kept and the step skips the trunk's backward pass,
-  # 2.3-2.5 vs 1.5 img/s at width 1, 128x128, batch 8 on 2 AMD EPYC (AVX2) cores). Tried on
-  # 335 photos it did not beat the quarter-width trunk trained from scratch (README "Train
-  # on your own photos").
+  # ~1.6x faster on CPU; docs/small-data-study.md). On 335 photos it did not beat the
+  # quarter-width trunk trained from scratch.
   config.freeze_trunk = False
   # The trunk's learning rate as a fraction of the generator's (1: the reference, one rate;
   # below 1 a deviation, for ImageNet weights fine-tuned more gently than the branches that
-  # start from scratch). Measured on 335 photos in README "Train on your own photos".
+  # start from scratch). Measured in docs/small-data-study.md.
   config.trunk_lr_scale = 1.0
   # Generator to start from (trunk, all layers and batch-norm statistics; overrides the trunk
   # from vgg_weights): the authors' my_model_colorization.h5, a converted directory or a

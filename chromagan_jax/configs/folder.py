@@ -8,7 +8,7 @@ folder. Corrupt or unreadable files are skipped with a warning naming each one, 
 black-and-white / near-grey photos (``data.min_colorfulness``; 0 keeps them).
 
 ``configs/folder.py:small`` is the small-data recipe: hundreds to a few thousand photos,
-trained from scratch on a CPU in about an hour (README "Train on your own photos" has the
+trained from scratch on a CPU in about an hour (docs/small-data-study.md has the
 command, the evidence behind each field and what it reaches on real photos).
 """
 
@@ -35,10 +35,9 @@ def get_config(arg: str | None = None):
 
 def _small(config):
   """Small photo sets on a 2-core CPU: ~1 hour. Deviations from the reference, each measured
-  in README "Train on your own photos" on 335 real photos (AMD EPYC, AVX2, 2 cores)."""
-  # 128x128 (>= 128 keeps textures and faces recognisable) at a quarter width: ~1.5 steps/s
-  # of batch 8 on 2 quiet AMD EPYC (AVX2) cores, 4,500 steps in 50 minutes (~2.5 steps/s and
-  # 31 minutes on an AMD EPYC with AVX-512).
+  on 335 real photos in docs/small-data-study.md."""
+  # 128x128 (>= 128 keeps textures and faces recognisable) at a quarter width: 4,500 steps of
+  # batch 8 in 30-50 minutes on 2 CPU cores (docs/small-data-study.md).
   config.model.image_size = 128
   config.model.width = 0.25
   config.batch_size = 8

@@ -32,7 +32,7 @@ Adam betas and the 5 epochs, and changes what a big accelerator needs:
     large step for a WGAN-GP critic with beta1 0.5. Their rule also moves the betas and
     epsilon (1 - k(1 - beta)); at beta1 = 0.5 and k = 25.6 that has no meaning, so the betas
     stay. This is a starting point derived from a rule, not a tuned value: nobody has trained
-    this recipe yet (README "Training on GPUs and pods").
+    this recipe yet (docs/accelerators.md).
   * ImageNet at batch 256 is ~5,000 steps per epoch (25,000 in all), so checkpoints, sample
     grids and logs come more often in steps than in the reference recipe.
 """

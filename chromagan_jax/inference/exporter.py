@@ -4,7 +4,7 @@
   python -m chromagan_jax.export --ckpt DIR --format tflite --output chromagan.tflite
   python -m chromagan_jax.export --ckpt DIR --format saved_model --output chromagan_savedmodel/
 
-The exported network (README "Colorize your photos"; ``docs/colorize_onnx.py`` runs it):
+The exported network (README "Export"; ``docs/colorize_onnx.py`` runs it):
   * input ``L``: float32 (N, S, S, 1), the Lab lightness of the photo resized to S x S
     (S = the model's ``image_size``, 224 for the paper's model), divided by 100: in [0, 1];
     the batch dimension N is dynamic;
@@ -95,7 +95,8 @@ def to_onnx(fn: Callable, size: int):
     from jax2onnx import to_onnx as jax2onnx_to_onnx  # An optional dependency.
   except ImportError as e:
     raise ExportError(
-      f"ONNX export needs jax2onnx ({e}); install it with `make export-deps`"
+      f"ONNX export needs jax2onnx ({e}): pip install --no-deps jax2onnx==0.17.1 "
+      "(or `make export-deps` in a clone)"
     ) from None
   return jax2onnx_to_onnx(
     fn,
