@@ -15,7 +15,7 @@ Training writes ``generator`` + ``train`` (+ ``generator_ema``); ``python -m
 chromagan_jax.convert`` writes step 0 with one weights item. Splitting the generator out lets
 ``colorize.py`` read ~0.7 GB instead of the full ~2.7 GB train state, and lets converted
 weights and trained checkpoints load the same way. Directories written by earlier converters
-(``params/`` + ``conversion.json``) still load through :func:`load_item`, with a logged note.
+(``params/`` + ``conversion.json``) are refused in one line naming the re-conversion command.
 
 For passing weights on, a generator also travels as one pickle-free file
 (:func:`save_msgpack`, ``python -m chromagan_jax.export --format msgpack``): the line
@@ -54,8 +54,6 @@ ITEMS = (*WEIGHT_ITEMS, CONFIG)
 # The layout of earlier converters: an Orbax PyTree in params/ and a JSON description.
 LEGACY_PARAMS = "params"
 LEGACY_INFO = "conversion.json"
-# Which item a legacy directory's 'kind' holds, and how its params nest in that item.
-_LEGACY_ITEMS = {"vgg16": VGG16, "critic": CRITIC}
 
 
 MSGPACK_MAGIC = b"chromagan-jax generator msgpack v1\n"
@@ -310,30 +308,14 @@ def is_legacy_conversion(directory) -> bool:
   return (directory / LEGACY_INFO).is_file() and (directory / LEGACY_PARAMS).is_dir()
 
 
-def _load_legacy(directory, item: str) -> tuple[dict[str, Any], ml_collections.ConfigDict]:
-  """(item tree, config) of an earlier converter's directory, with a logged note."""
+def _refuse_legacy(directory) -> CheckpointError:
+  """The one-line error for an earlier converter's directory: the command that re-converts it."""
   info = json.loads((directory / LEGACY_INFO).read_text())
-  kind = info.get("kind")
-  if _LEGACY_ITEMS.get(kind) != item:
-    raise CheckpointError(
-      f"{directory}: holds converted {kind!r} weights, {item!r} weights were expected"
-    )
-  logging.info(
-    "%s: converted with the earlier layout (%s/ + %s); it loads as is, and re-running "
-    "python -m chromagan_jax.convert writes the checkpoint layout",
-    directory,
-    LEGACY_PARAMS,
-    LEGACY_INFO,
+  kind, source = info.get("kind", "KIND"), info.get("source", "SOURCE")
+  return CheckpointError(
+    f"{directory}: converted by an earlier version ({LEGACY_PARAMS}/ + {LEGACY_INFO}), no "
+    f"longer read; convert the file again: python -m chromagan_jax.convert {kind} {source} NEW_DIR"
   )
-  with ocp.StandardCheckpointer() as ckptr:
-    params = ckptr.restore(absolute(directory / LEGACY_PARAMS))  # NumPy arrays as saved.
-  params = jax.tree.map(np.asarray, params)
-  tree = {"params": params} if item == CRITIC else params
-  converted = {k: v for k, v in info.items() if k in ("kind", "source", "preprocessing")}
-  config = {"converted": converted}
-  if "preprocessing" in info:
-    config["model"] = {"vgg_preprocessing": info["preprocessing"]}
-  return tree, ml_collections.ConfigDict(config)
 
 
 def _is_array_metadata(x) -> bool:
@@ -398,12 +380,12 @@ def load_item(directory, item: str, step=None) -> tuple[dict[str, Any], ml_colle
   """One weights item (see the module docstring), as saved, and the config of a checkpoint.
 
   ``directory``: a training workdir, its ``checkpoints`` directory or a converter output
-  (earlier converters' ``params/`` + ``conversion.json`` directories too). Arrays are restored
+  (an earlier converter's ``params/`` + ``conversion.json`` is refused). Arrays are restored
   on the default device.
   """
   directory = resolve_directory(directory)
   if is_legacy_conversion(directory):
-    return _load_legacy(directory, item)
+    raise _refuse_legacy(directory)
   step, config = load_config(directory, step)
   log_provenance(f"{directory}/{step}", config)
   return _restore_item(directory, step, config, item), config
