@@ -30,7 +30,8 @@ from jax.sharding import PartitionSpec as P
 
 from chromagan_jax.errors import CheckpointError, ConfigError, NonFiniteLossError
 from chromagan_jax.model import losses, networks, predict
-from chromagan_jax.ops import color, cpu_conv
+from chromagan_jax.ops import color
+from chromagan_jax.runtime import machine
 from chromagan_jax.training import multihost
 from chromagan_jax.weights import checkpoint, port
 
@@ -137,7 +138,10 @@ def adam(config, learning_rate):
 
 def make_networks(config, total_steps: int | None = None) -> Networks:
   """The modules and optimizers; ``total_steps`` is needed by decaying learning rates only."""
-  gen, critic, teacher = networks.models_from_config(config.model, dtype=compute_dtype(config))
+  conv = machine.conv_policy(config.model.get("conv_impl"))  # The config's, on this machine.
+  gen, critic, teacher = networks.models_from_config(
+    config.model, conv, dtype=compute_dtype(config)
+  )
   g_lr = learning_rate(config, config.g_learning_rate, total_steps)
   d_lr = learning_rate(config, config.d_learning_rate, total_steps)
   tx = generator_optimizer(config, g_lr), adam(config, d_lr)
@@ -612,7 +616,8 @@ def make_sample_fn(nets: Networks, mesh: Mesh) -> Callable:
     grey, colour = predict.colorize_small_fn(nets.generator, variables, batch["rgb"])
     return grey, colour, batch["rgb"], batch["mask"]
 
-  options = cpu_conv.cpu_compiler_options() if jax.default_backend() == "cpu" else None
+  cpu = jax.default_backend() == "cpu"
+  options = dict(nets.generator.conv.compiler_options) if cpu else None
   return jax.jit(sample, out_shardings=replicated, compiler_options=options)
 
 
