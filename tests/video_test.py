@@ -310,6 +310,7 @@ _MEMORY_SCRIPT = textwrap.dedent(
   jax.config.update("jax_disable_most_optimizations", True)
   from chromagan_jax.inference import engine, video
   from chromagan_jax.model import predict
+  from chromagan_jax.ops.conv_policy import ConvPolicy
   from chromagan_jax.configs import tiny
   config = tiny.get_config()
   model = predict.generator_from(config, ConvPolicy())
