@@ -10,7 +10,8 @@ that JPEG decoding and encoding cost what a camera photo's do; quality 90.
 Stages (batch 1, warm: each program compiled by a first run; the median of --repeats):
   decode    images.read: Pillow decode + EXIF orientation -> uint8 RGB
   resize    images.resize to S x S (the training data's resize) + the network's L input
-  network   the head-free generator (conv_impl 'auto', what colorize uses) -> ab (S, S, 2)
+  network   the head-free generator (the checkpoint's conv_impl, 'auto' for the random
+            weights: what colorize uses) -> ab (S, S, 2)
   compose   ab upsample (bilinear) to the photo's size, its full-resolution L, Lab -> sRGB,
             uint8 (engine.compose_host, OpenCV; the XLA compose for photos smaller
             than the network input)
@@ -72,7 +73,7 @@ def make_photo(folder, size, seed=0) -> str:
 def random_checkpoint(folder) -> str:
   """A paper-size (224, width 1) generator checkpoint with random weights (NumPy, no compile)."""
   config = default.get_config()
-  gen = networks.models_from_config(config.model)[0]
+  gen = networks.models_from_config(config.model)[0]  # Shapes only: any conv policy will do.
   s = config.model.image_size
   shapes = jax.eval_shape(gen.init, jax.random.key(0), jax.ShapeDtypeStruct((1, s, s, 3), "f4"))
   rng = np.random.default_rng(0)
@@ -232,7 +233,9 @@ def network_contenders(ckpt, variables, config, l3: np.ndarray, repeats: int, fo
 
   out, ab = {}, {}
   size = config.model.image_size
-  fn = exporter.network_fn(networks.models_from_config(config.model)[0], variables)
+  fn = exporter.network_fn(
+    networks.models_from_config(config.model, exporter.EXPORT_CONV)[0], variables
+  )
   net_l = np.ascontiguousarray(l3[..., :1])
   xla = jax.jit(fn)
   out["jax_xla_convs"] = timed(lambda: jax.block_until_ready(xla(net_l)), repeats)
@@ -318,7 +321,9 @@ def measure(args, folder: str) -> None:
   photos = {mp: make_photo(folder, PHOTO_SIZES[mp]) for mp in args.sizes.split(",")}
 
   variables, config = checkpoint.load_generator(args.ckpt, with_class_head=False)
+  # The checkpoint's conv_impl ("auto" when it names none) on this machine, as colorize.py.
   colorizer = engine.Colorizer(variables, config, batch_size=1)
+  result["network_conv_impl"] = colorizer.model.conv.impl  # As resolved: "winograd" for "auto".
 
   def end_to_end(path):  # Colorizer.stream + encode, as colorize.py runs it.
     return timed(lambda: encode_jpeg(next(colorizer.stream([images.read(path)]))[1]), args.repeats)

@@ -37,10 +37,10 @@ _LOAD_AT_START = list(os.getloadavg())
 
 
 def cpu_model() -> str:
-  """lscpu-style model name (``cpu_conv.cpu_facts``: /proc/cpuinfo, or the platform's)."""
-  from chromagan_jax.ops import cpu_conv  # Imports jax: when called, as in machine_info.
+  """lscpu-style model name (``runtime.machine.cpu_facts``: /proc/cpuinfo, or the platform's)."""
+  from chromagan_jax.runtime import machine
 
-  return cpu_conv.cpu_facts()[0] or "unknown"
+  return machine.cpu_facts()[0] or "unknown"
 
 
 def machine_info() -> dict:
@@ -52,12 +52,12 @@ def machine_info() -> dict:
   import jax  # Imported when called, as the benchmarks set their environment first.
 
   tf = sys.modules.get("tensorflow")
-  from chromagan_jax.ops import cpu_conv
+  from chromagan_jax.runtime import machine
 
   return {
     "cpu": cpu_model(),
     # The vector ISA the convolution rule distinguishes: "avx512", "avx2" or "other".
-    "isa": cpu_conv.cpu_isa(),
+    "isa": machine.cpu_isa(),
     "cores": os.cpu_count(),
     "load_average_1_5_15_at_start": _LOAD_AT_START,
     "load_average_1_5_15": list(os.getloadavg()),

@@ -1,4 +1,4 @@
-"""What ``conv_impl="auto"``'s first-use measuring costs, and what it would choose, on this CPU.
+"""What ``conv_impl="measure"``'s first-use measuring costs, and what it would choose, on this CPU.
 
   python bench/conv_choice_cost.py                      # generator inference layers, batch 1
   python bench/conv_choice_cost.py --objective train    # the generator's training layers
@@ -18,7 +18,7 @@ layers' times under XLA everywhere, the rule and the measured choices (the faste
 so optimistic: a minimum over noisy samples), and the layers where the rule was more than
 ``conv_choice.MARGIN`` slower than XLA. ``--rounds 2`` measures everything twice to show how
 far one layer's time moves between two measurements.
-No TensorFlow. Why the default is still the rule: bench/RESULTS.md.
+No TensorFlow. Why the default ("auto") is still the rule: bench/RESULTS.md.
 """
 
 import argparse
@@ -30,6 +30,8 @@ import jax.numpy as jnp
 
 from chromagan_jax.model import networks
 from chromagan_jax.ops import conv_choice, cpu_conv
+from chromagan_jax.ops.conv_policy import ConvPolicy
+from chromagan_jax.runtime import machine
 
 
 def parse_args(argv=None):
@@ -50,7 +52,7 @@ def parse_args(argv=None):
 
 
 def model_layers(image_size: int, width: float, batch: int, use: str) -> list[tuple]:
-  """The distinct plain conv layers "auto" would measure for ``use`` (one of
+  """The distinct plain conv layers "measure" would time for ``use`` (one of
   ``conv_choice.USES``): [(names, lhs, rhs, strides, pads)]."""
   calls = []
 
@@ -60,16 +62,19 @@ def model_layers(image_size: int, width: float, batch: int, use: str) -> list[tu
     return {n: 1.0 for n in names}
 
   objective = "fwd" if use == "infer" else use
-  impl = networks.resolve_conv_impl("auto", jnp.float32, backend="cpu", objective=objective)
+  # "measure" on CPU with a chooser that records instead of timing (nothing kept on disk).
+  chooser = conv_choice.Chooser(None, isa=machine.cpu_isa(), timer=record)
+  policy = ConvPolicy("measure", backend="cpu", isa=machine.cpu_isa(), chooser=chooser)
+  conv = policy.resolve(jnp.float32, objective)
   if use == "gp":
-    model = networks.Critic(width=width, conv_impl=impl)
+    model = networks.Critic(width=width, conv=conv)
     inputs = (jnp.zeros((batch, image_size, image_size, 2)),)
     inputs += (jnp.zeros((batch, image_size, image_size, 1)),)
   elif use == "fwd":
-    model = networks.VGG16Classifier(width=width, conv_impl=impl)
+    model = networks.VGG16Classifier(width=width, conv=conv)
     inputs = (jnp.zeros((batch, image_size, image_size, 3)),)
   else:
-    model = networks.Generator(image_size=image_size, width=width, conv_impl=impl)
+    model = networks.Generator(image_size=image_size, width=width, conv=conv)
     inputs = (jnp.zeros((batch, image_size, image_size, 3)),)
   train = {"train": True} if use == "train" else {}
   mutable = ["batch_stats"] if use == "train" else False
@@ -77,16 +82,11 @@ def model_layers(image_size: int, width: float, batch: int, use: str) -> list[tu
   def apply(params, *inputs):
     if use != "infer":
       return model.apply(params, *inputs, **train, mutable=mutable)
-    with cpu_conv.recording_filters():  # Traced as inference traces it: filters given.
-      return model.apply(params, *inputs)
+    # Traced as inference traces it: prepared filters given (the "infer" use).
+    return model.apply(params, *inputs, train=False, prepared=cpu_conv.Recording())
 
-  old = conv_choice.chooser()
-  conv_choice.set_chooser(conv_choice.Chooser(None, policy="measure", timer=record))
-  try:
-    params = jax.eval_shape(model.init, jax.random.key(0), *inputs)
-    jax.jit(apply).lower(params, *inputs)
-  finally:
-    conv_choice.set_chooser(old)
+  params = jax.eval_shape(model.init, jax.random.key(0), *inputs)
+  jax.jit(apply).lower(params, *inputs)
   return calls
 
 
@@ -94,14 +94,19 @@ def main(argv=None):
   args = parse_args(argv)
   layers = model_layers(args.image_size, args.width, args.batch, args.objective)
   inference = args.objective == "infer"  # The rule as that use applies it.
+  isa = machine.cpu_isa()
+  # Forward uses timed with the inference programs' compiler options, as "measure" times them.
+  options = dict(machine.conv_policy("auto").compiler_options)
   layers = layers[: args.max_layers or None]
   rows, rounds = [], []
   for round_ in range(args.rounds):
     start = time.perf_counter()
     for names, lhs, rhs, strides, pads in layers:
       t = time.perf_counter()
-      times = conv_choice.measure(names, args.objective, lhs, rhs, jnp.float32, strides, pads)
-      rule = cpu_conv.rule(lhs, rhs, strides, pads, inference=inference)
+      times = conv_choice.measure(
+        names, args.objective, lhs, rhs, jnp.float32, strides, pads, compiler_options=options
+      )
+      rule = cpu_conv.rule(lhs, rhs, strides, pads, isa=isa, inference=inference)
       key = conv_choice.layer_key(lhs, rhs, jnp.float32, strides, pads, args.objective)
       rows.append({
         "round": round_, "layer": key, "measure_s": time.perf_counter() - t,

@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 import tensorflow as tf
 
-from chromagan_jax.model import networks
+from chromagan_jax.ops import conv_policy
+from chromagan_jax.runtime import machine
 
 # (name, spatial size, in channels, out channels, kernel, stride)
 LAYERS = (
@@ -46,7 +47,7 @@ def parse_args(argv=None):
   p.add_argument(
     "--conv_impl",
     default="xla,xla_nchw,winograd,winograd2,winograd4",
-    help="networks.CONV_IMPLS, or xla_nchw: XLA's convolution in NCHW/OIHW layout",
+    help="conv_policy.FIXED, or xla_nchw: XLA's convolution in NCHW/OIHW layout",
   )
   p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
   p.add_argument("--json", default="bench/results/conv_layers.json")
@@ -89,7 +90,11 @@ def _jax_fns(x, w, stride, second_order, impl):
   if impl == "xla_nchw":  # XLA's convolution on channels-first data (transposed untimed).
     x, w, dims = x.transpose(0, 3, 1, 2), w.transpose(3, 2, 0, 1), ("NCHW", "OIHW", "NCHW")
     impl = "xla"
-  fn = networks.conv_general_dilated(impl) or jax.lax.conv_general_dilated
+  if impl not in conv_policy.FIXED:
+    raise ValueError(f"unknown conv_impl {impl!r}; expected xla_nchw or one of {conv_policy.FIXED}")
+  # The rule as training applies it (no prepared filters), for this machine's ISA.
+  policy = machine.conv_policy(impl).resolve(objective="train")
+  fn = policy.conv_general_dilated() or jax.lax.conv_general_dilated
   conv = lambda x, w: fn(x, w, (stride, stride), "SAME", dimension_numbers=dims)  # noqa: E731
   loss = lambda x, w: jnp.sum(jnp.sin(conv(x, w)))  # noqa: E731
   fwd = jax.jit(conv)

@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from chromagan_jax.model import networks
 from chromagan_jax.model import predict as predict_lib
-from chromagan_jax.ops import conv_choice, cpu_conv
+from chromagan_jax.runtime import machine
 
 
 def parse_args(argv=None):
@@ -39,8 +39,9 @@ def parse_args(argv=None):
   p.add_argument(
     "--conv_impl",
     default="xla,winograd,auto,auto+pre",
-    help="comma-separated networks.CONV_IMPLS or 'auto' (measured per layer, conv_choice.py) to "
-    "time side by side (each against the same Keras); '+pre' after one: Winograd filters "
+    help="comma-separated conv_policy.IMPLS ('auto': the fixed rule on CPU; 'measure': each "
+    "layer's algorithm timed, conv_choice.py) to time side by side (each against the same "
+    "Keras); '+pre' after one: Winograd filters "
     "transformed (and at batch 1 Dense kernels transposed) once beforehand "
     "(predict_lib.inference_filters), as colorize does",
   )
@@ -62,9 +63,9 @@ def parse_args(argv=None):
 
 def predict(gen, variables, x, filters, outputs="both"):
   """(ab, class distribution), or (ab,) for ``outputs="ab"``, with Winograd ``filters``
-  transformed beforehand if any."""
-  with cpu_conv.using_filters(filters):
-    out = gen.apply(variables, x, train=False)
+  transformed beforehand if any. ``filters`` is always given (``{}``: none transformed, each
+  call transforms its own), so every contender's layers are chosen as inference chooses them."""
+  out = gen.apply(variables, x, train=False, prepared=filters)
   return out if outputs == "both" else out[:1]
 
 
@@ -72,13 +73,20 @@ def run(args) -> dict:
   filters_s = {}  # (batch, impl) -> seconds to transform the filters once.
   size, width = args.image_size, args.width
   impls = args.conv_impl.split(",")
+  # One policy per algorithm, built as the entries build theirs (this machine's backend, ISA,
+  # XLA_FLAGS; "measure" with its chooser on disk), shared by the "+pre" variant.
+  policies = {}
+  for impl in ["xla", *impls]:
+    base = impl.removesuffix("+pre")
+    if base not in policies:
+      policies[base] = machine.conv_policy(base)
   gens = {
     impl: networks.Generator(
       image_size=size,
       width=width,
       fc_width=args.fc_width,
       num_classes=args.num_classes,
-      conv_impl=networks.resolve_conv_impl(impl.removesuffix("+pre"), objective="fwd"),
+      conv=policies[impl.removesuffix("+pre")].resolve(objective="fwd"),
     )
     for impl in ["xla", *impls]
   }
@@ -106,10 +114,10 @@ def run(args) -> dict:
         start = time.perf_counter()
         filters = jax.block_until_ready(predict_lib.inference_filters(gen, variables, xj))
         filters_s[batch, impl] = time.perf_counter() - start
-      # The compiler options colorize's programs use (engine.predict_ab).
+      # The compiler options colorize's programs use (engine.inference_program).
       fn = jax.jit(
         lambda v, x, f, g=gen: predict(g, v, x, f, args.outputs),
-        compiler_options=cpu_conv.cpu_compiler_options(),
+        compiler_options=dict(gen.conv.compiler_options),
       )
       compiled[impl], flops[impl], compile_s[impl] = common.compile_with_cost(
         fn, variables, xj, filters
@@ -147,7 +155,9 @@ def run(args) -> dict:
     "repeats": args.repeats,
     "matmul_peak_gflop_s": peak,
     "rows": rows,
-    "conv_choices": conv_choice.chooser().choices(),
+    "conv_choices": {
+      k: v for p in policies.values() if p.chooser for k, v in p.chooser.choices().items()
+    },
     "peak_rss_mib_both_frameworks": common.peak_rss_mib(),
     "machine": common.machine_info(),
   }

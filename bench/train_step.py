@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from chromagan_jax.configs import default
-from chromagan_jax.ops import color, conv_choice
+from chromagan_jax.ops import color
 from chromagan_jax.training import train_state, train_step
 
 
@@ -40,9 +40,9 @@ def parse_args(argv=None):
   p.add_argument(
     "--conv_impl",
     default="xla,winograd",
-    help="comma-separated models.CONV_IMPLS or 'auto' (measured per layer and use: "
-    "conv_choice.py) for the three networks, timed side by side "
-    "(each against the same TF step)",
+    help="comma-separated conv_policy.IMPLS ('auto': the fixed rule on CPU; 'measure': each "
+    "layer's algorithm timed per use, conv_choice.py) for the three networks, timed side by "
+    "side (each against the same TF step)",
   )
   p.add_argument("--json", default="bench/results/train_step.json")
   args = p.parse_args(argv)
@@ -124,6 +124,17 @@ def _flat_teacher(t_params):
   return flat
 
 
+def conv_choices(all_nets) -> dict:
+  """The per-layer choices of every "measure" chooser the networks hold (``{layer_key: {...}}``;
+  empty without one)."""
+  out = {}
+  for nets in all_nets:
+    for module in (nets.generator, nets.critic, nets.teacher):
+      if module.conv.chooser is not None:
+        out.update(module.conv.chooser.choices())
+  return out
+
+
 def run(args) -> dict:
   impls = args.conv_impl.split(",")
   config = make_config(args)
@@ -186,7 +197,7 @@ def run(args) -> dict:
     "repeats": args.repeats,
     "matmul_peak_gflop_s": peak,
     "rows": rows,
-    "conv_choices": conv_choice.chooser().choices(),
+    "conv_choices": conv_choices(nets.values()),
     "peak_rss_mib_both_frameworks": common.peak_rss_mib(),
     "machine": common.machine_info(),
   }

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from chromagan_jax.data import images
 from chromagan_jax.errors import UserError
 from chromagan_jax.inference import engine, webapp
+from chromagan_jax.ops import conv_policy
 from chromagan_jax.runtime import allocator, compile_cache, runner
 from chromagan_jax.weights import checkpoint
 
@@ -60,7 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     help="encoded results kept in memory for download, oldest dropped first (%(default)s)",
   )
   parser.add_argument(
-    "--conv_impl", default=None, help="convolution algorithm (see colorize.py --help)"
+    "--conv_impl",
+    default=None,
+    choices=conv_policy.IMPLS,
+    help="convolution algorithm (see colorize.py --help)",
   )
   parser.add_argument(
     "--compilation_cache",

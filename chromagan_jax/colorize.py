@@ -14,7 +14,7 @@ import tqdm
 from chromagan_jax.data import images
 from chromagan_jax.errors import UserError
 from chromagan_jax.inference import engine, folders, video
-from chromagan_jax.model import networks
+from chromagan_jax.ops import conv_policy
 from chromagan_jax.runtime import allocator, compile_cache, runner
 
 _DESCRIPTION = """\
@@ -99,11 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     "--conv_impl",
     "--conv-impl",
     default=None,
-    choices=["auto", *networks.CONV_IMPLS],
-    help="convolution algorithm (default: the checkpoint's). On CPU, 'winograd' (what 'auto' "
-    "picks there) is 1.3-2x faster per image but compiles in ~10-20 s instead of ~1 s (once "
-    "per machine with --compilation_cache): 'xla' is quicker for a handful of photos on a "
-    "cold cache",
+    choices=conv_policy.IMPLS,
+    help="convolution algorithm (default: the checkpoint's; 'auto' for a checkpoint that names "
+    "none, e.g. a converted one; meanings in chromagan_jax/ops/conv_policy.py). On CPU 'auto' "
+    "(Winograd) is the fastest per image but compiles longer than 'xla' (once per machine with "
+    "--compilation_cache): 'xla' can be quicker for a handful of photos on a cold cache",
   )
   parser.add_argument(
     "--compilation_cache",

@@ -27,7 +27,8 @@ import generator_inference  # noqa: E402
 import input_pipeline as input_pipeline_bench  # noqa: E402
 import train_step  # noqa: E402
 
-from chromagan_jax.ops import conv_choice, cpu_conv  # noqa: E402
+from chromagan_jax.ops import conv_choice  # noqa: E402
+from chromagan_jax.runtime import machine  # noqa: E402
 
 
 def _load(path):
@@ -94,8 +95,8 @@ def test_generator_inference_smoke(tmp_path):
   assert rows[0]["max_abs_diff_ab"] < 1e-4
   assert result["machine"]["cores"] >= 1
   # Every result names the CPU and the ISA it was measured with.
-  assert result["machine"]["cpu"] == cpu_conv.cpu_facts()[0]
-  assert result["machine"]["isa"] == cpu_conv.cpu_isa() in ("avx512", "avx2", "other")
+  assert result["machine"]["cpu"] == machine.cpu_facts()[0]
+  assert result["machine"]["isa"] == machine.cpu_isa() in ("avx512", "avx2", "other")
 
 
 def test_train_step_smoke(tmp_path):
@@ -187,6 +188,8 @@ def test_colorize_bench_smoke(tmp_path, monkeypatch):
   # Its photos and exported models are gone (TF's autograph leaves its own files there).
   assert not [f for f in os.listdir(scratch) if f.startswith("bench_colorize_")]
   result = _load(out)
+  # The network stage runs what colorize runs: the checkpoint's "auto" (the rule on CPU).
+  assert result["network_conv_impl"] == ("winograd" if jax.default_backend() == "cpu" else "xla")
   (row,) = result["photos"]
   assert row["size"] == "640x480" and row["end_to_end_s"] > 0
   assert row["sum_of_stages_s"] == pytest.approx(sum(row[f"{s}_s"] for s in colorize_bench.STAGES))

@@ -20,6 +20,7 @@ from helpers import (
   ab_input_sensitivity,
   colourful_generator_variables,
   png_header_only,
+  random_generator_variables,
   resize_antialiased,
   small_config,
 )
@@ -31,7 +32,8 @@ from skimage import transform as sktransform
 from chromagan_jax import colorize
 from chromagan_jax.data import images
 from chromagan_jax.inference import engine
-from chromagan_jax.model import networks
+from chromagan_jax.model import networks, predict, shapes
+from chromagan_jax.runtime import machine
 from chromagan_jax.weights import checkpoint
 
 jax.config.update("jax_disable_most_optimizations", True)
@@ -527,3 +529,23 @@ def test_compilation_cache_skips_the_compile_of_a_second_run(ckpt, tmp_path):
   log = colorize("o3", "--compilation_cache", str(tmp_path / "file" / "cache"))
   assert f"compilation cache off: cannot create {tmp_path / 'file' / 'cache'}" in log
   assert sha(tmp_path / "o1" / "a.png") == sha(tmp_path / "o3" / "a.png")
+
+
+def test_converted_checkpoint_colorizes_with_the_fast_algorithm_by_default(tmp_path):
+  """A converted checkpoint's config names no conv_impl: every front end's colorizer (the CLI,
+  the app, evaluate, video: engine.Colorizer; evaluate's metrics: evaluator) gets "auto", i.e.
+  the Winograd rule on CPU, not XLA's convolutions."""
+  config = small_config()
+  variables = random_generator_variables(config)
+  model = {**shapes.made_for(variables), "vgg_preprocessing": "none"}  # As convert writes it.
+  assert "conv_impl" not in model
+  ckpt = str(tmp_path / "converted")
+  checkpoint.save_generator(ckpt, variables, {"model": model, "converted": {"kind": "generator"}})
+  loaded, saved = checkpoint.load_generator(ckpt, with_class_head=False)
+  assert "conv_impl" not in saved.model
+  colorizer = engine.Colorizer(loaded, saved, batch_size=1)
+  assert (colorizer.model.conv.impl, colorizer.model.conv.objective) == ("winograd", "fwd")
+  policy = machine.conv_policy(engine.conv_impl_of(saved))
+  assert predict.generator_from(saved, policy).conv.impl == "winograd"
+  # A config that names its conv_impl keeps it.
+  assert engine.Colorizer(variables, config, conv_impl="xla").model.conv.impl == "xla"

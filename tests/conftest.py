@@ -11,11 +11,6 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-# conv_impl="auto" measures each layer's convolution algorithms on first use (conv_choice.py):
-# the suite uses the fixed rule instead, so that its programs never depend on timing noise
-# (tests/conv_choice_test.py injects its own timings). Subprocesses inherit it.
-os.environ.setdefault("CHROMAGAN_CONV_CHOICE", "rule")
-
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The root goes first even when `python -m pytest` already put it on the path: bench/ has
 # scripts named like root modules (bench/colorize.py), which must not shadow colorize.py.

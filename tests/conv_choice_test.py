@@ -14,8 +14,10 @@ import pytest
 
 from chromagan_jax.model import networks
 from chromagan_jax.ops import conv_choice, cpu_conv
-from chromagan_jax.runtime import compile_cache
+from chromagan_jax.ops.conv_policy import ConvPolicy
+from chromagan_jax.runtime import compile_cache, machine
 
+MACHINE = {"cpu": "Test CPU", "isa": ["avx2"], "jax": "0"}
 SAME_3X3 = ((2, 8, 8, 16), (3, 3, 16, 16), (1, 1), ((1, 1), (1, 1)))
 STRIDED_4X4 = ((2, 8, 8, 16), (4, 4, 16, 8), (2, 2), ((1, 2), (1, 2)))
 
@@ -52,27 +54,27 @@ def test_candidates_always_include_xla():
 
 def test_choice_is_measured_once_then_read_from_disk(tmp_path):
   timer = FakeTimer(fastest=("winograd4",))
-  first = conv_choice.Chooser(str(tmp_path), timer=timer)
+  first = conv_choice.Chooser(str(tmp_path), MACHINE, timer=timer)
   assert choose(first) == "winograd4"
   assert choose(first) == "winograd4"
   assert len(timer.calls) == 1  # Measured once per layer use.
   (path,) = tmp_path.iterdir()
   assert str(path) == first.path
   data = json.loads(path.read_text())
-  assert data["machine"] == conv_choice.machine_key()
+  assert data["machine"] == {**MACHINE, "version": conv_choice.VERSION}
   ((key, entry),) = data["choices"].items()
   assert key == "fwd 2x8x8x16 3x3x16x16 float32 s1x1 p1,1,1,1"
   assert entry["choice"] == "winograd4" and set(entry["seconds"]) == set(cpu_conv.ALGORITHMS)
 
   # A new process (chooser) with the same directory: same choice, nothing timed.
   again = FakeTimer(fastest=("im2col",))
-  assert choose(conv_choice.Chooser(str(tmp_path), timer=again)) == "winograd4"
+  assert choose(conv_choice.Chooser(str(tmp_path), MACHINE, timer=again)) == "winograd4"
   assert again.calls == []
 
 
 def test_objectives_and_shapes_are_chosen_separately(tmp_path):
   timer = FakeTimer(fastest=("winograd2", "im2col"), seconds={"im2col": 0.5})
-  chooser = conv_choice.Chooser(str(tmp_path), timer=timer)
+  chooser = conv_choice.Chooser(str(tmp_path), MACHINE, timer=timer)
   assert choose(chooser, objective="fwd") == "im2col"
   assert choose(chooser, objective="gp") == "im2col"
   assert choose(chooser, STRIDED_4X4, objective="train") == "im2col"
@@ -80,27 +82,27 @@ def test_objectives_and_shapes_are_chosen_separately(tmp_path):
   assert len(chooser.choices()) == 3
 
 
-def test_another_machine_key_measures_again(tmp_path, monkeypatch):
-  choose(conv_choice.Chooser(str(tmp_path), timer=FakeTimer()))
-  key = conv_choice.machine_key()
+def test_another_machine_key_measures_again(tmp_path):
+  choose(conv_choice.Chooser(str(tmp_path), MACHINE, timer=FakeTimer()))
   for field, value in [("jax", "9.9.9"), ("isa", ["avx512f"]), ("cpu", "Other CPU"),
                        ("xla_flags", "--xla_cpu_use_onednn=true")]:  # fmt: skip
-    monkeypatch.setattr(conv_choice, "machine_key", lambda f=field, v=value: {**key, f: v})
     timer = FakeTimer(fastest=("im2col",))
-    other = conv_choice.Chooser(str(tmp_path), timer=timer)
+    other = conv_choice.Chooser(str(tmp_path), {**MACHINE, field: value}, timer=timer)
     assert choose(other) == "im2col", field
     assert len(timer.calls) == 1, field
   assert len(list(tmp_path.iterdir())) == 5  # One file per machine key; none overwritten.
+  key = machine.machine_key()  # The entry's: read there, once.
+  assert set(key) == {"cpu", "isa", "cores", "jax", "jaxlib", "xla_flags"}
 
 
 def test_unreadable_or_stale_files_are_measured_again_with_a_warning(tmp_path):
-  chooser = conv_choice.Chooser(str(tmp_path), timer=FakeTimer())
+  chooser = conv_choice.Chooser(str(tmp_path), MACHINE, timer=FakeTimer())
   choose(chooser)
   path = chooser.path
   with open(path, "w") as f:
     f.write("{not json")
   warnings, timer = [], FakeTimer(fastest=("winograd4",))
-  assert choose(conv_choice.Chooser(str(tmp_path), timer=timer, warn=warnings.append)) == (
+  assert choose(conv_choice.Chooser(str(tmp_path), MACHINE, timer=timer, warn=warnings.append)) == (
     "winograd4"
   )
   assert len(timer.calls) == 1 and "ignoring the convolution choices in" in warnings[0]
@@ -113,7 +115,7 @@ def test_unreadable_or_stale_files_are_measured_again_with_a_warning(tmp_path):
   with open(path, "w") as f:
     json.dump(data, f)
   timer = FakeTimer(fastest=("im2col",))
-  assert choose(conv_choice.Chooser(str(tmp_path), timer=timer)) == "im2col"
+  assert choose(conv_choice.Chooser(str(tmp_path), MACHINE, timer=timer)) == "im2col"
   assert len(timer.calls) == 1
 
 
@@ -121,7 +123,7 @@ def test_unwritable_directory_keeps_choices_in_memory(tmp_path):
   blocker = tmp_path / "file"
   blocker.write_text("")
   warnings, timer = [], FakeTimer()
-  chooser = conv_choice.Chooser(str(blocker / "sub"), timer=timer, warn=warnings.append)
+  chooser = conv_choice.Chooser(str(blocker / "sub"), MACHINE, timer=timer, warn=warnings.append)
   assert choose(chooser) == "winograd2"
   assert choose(chooser, STRIDED_4X4) == "xla"  # Only winograd2 is "fast" in this timer.
   assert choose(chooser) == "winograd2"
@@ -129,24 +131,15 @@ def test_unwritable_directory_keeps_choices_in_memory(tmp_path):
   assert len(warnings) == 1 and "kept in memory only" in warnings[0]
 
 
-def test_rule_policy_never_times():
-  timer = FakeTimer(fastest=("xla",))
-  chooser = conv_choice.Chooser(None, policy="rule", timer=timer)
-  layer = ((2, 8, 8, 64), (3, 3, 64, 64), (1, 1), ((1, 1), (1, 1)))
-  assert choose(chooser, layer) == cpu_conv.rule(*layer) == "winograd2"
-  assert choose(chooser, STRIDED_4X4) == "im2col"
-  assert timer.calls == []
-  with pytest.raises(ValueError, match="policy"):
-    conv_choice.Chooser(None, policy="fastest")
-
-
-def test_compile_cache_puts_the_choices_next_to_it(tmp_path, monkeypatch):
-  monkeypatch.setattr(conv_choice, "_directory", conv_choice._directory)
-  monkeypatch.setattr(conv_choice, "_chooser", None)
+def test_compile_cache_puts_the_choices_next_to_it(tmp_path):
   assert compile_cache.choices_dir(str(tmp_path / "xla")) == str(tmp_path / "conv_choices")
   configured = jax.config.jax_compilation_cache_dir  # conftest's: it wins over the path.
   assert compile_cache.enable(str(tmp_path / "other")) == configured
-  assert conv_choice.chooser().directory == compile_cache.choices_dir(configured)
+  assert machine.choices_dir() == compile_cache.choices_dir(configured)
+  policy = machine.conv_policy("measure")
+  assert policy.chooser.directory == compile_cache.choices_dir(configured)
+  assert policy.chooser.machine == {**machine.machine_key(), "version": conv_choice.VERSION}
+  assert machine.conv_policy(None).impl == "auto" and machine.conv_policy("xla").chooser is None
 
 
 def test_models_trace_with_the_chosen_algorithms(monkeypatch):
@@ -157,22 +150,21 @@ def test_models_trace_with_the_chosen_algorithms(monkeypatch):
   ref = networks.Generator(**kw)
   variables = jax.jit(ref.init)(jax.random.key(0), x)
   want = ref.apply(variables, x)[0]
-  auto = networks.Generator(**kw, conv_impl=networks.resolve_conv_impl("auto", objective="fwd"))
+
+  def measured(timer):
+    conv = ConvPolicy("measure", chooser=conv_choice.Chooser(None, MACHINE, timer=timer))
+    return networks.Generator(**kw, conv=conv.resolve(objective="fwd"))
+
   init_timer = FakeTimer()
-  conv_choice.set_chooser(conv_choice.Chooser(None, timer=init_timer))
-  jax.eval_shape(auto.init, jax.random.key(0), x)
-  conv_choice.set_chooser(None)
+  jax.eval_shape(measured(init_timer).init, jax.random.key(0), x)
   assert init_timer.calls == []  # Initialising (shapes only) measures nothing.
 
   def program_with(fastest):
     timer = FakeTimer(fastest=(fastest,))
-    conv_choice.set_chooser(conv_choice.Chooser(None, timer=timer))
-    try:
-      fn = jax.jit(lambda v, x: auto.apply(v, x)[0])
-      text = fn.lower(variables, x).as_text()
-      return text, fn(variables, x), timer
-    finally:
-      conv_choice.set_chooser(None)
+    auto = measured(timer)
+    fn = jax.jit(lambda v, x: auto.apply(v, x)[0])
+    text = fn.lower(variables, x).as_text()
+    return text, fn(variables, x), timer
 
   xla_text, got, timer = program_with("xla")
   assert {c[0] for c in timer.calls} == {"fwd"} and len(timer.calls) >= 10
@@ -185,18 +177,14 @@ def test_models_trace_with_the_chosen_algorithms(monkeypatch):
 
 def test_real_measurement_inside_a_jit_trace(tmp_path):
   """measure() times its own programs while the caller's jit traces (concrete shapes)."""
-  chooser = conv_choice.Chooser(str(tmp_path), policy="measure")
-  conv_choice.set_chooser(chooser)
-  try:
-    conv = conv_choice.make_conv("train")
-    x = jnp.ones((1, 6, 6, 4))
-    w = jnp.ones((3, 3, 4, 4))
-    dn = ("NHWC", "HWIO", "NHWC")
-    # Under the training loop's transfer guard (measure() puts its own inputs on device).
-    with jax.transfer_guard("disallow"):
-      y = jax.jit(lambda x, w: conv(x, w, (1, 1), "SAME", dimension_numbers=dn))(x, w)
-  finally:
-    conv_choice.set_chooser(None)
+  chooser = conv_choice.Chooser(str(tmp_path), MACHINE)
+  conv = ConvPolicy("measure", chooser=chooser, objective="train").conv_general_dilated()
+  x = jnp.ones((1, 6, 6, 4))
+  w = jnp.ones((3, 3, 4, 4))
+  dn = ("NHWC", "HWIO", "NHWC")
+  # Under the training loop's transfer guard (measure() puts its own inputs on device).
+  with jax.transfer_guard("disallow"):
+    y = jax.jit(lambda x, w: conv(x, w, (1, 1), "SAME", dimension_numbers=dn))(x, w)
   np.testing.assert_allclose(
     y, jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn), rtol=1e-5
   )
@@ -222,10 +210,9 @@ def test_candidates_are_timed_with_the_options_their_use_compiles_with(objective
     return real(self, compiler_options=compiler_options, **kw)
 
   monkeypatch.setattr(jax.stages.Lowered, "compile", compile_)
-  monkeypatch.delenv("XLA_FLAGS", raising=False)
-  names = ("xla", "im2col")
+  names, options = ("xla", "im2col"), cpu_conv.CPU_COMPILER_OPTIONS
   conv_choice.measure(
-    names, objective, (1, 6, 6, 4), (3, 3, 4, 4), "float32", (1, 1), ((1, 1),) * 2
+    names, objective, (1, 6, 6, 4), (3, 3, 4, 4), "float32", (1, 1), ((1, 1),) * 2, options
   )
   want = cpu_conv.CPU_COMPILER_OPTIONS if objective in ("fwd", "infer") else None
   assert seen == [want] * len(names)
@@ -235,19 +222,15 @@ def test_inference_layers_are_timed_with_transformed_filters(monkeypatch):
   """A "fwd" layer traced while the Winograd filters come transformed (colorize's inference
   programs) is chosen for "infer", whose Winograd candidates are timed on the transformed
   filters (the transform outside the timed call, as inference runs it) and compute the conv."""
-  conv, dn = conv_choice.make_conv("fwd"), ("NHWC", "HWIO", "NHWC")
+  dn = ("NHWC", "HWIO", "NHWC")
   x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 8, 8, 4)), jnp.float32)
   w = jnp.asarray(np.random.default_rng(1).standard_normal((3, 3, 4, 4)), jnp.float32)
   timer = FakeTimer()
-  conv_choice.set_chooser(conv_choice.Chooser(None, timer=timer))
-  try:
-    conv(x, w, (1, 1), "SAME", dimension_numbers=dn)
-    with cpu_conv.recording_filters():
-      conv(x, w, (1, 1), "SAME", dimension_numbers=dn)
-    with cpu_conv.using_filters({}):
-      conv(x, w, (1, 1), "SAME", dimension_numbers=dn)
-  finally:
-    conv_choice.set_chooser(None)
+  policy = ConvPolicy("measure", chooser=conv_choice.Chooser(None, MACHINE, timer=timer))
+  policy.conv_general_dilated()(x, w, (1, 1), "SAME", dimension_numbers=dn)
+  recording = policy.conv_general_dilated(cpu_conv.Recording(), "layer")
+  recording(x, w, (1, 1), "SAME", dimension_numbers=dn)
+  policy.conv_general_dilated({}, "layer")(x, w, (1, 1), "SAME", dimension_numbers=dn)
   assert [c[0] for c in timer.calls] == ["fwd", "infer"]  # The second "infer" is remembered.
 
   kernels, real = {}, conv_choice.program
@@ -280,27 +263,8 @@ def test_inference_layers_are_timed_with_transformed_filters(monkeypatch):
 
 def test_multi_process_runs_use_the_rule(monkeypatch, caplog):
   """Processes measuring on their own could trace different programs for one jitted step."""
-  monkeypatch.setenv(conv_choice.ENV_POLICY, "measure")
   monkeypatch.setattr(jax, "process_count", lambda: 2)
-  conv_choice.set_chooser(None)
-  try:
-    assert conv_choice.chooser().policy == "rule"
-    assert "ignored in a multi-process run (2 processes)" in caplog.text
-    monkeypatch.setattr(jax, "process_count", lambda: 1)
-    conv_choice.set_chooser(None)
-    assert conv_choice.chooser().policy == "measure"
-  finally:
-    conv_choice.set_chooser(None)
-
-
-def test_default_policy_is_the_rule(monkeypatch):
-  """Without $CHROMAGAN_CONV_CHOICE the process-wide chooser measures nothing (opt-in)."""
-  monkeypatch.delenv(conv_choice.ENV_POLICY, raising=False)
-  conv_choice.set_chooser(None)
-  try:
-    assert conv_choice.chooser().policy == "rule"
-    monkeypatch.setenv(conv_choice.ENV_POLICY, "measure")
-    conv_choice.set_chooser(None)
-    assert conv_choice.chooser().policy == "measure"
-  finally:
-    conv_choice.set_chooser(None)
+  assert machine.conv_policy("measure").impl == "auto"
+  assert "'measure' is 'auto' in a multi-process run (2 processes)" in caplog.text
+  monkeypatch.setattr(jax, "process_count", lambda: 1)
+  assert machine.conv_policy("measure").impl == "measure"

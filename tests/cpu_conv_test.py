@@ -12,7 +12,11 @@ from chromagan_jax.configs import tiny
 from chromagan_jax.inference import engine
 from chromagan_jax.model import networks, predict
 from chromagan_jax.ops import cpu_conv
+from chromagan_jax.ops.conv_policy import ConvPolicy
+from chromagan_jax.runtime import machine
 from chromagan_jax.training import train_state, train_step, trainer
+
+ISA = machine.cpu_isa()
 
 
 def _direct(x, w):
@@ -52,34 +56,35 @@ def test_choose_tile_prefers_big_tiles_only_when_there_are_many():
   # 392 tiles: enough where matmuls are cheap (AVX-512), not on AVX2 (measured per ISA).
   assert cpu_conv.choose_tile(8, 28, 28, isa="avx512") == 4
   assert cpu_conv.choose_tile(8, 28, 28, isa="avx2") == 2
-  with cpu_conv.using_filters({}):  # Filters transformed once: only padding tiles count.
-    assert cpu_conv.choose_tile(1, 28, 28, isa="avx2") == 4
-    assert cpu_conv.choose_tile(1, 14, 14, isa="avx2") == 4  # 16 tiles.
-    assert cpu_conv.choose_tile(1, 7, 7, isa="avx512") == 2  # 4 tiles, 7x7 of 8x8 used.
-  assert cpu_conv.choose_tile(1, 14, 14) == 2  # Outside: per-call transforms again.
+  # Filters transformed once (inference): only padding tiles count.
+  assert cpu_conv.choose_tile(1, 28, 28, isa="avx2", inference=True) == 4
+  assert cpu_conv.choose_tile(1, 14, 14, isa="avx2", inference=True) == 4  # 16 tiles.
+  assert cpu_conv.choose_tile(1, 7, 7, isa="avx512", inference=True) == 2  # 4 tiles of 8x8.
+  assert cpu_conv.choose_tile(1, 14, 14) == 2  # Per-call transforms again.
 
 
-def _rule3x3(batch, size, cin, cout, isa):
+def _rule3x3(batch, size, cin, cout, isa, inference=False):
   pads = ((1, 1), (1, 1))
-  return cpu_conv.rule((batch, size, size, cin), (3, 3, cin, cout), (1, 1), pads, isa=isa)
+  layer = ((batch, size, size, cin), (3, 3, cin, cout), (1, 1), pads)
+  return cpu_conv.rule(*layer, isa=isa, inference=inference)
 
 
 def test_rule_per_isa_and_use():
   """The tile follows the per-ISA measurements (bench/RESULTS.md): F(4x4) from fewer tiles on
   AVX-512 than on AVX2 when filters are transformed per call (training), and from 16 tiles on
   any ISA when they come transformed (inference); thin layers stay on XLA either way."""
-  with cpu_conv.using_filters({}):
-    for isa in ("avx512", "avx2"):
-      assert _rule3x3(1, 56, 256, 256, isa) == "winograd4"  # 196 tiles.
-      assert _rule3x3(1, 14, 512, 512, isa) == "winograd4"  # 16 tiles.
-      assert _rule3x3(1, 7, 512, 512, isa) == "winograd2"
-      assert _rule3x3(1, 112, 64, 32, isa) == "xla"
+  for isa in ("avx512", "avx2"):
+    assert _rule3x3(1, 56, 256, 256, isa, True) == "winograd4"  # 196 tiles.
+    assert _rule3x3(1, 14, 512, 512, isa, True) == "winograd4"  # 16 tiles.
+    assert _rule3x3(1, 7, 512, 512, isa, True) == "winograd2"
+    assert _rule3x3(1, 112, 64, 32, isa, True) == "xla"
   assert _rule3x3(1, 56, 256, 256, "avx512") == "winograd2"  # 196 tiles < 256.
   assert _rule3x3(8, 28, 512, 512, "avx512") == "winograd4"  # 392 tiles.
   assert _rule3x3(8, 28, 512, 512, "avx2") == "winograd2"
   assert _rule3x3(1, 224, 64, 64, "avx512") == "winograd4"
   assert _rule3x3(8, 112, 64, 32, "avx512") == "xla"
-  assert cpu_conv.cpu_isa() in cpu_conv.MIN_TILES
+  assert machine.cpu_isa() in cpu_conv.MIN_TILES
+  assert cpu_conv.isa_of({"avx2", "avx512f"}) == "avx512" and cpu_conv.isa_of({"sse"}) == "other"
 
 
 def test_rule_keeps_im2col_for_training_only():
@@ -92,10 +97,6 @@ def test_rule_keeps_im2col_for_training_only():
     assert cpu_conv.rule(*layer, isa="avx2") == "im2col"
     assert cpu_conv.rule(*layer, isa="avx2", inference=False) == "im2col"
     assert cpu_conv.rule(*layer, inference=True) == "xla"
-    with cpu_conv.using_filters({}):
-      assert cpu_conv.rule(*layer) == "xla"
-    with cpu_conv.recording_filters():
-      assert cpu_conv.rule(*layer) == "xla"
   # With AVX-512 XLA's direct convolution beats im2col's overlapping patches (stride 1, 4x4).
   assert cpu_conv.rule(*thin_4x4, isa="avx512") == "xla"
   for layer in (strided, pointwise):
@@ -215,7 +216,10 @@ def test_networks_with_cpu_conv_match_xla():
   """
   size, width = 32, 0.25
   kw = dict(image_size=size, width=width, fc_width=64, num_classes=10)
-  ref, fast = networks.Generator(**kw), networks.Generator(**kw, conv_impl="winograd")
+  ref, fast = (
+    networks.Generator(**kw),
+    networks.Generator(**kw, conv=ConvPolicy("winograd", isa=ISA)),
+  )
   x = jnp.asarray(np.random.default_rng(3).random((2, size, size, 3), np.float32))
   variables = ref.init(jax.random.key(0), x)
   got, want = jax.jit(fast.apply)(variables, x), jax.jit(ref.apply)(variables, x)
@@ -225,14 +229,15 @@ def test_networks_with_cpu_conv_match_xla():
   tkw = dict(width=width, fc_width=64, num_classes=10)
   t_ref, t_fast = (
     networks.VGG16Classifier(**tkw),
-    networks.VGG16Classifier(**tkw, conv_impl="winograd"),
+    networks.VGG16Classifier(**tkw, conv=ConvPolicy("winograd", isa=ISA)),
   )
   t_vars = t_ref.init(jax.random.key(1), x)
   want = jax.jit(t_ref.apply)(t_vars, x)
   np.testing.assert_allclose(jax.jit(t_fast.apply)(t_vars, x), want, rtol=1e-4, atol=1e-4)
 
   # The critic (im2col for its 4x4 convs) and its gradient-penalty gradient.
-  c_ref, c_fast = networks.Critic(width=width), networks.Critic(width=width, conv_impl="winograd")
+  c_ref = networks.Critic(width=width)
+  c_fast = networks.Critic(width=width, conv=ConvPolicy("winograd", isa=ISA, objective="gp"))
   ab, lightness = x[..., :2], x[..., :1]
   c_vars = c_ref.init(jax.random.key(2), ab, lightness)
 
@@ -250,39 +255,42 @@ def test_networks_with_cpu_conv_match_xla():
     np.testing.assert_allclose(g, r, rtol=1e-3, atol=1e-4 * float(jnp.abs(r).max()))
 
 
-def test_auto_conv_impl_is_measured_only_for_float32_on_cpu():
-  assert networks.resolve_conv_impl("auto", jnp.float32, backend="cpu") == "auto:fwd"
-  assert networks.resolve_conv_impl("auto", backend="cpu", objective="gp") == "auto:gp"
-  assert networks.resolve_conv_impl("auto", jnp.bfloat16, backend="cpu") == "xla"
-  assert networks.resolve_conv_impl("auto", jnp.float32, backend="gpu") == "xla"
-  assert networks.resolve_conv_impl("winograd4", jnp.float32, backend="tpu") == "winograd4"
+def test_auto_is_the_rule_for_float32_on_cpu_and_xla_elsewhere():
+  cpu = ConvPolicy("auto", backend="cpu", isa=ISA)
+  assert cpu.resolve(jnp.float32).impl == "winograd"
+  assert cpu.resolve(jnp.float32, "gp").objective == "gp"
+  assert cpu.resolve(jnp.bfloat16).impl == "xla"
+  assert ConvPolicy("auto", backend="gpu").resolve(jnp.float32).impl == "xla"
+  assert ConvPolicy("winograd4", backend="tpu").resolve(jnp.float32).impl == "winograd4"
   with pytest.raises(ValueError, match="unknown conv_impl 'fast'"):
-    networks.resolve_conv_impl("fast")
+    ConvPolicy("fast")
   with pytest.raises(ValueError, match="unknown objective"):
-    networks.resolve_conv_impl("auto", objective="eval")
-  with pytest.raises(ValueError, match="unknown conv_impl 'auto:eval'"):
-    networks.conv_general_dilated("auto:eval")
+    cpu.resolve(objective="eval")
+  with pytest.raises(ValueError, match="resolve"):
+    cpu.conv_general_dilated()
+  with pytest.raises(ValueError, match="Chooser"):
+    ConvPolicy("measure")
+  hash(cpu)  # A static field of the flax modules.
 
 
 def test_models_from_config_chooses_per_use():
   config = tiny.get_config()
-  config.model.conv_impl = "auto"
-  gen, critic, teacher = networks.models_from_config(config.model)
-  assert (gen.conv_impl, critic.conv_impl, teacher.conv_impl) == (
-    "auto:train",
-    "auto:gp",
-    "auto:fwd",
-  )
-  assert networks.models_from_config(config.model, inference=True)[0].conv_impl == "auto:fwd"
-  config.model.conv_impl = "winograd2"
-  assert {m.conv_impl for m in networks.models_from_config(config.model)} == {"winograd2"}
+  conv = ConvPolicy("auto", backend="cpu", isa=ISA)
+  gen, critic, teacher = networks.models_from_config(config.model, conv)
+  assert [(m.conv.impl, m.conv.objective) for m in (gen, critic, teacher)] == [
+    ("winograd", "train"),
+    ("winograd", "gp"),
+    ("winograd", "fwd"),
+  ]
+  assert networks.models_from_config(config.model, conv, inference=True)[0].conv.objective == "fwd"
+  conv = ConvPolicy("winograd2")
+  assert {m.conv.impl for m in networks.models_from_config(config.model, conv)} == {"winograd2"}
 
 
 def _quarter_width_generator(size, conv_impl, seed, batch=2):
   """(generator, variables, RGB batch in 0-255, its inference filters) at width 1/4."""
-  gen = networks.Generator(
-    image_size=size, width=0.25, fc_width=16, num_classes=4, conv_impl=conv_impl
-  )
+  conv = ConvPolicy(conv_impl, isa=ISA)
+  gen = networks.Generator(image_size=size, width=0.25, fc_width=16, num_classes=4, conv=conv)
   x = jnp.asarray(np.random.default_rng(seed).random((batch, size, size, 3), np.float32))
   variables = jax.jit(gen.init)(jax.random.key(0), x)
   return gen, variables, x * 255, predict.inference_filters(gen, variables, x)
@@ -301,7 +309,7 @@ def test_inference_filters_replace_the_per_call_transform():
   changed = np.abs(engine.predict_ab(gen, variables, x, zeroed)[1] - want).max()
   # Random init: ab stays near 0.5, so compare with the float32 rounding of the same model.
   assert same <= 1e-6 and changed > max(100 * same, 1e-5), (same, changed)
-  assert predict.inference_filters(gen.clone(conv_impl="xla"), variables, x) == {}
+  assert predict.inference_filters(gen.clone(conv=ConvPolicy()), variables, x) == {}
 
 
 def test_batch_one_inference_uses_transposed_dense_kernels():
@@ -319,8 +327,9 @@ def test_batch_one_inference_uses_transposed_dense_kernels():
     )
 
   def apply(filters):
-    with cpu_conv.using_filters(filters):
-      return jax.jit(lambda v, x: gen.apply(v, x / 255, train=False))(variables, x)
+    return jax.jit(lambda v, x, f: gen.apply(v, x / 255, train=False, prepared=f))(
+      variables, x, filters
+    )
 
   (ab, probs) = jax.jit(lambda v, x: gen.apply(v, x / 255, train=False))(variables, x)
   (ab_t, probs_t) = apply(filters)
@@ -354,13 +363,16 @@ def _ynn_fusions(compiled) -> int:
   return compiled.as_text().count("ynn_fusion")
 
 
-def test_cpu_programs_compile_with_the_measured_options(monkeypatch):
+def test_cpu_programs_compile_with_the_measured_options():
   """colorize's programs leave matmuls to XLA, not YNNPACK (measured faster for inference,
   bench/RESULTS.md), and an explicit XLA_FLAGS choice wins."""
-  options = cpu_conv.cpu_compiler_options()
+  options = cpu_conv.cpu_compiler_options(os.environ.get("XLA_FLAGS", ""))
   config = tiny.get_config()
   config.model.conv_impl = "winograd"
-  gen = networks.models_from_config(config.model, inference=True)[0].clone(with_class_head=False)
+  conv = machine.conv_policy("winograd")
+  assert dict(conv.compiler_options) == options
+  gen = networks.models_from_config(config.model, conv, inference=True)[0]
+  gen = gen.clone(with_class_head=False)
   rgb = jnp.zeros((2, 64, 64, 3), jnp.uint8)
   variables = gen.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False)
   plain = jax.jit(lambda v, x: gen.apply(v, x, train=False)).lower(variables, rgb / 1.0).compile()
@@ -369,8 +381,8 @@ def test_cpu_programs_compile_with_the_measured_options(monkeypatch):
   else:
     assert options == cpu_conv.CPU_COMPILER_OPTIONS
     assert _ynn_fusions(plain) > 0  # This jaxlib's default: the check below can fail.
-  assert _ynn_fusions(engine.predict_ab.lower(gen, variables, rgb).compile()) == 0
-  assert _ynn_fusions(engine.colorize_small.lower(gen, variables, rgb).compile()) == 0
+  for fn in (predict.predict_ab_fn, predict.colorize_small_fn):
+    assert _ynn_fusions(engine.inference_program(fn, gen).lower(gen, variables, rgb).compile()) == 0
   # The train loop's sample grids are inference too; its step keeps XLA's defaults (YNNPACK
   # measured faster there).
   mesh = train_state.make_mesh(jax.devices()[:1])
@@ -380,5 +392,4 @@ def test_cpu_programs_compile_with_the_measured_options(monkeypatch):
   sample = trainer.make_sample_fn(nets, mesh)
   assert _ynn_fusions(sample.lower(full, batch).compile()) == 0
   assert train_step.xla_compiler_options(config, backend="cpu") == {}
-  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=dot")
-  assert cpu_conv.cpu_compiler_options() == {}
+  assert cpu_conv.cpu_compiler_options("--xla_cpu_experimental_ynn_fusion_type=dot") == {}

@@ -21,6 +21,7 @@ from chromagan_jax import evaluate
 from chromagan_jax.configs import default
 from chromagan_jax.evaluation import evaluator
 from chromagan_jax.model import networks
+from chromagan_jax.runtime import machine
 from chromagan_jax.weights import checkpoint
 
 jax.config.update("jax_disable_most_optimizations", True)
@@ -130,7 +131,8 @@ def colorized_reference(rgb, variables, config):
   -> ``Generator.apply`` -> ab8 = clip(ab * 255) -> scikit-image ``lab2rgb`` -> uint8."""
   lab = skcolor.rgb2lab(rgb)
   l3 = np.repeat(lab[None, ..., :1] / 100.0, 3, axis=-1).astype(np.float32)
-  gen = networks.models_from_config(config.model)[0]
+  conv = machine.conv_policy(config.model.get("conv_impl"))  # The config's, as before.
+  gen = networks.models_from_config(config.model, conv)[0]
   ab = np.asarray(jax.jit(gen.apply, static_argnames="train")(variables, l3, train=False)[0])
   lab[..., 1:] = np.clip(ab[0].astype(np.float64) * 255.0, 0, 255) - 128.0
   with warnings.catch_warnings():  # a few negative Z values clipped: see the tolerances.

@@ -30,6 +30,7 @@ from chromagan_jax.evaluation import evaluator
 from chromagan_jax.inference import engine, video
 from chromagan_jax.model import predict
 from chromagan_jax.ops import color
+from chromagan_jax.ops.conv_policy import ConvPolicy
 from chromagan_jax.weights import checkpoint
 
 SIZE = (96, 64)  # (W, H)
@@ -54,7 +55,7 @@ def _photos():
 @pytest.fixture(scope="module")
 def generator():
   config = tiny.get_config()
-  model = predict.generator_from(config)
+  model = predict.generator_from(config, ConvPolicy())
   size = config.model.image_size
   variables = model.init(jax.random.PRNGKey(0), np.zeros((1, size, size, 3)), train=False)
   params = dict(variables["params"])
@@ -414,9 +415,10 @@ _MEMORY_SCRIPT = textwrap.dedent(
   jax.config.update("jax_disable_most_optimizations", True)
   from chromagan_jax.inference import engine, video
   from chromagan_jax.model import predict
+  from chromagan_jax.ops.conv_policy import ConvPolicy
   from chromagan_jax.configs import tiny
   config = tiny.get_config()
-  model = predict.generator_from(config)
+  model = predict.generator_from(config, ConvPolicy())
   variables = model.init(jax.random.PRNGKey(0), np.zeros((1, 64, 64, 3)), train=False)
   c = engine.Colorizer(variables, config, batch_size=8, conv_impl="xla")
   options = video.VideoOptions(preset="ultrafast")

@@ -26,11 +26,13 @@ def get_config():
   # shapes while the branches, decoder and critic run at a smaller `width` (a deviation; the
   # reference has one width). The KL teacher is a VGG16 of this width too.
   config.model.trunk_width = ml_collections.config_dict.placeholder(float)
-  # Convolution algorithm of the three networks: 'auto' = for float32 on CPU, each layer's
-  # fastest of XLA / Winograd F(2x2, 4x4) / im2col, measured once per machine for its use
-  # (conv_choice.py; cached next to the XLA cache), XLA's convolutions on GPU/TPU; or one of
-  # models.CONV_IMPLS ('xla', 'winograd', 'winograd2', 'winograd4': the fixed rule measured on
-  # an AMD EPYC, Winograd for >= 64-channel 3x3 convs, im2col for strided, 1x1 and 4x4 ones).
+  # Convolution algorithm of the three networks (chromagan_jax/ops/conv_policy.py states each):
+  # 'auto' = the fixed rule ('winograd') for float32 on CPU, the fastest measured there, and
+  # XLA's convolutions on GPU/TPU and in bfloat16 (also what a checkpoint without the field,
+  # e.g. a converted one, gets); 'measure' = for float32 on CPU each layer's fastest of XLA /
+  # Winograd / im2col, timed once per machine and use (kept beside the compilation cache);
+  # 'xla'; 'winograd' (Winograd for >= 64-channel stride-1 3x3 convs, im2col for the strided,
+  # 1x1 and 4x4 ones in training), 'winograd2' / 'winograd4' (its tile size fixed).
   config.model.conv_impl = "auto"
   config.dtype = "float32"  # Compute dtype: 'float32' or 'bfloat16' (params and losses f32).
   # Compile the train step with --xla_gpu_deterministic_ops on GPU so that GPU steps are

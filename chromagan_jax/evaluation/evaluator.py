@@ -25,6 +25,7 @@ from chromagan_jax.errors import EvalError, MissingExtraError
 from chromagan_jax.inference import engine
 from chromagan_jax.model import predict
 from chromagan_jax.ops import color
+from chromagan_jax.runtime import machine
 from chromagan_jax.weights import checkpoint
 
 DATA_RANGE = 255.0
@@ -560,7 +561,7 @@ def evaluate_checkpoint(
   """
   variables, config = checkpoint.load_generator(ckpt, step, with_class_head=False, ema=ema)
   step, _ = checkpoint.load_config(ckpt, step)
-  model = predict.generator_from(config)
+  model = predict.generator_from(config, machine.conv_policy(engine.conv_impl_of(config)))
   predict_fn = functools.partial(engine.colorize_small, model, variables)
   has_ema = checkpoint.has_generator_ema(ckpt, step)
   meta = {"checkpoint": str(ckpt), "step": step, "ema": has_ema and ema is not False}

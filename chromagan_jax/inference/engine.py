@@ -26,6 +26,7 @@ import functools
 from collections.abc import Iterable, Iterator, Sequence
 
 import cv2
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,7 +35,9 @@ import tqdm
 from chromagan_jax.data import images as image_files
 from chromagan_jax.data.images import Photo
 from chromagan_jax.model import networks, predict
-from chromagan_jax.ops import color, cpu_conv
+from chromagan_jax.ops import color
+from chromagan_jax.ops.conv_policy import ConvPolicy
+from chromagan_jax.runtime import machine
 
 DEFAULT_BATCH_SIZE = 8
 # ab8 upsampling to the original size; antialiasing only matters when shrinking (inputs
@@ -171,15 +174,36 @@ def compose_host(rgb, ab_net, with_grey: bool = False):
 # Batched colorization.
 
 
-# Jitted with the CPU compiler options measured for inference (cpu_conv.CPU_COMPILER_OPTIONS).
-# Options can only be given to a top-level jit: programs that call these inside their own jit
-# (the train loop's sample grids) use the plain functions and pass the options themselves.
-predict_ab = jax.jit(
-  predict.predict_ab_fn, static_argnums=0, compiler_options=cpu_conv.cpu_compiler_options()
-)
-colorize_small = jax.jit(
-  predict.colorize_small_fn, static_argnums=0, compiler_options=cpu_conv.cpu_compiler_options()
-)
+@functools.cache
+def _jitted(fn, compiler_options: tuple):
+  return jax.jit(fn, static_argnums=0, compiler_options=dict(compiler_options))
+
+
+def inference_program(fn, model):
+  """``fn(model, ...)`` jitted (``model`` static) with the compiler options of inference programs
+  that ``model``'s convolution policy carries (``ConvPolicy.compiler_options``). Options can
+  only be given to a top-level jit: programs that call ``fn`` inside their own jit (the train
+  loop's sample grids) pass the options themselves."""
+  return _jitted(fn, model.conv.compiler_options)
+
+
+def predict_ab(model, variables, rgb, filters=None):
+  """:func:`predict.predict_ab_fn`, jitted as :func:`inference_program`."""
+  return inference_program(predict.predict_ab_fn, model)(model, variables, rgb, filters)
+
+
+def colorize_small(model, variables, rgb, filters=None):
+  """:func:`predict.colorize_small_fn`, jitted as :func:`inference_program`."""
+  return inference_program(predict.colorize_small_fn, model)(model, variables, rgb, filters)
+
+
+def conv_impl_of(config) -> str | None:
+  """The ``conv_impl`` a checkpoint's ``config`` (full, its ``model`` section, a dict, or None)
+  names; None when it names none (converted checkpoints): "auto" then."""
+  if config is None or isinstance(config, nn.Module):
+    return None
+  model = config.get("model", config) if hasattr(config, "get") else config
+  return model.get("conv_impl") if hasattr(model, "get") else None
 
 
 class Colorizer:
@@ -190,18 +214,29 @@ class Colorizer:
       head (:func:`checkpoint.load_generator` ``with_class_head=False``); it is not used.
     config: see :func:`predict.generator_from`.
     batch_size: images per generator call (the last batch is padded with zeros).
-    conv_impl: overrides the convolution algorithm of ``config`` (``networks.CONV_IMPLS`` or
-      "auto"); None keeps the checkpoint's. On CPU "auto" measures each layer's algorithms
-      once per machine (conv_choice.py) and Winograd layers get their filters transformed
-      once, at the first batch (:func:`predict.inference_filters`).
+    conv_impl: overrides the convolution algorithm of ``config`` (``conv_policy.IMPLS``); None
+      keeps the checkpoint's, and "auto" (the fastest measured on CPU) for a checkpoint that
+      names none. Winograd layers get their filters transformed once, at the first batch
+      (:func:`predict.inference_filters`).
+    conv: the policy itself, when the caller built one (overrides ``conv_impl``); else it is
+      built here from ``conv_impl`` and this machine (``runtime.machine.conv_policy``).
   """
 
-  def __init__(self, variables, config=None, batch_size: int = DEFAULT_BATCH_SIZE, conv_impl=None):
+  def __init__(
+    self,
+    variables,
+    config=None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    conv_impl: str | None = None,
+    conv: ConvPolicy | None = None,
+  ):
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    self.model = predict.generator_from(config)
-    if conv_impl is not None:
-      self.model = self.model.clone(conv_impl=networks.resolve_conv_impl(conv_impl))
+    if conv is None:
+      conv = machine.conv_policy(conv_impl or conv_impl_of(config))
+    self.model = predict.generator_from(config, conv)
+    if isinstance(config, nn.Module) and conv_impl is not None:
+      self.model = self.model.clone(conv=conv.resolve(objective="fwd"))
     self.variables = networks.without_class_head(variables)
     self.filters = None  # Winograd filters, transformed once at the first batch.
     self.batch_size = batch_size

@@ -41,6 +41,7 @@ from chromagan_jax import extras
 from chromagan_jax.errors import UserError
 from chromagan_jax.model import networks
 from chromagan_jax.ops import color
+from chromagan_jax.ops.conv_policy import ConvPolicy
 from chromagan_jax.weights import checkpoint
 
 FORMATS = ("onnx", "tflite", "saved_model", "msgpack")
@@ -48,7 +49,7 @@ INPUT_NAME = "L"
 OUTPUT_NAME = "ab"
 # The exported graph uses XLA's plain convolutions: runtimes choose their own kernels, and the
 # Winograd / im2col rewrites of cpu_conv.py would only obscure the graph.
-EXPORT_CONV_IMPL = "xla"
+EXPORT_CONV = ConvPolicy("xla")
 # jax2onnx's target opset (ONNX Runtime >= 1.16 runs it).
 ONNX_OPSET = 21
 
@@ -63,7 +64,7 @@ def network_fn(model: networks.Generator, variables) -> Callable:
   ``variables`` (with or without the class head) are closed over, so they become constants
   of the exported graph.
   """
-  model = model.clone(with_class_head=False, conv_impl=EXPORT_CONV_IMPL)
+  model = model.clone(with_class_head=False, conv=EXPORT_CONV)
   variables = jax.tree.map(jnp.asarray, networks.without_class_head(variables))
 
   def fn(lightness):
@@ -75,7 +76,7 @@ def network_fn(model: networks.Generator, variables) -> Callable:
 def load(ckpt, step=None) -> tuple[Callable, int]:
   """(:func:`network_fn` of checkpoint ``ckpt``, image size S); reads no class-head array."""
   variables, config = checkpoint.load_generator(ckpt, step, with_class_head=False)
-  model = networks.models_from_config(config.model)[0]
+  model = networks.models_from_config(config.model, EXPORT_CONV)[0]
   return network_fn(model, variables), int(config.model.image_size)
 
 

@@ -28,7 +28,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from chromagan_jax.ops import conv_choice, cpu_conv
+from chromagan_jax.ops import cpu_conv
+from chromagan_jax.ops.conv_policy import ConvPolicy
 
 # Keras' BatchNormalization defaults (Flax's momentum has the same meaning).
 BN_MOMENTUM = 0.99
@@ -88,42 +89,20 @@ def upsample_nearest(x, factor: int = 2):
   return jnp.repeat(jnp.repeat(x, factor, axis=1), factor, axis=2)
 
 
-# How convolutions are computed (the values are the same up to float32 rounding):
-#   "xla": lax.conv_general_dilated (XLA's kernels; cuDNN on GPU);
-#   "winograd", "winograd2", "winograd4": cpu_conv.py's fixed rule (measured on an AMD EPYC,
-#     AVX2): Winograd F(m x m, 3x3) for the 3x3 stride-1 convs with >= 64 channels (tile size
-#     chosen per layer, or fixed 2 / 4), im2col matmuls for the strided, 1x1 and 4x4 ones;
-#   "auto" (resolve_conv_impl): on CPU in float32, each layer's algorithm measured on the
-#     machine at hand for the layer's use (conv_choice.py), written "auto:<objective>" with an
-#     objective of conv_choice.OBJECTIVES; XLA's own convolutions elsewhere.
-CONV_IMPLS = ("xla", "winograd", "winograd2", "winograd4")
+XLA = ConvPolicy("xla")  # XLA's convolutions everywhere: the modules' default.
 
 
-@functools.cache
-def conv_general_dilated(impl: str):
-  """The ``conv_general_dilated`` that ``nn.Conv`` uses for ``impl`` (None: flax's default)."""
-  if impl == "xla":
-    return None
-  if impl in CONV_IMPLS:
-    return cpu_conv.make_conv(tile=int(impl[-1]) if impl[-1].isdigit() else "auto")
-  if impl.startswith("auto:") and impl[5:] in conv_choice.OBJECTIVES:
-    return conv_choice.make_conv(impl[5:])
-  raise ValueError(f"unknown conv_impl {impl!r}; expected 'auto' or one of {CONV_IMPLS}")
+def _layer(module: nn.Module, name: str) -> str:
+  """The params path of ``module``'s layer ``name`` from the network's root ("vgg16/block1_conv1"):
+  the key of its prepared inference weights (``cpu_conv.inference_filters``)."""
+  return "/".join((*module.path, name))
 
 
-def resolve_conv_impl(
-  impl: str, dtype=jnp.float32, backend: str | None = None, objective: str = "fwd"
-) -> str:
-  """``"auto"`` -> per-layer measured choices for ``objective`` ("fwd": inference, "train":
-  a trained network, "gp": the critic, see conv_choice.py) for float32 on CPU, XLA's convs
-  elsewhere (accelerators have their own algorithms; Winograd loses too much in bfloat16)."""
-  if impl != "auto":
-    conv_general_dilated(impl)  # Validates the name.
-    return impl
-  if objective not in conv_choice.OBJECTIVES:
-    raise ValueError(f"unknown objective {objective!r}; expected one of {conv_choice.OBJECTIVES}")
-  backend = backend or jax.default_backend()
-  return f"auto:{objective}" if backend == "cpu" and jnp.dtype(dtype) == jnp.float32 else "xla"
+def _conv_fn(module: nn.Module, name: str, prepared):
+  """``module.conv``'s ``conv_general_dilated`` for layer ``name`` (None: flax's default)."""
+  return module.conv.conv_general_dilated(
+    prepared, _layer(module, name), initializing=module.is_initializing()
+  )
 
 
 # jaxlib 0.12's XLA:CPU computes the bfloat16 VGG trunk wrongly through its YNNPACK fusions:
@@ -160,13 +139,12 @@ def max_pool(x):
 
   The value is XLA's ``reduce_window`` (``nn.max_pool``). The derivative is written out
   instead of left to XLA's ``select_and_scatter``: with deterministic GPU ops
-  (``config.deterministic_ops``, every config's default) XLA:GPU rewrites that into a
-  sorted scatter, which halved the train step's speed on an H200 (bf16, batch 256: 766
-  img/s with deterministic ops, 1,560 without; jax 0.11.2) and cannot run at all past 2^31
-  scatter indices (bf16 at 224x224 and a per-device batch of ~670). The rule below has no
-  scatter: strided slices, masks and selects. Same subgradient as ``select_and_scatter``: the
-  first maximum of each window in row-major order takes the whole gradient, so gradients are
-  bitwise those of ``nn.max_pool``, ties (ReLU zeros) included (tests/models_test.py).
+  (``config.deterministic_ops``, every config's default) XLA:GPU rewrites that into a sorted
+  scatter, which is slow (bench/RESULTS.md) and cannot run past 2^31 scatter indices. The rule
+  below has no scatter: strided slices, masks and selects. Same subgradient as
+  ``select_and_scatter``: the first maximum of each window in row-major order takes the whole
+  gradient, so gradients are bitwise those of ``nn.max_pool``, ties (ReLU zeros) included
+  (tests/models_test.py).
   """
   return _max_pool_value(x)
 
@@ -195,24 +173,26 @@ class VGG16Trunk(nn.Module):
   width: float = 1.0
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
-  conv_impl: str = "xla"
+  conv: ConvPolicy = ConvPolicy()
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, prepared=None):
+    """``prepared``: the inference weights (see :class:`Generator`), or None."""
     for b, (n, c) in enumerate(VGG16_BLOCKS[: self.depth], start=1):
       if b > 1:
         x = max_pool(x)
       for i in range(1, n + 1):
+        name = f"block{b}_conv{i}"
         x = nn.Conv(
           scaled(c, self.width),
           (3, 3),
           padding="SAME",
           dtype=self.dtype,
           param_dtype=self.param_dtype,
-          conv_general_dilated=conv_general_dilated(self.conv_impl),
+          conv_general_dilated=_conv_fn(self, name, prepared),
           kernel_init=KERNEL_INIT,
           bias_init=BIAS_INIT,
-          name=f"block{b}_conv{i}",
+          name=name,
         )(x)
         x = nn.relu(x)
     return x
@@ -231,12 +211,12 @@ class VGG16Classifier(nn.Module):
   preprocessing: str = "none"
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
-  conv_impl: str = "xla"
+  conv: ConvPolicy = ConvPolicy()
 
   @nn.compact
   def __call__(self, x):
     x = vgg_preprocess(x.astype(self.dtype), self.preprocessing)
-    x = VGG16Trunk(5, self.width, self.dtype, self.param_dtype, self.conv_impl, name="vgg16")(x)
+    x = VGG16Trunk(5, self.width, self.dtype, self.param_dtype, self.conv, name="vgg16")(x)
     x = max_pool(x)
     x = x.reshape(x.shape[0], -1)  # NHWC flatten, as Keras' Flatten.
     dense = lambda n, name: nn.Dense(  # noqa: E731
@@ -286,10 +266,10 @@ class Generator(nn.Module):
   trunk_width: float | None = None
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
-  conv_impl: str = "xla"
+  conv: ConvPolicy = ConvPolicy()
   with_class_head: bool = True
 
-  def _conv(self, channels, kernel, name, strides=1, act=nn.relu):
+  def _conv(self, channels, kernel, name, prepared, strides=1, act=nn.relu):
     conv = nn.Conv(
       channels,
       (kernel, kernel),
@@ -297,7 +277,7 @@ class Generator(nn.Module):
       padding="SAME",
       dtype=self.dtype,
       param_dtype=self.param_dtype,
-      conv_general_dilated=conv_general_dilated(self.conv_impl),
+      conv_general_dilated=_conv_fn(self, name, prepared),
       kernel_init=KERNEL_INIT,
       bias_init=BIAS_INIT,
       name=name,
@@ -314,7 +294,7 @@ class Generator(nn.Module):
       name=name,
     )
 
-  def _dense(self, features, name):
+  def _dense(self, features, name, prepared):
     return nn.Dense(
       features,
       dtype=self.dtype,
@@ -322,12 +302,16 @@ class Generator(nn.Module):
       kernel_init=KERNEL_INIT,
       bias_init=BIAS_INIT,
       # Batch-1 inference multiplies by a transposed kernel, prepared once (cpu_conv).
-      dot_general=cpu_conv.dense_dot_general,
+      dot_general=functools.partial(
+        cpu_conv.dense_dot_general, prepared=prepared, layer=_layer(self, name)
+      ),
       name=name,
     )
 
   @nn.compact
-  def __call__(self, l3, train: bool = False):
+  def __call__(self, l3, train: bool = False, prepared=None):
+    """``prepared``: inference weights prepared once per weight set
+    (``cpu_conv.inference_filters``), a ``cpu_conv.Recording``, or None (training)."""
     if l3.shape[1:] != (self.image_size, self.image_size, 3):
       raise ValueError(
         f"Generator expects (N, {self.image_size}, {self.image_size}, 3) inputs, got {l3.shape}"
@@ -337,32 +321,32 @@ class Generator(nn.Module):
     trunk_cls = nn.remat(VGG16Trunk) if self.remat_trunk else VGG16Trunk
     trunk_width = self.width if self.trunk_width is None else self.trunk_width
     trunk = trunk_cls(
-      TRUNK_DEPTH, trunk_width, self.dtype, self.param_dtype, self.conv_impl, name="vgg16"
-    )(x)
+      TRUNK_DEPTH, trunk_width, self.dtype, self.param_dtype, self.conv, name="vgg16"
+    )(x, prepared)
 
     # Global branch: activation before batch norm, as in the reference.
     g = trunk
     for i, stride in enumerate(GLOBAL_STRIDES, start=1):
-      g = self._conv(w(512), 3, f"global_conv{i}", strides=stride)(g)
+      g = self._conv(w(512), 3, f"global_conv{i}", prepared, strides=stride)(g)
       g = self._bn(f"global_bn{i}", train)(g)
     g = g.reshape(g.shape[0], -1)  # NHWC flatten.
     # Fusion vector: three linear Dense layers.
     f = g
     for i, n in enumerate((1024, 512, 256), start=1):
-      f = self._dense(w(n), f"global_fc{i}")(f)
+      f = self._dense(w(n), f"global_fc{i}", prepared)(f)
     # Class head: two linear Dense layers then a softmax over the classes.
     probs = None
     if self.with_class_head:
       c = g
       for name in CLASS_HEAD[:-1]:
-        c = self._dense(scaled(self.fc_width, self.width), name)(c)
-      logits = self._dense(self.num_classes, CLASS_HEAD[-1])(c)
+        c = self._dense(scaled(self.fc_width, self.width), name, prepared)(c)
+      logits = self._dense(self.num_classes, CLASS_HEAD[-1], prepared)(c)
       probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
 
     # Mid-level branch.
-    m = self._conv(w(512), 3, "mid_conv1")(trunk)
+    m = self._conv(w(512), 3, "mid_conv1", prepared)(trunk)
     m = self._bn("mid_bn1", train)(m)
-    m = self._conv(w(256), 3, "mid_conv2")(m)
+    m = self._conv(w(256), 3, "mid_conv2", prepared)(m)
     m = self._bn("mid_bn2", train)(m)
 
     # Fusion: [mid, global vector repeated over the mid-level grid].
@@ -371,14 +355,14 @@ class Generator(nn.Module):
     x = jnp.concatenate([m, f.astype(m.dtype)], axis=-1)
 
     # Decoder.
-    x = self._conv(w(256), 1, "dec_conv1")(x)
-    x = self._conv(w(128), 3, "dec_conv2")(x)
+    x = self._conv(w(256), 1, "dec_conv1", prepared)(x)
+    x = self._conv(w(128), 3, "dec_conv2", prepared)(x)
     x = upsample_nearest(x)
-    x = self._conv(w(64), 3, "dec_conv3")(x)
-    x = self._conv(w(64), 3, "dec_conv4")(x)
+    x = self._conv(w(64), 3, "dec_conv3", prepared)(x)
+    x = self._conv(w(64), 3, "dec_conv4", prepared)(x)
     x = upsample_nearest(x)
-    x = self._conv(w(32), 3, "dec_conv5")(x)
-    x = self._conv(2, 3, "dec_conv6", act=lambda y: y)(x)
+    x = self._conv(w(32), 3, "dec_conv5", prepared)(x)
+    x = self._conv(2, 3, "dec_conv6", prepared, act=lambda y: y)(x)
     ab = jax.nn.sigmoid(x.astype(jnp.float32))
     return upsample_nearest(ab), probs
 
@@ -393,7 +377,7 @@ class Critic(nn.Module):
   width: float = 1.0
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
-  conv_impl: str = "xla"
+  conv: ConvPolicy = ConvPolicy()
 
   @nn.compact
   def __call__(self, ab, lightness):
@@ -406,7 +390,7 @@ class Critic(nn.Module):
         padding="SAME",
         dtype=self.dtype,
         param_dtype=self.param_dtype,
-        conv_general_dilated=conv_general_dilated(self.conv_impl),
+        conv_general_dilated=_conv_fn(self, f"conv{i}", None),
         kernel_init=KERNEL_INIT,
         bias_init=BIAS_INIT,
         name=f"conv{i}",
@@ -418,7 +402,7 @@ class Critic(nn.Module):
       padding="SAME",
       dtype=self.dtype,
       param_dtype=self.param_dtype,
-      conv_general_dilated=conv_general_dilated(self.conv_impl),
+      conv_general_dilated=_conv_fn(self, f"conv{len(CRITIC_LAYERS) + 1}", None),
       kernel_init=KERNEL_INIT,
       bias_init=BIAS_INIT,
       name=f"conv{len(CRITIC_LAYERS) + 1}",
@@ -426,17 +410,18 @@ class Critic(nn.Module):
     return x.astype(jnp.float32)
 
 
-def models_from_config(model_config, dtype=jnp.float32, inference: bool = False):
+def models_from_config(
+  model_config, conv: ConvPolicy = XLA, dtype=jnp.float32, inference: bool = False
+):
   """(Generator, Critic, VGG16Classifier) built from ``config.model``.
 
-  ``model_config.conv_impl`` applies to all three ("auto": :func:`resolve_conv_impl`, with the
-  generator's convs chosen for training unless ``inference``, the critic's for its gradient
-  penalty and the frozen teacher's for its forward pass).
+  ``conv`` (built at the entry from ``model_config.conv_impl``: ``runtime.machine.conv_policy``;
+  default XLA's, for callers that need only shapes or parameters) applies to all three, resolved
+  per network: the generator's convs chosen for training unless ``inference``, the critic's for
+  its gradient penalty and the frozen teacher's for its forward pass.
   """
   common = dict(width=model_config.width, dtype=dtype)
   trunk_width = model_config.get("trunk_width")
-  impl = model_config.get("conv_impl", "xla")
-  conv_impl = lambda objective: resolve_conv_impl(impl, dtype, objective=objective)  # noqa: E731
   gen = Generator(
     image_size=model_config.image_size,
     num_classes=model_config.num_classes,
@@ -444,15 +429,15 @@ def models_from_config(model_config, dtype=jnp.float32, inference: bool = False)
     vgg_preprocessing=model_config.vgg_preprocessing,
     remat_trunk=model_config.get("remat_trunk", False),
     trunk_width=trunk_width,
-    conv_impl=conv_impl("fwd" if inference else "train"),
+    conv=conv.resolve(dtype, "fwd" if inference else "train"),
     **common,
   )
-  critic = Critic(conv_impl=conv_impl("gp"), **common)
+  critic = Critic(conv=conv.resolve(dtype, "gp"), **common)
   teacher = VGG16Classifier(
     num_classes=model_config.num_classes,
     fc_width=model_config.fc_width,
     preprocessing=model_config.vgg_preprocessing,
-    conv_impl=conv_impl("fwd"),
+    conv=conv.resolve(dtype, "fwd"),
     **{**common, "width": common["width"] if trunk_width is None else trunk_width},
   )
   return gen, critic, teacher

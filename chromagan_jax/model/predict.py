@@ -11,21 +11,23 @@ import ml_collections
 
 from chromagan_jax.model import networks
 from chromagan_jax.ops import color, cpu_conv
+from chromagan_jax.ops.conv_policy import ConvPolicy
 
 
-def generator_from(config) -> nn.Module:
+def generator_from(config, conv: ConvPolicy) -> nn.Module:
   """The head-free inference generator (``with_class_head=False``: ab only) for ``config``: a
-  full config, its ``model`` section, a dict of either, a :class:`networks.Generator`, or None
-  (the paper's 224x224, width-1 network)."""
+  full config, its ``model`` section, a dict of either, a :class:`networks.Generator` (kept as
+  it is), or None (the paper's 224x224, width-1 network); its convolutions by ``conv`` (built
+  at the entry, ``runtime.machine.conv_policy``), chosen for inference."""
   if config is None:
-    model = networks.Generator()
+    model = networks.Generator(conv=conv.resolve(objective="fwd"))
   elif isinstance(config, nn.Module):
     model = config
   else:
     if not isinstance(config, ml_collections.ConfigDict):
       config = ml_collections.ConfigDict(config)
     model_config = config.model if "model" in config else config
-    model = networks.models_from_config(model_config, inference=True)[0]
+    model = networks.models_from_config(model_config, conv, inference=True)[0]
   return model.clone(with_class_head=False)
 
 
@@ -45,10 +47,8 @@ def predict_ab_fn(model, variables, rgb, filters=None):
   """
   lightness, _ = color.rgb_to_net(rgb)
   l3 = color.gray_to_l3(lightness)
-  if not filters:
-    return lightness, model.apply(variables, l3, train=False)[0]
-  with cpu_conv.using_filters(filters):
-    return lightness, model.apply(variables, l3, train=False)[0]
+  # No prepared weights ({}: no Winograd layer) traces as training does, as it always has.
+  return lightness, model.apply(variables, l3, train=False, prepared=filters or None)[0]
 
 
 def colorize_small_fn(model, variables, rgb, filters=None):
@@ -68,7 +68,7 @@ def inference_filters(model, variables, rgb) -> dict:
   """``model``'s Winograd filters for network inputs shaped like ``rgb`` (N, S, S, 3),
   transformed once per weight set rather than in every call, and at N = 1 its Dense kernels
   transposed (cpu_conv.inference_filters); {} without Winograd layers."""
-  if model.conv_impl == "xla":
+  if model.conv.impl == "xla":
     return {}
-  apply = lambda v, x: model.apply(v, x, train=False)  # noqa: E731
+  apply = lambda v, x, prepared: model.apply(v, x, train=False, prepared=prepared)  # noqa: E731
   return cpu_conv.inference_filters(apply, variables, jnp.zeros(rgb.shape, jnp.float32))

@@ -32,14 +32,9 @@ Inference prepares what depends on the weights only once per weight set
 kernels transposed (:func:`dense_dot_general`: XLA:CPU's matrix-vector product is faster so).
 """
 
-import contextlib
-import contextvars
 import functools
 import math
-import os
-import platform
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -121,22 +116,15 @@ _NHWC = ("NHWC", "HWIO", "NHWC")
 _SAME_3X3_PADS = ((1, 1), (1, 1))
 
 
-# XLA:CPU hands matmuls to YNNPACK ("ynn fusions", on by default in jaxlib 0.10 and 0.12). For
-# inference, XLA's own (Eigen) matmuls run the Winograd products and the 1x1/im2col convs faster
-# on an AMD EPYC with AVX2 (bench/RESULTS.md, interleaved with TF/Keras in one run each:
-# generator inference 1.17x -> 1.58x TF/Keras at batch 1, 1.58x -> 1.91x at batch 16); the GAN
-# train step is not (0.441 img/s with them, 0.409 without, batch 8), so only the inference
-# programs (colorize_lib.predict_ab / colorize_small: colorize, evaluate, video, the app, sample
-# grids) compile with these options. An explicit xla_cpu_experimental_ynn_fusion_type in
-# XLA_FLAGS wins. On an AMD EPYC with AVX-512 one A/B was inconclusive (bench/RESULTS.md).
-# Accelerators ignore xla_cpu_* options.
+# XLA:CPU's YNNPACK fusions off for inference programs: XLA's own matmuls run the Winograd
+# products and the 1x1/im2col convs faster there (bench/RESULTS.md); the train step keeps XLA's
+# defaults. Accelerators ignore xla_cpu_* options.
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
-def cpu_compiler_options() -> dict[str, str]:
-  """:data:`CPU_COMPILER_OPTIONS`, or {} when XLA_FLAGS already sets them (the user's choice)."""
-  flags = os.environ.get("XLA_FLAGS", "")
-  return {k: v for k, v in CPU_COMPILER_OPTIONS.items() if f"--{k}" not in flags}
+def cpu_compiler_options(xla_flags: str) -> dict[str, str]:
+  """:data:`CPU_COMPILER_OPTIONS` less those the ``XLA_FLAGS`` string sets (the user's choice)."""
+  return {k: v for k, v in CPU_COMPILER_OPTIONS.items() if f"--{k}" not in xla_flags}
 
 
 def _combine(matrix, terms):
@@ -165,7 +153,7 @@ def filter_transform(w, m: int):
   """Winograd filter transform ``G g G^T`` of HWIO r x r ``w`` -> ((m+r-1)^2, Cin, Cout).
 
   It depends on the weights only: inference can compute it once per weight set
-  (:func:`recording_filters` / :func:`using_filters`) instead of in every call.
+  (:func:`inference_filters`) instead of in every call.
   """
   r = w.shape[0]
   g = _matrices(m, r)[1]
@@ -310,42 +298,18 @@ def run(name: str, x, w, strides, pads, u=None):
   raise ValueError(f"unknown convolution algorithm {name!r}; expected one of {ALGORITHMS}")
 
 
-@functools.cache
-def cpu_facts() -> tuple[str, frozenset[str]]:
-  """(model name, ISA flags) of this machine's CPU from /proc/cpuinfo (elsewhere: platform's
-  name and no flags). Which convolution algorithm is fastest depends on them (:func:`rule`)."""
-  model, flags = platform.processor() or platform.machine(), frozenset()
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        key, _, value = line.partition(":")
-        if key.strip() == "model name":
-          model = value.strip()
-        elif key.strip() in ("flags", "Features"):
-          flags = frozenset(value.split())
-  except OSError:
-    pass
-  return model, flags
-
-
-def cpu_isa() -> str:
-  """The vector ISA :func:`choose_tile` distinguishes: "avx512" (AVX-512 F), "avx2" or "other"."""
-  flags = cpu_facts()[1]
+def isa_of(flags) -> str:
+  """The vector ISA :func:`choose_tile` distinguishes, from a CPU's ISA flags (/proc/cpuinfo's
+  ``flags``): "avx512" (AVX-512 F), "avx2" or "other"."""
   return "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "other"
 
 
 # The fewest 4x4 tiles per call for which F(4x4) beats F(2x2) when the filters are transformed in
-# every call (training): m=4's 36 transformed filters cost (m+2)^2 Cin Cout whatever the batch,
-# so few tiles do not amortise them. Measured per ISA (bench/RESULTS.md): 512 on AMD EPYCs with
-# AVX2 (earlier sessions); 256 on an AMD EPYC with AVX-512 (fp32 matmul peak ~200 GFLOP/s),
-# where the GAN train step (batch 8, teacher on: its 28x28 layers have 392 tiles) took 10.65 s
-# against 11.66 s with 512 (median of 4, same process).
+# every call (training): m=4's (m+2)^2 Cin Cout transformed filters cost the same whatever the
+# batch, so few tiles do not amortise them. Per ISA, measured (bench/RESULTS.md).
 MIN_TILES = {"avx512": 256, "avx2": 512, "other": 512}
-# With the filters transformed once (inference: :func:`using_filters`) only the tiles count:
-# F(4x4) does fewer multiplies and moves less data per output than F(2x2) (an (m+2)^2 input tile
-# per m^2 outputs: 2.25x against 4x), and loses only where the maps are so small that the tiles
-# are mostly padding (AMD EPYC AVX-512, batch 1: 7x7 maps, 4 tiles, 2.7 ms against 1.7 ms).
-# Measured on the AMD EPYC with AVX-512 only (bench/RESULTS.md).
+# With the filters transformed once (inference) only the tiles count: F(4x4) does fewer multiplies
+# and moves less data per output than F(2x2), and loses only where the tiles are mostly padding.
 PRE_MIN_TILES = 16
 
 
@@ -359,27 +323,22 @@ def choose_tile(
   height: int,
   width: int,
   min_tiles: int | None = None,
-  isa: str | None = None,
-  inference: bool | None = None,
+  isa: str = "other",
+  inference: bool = False,
 ) -> int:
   """F(4x4) when there are enough 4x4 tiles to amortise its larger filter transform, else F(2x2).
 
   ``min_tiles``: None picks :data:`PRE_MIN_TILES` when the filters come transformed
-  (``inference``; None: :func:`filters_given`, i.e. inside :func:`using_filters` or
-  :func:`recording_filters`), else :data:`MIN_TILES` of the ``isa`` (None: this CPU's,
-  :func:`cpu_isa`).
+  (``inference``), else :data:`MIN_TILES` of the ``isa``.
   """
   if min_tiles is None:
-    inference = filters_given() if inference is None else inference
-    min_tiles = PRE_MIN_TILES if inference else MIN_TILES[isa or cpu_isa()]
+    min_tiles = PRE_MIN_TILES if inference else MIN_TILES[isa]
   return 4 if tiles_4x4(batch, height, width) >= min_tiles else 2
 
 
 # Stride-1 4x4 convs (the critic's conv4) by Winograd: with AVX-512, from this many 4x4 output
-# tiles per call. Measured there (AMD EPYC, 28x28x256 -> 512, 'SAME'; bench/RESULTS.md), its
-# gradient-penalty pass: batch 1 (49 tiles) XLA 78 ms, F(2x2) 88, F(4x4) 176; batch 2 (98)
-# 140 / 126 / 193; batch 8 (392) 613 / 672 / 492; forward + backward F(2x2) or F(4x4) faster
-# than XLA from batch 1. On AVX2 (not measured with Winograd) the rule keeps im2col there.
+# tiles per call (below, XLA's direct conv is faster; bench/RESULTS.md). On AVX2 the rule keeps
+# im2col there (not measured with Winograd).
 MIN_4X4_TILES = 64
 
 
@@ -395,34 +354,24 @@ def rule(
   tile="auto",
   min_channels=64,
   min_im2col_features=8,
-  isa: str | None = None,
-  inference: bool | None = None,
+  isa: str = "other",
+  inference: bool = False,
 ) -> str:
-  """The fixed per-layer rule, measured on AMD EPYCs with AVX2 and with AVX-512
-  (bench/RESULTS.md); ``isa``: None for this CPU's (:func:`cpu_isa`); ``inference``: whether
-  the layer runs forward only with its Winograd filters transformed once (None:
-  :func:`filters_given`, i.e. whether it is traced that way now).
+  """The fixed per-layer rule (measured per ISA: bench/RESULTS.md); ``isa``: the CPU's
+  (:func:`isa_of`); ``inference``: whether the layer runs forward only with its Winograd filters
+  transformed once (:func:`inference_filters`).
 
   Stride-1 3x3 convs (the generator's 'SAME' layers) and, with AVX-512 and at least
   :data:`MIN_4X4_TILES` tiles, stride-1 4x4 convs (the critic's conv4) with at least
   ``min_channels`` input and output channels: Winograd with tile size ``tile`` (2, 4 or
-  "auto": :func:`choose_tile`, which depends on the ISA and on ``inference``); in training,
-  other kernel sizes and strides (the critic's strided 4x4 convs, strided and 1x1 convs) with
-  at least ``min_im2col_features`` output channels: im2col, whose gradients are plain matmuls
-  (up to 8x faster than XLA's for the critic's gradient penalty); everything else: XLA. That
-  is thin 3x3 layers, where the tile transforms cost more than they save and a
-  full-resolution im2col is memory-bound, the 1-channel critic output, at inference the
-  strided and 1x1 convs, whose forward pass XLA computes as fast or faster (AMD EPYC, batch 1
-  and 16: im2col 1.04-1.15x XLA's time on the global branch's strided 3x3 convs with AVX2 and
-  AVX-512, the 1x1 conv within noise: bench/RESULTS.md), and with AVX-512 stride-1 4x4 convs
-  that Winograd does not take (thin, or fewer tiles). The critic's conv4 by Winograd is
-  measured on the AMD EPYC with AVX-512 only; on AVX2 it keeps im2col, as measured there
-  before Winograd existed for it (``conv_impl="auto"`` measures both).
-  Not right for every layer on every CPU (per-layer times: bench/conv_choice_cost.py), which
-  is why ``conv_impl="auto"`` can measure instead (conv_choice.py).
+  "auto": :func:`choose_tile`); in training, other kernel sizes and strides (the critic's
+  strided 4x4 convs, strided and 1x1 convs) with at least ``min_im2col_features`` output
+  channels: im2col, whose gradients are plain matmuls; everything else: XLA. That is thin 3x3
+  layers (the tile transforms cost more than they save), the 1-channel critic output, at
+  inference the strided and 1x1 convs (XLA's forward is as fast), and with AVX-512 the
+  stride-1 4x4 convs Winograd does not take. Not right for every layer on every CPU, which is
+  why ``conv_impl="measure"`` exists (conv_policy.py).
   """
-  inference = filters_given() if inference is None else inference
-  isa = isa or cpu_isa()
   names = candidates(lhs_shape, rhs_shape, strides, pads)
   if "winograd2" in names:
     thick = min(rhs_shape[2:]) >= min_channels
@@ -433,84 +382,57 @@ def rule(
       return "xla"
   im2col = "im2col" in names and rhs_shape[3] >= min_im2col_features and not inference
   # A thin stride-1 kernel larger than 1x1 gathers kh*kw overlapping copies of its input; with
-  # AVX-512 XLA's direct convolution (near the matmul peak there) is faster: the critic's conv4
-  # (before Winograd took it) in its gradient-penalty pass at batch 8 took im2col 1.05-1.13x
-  # XLA's time (AMD EPYC, 4 runs), while on AVX2 im2col took 0.85x (batch 2).
+  # AVX-512 XLA's direct convolution is faster there (bench/RESULTS.md).
   overlapping = tuple(strides) == (1, 1) and tuple(rhs_shape[:2]) != (1, 1)
   if overlapping and isa == "avx512":
     im2col = False
   return "im2col" if im2col else "xla"
 
 
-# Inference-time Winograd filters: G g G^T depends on the weights only, so an inference program
-# can take the transformed filters of every layer as inputs (computed once per weight set)
-# instead of transforming in every call. Layers are identified by the path of the flax module
-# being called, which a method interceptor tracks (flax calls the conv function inside it).
-_LAYER = contextvars.ContextVar("cpu_conv_layer", default=None)
-_FILTERS = contextvars.ContextVar("cpu_conv_filters", default=None)
-_RECORD = contextvars.ContextVar("cpu_conv_record", default=None)
+# Inference-time weights: the Winograd filters G g G^T and, for single-row Dense calls, the
+# transposed kernels depend on the weights only, so an inference program takes them as inputs
+# (computed once per weight set, :func:`inference_filters`) instead of transforming in every
+# call. The network passes them explicitly to each layer, keyed by the layer's params path.
+TRANSPOSED = ":T"
 
 
-def filters_given() -> bool:
-  """True while Winograd layers take transformed filters (:func:`using_filters`) or record them
-  (:func:`recording_filters`): inference, where the filter transform costs nothing per call."""
-  return _FILTERS.get() is not None or _RECORD.get() is not None
+class Recording:
+  """Given as a network's ``prepared`` weights: records the keys of those it would take
+  (``"<layer path>:m<tile>"``, ``"<layer path>:T"``) while the network runs as inference runs,
+  so that :func:`inference_filters` prepares exactly those. A pytree without leaves, so that
+  it passes through ``nn.remat``."""
+
+  def __init__(self):
+    self.keys: set[str] = set()
 
 
-def _track_layer(next_fun, args, kwargs, context):
-  if context.method_name != "__call__":
-    return next_fun(*args, **kwargs)
-  token = _LAYER.set("/".join(context.module.scope.path) if context.module.scope else None)
-  try:
-    return next_fun(*args, **kwargs)
-  finally:
-    _LAYER.reset(token)
+jax.tree_util.register_pytree_node(Recording, lambda r: ((), r), lambda r, _: r)
 
 
-@contextlib.contextmanager
-def recording_filters():
-  """Within: Winograd layers of flax models also store their transformed filters in the
-  yielded dict ``{"<module path>:m<tile>": ((m+2)^2, Cin, Cout) array}``, and single-row
-  :func:`dense_dot_general` layers their transposed kernel (``"<module path>:T"``: (N, K))."""
-  record = {}
-  token = _RECORD.set(record)
-  try:
-    with nn.intercept_methods(_track_layer):
-      yield record
-  finally:
-    _RECORD.reset(token)
-
-
-@contextlib.contextmanager
-def using_filters(filters):
-  """Within: Winograd layers take their transformed filters from ``filters`` (as recorded by
-  :func:`recording_filters`) instead of transforming their kernel, and single-row
-  :func:`dense_dot_general` layers their transposed kernel; gradients with respect to the
-  kernel are then lost, so this is for inference only."""
-  token = _FILTERS.set(filters)
-  try:
-    with nn.intercept_methods(_track_layer):
-      yield
-  finally:
-    _FILTERS.reset(token)
+def prepared_weight(prepared, layer: str | None, suffix: str):
+  """Layer ``layer``'s inference weight ``"<layer><suffix>"`` from ``prepared`` (a dict), None
+  when it has none, or recorded (None) when ``prepared`` is a :class:`Recording`."""
+  if prepared is None or layer is None:
+    return None
+  key = layer + suffix
+  if isinstance(prepared, Recording):
+    prepared.keys.add(key)
+    return None
+  return prepared.get(key)
 
 
 def inference_filters(apply_fn, variables, *args) -> dict:
-  """The transformed filters of every Winograd layer that ``apply_fn(variables, *args)`` runs,
-  and the transposed kernels of its :func:`dense_dot_general` layers when they see one row,
-  for :func:`using_filters` with the same model and input shapes.
+  """The transformed filters of every Winograd layer that ``apply_fn(variables, *args,
+  prepared)`` runs, and the transposed kernels of its :func:`dense_dot_general` layers when they
+  see one row: the ``prepared`` weights of that network at those input shapes.
 
-  The model is traced abstractly (``jax.eval_shape``, nothing compiled) to learn which layers
-  use Winograd with which tile size; then one small jitted program transforms those kernels
-  (``variables['params'][<layer path>]['kernel']``).
+  The network is traced abstractly (``jax.eval_shape``, nothing compiled) with a
+  :class:`Recording` to learn which layers take which; then one small jitted program prepares
+  them from ``variables['params'][<layer path>]['kernel']``.
   """
-
-  def record(variables, *args):
-    with recording_filters() as filters:
-      apply_fn(variables, *args)
-    return dict(filters)
-
-  keys = sorted(jax.eval_shape(record, variables, *args))
+  recording = Recording()
+  jax.eval_shape(lambda v, *a: apply_fn(v, *a, recording), variables, *args)
+  keys = sorted(recording.keys)
 
   def transform(params):
     out = {}
@@ -527,48 +449,33 @@ def inference_filters(apply_fn, variables, *args) -> dict:
   return jax.jit(transform)(variables["params"])
 
 
-def _prepared(suffix: str, make):
-  """The current layer's inference weight ``"<module path><suffix>"``: taken from
-  :func:`using_filters`' dict, or made by ``make()`` and stored inside
-  :func:`recording_filters`; None elsewhere (training, or no flax layer being called)."""
-  layer, filters, record = _LAYER.get(), _FILTERS.get(), _RECORD.get()
-  if layer is None:
-    return None
-  key = layer + suffix
-  if filters is not None and key in filters:
-    return filters[key]
-  if record is not None:
-    record[key] = make()
-    return record[key]
-  return None
-
-
-def dispatch(name: str, x, w, strides, pads):
-  """:func:`run`, with the inference filters of the current layer when there are any."""
+def dispatch(name: str, x, w, strides, pads, prepared=None, layer: str | None = None):
+  """:func:`run`, with layer ``layer``'s transformed filters from ``prepared`` when it has them."""
   if not name.startswith("winograd"):
     return run(name, x, w, strides, pads)
   m = int(name[-1])
-  return run(name, x, w, strides, pads, u=_prepared(f":m{m}", lambda: filter_transform(w, m)))
+  return run(name, x, w, strides, pads, u=prepared_weight(prepared, layer, f":m{m}"))
 
 
-# Dense layers at batch-1 inference: XLA:CPU's matrix-vector product reads a (K, N) kernel at
-# ~18 GB/s but its (N, K) transpose, each output a dot product along a contiguous row, at ~28
-# GB/s (AMD EPYC with AVX-512, x (1, 25,088) times the generator's global_fc1 + class_fc1,
-# 514 MB: 24.5-27.9 ms against 16.4-18.0; global_fc1 alone 6.3-7.0 against 3.4-3.5 ms). With
-# two or more rows the transposed kernel is 4-10x slower (XLA takes another, much slower path
-# for that product), so only single-row calls take it. Like the Winograd filters it is prepared
-# once per weight set: :func:`inference_filters` stores it under "<module path>:T".
-TRANSPOSED = ":T"
-
-
-def dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
-  """A drop-in ``dot_general`` for ``flax.linen.Dense(dot_general=...)``: a single-row input
-  inside :func:`using_filters` / :func:`recording_filters` is multiplied by the kernel stored
-  transposed (:data:`TRANSPOSED`); everything else by ``lax.dot_general`` unchanged."""
+def dense_dot_general(
+  lhs,
+  rhs,
+  dimension_numbers,
+  precision=None,
+  preferred_element_type=None,
+  *,
+  prepared=None,
+  layer: str | None = None,
+):
+  """A drop-in ``dot_general`` for ``flax.linen.Dense(dot_general=functools.partial(...,
+  prepared=, layer=))``: a single-row input is multiplied by the kernel stored transposed in
+  ``prepared`` (:data:`TRANSPOSED`: XLA:CPU's matrix-vector product reads a row-major (N, K)
+  kernel faster; with two or more rows it is slower, so only single rows take it); everything
+  else by ``lax.dot_general`` unchanged."""
   dense = rhs.ndim == 2 and dimension_numbers == (((lhs.ndim - 1,), (0,)), ((), ()))
   # Symbolic dimensions (a shape-polymorphic export's batch) are not known to be one row.
   if dense and all(isinstance(d, int) and d == 1 for d in lhs.shape[:-1]):
-    kernel_t = _prepared(TRANSPOSED, lambda: rhs.T)
+    kernel_t = prepared_weight(prepared, layer, TRANSPOSED)
     if kernel_t is not None:
       return lax.dot_general(
         lhs,
@@ -582,10 +489,11 @@ def dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_ele
   )
 
 
-def conv_with(choose):
+def conv_with(choose, prepared=None, layer: str | None = None):
   """A drop-in ``conv_general_dilated`` (for ``flax.linen.Conv(conv_general_dilated=...)``)
   computing plain convs (:func:`is_plain`) by algorithm ``choose(lhs_shape, rhs_shape, strides,
-  pads) -> name`` and everything else by ``lax.conv_general_dilated`` unchanged."""
+  pads) -> name`` and everything else by ``lax.conv_general_dilated`` unchanged; Winograd
+  layers take layer ``layer``'s transformed filters from ``prepared`` (:func:`dispatch`)."""
 
   def conv(
     lhs,
@@ -615,7 +523,7 @@ def conv_with(choose):
       pads = explicit_pads(lhs.shape, rhs.shape, strides, padding)
       name = choose(tuple(lhs.shape), tuple(rhs.shape), strides, pads)
       if name != "xla":
-        return dispatch(name, lhs, rhs, strides, pads)
+        return dispatch(name, lhs, rhs, strides, pads, prepared, layer)
     return lax.conv_general_dilated(
       lhs,
       rhs,
@@ -633,12 +541,23 @@ def conv_with(choose):
   return conv
 
 
-def make_conv(tile="auto", min_channels: int = 64, min_im2col_features: int = 8):
+def make_conv(
+  tile="auto",
+  min_channels: int = 64,
+  min_im2col_features: int = 8,
+  isa: str = "other",
+  inference: bool = False,
+):
   """:func:`conv_with` the fixed :func:`rule` (``conv_impl`` "winograd", "winograd2/4")."""
   if tile != "auto" and tile not in TILE_SIZES:
     raise ValueError(f"Winograd tile size must be 'auto' or one of {TILE_SIZES}, got {tile!r}")
   return conv_with(
     functools.partial(
-      rule, tile=tile, min_channels=min_channels, min_im2col_features=min_im2col_features
+      rule,
+      tile=tile,
+      min_channels=min_channels,
+      min_im2col_features=min_im2col_features,
+      isa=isa,
+      inference=inference,
     )
   )

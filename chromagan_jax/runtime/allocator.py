@@ -10,11 +10,8 @@ time, 4 KiB per fault. Two settings cut that:
 * :func:`reexec_with_huge_pages` (the tunable ``glibc.malloc.hugetlb=1``, glibc >= 2.35):
   transparent huge pages (``madvise``), 2 MiB per fault, for every thread. XLA:CPU's buffers
   need this one: its worker threads' malloc arenas map large blocks whatever mallopt's
-  thresholds say (measured: the faults per train step did not change with mallopt).
-  Measured on an AMD EPYC with AVX-512 (2 cores, jax 0.10.2, bench/RESULTS.md): ~745,000
-  minor faults (~3 GB) per GAN train step at 224x224 batch 8 -> 30,000-50,000, and the step
-  11.3 s -> 9.5 s; per generator call 14,000 faults at batch 1 -> 930, and 137 -> 112 ms
-  (batch 16: 1,947 -> 1,829 ms). TensorFlow keeps its own memory pool and barely faults.
+  thresholds say). It cuts the page faults per train step and per generator call by one to
+  two orders of magnitude, and their time with them (figures: bench/RESULTS.md).
 
 glibc reads tunables once, at process start, so :func:`reexec_with_huge_pages` replaces the
 process by the same command line (``os.execve``: same PID, arguments, open files) with the

@@ -1,15 +1,14 @@
 """JAX's persistent compilation cache: pay each program's compile time once per machine.
 
-On CPU the Winograd / im2col convolutions (``cpu_conv``) make XLA compiles long: ~10-15 s
-for the generator's inference program and ~50 s for the train step, paid again by every
-``colorize.py`` or ``train.py`` process. With the cache on, JAX stores each compiled
-executable on disk (keyed by the program, the JAX/XLA version, the flags and the devices)
-and later processes load it instead of compiling. The cache is only an optimisation: a
+On CPU the Winograd / im2col convolutions (``cpu_conv``) make XLA compiles long (seconds to
+tens of seconds, bench/RESULTS.md), paid again by every process. With the cache on, JAX stores
+each compiled executable on disk (keyed by the program, the JAX/XLA version, the flags and the
+devices) and later processes load it instead of compiling. The cache is only an optimisation: a
 directory that cannot be created turns it off with a warning, never fails the run.
 
-The per-layer convolution choices of ``conv_impl="auto"`` (conv_choice.py) are kept next to
-it, in ``conv_choices`` beside the cache directory: both are per-machine measurements of how
-to run the same programs.
+The per-layer convolution choices of ``conv_impl="measure"`` (conv_choice.py) are kept in
+``conv_choices`` beside the cache directory (``runtime.machine.choices_dir``): both are
+per-machine measurements of how to run the same programs.
 
 The cache holds executable code: like JAX's own documentation says, do not point it at a
 directory that others can write to.
@@ -33,15 +32,11 @@ def enable(path: str | None, warn: Callable[[str], None] = logging.warning) -> s
   ``jax.config``) wins over ``path``; an empty ``path`` leaves the cache as JAX has it.
   Call before the first compilation.
   """
-  # JAX (conv_choice imports it) only when called: `train.py --help` stays fast.
+  # JAX only when called: `train.py --help` stays fast.
   import jax
-
-  from chromagan_jax.ops import conv_choice
 
   configured = jax.config.jax_compilation_cache_dir
   if configured or not path:
-    if configured:
-      conv_choice.set_directory(choices_dir(configured))
     return configured or None
   path = os.path.abspath(os.path.expanduser(path))
   try:
@@ -50,7 +45,6 @@ def enable(path: str | None, warn: Callable[[str], None] = logging.warning) -> s
     warn(f"warning: compilation cache off: cannot create {path} ({e.strerror or e})")
     return None
   jax.config.update("jax_compilation_cache_dir", path)
-  conv_choice.set_directory(choices_dir(path))
   return path
 
 

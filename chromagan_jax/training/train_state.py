@@ -19,6 +19,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from chromagan_jax.model import networks
+from chromagan_jax.runtime import machine
 from chromagan_jax.training import optim
 from chromagan_jax.weights import checkpoint
 
@@ -74,8 +75,9 @@ class Networks:
 
 def make_networks(config, total_steps: int | None = None) -> Networks:
   """The modules and optimizers; ``total_steps`` is needed by decaying learning rates only."""
+  conv = machine.conv_policy(config.model.get("conv_impl"))  # The config's, on this machine.
   gen, critic, teacher = networks.models_from_config(
-    config.model, dtype=optim.compute_dtype(config)
+    config.model, conv, dtype=optim.compute_dtype(config)
   )
   g_lr = optim.learning_rate(config, config.g_learning_rate, total_steps)
   d_lr = optim.learning_rate(config, config.d_learning_rate, total_steps)

@@ -23,7 +23,6 @@ from jax.sharding import PartitionSpec as P
 from chromagan_jax import extras
 from chromagan_jax.errors import CheckpointError, ConfigError, NonFiniteLossError
 from chromagan_jax.model import networks, predict
-from chromagan_jax.ops import cpu_conv
 from chromagan_jax.training import multihost, optim, train_state, train_step
 from chromagan_jax.weights import checkpoint, port
 
@@ -158,7 +157,8 @@ def make_sample_fn(nets: train_state.Networks, mesh: Mesh) -> Callable:
     grey, colour = predict.colorize_small_fn(nets.generator, variables, batch["rgb"])
     return grey, colour, batch["rgb"], batch["mask"]
 
-  options = cpu_conv.cpu_compiler_options() if jax.default_backend() == "cpu" else None
+  cpu = jax.default_backend() == "cpu"
+  options = dict(nets.generator.conv.compiler_options) if cpu else None
   return jax.jit(sample, out_shardings=replicated, compiler_options=options)
 
 
