@@ -2,11 +2,12 @@
 
 import math
 
+import jax
 import pytest
 from helpers import parse_config_flags as _parse
 
 from chromagan_jax.configs import default, imagenet
-from chromagan_jax.training import train_state, train_step, trainer
+from chromagan_jax.training import trainer, validate
 
 
 def test_reference_recipe_is_kept():
@@ -54,6 +55,6 @@ def test_arguments_combine_and_unknown_ones_are_refused():
 
 
 def test_gpu_batch_passes_the_batch_check_on_eight_devices():
-  train_step.check_batch_size(imagenet.get_config("gpu"), train_state.make_mesh())
+  validate.validate(imagenet.get_config("gpu"), jax.device_count())
   with pytest.raises(trainer.ConfigError, match="multiple of 8"):
-    train_step.check_batch_size(imagenet.get_config(), train_state.make_mesh())
+    validate.validate(imagenet.get_config(), jax.device_count())

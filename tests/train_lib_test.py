@@ -18,7 +18,7 @@ from chromagan_jax.data import pipeline
 from chromagan_jax.errors import CheckpointError, ShapeError
 from chromagan_jax.model import losses, networks
 from chromagan_jax.ops import color
-from chromagan_jax.training import optim, train_state, train_step, trainer
+from chromagan_jax.training import optim, train_state, train_step, trainer, validate
 from chromagan_jax.weights import checkpoint
 
 
@@ -195,14 +195,38 @@ def test_batch_size_not_divisible_by_devices_is_one_line_naming_the_nearest_size
   for batch_size, processes, message in cases:
     config.batch_size = batch_size
     with pytest.raises(trainer.ConfigError) as e:
-      train_step.check_batch_size(config, mesh, num_processes=processes)
+      validate.validate(config, mesh.devices.size, processes)
     assert message in str(e.value) and "\n" not in str(e.value)
   for batch_size in (8, 16, 256):
     config.batch_size = batch_size
-    train_step.check_batch_size(config, mesh)
-  assert train_step.nearest_valid_batch_sizes(250, 32) == [224, 256]
+    validate.validate(config, mesh.devices.size)
+  assert validate.nearest_valid_batch_sizes(250, 32) == [224, 256]
   config.batch_size = 3
-  train_step.check_batch_size(config, train_state.make_mesh(jax.devices()[:3]))
+  validate.validate(config, 3)
+
+
+def test_validate_reports_every_problem_one_line_each(tmp_path, capsys):
+  """Several bad fields: one ConfigError with one line per field, before anything is built
+  (no workdir written); the runner prints each as an ``error:`` line."""
+  from chromagan_jax.runtime import runner
+
+  config = tiny.get_config()
+  config.colour_loss, config.critic_steps, config.lr_schedule = "huber", 0, "linear"
+  config.model.conv_impl = "fastest"
+  with pytest.raises(trainer.ConfigError) as e:
+    trainer.train_and_evaluate(config, str(tmp_path / "w"))
+  lines = str(e.value).splitlines()
+  assert len(lines) == 4, lines
+  for field in ("colour_loss='huber'", "critic_steps=0", "lr_schedule='linear'", "'fastest'"):
+    assert sum(field in line for line in lines) == 1, field
+  assert not (tmp_path / "w").exists()
+
+  def main(argv):
+    validate.validate(config)
+
+  assert runner.call(main, []) == 1
+  err = capsys.readouterr().err.splitlines()
+  assert len(err) == 4 and all(line.startswith("error: config.") for line in err), err
 
 
 def test_deterministic_ops_reach_the_compiler_on_gpu(monkeypatch):
@@ -467,7 +491,7 @@ def test_learning_rate_schedule_errors_name_the_field():
     train_state.make_networks(config)
   config.lr_schedule = "linear"
   with pytest.raises(trainer.ConfigError, match=r"lr_schedule='linear'.*constant.*cosine"):
-    train_state.make_networks(config, 10)
+    validate.validate(config)
 
 
 def test_train_loop_follows_and_logs_the_cosine_schedule(tmp_path):
@@ -574,7 +598,7 @@ def test_adversarial_weight_ramps_linearly_and_the_step_uses_this_steps_weight()
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
   config.adv_ramp_steps = (5, 2)
   with pytest.raises(trainer.ConfigError, match=r"adv_ramp_steps=\(5, 2\)"):
-    train_state.make_networks(config)
+    validate.validate(config)
 
 
 def test_trunk_lr_scale_scales_only_the_trunks_adam_updates():
@@ -599,8 +623,9 @@ def test_trunk_lr_scale_scales_only_the_trunks_adam_updates():
   for bad, freeze in ((0.0, False), (1.5, False), (0.5, True)):
     config.trunk_lr_scale, config.freeze_trunk = bad, freeze
     with pytest.raises(trainer.ConfigError, match="trunk_lr_scale") as e:
-      train_state.make_networks(config)
-    assert "\n" not in str(e.value)
+      validate.validate(config)
+    # One line for the scale (freeze_trunk without weights is its own line).
+    assert sum("trunk_lr_scale" in line for line in str(e.value).splitlines()) == 1
 
 
 def test_critic_steps_repeat_the_critics_update_on_the_batch_with_fresh_penalty_points():
@@ -652,7 +677,7 @@ def test_critic_steps_repeat_the_critics_update_on_the_batch_with_fresh_penalty_
   for bad in (0, -2):  # (ml_collections refuses a float for this int field itself.)
     config.critic_steps = bad
     with pytest.raises(trainer.ConfigError, match="critic_steps"):
-      train_step.make_train_step(nets, config, mesh, with_teacher=False)
+      validate.validate(config)
 
 
 def test_l1_colour_loss_reaches_the_step():
@@ -667,5 +692,5 @@ def test_l1_colour_loss_reaches_the_step():
   assert abs(float(metrics["g/l1"]) - float(metrics["g/mse"])) > 1e-2
   config.colour_loss = "huber"
   with pytest.raises(trainer.ConfigError, match="colour_loss='huber'") as e:
-    train_step.make_train_step(nets, config, mesh, with_teacher=False)
+    validate.validate(config)
   assert "\n" not in str(e.value)

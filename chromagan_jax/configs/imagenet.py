@@ -21,7 +21,7 @@ Adam betas and the 5 epochs, and changes what a big accelerator needs:
     Lab conversion and losses in float32 (they are pinned: see chromagan_jax/ops/color.py).
   * ``batch_size=256``: global, a multiple of every power-of-two device count up to 256
     (32 per GPU on an 8-GPU host). Another size that does not split over the devices stops
-    the run with one line naming the nearest valid sizes (train_lib.check_batch_size).
+    the run with one line naming the nearest valid sizes (training/validate.py).
   * learning rate: the square-root scaling rule below, from the reference's batch 10 and
     2e-5: 2e-5 * sqrt(256 / 10) = 1.01e-4 for both networks. It follows
     ``--config.batch_size`` (a FieldReference) unless the learning rates are set explicitly.

@@ -32,7 +32,8 @@ def call(main: Callable[[Sequence[str]], int | None], argv: Sequence[str]) -> in
   try:
     return main(list(argv)) or 0
   except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
+    for line in str(e).splitlines():  # A ConfigError lists every problem, one per line.
+      print(f"error: {line}", file=sys.stderr)
     return 1
 
 

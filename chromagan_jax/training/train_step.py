@@ -7,7 +7,6 @@ as in the single-GPU reference. The same code runs on 1 device, N devices and N 
 """
 
 import functools
-import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -18,7 +17,6 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from chromagan_jax.errors import ConfigError
 from chromagan_jax.model import losses
 from chromagan_jax.ops import color
 from chromagan_jax.training import optim, train_state
@@ -155,25 +153,9 @@ def xla_compiler_options(config, backend: str | None = None) -> dict[str, Any]:
   accept GPU options.
   """
   backend = backend or jax.default_backend()
-  if config.get("deterministic_ops", True) and backend == "gpu":
+  if config.deterministic_ops and backend == "gpu":
     return dict(DETERMINISTIC_XLA_OPTIONS)
   return {}
-
-
-def checked_critic_steps(config) -> int:
-  """``config.critic_steps``, checked: a whole number >= 1 (1: the reference)."""
-  k = config.get("critic_steps", 1)
-  if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-    raise ConfigError(f"config.critic_steps={k!r}: the critic's Adam steps per batch, 1 or more")
-  return k
-
-
-def checked_colour_loss(config) -> str:
-  """``config.colour_loss``, checked: one of losses.COLOUR_LOSSES ('l2': the reference)."""
-  name = config.get("colour_loss", "l2")
-  if name not in losses.COLOUR_LOSSES:
-    raise ConfigError(f"config.colour_loss={name!r}: expected one of {losses.COLOUR_LOSSES}")
-  return name
 
 
 def make_train_step(nets: train_state.Networks, config, mesh: Mesh, with_teacher: bool) -> Callable:
@@ -190,9 +172,9 @@ def make_train_step(nets: train_state.Networks, config, mesh: Mesh, with_teacher
     loss_weights=loss_weights_from_config(config),
     bn_update_in_critic_step=bool(config.bn_update_in_critic_step),
     ema_decay=train_state.ema_decay_of(config),
-    freeze_trunk=bool(config.get("freeze_trunk", False)),
-    critic_steps=checked_critic_steps(config),
-    colour_loss=checked_colour_loss(config),
+    freeze_trunk=bool(config.freeze_trunk),
+    critic_steps=config.critic_steps,
+    colour_loss=config.colour_loss,
   )
   return jax.jit(
     step,
@@ -200,27 +182,6 @@ def make_train_step(nets: train_state.Networks, config, mesh: Mesh, with_teacher
     out_shardings=(replicated, replicated),
     donate_argnums=(0,),
     compiler_options=xla_compiler_options(config) or None,
-  )
-
-
-def nearest_valid_batch_sizes(batch_size: int, multiple: int) -> list[int]:
-  """The multiples of ``multiple`` just below and above ``batch_size`` (positive ones only)."""
-  below = batch_size // multiple * multiple
-  return [b for b in (below, below + multiple) if b > 0]
-
-
-def check_batch_size(config, mesh: Mesh, num_processes: int | None = None) -> None:
-  """One-line ConfigError unless the global batch splits evenly over devices and processes."""
-  devices = mesh.devices.size
-  processes = jax.process_count() if num_processes is None else num_processes
-  multiple = math.lcm(devices, processes)
-  if config.batch_size > 0 and config.batch_size % multiple == 0:
-    return
-  over = f"the {devices} devices" + (f" of {processes} processes" if processes > 1 else "")
-  sizes = " or ".join(map(str, nearest_valid_batch_sizes(config.batch_size, multiple)))
-  raise ConfigError(
-    f"batch_size={config.batch_size} does not split evenly over {over}: set "
-    f"--config.batch_size={sizes} (a multiple of {multiple})"
   )
 
 

@@ -22,8 +22,8 @@ from jax.sharding import PartitionSpec as P
 
 from chromagan_jax import extras
 from chromagan_jax.errors import CheckpointError, ConfigError, NonFiniteLossError
-from chromagan_jax.model import networks, predict
-from chromagan_jax.training import multihost, optim, train_state, train_step
+from chromagan_jax.model import predict
+from chromagan_jax.training import multihost, optim, train_state, train_step, validate
 from chromagan_jax.weights import checkpoint, port
 
 
@@ -168,8 +168,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
   Resumes from the latest checkpoint in ``workdir`` if there is one. Returns the final state.
   With several processes, every process runs this with the same arguments: stopping (a
   signal to any process, a non-finite loss) is decided jointly, so that all save the same
-  step and leave together.
+  step and leave together. The config is checked first (:func:`validate.validate`): every
+  problem is reported before anything is built.
   """
+  validate.validate(config, jax.device_count(), jax.process_count())
   with _StopRequest() as stop:  # From the start: a signal during setup stops at step 1.
     return _train(config, workdir, stop)
 
@@ -182,15 +184,6 @@ def _train(config, workdir, stop: "_StopRequest") -> train_state.TrainState:
   metric_writers = extras.require("clu.metric_writers", "train", "training")
 
   mesh = train_state.make_mesh()
-  train_step.check_batch_size(config, mesh)
-  if problem := networks.cpu_bfloat16_problem(optim.compute_dtype(config)):
-    raise ConfigError(f"config.dtype={config.dtype!r}: {problem}")
-  if config.get("freeze_trunk") and not (config.vgg_weights or config.init_from):
-    raise ConfigError(
-      "config.freeze_trunk=True keeps the VGG16 trunk as initialised, but no weights are given: "
-      "set --config.vgg_weights to ImageNet VGG16 weights (a notop file is enough) or "
-      "--config.init_from"
-    )
   total_steps = num_train_steps(config, pipeline.num_train_examples(config))
   nets = train_state.make_networks(config, total_steps)
   is_chief = jax.process_index() == 0
