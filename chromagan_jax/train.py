@@ -7,6 +7,10 @@ Multi-process (GPU hosts, TPU pods): run the same command on every host, with a 
 a filesystem that all hosts share. On TPU pods and SLURM clusters `--multiprocess` lets
 jax.distributed discover the cluster; elsewhere pass
 `--coordinator_address=HOST:PORT --num_processes=N --process_id=I` (HOST:PORT: process 0's).
+
+Exit status: 0 done or stopped by a signal (checkpoint saved); 1 a user error (in any
+process: every process prints it); 75 another process was lost (killed, out of memory, a dead
+host): run the same command on every host to resume from the last complete checkpoint.
 """
 
 import logging as std_logging
@@ -71,15 +75,25 @@ def _main(argv):
     )
   compile_cache.enable(FLAGS.compilation_cache)
   from chromagan_jax.training import trainer
+  from chromagan_jax.weights import checkpoint
 
   logging.info(
     "JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices()
   )
+  ckpt_dir = checkpoint.absolute(FLAGS.workdir) / "checkpoints"
+  board = multihost.ErrorBoard(ckpt_dir)  # Several processes: one's user error ends all.
   try:
     trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+    if jax.process_count() == 1:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(1)
+    board.post_and_exit(str(e))
+  except Exception as e:
+    multihost.exit_if_peer_lost(e, ckpt_dir)
+    raise
+  finally:
+    board.stop()
 
 
 def _multiprocess_flags_problem() -> str | None:

@@ -3,7 +3,10 @@
 configs/tiny.py with sample grids and the KL teacher on (a random VGG16 .h5 written here), as a
 pod runs it: SIGTERM to either process saves the same step in both and both exit 0; resuming
 that checkpoint ends in the state of an uninterrupted run; a non-finite loss on one
-process's rows stops both with one error line; bad multi-process input is one line each.
+process's rows stops both with one error line; bad multi-process input is one line each; a
+process killed with SIGKILL ends the other in seconds with one line and exit status 75, and
+the same command resumes the last complete checkpoint exactly; a data folder missing on one
+host ends both with its one line.
 Every process a test starts is killed when the test ends, whatever happened.
 """
 
@@ -22,6 +25,7 @@ import pytest
 from convert_formats import write_keras2_h5
 
 from chromagan_jax.configs import tiny
+from chromagan_jax.data import pipeline
 from chromagan_jax.model import networks
 from chromagan_jax.training import multihost, train_state
 from chromagan_jax.weights import checkpoint
@@ -255,6 +259,74 @@ def test_non_finite_loss_on_one_process_stops_both(files, reference, launcher, t
   for log in logs:
     assert "non-finite loss at step" in _one_error_line(log.read_text())
   assert checkpoint.manager(workdir / "checkpoints", read_only=True).all_steps() == [4]
+
+
+PEER_LOST_S = 30  # Kill of a peer to the survivor's exit, as the issue asks.
+
+
+@pytest.mark.slow  # A killed launch and its resume (~1 min), plus the reference run.
+def test_a_killed_process_ends_the_other_in_one_line_and_the_same_command_resumes_exactly(
+  files, reference, launcher, tmp_path
+):
+  """SIGKILL (no handler runs: an out-of-memory kill, a lost host) to process 1 right after
+  process 0 logs step 8, where both start saving step 8: process 0 names the lost process
+  and the last complete checkpoint in one line and exits 75 within PEER_LOST_S, without the
+  minutes-long jax.distributed.shutdown at exit. A save cut short is not listed; the same
+  command resumes from the named step and ends in the uninterrupted run's state."""
+  workdir = tmp_path / "work"
+  procs, logs = launcher.start(workdir, _args(files), "killed")
+  deadline = time.monotonic() + 600
+  while "step 8/" not in logs[0].read_text():
+    if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+      pytest.fail("did not reach step 8:\n" + _tails(logs))
+    time.sleep(0.05)
+  procs[1].kill()
+  killed = time.monotonic()
+  assert _wait(procs[:1], logs[:1], PEER_LOST_S) == [multihost.PEER_LOST_STATUS], _tails(logs)
+  took = time.monotonic() - killed
+  line = _one_error_line(logs[0].read_text())
+  steps = checkpoint.complete_steps(workdir / "checkpoints")
+  assert steps and set(steps) <= {4, 8}, steps
+  assert "process 0: process 1 was lost (" in line, line
+  assert f"the last complete checkpoint is step {steps[-1]} in {workdir / 'checkpoints'}" in line
+  assert line.endswith("run the same command on every host to resume"), line
+  print(f"kill -9 to process 0's exit: {took:.1f} s; last complete step {steps[-1]}")
+
+  codes, texts, logs = _run(launcher, workdir, _args(files), "after_kill")
+  assert codes == [0, 0], _tails(logs)
+  assert f"resumed from {workdir / 'checkpoints'} at step {steps[-1]}" in texts[0]
+  got, want = _restore(workdir, STEPS), _restore(reference[0], STEPS)
+  for (path, a), b in zip(
+    jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want), strict=True
+  ):
+    np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.slow  # One 2-process launch that ends before the first step (~20 s).
+def test_a_data_folder_missing_on_one_host_ends_both_with_its_line(launcher, tmp_path):
+  """Process 0 has the photos, process 1's folder does not exist: process 1's DataError is
+  every process's one line (exit 1), within PEER_LOST_S, where process 0 alone would wait
+  at a barrier for JAX's timeouts."""
+  photos = tmp_path / "photos"
+  photos.mkdir()
+  for path in pipeline.bundled_photos("train")[:8]:
+    shutil.copy(path, photos)
+  missing = tmp_path / "not_mounted"
+  common = (*OVERRIDES, "--config.data.source=folder")
+  args = [(*common, f"--config.data.path={photos}"), (*common, f"--config.data.path={missing}")]
+  procs, logs = launcher.start(tmp_path / "work", args, "missing")
+  # Both processes are past their imports and joined (each logs its devices) before timing.
+  deadline = time.monotonic() + 300
+  while not all("JAX process" in log.read_text() for log in logs):
+    if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+      break
+    time.sleep(0.05)
+  joined = time.monotonic()
+  assert _wait(procs, logs, PEER_LOST_S) == [1, 1], _tails(logs)
+  print(f"joined to both exits: {time.monotonic() - joined:.1f} s")
+  for log in logs:
+    line = _one_error_line(log.read_text())
+    assert line.startswith(f"error: process 1: {missing}"), line
 
 
 def _one_error_line(text):

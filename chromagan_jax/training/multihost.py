@@ -11,14 +11,22 @@ batch to the same jitted step, whose collectives need every process. Three thing
   (and the losses' finiteness) on device into one replicated value that every process reads.
 * A workdir is resumed by the process count that wrote it: each process reads its own slice
   of the data, so another count would change the data stream of the resumed run.
+* A process that goes away ends the others in seconds with one line: a user error in one
+  process (a data folder missing on one host) is posted to every process through the
+  coordination service (:class:`ErrorBoard`); a process that dies without a word (kill -9,
+  out of memory, a lost machine) makes the others' next collective fail, which
+  :func:`exit_if_peer_lost` turns into one line and :data:`PEER_LOST_STATUS`. Both leave by
+  ``os._exit``: ``jax.distributed.shutdown`` at exit would wait minutes for the lost peer.
 
 Nothing here imports TensorFlow.
 """
 
 import json
 import os
+import re
 import sys
 import threading
+import time
 from collections.abc import Callable
 
 import jax
@@ -41,6 +49,34 @@ NON_FINITE = 2  # A loss went NaN/inf: all stop without saving.
 _JAX_TIMEOUT_MARGIN_S = 30
 
 TOPOLOGY_FILE = "processes.json"
+
+# Exit status of a process whose peer was lost: sysexits' EX_TEMPFAIL, "try again later"; the
+# same command on every host resumes from the last complete checkpoint.
+PEER_LOST_STATUS = 75
+# Exit status of every process when one of them met a user error (as a single process has).
+USER_ERROR_STATUS = 1
+# Substrings of the runtime errors that a lost peer causes: a collective whose connection
+# the dead process held (Gloo on CPU, NCCL on GPU), or the coordination service (barriers,
+# heartbeats, the key-value store) reporting it. Matched so that other runtime errors (out of
+# memory, a bad program) keep their traceback.
+_PEER_LOSS_MARKERS = (
+  "Connection reset by peer",
+  "Connection refused",
+  "Connection closed",
+  "Broken pipe",
+  "Socket closed",
+  "Gloo",
+  "NCCL",
+  "heartbeat",
+  "coordination service",
+  "CoordinationService",
+  "Barrier failed",
+)
+# Bound on the seconds a process with a user error waits for the others to have read it
+# before leaving (process 0 holds the key-value store: leaving first takes it with it).
+_ACK_WAIT_S = 20
+_POLL_S = 0.25
+_KEY = "chromagan_jax"
 
 
 def initialize(
@@ -171,3 +207,177 @@ def check_or_record_topology(workdir, resuming: bool) -> None:
     tmp = path.parent / f".{TOPOLOGY_FILE}.tmp"
     tmp.write_text(json.dumps(now, indent=1) + "\n")
     tmp.replace(path)  # Overwrites: rename() refuses an existing file on some backends.
+
+
+def _client():
+  """The coordination service client, or None in a single-process run.
+
+  ``jax._src.distributed`` is private, as Orbax's own multi-host utilities use it: JAX has no
+  public accessor for the key-value store.
+  """
+  from jax._src import distributed
+
+  return distributed.global_state.client if jax.process_count() > 1 else None
+
+
+def _flush() -> None:
+  logging.flush()
+  for stream in (sys.stdout, sys.stderr):
+    stream.flush()
+
+
+def _leave(line: str, status: int) -> None:
+  """Prints ``error: line``, flushes and ends the process without ``jax.distributed.shutdown``.
+
+  The shutdown (registered at exit) waits at a barrier for every process, up to JAX's
+  shutdown timeout, then aborts with a C++ stack trace: with a peer gone, nobody comes.
+  """
+  print(f"error: {line}", file=sys.stderr)
+  _flush()
+  os._exit(status)
+
+
+def is_peer_loss(error: BaseException) -> bool:
+  """Whether ``error`` (raised by a collective or the coordination service in a
+  multi-process run) means that another process is gone.
+
+  Any exception type: a collective that fails while a program is dispatched (Orbax's
+  ``sync_global_devices``) arrives as a ``ValueError``, one that fails while running as a
+  ``JaxRuntimeError``.
+  """
+  if jax.process_count() < 2:
+    return False
+  return any(marker in str(error) for marker in _PEER_LOSS_MARKERS)
+
+
+def lost_process(error: BaseException) -> str:
+  """Which process ``error`` says was lost: 'process N', or 'a process' when unknown."""
+  found = set(re.findall(r"\b[Tt]ask[ :]+(\d+)", str(error))) - {str(jax.process_index())}
+  if len(found) == 1:
+    return f"process {found.pop()}"
+  if jax.process_count() == 2:  # The one peer.
+    return f"process {1 - jax.process_index()}"
+  return "a process"
+
+
+def _cause(error: BaseException) -> str:
+  """The first line of ``error``'s message, shortened: why this process noticed."""
+  text = re.sub(r"\[[^\]\s]+\.(?:cc|h):\d+\]\s*", "", str(error))  # C++ source locations.
+  lines = [line.strip() for line in text.splitlines() if line.strip()]
+  first = lines[0] if lines else type(error).__name__
+  return first if len(first) <= 160 else first[:157] + "..."
+
+
+def peer_lost_line(lost: str, cause: str, ckpt_dir) -> str:
+  """The one line every surviving process prints: who, the resume point, what to do."""
+  steps = checkpoint.complete_steps(ckpt_dir)
+  where = (
+    f"the last complete checkpoint is step {max(steps)} in {ckpt_dir}"
+    if steps
+    else f"there is no complete checkpoint in {ckpt_dir} yet"
+  )
+  return (
+    f"process {jax.process_index()}: {lost} was lost ({cause}); {where}: run the same command "
+    "on every host to resume"
+  )
+
+
+def exit_if_peer_lost(error: BaseException, ckpt_dir) -> None:
+  """If ``error`` means a lost peer: one line, exit status :data:`PEER_LOST_STATUS`.
+
+  Otherwise returns (the caller re-raises). A checkpoint being written is left in Orbax's
+  temporary directory, which a resume never reads.
+  """
+  if is_peer_loss(error):
+    _leave(peer_lost_line(lost_process(error), _cause(error), ckpt_dir), PEER_LOST_STATUS)
+
+
+class ErrorBoard:
+  """Makes one process's user error every process's, through the coordination service.
+
+  A process that meets a user error posts ``process N: <message>`` (:meth:`post_and_exit`);
+  a watcher thread in every process reads the posts every quarter second, and a process
+  that reads another's post prints it as its own one line and exits with
+  :data:`USER_ERROR_STATUS`, wherever its main thread is (compiling, or waiting at a barrier
+  for the process that failed). Process 0 leaves last: it holds the key-value store, and
+  JAX's agent in every other process aborts with a C++ stack trace once process 0 is gone.
+  If the coordinator is unreachable, the watcher ends this process as a lost peer. Does
+  nothing in a single-process run.
+  """
+
+  def __init__(self, ckpt_dir):
+    self.ckpt_dir = ckpt_dir  # For the lost-coordinator line.
+    self._client = _client()
+    self._me = jax.process_index()
+    self._stop = threading.Event()
+    self._leaving = False
+    self._lock = threading.Lock()
+    self._thread = None
+    if self._client is not None:
+      self._thread = threading.Thread(target=self._watch, name="error-board", daemon=True)
+      self._thread.start()
+
+  def _keys(self, kind: str) -> dict[int, str]:
+    entries = self._client.key_value_dir_get(f"{_KEY}/{kind}/")
+    return {int(key.rsplit("/", 1)[-1]): value for key, value in entries}
+
+  def _watch(self) -> None:
+    while not self._stop.wait(_POLL_S):
+      try:
+        others = {p: m for p, m in self._keys("error").items() if p != self._me}
+      except jax.errors.JaxRuntimeError as e:
+        if self._stop.is_set() or self._leaving:
+          return
+        if self._me != 0:  # The store lives in process 0: unreachable means it is gone.
+          _leave(
+            peer_lost_line("process 0 (the coordinator)", _cause(e), self.ckpt_dir),
+            PEER_LOST_STATUS,
+          )
+        return
+      if others and not self._stop.is_set() and self._claim():
+        self._leave_after_others(others[min(others)], posted=False)
+
+  def _claim(self) -> bool:
+    """True for the first caller (watcher or main thread) to end this process."""
+    with self._lock:
+      first, self._leaving = not self._leaving, True
+      return first
+
+  def _leave_after_others(self, line: str, posted: bool) -> None:
+    """Prints ``line``, marks this process done and exits; process 0 once all others are
+    done (or after a bound), the others once process 0 has read the post."""
+    print(f"error: {line}", file=sys.stderr)
+    _flush()
+    try:
+      if not posted:
+        self._client.key_value_set(f"{_KEY}/done/{self._me}", "1", allow_overwrite=True)
+      waited_for = set(range(1, jax.process_count())) if self._me == 0 else {0}
+      deadline = time.monotonic() + _ACK_WAIT_S
+      while time.monotonic() < deadline:
+        if waited_for <= set(self._keys("done")) | set(self._keys("error")):
+          break
+        time.sleep(_POLL_S)
+      if self._me == 0:
+        time.sleep(1)  # The others exit right after marking themselves done.
+    except jax.errors.JaxRuntimeError:
+      pass  # The store is gone: nobody left to wait for.
+    os._exit(USER_ERROR_STATUS)
+
+  def post_and_exit(self, message: str) -> None:
+    """Posts ``message`` (this process's user error), prints it and exits once read."""
+    if self._client is None:
+      _leave(message, USER_ERROR_STATUS)
+    line = f"process {self._me}: {message}"
+    if not self._claim():  # The watcher is already ending this process.
+      threading.Event().wait()
+    try:
+      self._client.key_value_set(f"{_KEY}/error/{self._me}", line, allow_overwrite=True)
+    except jax.errors.JaxRuntimeError:
+      _leave(line, USER_ERROR_STATUS)
+    self._leave_after_others(line, posted=True)
+
+  def stop(self) -> None:
+    """Stops the watcher (before ``jax.distributed.shutdown`` ends the client it uses)."""
+    self._stop.set()
+    if self._thread is not None:
+      self._thread.join()

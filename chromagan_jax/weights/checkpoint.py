@@ -194,6 +194,15 @@ class _absl_filter:
     logging.get_absl_logger().removeFilter(self)
 
 
+def complete_steps(directory) -> list[int]:
+  """Steps of ``directory`` whose save completed, without a manager (no multi-host barrier).
+
+  Orbax writes a step into a temporary directory and renames it (or, on object stores, marks
+  it committed) when every process has written its part: a save cut short is never listed.
+  """
+  return sorted(ocp.path.step.checkpoint_steps(absolute(directory)))
+
+
 def save(mngr, step: int, items: dict[str, Any], config, force: bool = False) -> bool:
   """Saves (asynchronously) weights items (``{GENERATOR: ..., TRAIN: ...}``) and the config."""
   config_dict = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config
