@@ -82,17 +82,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _is_video_file(data: str) -> bool:
-  from chromagan_jax.inference import video
+  from chromagan_jax.data import video_files
 
-  return os.path.isfile(data) and video.is_video(data)
+  return os.path.isfile(data) and video_files.is_video(data)
 
 
 def video_main(args) -> int:
   """``--data`` is a video: flicker and PSNR with and without smoothing, to summary.json."""
   try:
-    from chromagan_jax.inference import video
+    from chromagan_jax.data import video_files
 
-    video.require_av()  # Before the checkpoint loads.
+    video_files.require_av()  # Before the checkpoint loads.
     variables, config = checkpoint.load_generator(
       args.ckpt, args.step, with_class_head=False, ema=False if args.no_ema else None
     )

@@ -328,13 +328,14 @@ def evaluate_video(
   the input).
 
   Raises:
-    video.VideoError: the file cannot be decoded.
+    video_files.VideoError: the file cannot be decoded.
   """
-  from chromagan_jax.inference import video
+  from chromagan_jax.data import video_files
+  from chromagan_jax.inference import temporal
 
-  smoothing = video.DEFAULT_SMOOTHING if smoothing is None else smoothing
-  cut_threshold = video.CUT_THRESHOLD if cut_threshold is None else cut_threshold
-  smoother = video.TemporalSmoother(smoothing, cut_threshold)
+  smoothing = temporal.DEFAULT_SMOOTHING if smoothing is None else smoothing
+  cut_threshold = temporal.CUT_THRESHOLD if cut_threshold is None else cut_threshold
+  smoother = temporal.TemporalSmoother(smoothing, cut_threshold)
   meter = FlickerMeter(VIDEO_RESULTS)
   psnr_sum = {"colorized": 0.0, "unsmoothed": 0.0}
   frames = 0
@@ -357,7 +358,7 @@ def evaluate_video(
     bar.update(len(batch))
 
   batch = []
-  for rgb in video.iter_frames(path):
+  for rgb in video_files.iter_frames(path):
     batch.append(rgb)
     if len(batch) == colorizer.batch_size:
       run(batch)
@@ -366,7 +367,7 @@ def evaluate_video(
     run(batch)
   bar.close()
   if not frames:
-    raise video.VideoError(f"{path}: no video frame could be decoded")
+    raise video_files.VideoError(f"{path}: no video frame could be decoded")
   flicker = meter.result()
   return {
     "video": path,
