@@ -21,7 +21,7 @@ from chromagan_jax import export
 from chromagan_jax.data import images, pipeline
 from chromagan_jax.inference import engine, exporter
 from chromagan_jax.ops import color
-from chromagan_jax.weights.port import checkpoint
+from chromagan_jax.weights import checkpoint
 
 jax.config.update("jax_disable_most_optimizations", True)
 
