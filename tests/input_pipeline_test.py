@@ -178,10 +178,10 @@ def test_near_grey_training_photos_are_skipped_counted_and_kept_on_request(tmp_p
   Image.fromarray(faded).save(tmp_path / "faded.png")
   # The worker's NumPy colourfulness is evaluate's metric (the thumbnail is the whole image).
   from chromagan_jax.data import decode_workers
-  from chromagan_jax.evaluation import evaluator
+  from chromagan_jax.evaluation import scores
 
   for rgb in (*colour, bw, faded):
-    want = float(evaluator.colorfulness(rgb[None])[0])
+    want = float(scores.colorfulness(rgb[None])[0])
     assert decode_workers.colorfulness(rgb) == pytest.approx(want, rel=1e-5, abs=1e-4)
   assert decode_workers.colorfulness(faded) < 5 < min(map(decode_workers.colorfulness, colour))
 

@@ -27,7 +27,7 @@ from PIL import Image
 from chromagan_jax import colorize
 from chromagan_jax.configs import tiny
 from chromagan_jax.data import synthetic, video_files
-from chromagan_jax.evaluation import evaluator
+from chromagan_jax.evaluation import video_flicker
 from chromagan_jax.inference import engine, temporal, video
 from chromagan_jax.model import predict
 from chromagan_jax.ops import color
@@ -252,14 +252,14 @@ def test_cut_detected_and_resets_smoothing(clip, colorizer):
 
 
 def test_smoothing_lowers_flicker_without_lowering_psnr(clip, colorizer):
-  result = evaluator.evaluate_video(clip, colorizer)
+  result = video_flicker.evaluate_video(clip, colorizer)
   flicker, psnr = result["flicker"], result["psnr"]
   assert result["frames"] == 2 * SHOT and result["cuts"] == 1
   assert result["static_fraction"] > 0.2
   # Measured: 1.37 smoothed, 2.54 unsmoothed, 0.72 for the video's own colours.
   assert flicker["colorized"] < 0.7 * flicker["unsmoothed"]
   assert psnr["colorized"] >= psnr["unsmoothed"] - 0.05
-  off = evaluator.evaluate_video(clip, colorizer, smoothing=0.0)
+  off = video_flicker.evaluate_video(clip, colorizer, smoothing=0.0)
   assert off["flicker"]["colorized"] == pytest.approx(off["flicker"]["unsmoothed"])
 
 
