@@ -10,8 +10,8 @@ an input-gradient norm (the WGAN-GP pattern, a second derivative), interleaved a
 contenders; medians are reported as GFLOP/s of the *direct* convolution's FLOPs, so a
 Winograd figure above the matmul peak means fewer multiplications were done. ``xla_nchw`` is
 XLA's own convolution on channels-first data (does the layout matter?). The tile size of
-``winograd`` (auto) follows ``cpu_conv.choose_tile``; ``winograd2`` / ``winograd4`` are fixed.
-This is the evidence behind ``cpu_conv``'s per-layer choices (bench/RESULTS.md).
+``winograd`` (auto) follows ``conv_rule.choose_tile``; ``winograd2`` / ``winograd4`` are fixed.
+This is the evidence behind ``conv_rule``'s per-layer choices (bench/RESULTS.md).
 """
 
 import argparse

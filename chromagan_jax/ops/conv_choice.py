@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from chromagan_jax.ops import cpu_conv
+from chromagan_jax.ops import conv_rule, cpu_conv
 
 OBJECTIVES = ("fwd", "train", "gp")
 # What a layer use is timed for: an objective, or "infer": "fwd" while the Winograd filters come
@@ -171,7 +171,7 @@ class Chooser:
     directory: where the choice files live; None keeps choices in memory only.
     machine: what the choices depend on besides the layer (CPU, ISA flags, cores, library
       versions, XLA_FLAGS: ``runtime.machine.machine_key``); names the choice file.
-    isa: the CPU's vector ISA (``cpu_conv.isa_of``), for layers with a single candidate.
+    isa: the CPU's vector ISA (``conv_rule.isa_of``), for layers with a single candidate.
     timer: ``timer(names, objective, lhs_shape, rhs_shape, dtype, strides, pads)`` ->
       ``{name: seconds}``; None: :func:`measure` with ``compiler_options`` (tests inject their
       own).
@@ -238,7 +238,7 @@ class Chooser:
     names = cpu_conv.candidates(lhs_shape, rhs_shape, strides, pads)
     if len(names) == 1:
       inference = objective == "infer"
-      return cpu_conv.rule(lhs_shape, rhs_shape, strides, pads, isa=self.isa, inference=inference)
+      return conv_rule.rule(lhs_shape, rhs_shape, strides, pads, isa=self.isa, inference=inference)
     key = layer_key(lhs_shape, rhs_shape, dtype, strides, pads, objective)
     if not self._loaded and self.directory is not None:
       self._choices = {**self._read(), **self._choices}
