@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from chromagan_jax.configs import default  # noqa: E402
-from chromagan_jax.data import pipeline, synthetic  # noqa: E402
+from chromagan_jax.data import sources, synthetic  # noqa: E402
 from chromagan_jax.inference import engine, video  # noqa: E402
 from chromagan_jax.model import networks  # noqa: E402
 
@@ -56,7 +56,7 @@ def random_variables(model, size: int, seed: int = 0):
 
 def photos(names=None):
   """The bundled photos as uint8 RGB arrays (all of them, or the named ones)."""
-  paths = pipeline.bundled_photos("train") + pipeline.bundled_photos("holdout")
+  paths = sources.bundled_photos("train") + sources.bundled_photos("holdout")
   out = []
   for p in paths:
     if names is None or os.path.basename(p) in names:
