@@ -27,7 +27,7 @@ from chromagan_jax.errors import CheckpointError, ShapeError, UserError
 from chromagan_jax.evaluation import evaluator
 from chromagan_jax.inference import engine, exporter, webapp
 from chromagan_jax.model import networks, predict
-from chromagan_jax.weights import checkpoint, port
+from chromagan_jax.weights import checkpoint, msgpack_file, port
 
 jax.config.update("jax_disable_most_optimizations", True)
 
@@ -250,7 +250,7 @@ def test_msgpack_round_trip_is_bit_exact(trained, tmp_path, capsys):
   with open(head_free, "rb") as f:
     data = f.read()
   assert f"file sha256 {hashlib.sha256(data).hexdigest()}" in capsys.readouterr().out
-  assert data.startswith(checkpoint.MSGPACK_MAGIC) and b"pickle" not in data[:200]
+  assert data.startswith(msgpack_file.MSGPACK_MAGIC) and b"pickle" not in data[:200]
   variables, config = checkpoint.load_generator(head_free, with_class_head=False)
   assert_trees_equal(jax.tree.map(np.asarray, variables), networks.without_class_head(full))
   assert checkpoint.load_config(head_free)[1].model == small_config().model

@@ -41,6 +41,7 @@ from chromagan_jax.weights import (
   keras_h5,
   keras_port,
   layouts,
+  msgpack_file,
   torch_pickle,
   torch_port,
 )
@@ -48,7 +49,7 @@ from chromagan_jax.weights import (
 
 def source_kind(path) -> str:
   """'hdf5', 'torch' (zip or legacy pickle), 'keras3' (a ``.keras`` zip), 'msgpack' (our
-  weights file, :func:`checkpoint.save_msgpack`), 'dir' or 'unknown' from the file's first
+  weights file, :func:`msgpack_file.save_msgpack`), 'dir' or 'unknown' from the file's first
   bytes.
 
   Raises ConversionError when nothing exists at ``path``.
@@ -60,7 +61,7 @@ def source_kind(path) -> str:
     raise ConversionError(f"{path}: no such file")
   if keras_h5.is_hdf5(path):
     return "hdf5"
-  if checkpoint.is_msgpack_file(path):
+  if msgpack_file.is_msgpack_file(path):
     return "msgpack"
   if keras_h5.is_keras3_archive(path):
     return "keras3"
