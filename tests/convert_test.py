@@ -444,7 +444,7 @@ def test_combined_gan_file_names_the_file_to_convert(
   gen_layers, _ = convert_formats.keras2_layers(model, first_index=6)
   critic_model, _, _ = keras_critic
   critic_layers, _ = convert_formats.keras2_layers(critic_model)
-  nested = lambda layers: [w for _, ws in layers for w in ws]  # noqa: E731
+  nested = lambda layers: [w for _, ws in layers for w in ws]
   combined = [
     ("input_3", []),
     ("input_4", []),

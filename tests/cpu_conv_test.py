@@ -158,15 +158,15 @@ def test_every_choosable_algorithm_matches_direct_convolution(name, layer):
   pads = cpu_conv.explicit_pads(x.shape, w.shape, strides, padding)
   if name not in cpu_conv.candidates(x.shape, w.shape, strides, pads):
     pytest.skip(f"{name} is not a candidate for {layer}")
-  direct = lambda x, w: jax.lax.conv_general_dilated(  # noqa: E731
+  direct = lambda x, w: jax.lax.conv_general_dilated(
     x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
   )
-  fast = lambda x, w: cpu_conv.run(name, x, w, strides, pads)  # noqa: E731
+  fast = lambda x, w: cpu_conv.run(name, x, w, strides, pads)
   want = direct(x, w)
   np.testing.assert_allclose(fast(x, w), want, rtol=1e-4, atol=1e-4 * float(jnp.abs(want).max()))
 
   def penalty(conv):  # Gradient of an input-gradient norm, as in WGAN-GP.
-    inner = lambda x, w: jnp.sum(jnp.tanh(conv(x, w)))  # noqa: E731
+    inner = lambda x, w: jnp.sum(jnp.tanh(conv(x, w)))
     return lambda x, w: inner(x, w) + jnp.sum(jax.grad(inner)(x, w) ** 2)
 
   for fn in (penalty, lambda conv: lambda x, w: jnp.sum(jnp.tanh(conv(x, w)))):

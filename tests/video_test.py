@@ -172,7 +172,7 @@ def lossless_runs(colourful, tmp_path_factory):
     _write_lossless(src, frames, size)
     seen = []
     options = video.VideoOptions(smoothing=0.0)
-    hook = lambda rgb, colour, seen=seen: seen.append((rgb.copy(), colour.copy()))  # noqa: E731
+    hook = lambda rgb, colour, seen=seen: seen.append((rgb.copy(), colour.copy()))
     video.colorize_video(src, dst, colourful, options, progress=False, frame_hook=hook)
     runs[size] = frames, seen, [rgb for _, rgb in _decode(dst)[1]]
   return runs

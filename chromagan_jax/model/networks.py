@@ -219,7 +219,7 @@ class VGG16Classifier(nn.Module):
     x = VGG16Trunk(5, self.width, self.dtype, self.param_dtype, self.conv, name="vgg16")(x)
     x = max_pool(x)
     x = x.reshape(x.shape[0], -1)  # NHWC flatten, as Keras' Flatten.
-    dense = lambda n, name: nn.Dense(  # noqa: E731
+    dense = lambda n, name: nn.Dense(
       n,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
@@ -317,7 +317,7 @@ class Generator(nn.Module):
       raise ValueError(
         f"Generator expects (N, {self.image_size}, {self.image_size}, 3) inputs, got {l3.shape}"
       )
-    w = lambda c: scaled(c, self.width)  # noqa: E731
+    w = lambda c: scaled(c, self.width)
     x = vgg_preprocess(l3.astype(self.dtype), self.vgg_preprocessing)
     trunk_cls = nn.remat(VGG16Trunk) if self.remat_trunk else VGG16Trunk
     trunk_width = self.width if self.trunk_width is None else self.trunk_width

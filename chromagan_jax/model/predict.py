@@ -70,5 +70,5 @@ def inference_filters(model, variables, rgb) -> dict:
   transposed (inference_weights.inference_filters); {} without Winograd layers."""
   if model.conv.impl == "xla":
     return {}
-  apply = lambda v, x, prepared: model.apply(v, x, train=False, prepared=prepared)  # noqa: E731
+  apply = lambda v, x, prepared: model.apply(v, x, train=False, prepared=prepared)
   return inference_weights.inference_filters(apply, variables, jnp.zeros(rgb.shape, jnp.float32))

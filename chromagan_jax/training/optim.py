@@ -75,5 +75,5 @@ def generator_optimizer(config, learning_rate):
       f"config.trunk_lr_scale={scale}: expected 0 < scale < 1 and freeze_trunk off "
       "(freeze_trunk=True keeps the trunk fixed)"
     )
-  trunk_only = lambda params: {name: name == TRUNK for name in params}  # noqa: E731
+  trunk_only = lambda params: {name: name == TRUNK for name in params}
   return optax.chain(adam(config, learning_rate), optax.masked(optax.scale(scale), trunk_only))
