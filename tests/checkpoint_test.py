@@ -24,7 +24,7 @@ from skimage import metrics as skmetrics
 
 from chromagan_jax import app, colorize, evaluate, export
 from chromagan_jax.errors import CheckpointError, ShapeError, UserError
-from chromagan_jax.evaluation import evaluator
+from chromagan_jax.evaluation import video_flicker
 from chromagan_jax.inference import engine, exporter, webapp
 from chromagan_jax.model import networks, predict
 from chromagan_jax.weights import checkpoint, msgpack_file, port
@@ -193,7 +193,7 @@ def test_inference_commands_load_the_moving_average_unless_told_otherwise(
     used.append(colorizer)
     raise UserError("stopped by the test")
 
-  monkeypatch.setattr(evaluator, "evaluate_video", stop)
+  monkeypatch.setattr(video_flicker, "evaluate_video", stop)
   for flags, variables in (([], ema), (["--no_ema"], live)):
     argv = ["--ckpt", ckpt, "--data", str(clip), "--output", str(tmp_path / "v")]
     assert evaluate.main(argv + flags) == 1 and "stopped by the test" in capsys.readouterr().err
