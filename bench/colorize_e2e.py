@@ -254,7 +254,7 @@ def network_contenders(ckpt, variables, config, l3: np.ndarray, repeats: int, fo
   onnx_path = os.path.join(folder, "generator.onnx")
   onnx.save(exporter.to_onnx(fn, size), onnx_path)
   session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
-  run_onnx = lambda: session.run([exporter.OUTPUT_NAME], {exporter.INPUT_NAME: net_l})[0]  # noqa: E731
+  run_onnx = lambda: session.run([exporter.OUTPUT_NAME], {exporter.INPUT_NAME: net_l})[0]
   out["onnxruntime"] = timed(run_onnx, repeats)
   ab["onnxruntime"] = run_onnx()
 

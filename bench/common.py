@@ -221,7 +221,7 @@ def write_json(path: str, result: dict) -> str:
 
 def print_table(rows: list[dict], columns: list[str], markdown: bool = False) -> None:
   """A plain-text (or Markdown) table of ``rows`` (floats with 3 significant digits)."""
-  fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
+  fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)
   cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
   if markdown:
     for line in [columns, ["---"] * len(columns), *cells]:

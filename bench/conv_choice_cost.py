@@ -11,7 +11,7 @@ colorize runs it; "train": the generator; "gp": the critic; "fwd": the VGG16 tea
 ``--image_size``, ``--width`` with a chooser that records each distinct plain conv layer
 instead of timing it, then times every layer's candidates with ``conv_choice.measure`` at
 ``--batch`` (what a measuring chooser does on first use), and prints per layer: the
-candidates' times, the measured choice, the fixed rule's choice (``cpu_conv.rule``, the
+candidates' times, the measured choice, the fixed rule's choice (``conv_rule.rule``, the
 default), its time over XLA's, and the seconds measuring took. Totals: the seconds of
 measuring (the first-use cost a colorize would pay on top of compiling), the sum of the
 layers' times under XLA everywhere, the rule and the measured choices (the fastest candidate,
@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from chromagan_jax.model import networks
-from chromagan_jax.ops import conv_choice, cpu_conv
+from chromagan_jax.ops import conv_choice, conv_rule, inference_weights
 from chromagan_jax.ops.conv_policy import ConvPolicy
 from chromagan_jax.runtime import machine
 
@@ -83,7 +83,7 @@ def model_layers(image_size: int, width: float, batch: int, use: str) -> list[tu
     if use != "infer":
       return model.apply(params, *inputs, **train, mutable=mutable)
     # Traced as inference traces it: prepared filters given (the "infer" use).
-    return model.apply(params, *inputs, train=False, prepared=cpu_conv.Recording())
+    return model.apply(params, *inputs, train=False, prepared=inference_weights.Recording())
 
   params = jax.eval_shape(model.init, jax.random.key(0), *inputs)
   jax.jit(apply).lower(params, *inputs)
@@ -106,7 +106,7 @@ def main(argv=None):
       times = conv_choice.measure(
         names, args.objective, lhs, rhs, jnp.float32, strides, pads, compiler_options=options
       )
-      rule = cpu_conv.rule(lhs, rhs, strides, pads, isa=isa, inference=inference)
+      rule = conv_rule.rule(lhs, rhs, strides, pads, isa=isa, inference=inference)
       key = conv_choice.layer_key(lhs, rhs, jnp.float32, strides, pads, args.objective)
       rows.append({
         "round": round_, "layer": key, "measure_s": time.perf_counter() - t,

@@ -10,8 +10,8 @@ an input-gradient norm (the WGAN-GP pattern, a second derivative), interleaved a
 contenders; medians are reported as GFLOP/s of the *direct* convolution's FLOPs, so a
 Winograd figure above the matmul peak means fewer multiplications were done. ``xla_nchw`` is
 XLA's own convolution on channels-first data (does the layout matter?). The tile size of
-``winograd`` (auto) follows ``cpu_conv.choose_tile``; ``winograd2`` / ``winograd4`` are fixed.
-This is the evidence behind ``cpu_conv``'s per-layer choices (bench/RESULTS.md).
+``winograd`` (auto) follows ``conv_rule.choose_tile``; ``winograd2`` / ``winograd4`` are fixed.
+This is the evidence behind ``conv_rule``'s per-layer choices (bench/RESULTS.md).
 """
 
 import argparse
@@ -59,7 +59,7 @@ def parse_args(argv=None):
 
 def _tf_fns(x, w, stride, second_order):
   tx, tw = tf.constant(x), tf.constant(w)
-  conv = lambda x, w: tf.nn.conv2d(x, w, stride, "SAME")  # noqa: E731
+  conv = lambda x, w: tf.nn.conv2d(x, w, stride, "SAME")
   fwd = tf.function(conv)
 
   @tf.function
@@ -95,8 +95,8 @@ def _jax_fns(x, w, stride, second_order, impl):
   # The rule as training applies it (no prepared filters), for this machine's ISA.
   policy = machine.conv_policy(impl).resolve(objective="train")
   fn = policy.conv_general_dilated() or jax.lax.conv_general_dilated
-  conv = lambda x, w: fn(x, w, (stride, stride), "SAME", dimension_numbers=dims)  # noqa: E731
-  loss = lambda x, w: jnp.sum(jnp.sin(conv(x, w)))  # noqa: E731
+  conv = lambda x, w: fn(x, w, (stride, stride), "SAME", dimension_numbers=dims)
+  loss = lambda x, w: jnp.sum(jnp.sin(conv(x, w)))
   fwd = jax.jit(conv)
   vjp = jax.jit(jax.grad(loss, argnums=(0, 1)))
   gp = jax.jit(jax.grad(lambda x, w: jnp.sum(jax.grad(loss)(x, w) ** 2), argnums=1))

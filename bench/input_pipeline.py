@@ -25,7 +25,7 @@ import common  # noqa: I001 (sets sys.path and TF env before the imports below)
 import numpy as np
 
 from chromagan_jax.configs import default
-from chromagan_jax.data import images, pipeline
+from chromagan_jax.data import images, pipeline, sources
 
 
 def parse_args(argv=None):
@@ -111,7 +111,7 @@ def resume_cost(args, processes: int) -> dict:
 
 def dataset_facts(args) -> dict:
   config = make_config(args, 0)
-  files = pipeline._train_files(config)
+  files = sources._train_files(config)
   pixels = []
   for f in files:
     try:

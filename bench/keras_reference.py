@@ -67,8 +67,8 @@ def build_keras_generator(image_size=224, width=1.0, num_classes=1000, fc_width=
   Keras defaults throughout (bias on, BN momentum 0.99 / epsilon 1e-3); ReLU before BN in the
   global and mid-level branches; the trunk is a nested model named ``vgg16``.
   """
-  w = lambda c: scaled(c, width)  # noqa: E731
-  conv = lambda c, k, name, strides=1, act="relu": layers.Conv2D(  # noqa: E731
+  w = lambda c: scaled(c, width)
+  conv = lambda c, k, name, strides=1, act="relu": layers.Conv2D(
     c, k, strides=strides, padding="same", activation=act, name=name
   )
   l3 = keras.Input((image_size, image_size, 3), name="l3")

@@ -76,7 +76,7 @@ class KerasStep:
     if t_params is not None:
       self.teacher = keras_reference.build_keras_vgg16_classifier(s, w, m.num_classes, m.fc_width)
       keras_reference.flax_to_keras({"params": _flat_teacher(t_params)}, self.teacher)
-    adam = lambda lr: keras.optimizers.Adam(  # noqa: E731
+    adam = lambda lr: keras.optimizers.Adam(
       lr, beta_1=config.adam_b1, beta_2=config.adam_b2, epsilon=config.adam_eps
     )
     self.g_opt, self.d_opt = adam(config.g_learning_rate), adam(config.d_learning_rate)

@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from chromagan_jax.configs import default  # noqa: E402
-from chromagan_jax.data import pipeline  # noqa: E402
+from chromagan_jax.data import sources, synthetic  # noqa: E402
 from chromagan_jax.inference import engine, video  # noqa: E402
 from chromagan_jax.model import networks  # noqa: E402
 
@@ -56,7 +56,7 @@ def random_variables(model, size: int, seed: int = 0):
 
 def photos(names=None):
   """The bundled photos as uint8 RGB arrays (all of them, or the named ones)."""
-  paths = pipeline.bundled_photos("train") + pipeline.bundled_photos("holdout")
+  paths = sources.bundled_photos("train") + sources.bundled_photos("holdout")
   out = []
   for p in paths:
     if names is None or os.path.basename(p) in names:
@@ -65,8 +65,8 @@ def photos(names=None):
 
 
 def make_clip(path, size, frames_per_shot, names, grain):
-  frames = video.pan_zoom_frames(photos(names), size, frames_per_shot, grain=grain)
-  return video.write_clip(path, frames, size, RATE, crf=18)
+  frames = synthetic.pan_zoom_frames(photos(names), size, frames_per_shot, grain=grain)
+  return synthetic.write_clip(path, frames, size, RATE, crf=18)
 
 
 def throughput(sizes, frames, batch_size):

@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
-  log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+  log = lambda msg: print(msg, file=sys.stderr, flush=True)
   try:
     if min(args.max_upload_mb, args.max_pixels, args.max_in_flight, args.max_result_mb) <= 0:
       raise UserError(

@@ -11,9 +11,9 @@ from collections.abc import Callable, Sequence
 
 import tqdm
 
-from chromagan_jax.data import images
+from chromagan_jax.data import images, video_files
 from chromagan_jax.errors import UserError
-from chromagan_jax.inference import engine, folders, video
+from chromagan_jax.inference import engine, folders, temporal, video
 from chromagan_jax.ops import conv_policy
 from chromagan_jax.runtime import allocator, compile_cache, runner
 
@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
   group.add_argument(
     "--smoothing",
     type=float,
-    default=video.DEFAULT_SMOOTHING,
+    default=temporal.DEFAULT_SMOOTHING,
     help="temporal smoothing strength of the colours in [0, 1): the weight of the past in an "
     "exponential moving average of ab within a shot, less where the picture moves "
     "(default %(default)s; 0 = off)",
@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     "--cut_threshold",
     "--cut-threshold",
     type=float,
-    default=video.CUT_THRESHOLD,
+    default=temporal.CUT_THRESHOLD,
     help="shot-cut score (L histogram distance + block difference) above which smoothing "
     "restarts (default %(default)s)",
   )
@@ -149,14 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
   )
   group.add_argument(
     "--preset",
-    default=video.DEFAULT_PRESET,
+    default=video_files.DEFAULT_PRESET,
     help="x264/x265 speed preset, ultrafast ... veryslow (default %(default)s)",
   )
   group.add_argument(
     "--video_format",
     "--video-format",
     default=None,
-    choices=sorted(video.MUXERS),
+    choices=sorted(video_files.MUXERS),
     help="output container for every video (default: the input's; others become .mp4)",
   )
   group.add_argument("--no_audio", "--no-audio", action="store_true", help="drop the audio")

@@ -23,7 +23,7 @@ import numpy as np
 from chromagan_jax.errors import ConversionError, UserError
 from chromagan_jax.model import shapes
 from chromagan_jax.runtime import runner
-from chromagan_jax.weights import checkpoint, port
+from chromagan_jax.weights import checkpoint, keras_port, layouts, port
 
 KINDS = ("vgg16", "generator", "critic")
 
@@ -57,22 +57,22 @@ def convert(kind: str, source, out, expect_sha256: str | None = None) -> str:
     raise ConversionError(f"{source}: --expect_sha256 needs a file, not a directory")
   if kind == "vgg16":
     params, pre = port.load_vgg16(source, require_top=False)
-    top = port.has_top(params)
+    top = layouts.has_top(params)
     converted.update(preprocessing=pre, include_top=top)
     model = {**shapes.made_for(params, source), "vgg_preprocessing": pre}
     checkpoint.save_weights(out, checkpoint.VGG16, params, {"model": model, "converted": converted})
     what = "VGG16 classifier" if top else "VGG16 convolutions (notop)"
     summary = f"{what}, {_count(params):,} parameters, trained with {pre!r} preprocessing"
   elif kind == "generator":
-    variables, model = port.chromagan_generator_with_config(source)
-    converted.update(preprocessing=port.PREPROCESSING_CHROMAGAN)
+    variables, model = keras_port.chromagan_generator_with_config(source)
+    converted.update(preprocessing=layouts.PREPROCESSING_CHROMAGAN)
     checkpoint.save_generator(out, variables, {"model": model, "converted": converted})
     summary = (
       f"ChromaGAN generator, {_count(variables):,} values (image_size "
       f"{model['image_size']}, width {model['width']}), colorize.py --ckpt {out}"
     )
   elif kind == "critic":
-    variables = port.chromagan_critic_from_keras(source)
+    variables = keras_port.chromagan_critic_from_keras(source)
     config = {"model": shapes.made_for(variables), "converted": converted}
     checkpoint.save_weights(out, checkpoint.CRITIC, variables, config)
     summary = f"ChromaGAN critic, {_count(variables):,} parameters"

@@ -3,7 +3,7 @@ evaluate held-out ones.
 
   python -m chromagan_jax.demo --workdir demo_out [--steps 300]
 
-The photos ship inside the scikit-image wheel (see ``pipeline.bundled_photos``), so the
+The photos ship inside the scikit-image wheel (see ``sources.bundled_photos``), so the
 demo needs no download. Writes ``<workdir>/train`` (checkpoints, TensorBoard),
 ``<workdir>/colorized`` (the held-out photos colorized at their full resolution),
 ``<workdir>/before_after.png`` (grey | colorized | original per row) and
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
   extras.require("clu.metric_writers", "demo", "the demo")
   tf = extras.require("tensorflow", "demo", "the demo")
 
-  from chromagan_jax.data import pipeline
+  from chromagan_jax.data import sources
 
   tf.config.set_visible_devices([], "GPU")
   logging.set_verbosity(logging.INFO)
@@ -76,7 +76,7 @@ def main(argv=None) -> int:
   t0 = time.time()
   print(
     f"[demo] training configs/cpu.py for {config.num_train_steps} steps on "
-    f"{len(pipeline.bundled_photos('train'))} bundled photos ({jax.device_count()} "
+    f"{len(sources.bundled_photos('train'))} bundled photos ({jax.device_count()} "
     f"{jax.default_backend()} device(s)) -> {train_dir}",
     flush=True,
   )
@@ -84,7 +84,7 @@ def main(argv=None) -> int:
   print(f"[demo] trained in {time.time() - t0:.0f} s", flush=True)
 
   variables, saved = checkpoint.load_generator(train_dir, with_class_head=False)
-  holdout = pipeline.bundled_photos("holdout")
+  holdout = sources.bundled_photos("holdout")
   originals = [images.read_rgb(p) for p in holdout]
   greys = [np.asarray(Image.fromarray(x).convert("L")) for x in originals]
   colorized = engine.colorize(greys, variables, saved)

@@ -39,7 +39,7 @@ from collections.abc import Sequence
 
 from chromagan_jax.data import images
 from chromagan_jax.errors import UserError
-from chromagan_jax.evaluation import evaluator
+from chromagan_jax.evaluation import evaluator, video_flicker
 from chromagan_jax.inference import engine
 from chromagan_jax.runtime import runner
 from chromagan_jax.weights import checkpoint
@@ -82,22 +82,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _is_video_file(data: str) -> bool:
-  from chromagan_jax.inference import video
+  from chromagan_jax.data import video_files
 
-  return os.path.isfile(data) and video.is_video(data)
+  return os.path.isfile(data) and video_files.is_video(data)
 
 
 def video_main(args) -> int:
   """``--data`` is a video: flicker and PSNR with and without smoothing, to summary.json."""
   try:
-    from chromagan_jax.inference import video
+    from chromagan_jax.data import video_files
 
-    video.require_av()  # Before the checkpoint loads.
+    video_files.require_av()  # Before the checkpoint loads.
     variables, config = checkpoint.load_generator(
       args.ckpt, args.step, with_class_head=False, ema=False if args.no_ema else None
     )
     colorizer = engine.Colorizer(variables, config, batch_size=args.batch_size)
-    result = evaluator.evaluate_video(
+    result = video_flicker.evaluate_video(
       args.data, colorizer, smoothing=args.smoothing, progress=not args.no_progress
     )
   except UserError as e:
@@ -106,7 +106,7 @@ def video_main(args) -> int:
   os.makedirs(args.output, exist_ok=True)
   with open(os.path.join(args.output, "summary.json"), "w") as f:
     json.dump(result, f, indent=2, allow_nan=False)
-  print(evaluator.format_video_table(result))
+  print(video_flicker.format_video_table(result))
   print(f"wrote {os.path.join(args.output, 'summary.json')}")
   return 0
 

@@ -30,7 +30,7 @@ from helpers import (
 from PIL import Image
 from skimage import color as skcolor
 
-from chromagan_jax.data import images, pipeline
+from chromagan_jax.data import images, sources
 from chromagan_jax.inference import engine
 from chromagan_jax.weights import checkpoint
 
@@ -187,7 +187,7 @@ def test_app_in_headless_chromium(server, browser, generator, tmp_path):
   assert "ChromaGAN" in driver.title
 
   # 1. A real photo (PNG: lossless, so its L can be compared).
-  photo = pipeline.bundled_photos("holdout")[0]
+  photo = sources.bundled_photos("holdout")[0]
   _upload(driver, [photo])
   _wait_done(driver, 1)
   (card,) = driver.find_elements("css selector", ".card.ok")

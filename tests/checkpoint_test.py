@@ -24,10 +24,11 @@ from skimage import metrics as skmetrics
 
 from chromagan_jax import app, colorize, evaluate, export
 from chromagan_jax.errors import CheckpointError, ShapeError, UserError
-from chromagan_jax.evaluation import evaluator
+from chromagan_jax.evaluation import video_flicker
 from chromagan_jax.inference import engine, exporter, webapp
 from chromagan_jax.model import networks, predict
-from chromagan_jax.weights import checkpoint, port
+from chromagan_jax.runtime import machine
+from chromagan_jax.weights import checkpoint, msgpack_file, port
 
 jax.config.update("jax_disable_most_optimizations", True)
 
@@ -170,7 +171,7 @@ def test_inference_commands_load_the_moving_average_unless_told_otherwise(
   assert np.abs(got - colours(ema, rgb)).max() <= 1
 
   # evaluate, default and --no_ema: the per-image PSNR of each generator's colours.
-  model = predict.generator_from(config)
+  model = predict.generator_from(config, machine.conv_policy(config.model.get("conv_impl")))
   for flags, variables, is_ema in (([], ema, True), (["--no_ema"], live, False)):
     out = tmp_path / f"eval{len(flags)}"
     argv = ["--ckpt", ckpt, "--data", str(photos), "--output", str(out), "--no_progress"]
@@ -193,7 +194,7 @@ def test_inference_commands_load_the_moving_average_unless_told_otherwise(
     used.append(colorizer)
     raise UserError("stopped by the test")
 
-  monkeypatch.setattr(evaluator, "evaluate_video", stop)
+  monkeypatch.setattr(video_flicker, "evaluate_video", stop)
   for flags, variables in (([], ema), (["--no_ema"], live)):
     argv = ["--ckpt", ckpt, "--data", str(clip), "--output", str(tmp_path / "v")]
     assert evaluate.main(argv + flags) == 1 and "stopped by the test" in capsys.readouterr().err
@@ -201,10 +202,16 @@ def test_inference_commands_load_the_moving_average_unless_told_otherwise(
 
   # The app: the colorizer its server would use.
   served = []
-  monkeypatch.setattr(
-    webapp, "create_app", lambda colorizer, *a: served.append(colorizer) or webapp
-  )
-  monkeypatch.setattr(webapp, "run", lambda **kwargs: None, raising=False)
+  monkeypatch.setattr(webapp, "create_app", lambda colorizer, *a, **k: served.append(colorizer))
+
+  class _Server:  # Bound, never serving.
+    def run(self):
+      pass
+
+    def close(self):
+      pass
+
+  monkeypatch.setattr(webapp, "make_server", lambda *a, **k: _Server())
   assert app.main(["--ckpt", ckpt, "--compilation_cache", ""]) == 0
   assert_trees_equal(served[0].variables, networks.without_class_head(ema))
 
@@ -250,7 +257,7 @@ def test_msgpack_round_trip_is_bit_exact(trained, tmp_path, capsys):
   with open(head_free, "rb") as f:
     data = f.read()
   assert f"file sha256 {hashlib.sha256(data).hexdigest()}" in capsys.readouterr().out
-  assert data.startswith(checkpoint.MSGPACK_MAGIC) and b"pickle" not in data[:200]
+  assert data.startswith(msgpack_file.MSGPACK_MAGIC) and b"pickle" not in data[:200]
   variables, config = checkpoint.load_generator(head_free, with_class_head=False)
   assert_trees_equal(jax.tree.map(np.asarray, variables), networks.without_class_head(full))
   assert checkpoint.load_config(head_free)[1].model == small_config().model

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from chromagan_jax.model import networks
-from chromagan_jax.ops import conv_choice, cpu_conv
+from chromagan_jax.ops import conv_choice, cpu_conv, inference_weights
 from chromagan_jax.ops.conv_policy import ConvPolicy
 from chromagan_jax.runtime import compile_cache, machine
 
@@ -228,7 +228,7 @@ def test_inference_layers_are_timed_with_transformed_filters(monkeypatch):
   timer = FakeTimer()
   policy = ConvPolicy("measure", chooser=conv_choice.Chooser(None, MACHINE, timer=timer))
   policy.conv_general_dilated()(x, w, (1, 1), "SAME", dimension_numbers=dn)
-  recording = policy.conv_general_dilated(cpu_conv.Recording(), "layer")
+  recording = policy.conv_general_dilated(inference_weights.Recording(), "layer")
   recording(x, w, (1, 1), "SAME", dimension_numbers=dn)
   policy.conv_general_dilated({}, "layer")(x, w, (1, 1), "SAME", dimension_numbers=dn)
   assert [c[0] for c in timer.calls] == ["fwd", "infer"]  # The second "infer" is remembered.

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from chromagan_jax.model import networks
-from chromagan_jax.weights import port
+from chromagan_jax.weights import keras_port, port
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 _spec = importlib.util.spec_from_file_location("make_fixtures", f"{FIXTURES}/make_fixtures.py")
@@ -52,7 +52,7 @@ def test_vgg16_files_written_by_the_real_libraries(name, out, preprocessing):
 def test_generator_saved_whole_by_keras2():
   """The authors' kind of file: a whole generator saved by Keras 2 (tf_keras) model.save."""
   path = os.path.join(FIXTURES, "generator_tiny_keras2_model.h5")
-  variables, fields = port.chromagan_generator_with_config(path)
+  variables, fields = keras_port.chromagan_generator_with_config(path)
   assert fields["image_size"] == make_fixtures.GEN_SIZE
   assert fields["width"] == pytest.approx(make_fixtures.GEN_WIDTH)
   gen = networks.Generator(**fields)

@@ -31,7 +31,15 @@ from keras.src.legacy.saving import legacy_h5_format
 from chromagan_jax import convert
 from chromagan_jax.errors import CheckpointError, ConversionError, ShapeError
 from chromagan_jax.model import networks, shapes
-from chromagan_jax.weights import checkpoint, port, torch_pickle
+from chromagan_jax.weights import (
+  checkpoint,
+  initial,
+  keras_port,
+  layouts,
+  port,
+  torch_pickle,
+  torch_port,
+)
 
 # Small networks: XLA's optimisation passes cost more than they save here.
 jax.config.update("jax_disable_most_optimizations", True)
@@ -88,15 +96,15 @@ def test_vgg16_classifier_from_keras_matches_keras_logits(keras_classifier):
   x = grey_batch(GEN_SIZE)
   want = model(x).numpy()
   teacher = networks.VGG16Classifier(width=VGG_WIDTH, num_classes=NUM_CLASSES, fc_width=VGG_FC)
-  params = port.vgg16_from_keras(files["keras1"])
+  params = keras_port.vgg16_from_keras(files["keras1"])
   assert_rel_close(teacher.apply({"params": params}, x), want)
   # The Keras 3 writer's layout ('block1_conv1/kernel' names) gives the same arrays.
-  assert_trees_equal(port.vgg16_from_keras(files["keras3"]), params)
+  assert_trees_equal(keras_port.vgg16_from_keras(files["keras3"]), params)
   loaded, preprocessing = port.load_vgg16(files["keras1"])
   assert preprocessing == "caffe"
   assert_trees_equal(loaded, params)
   # The generator's trunk: blocks 1-4 only.
-  trunk = port.vgg16_trunk_params(params)
+  trunk = layouts.vgg16_trunk_params(params)
   assert list(trunk) == [
     f"block{b}_conv{i}" for b, n in ((1, 2), (2, 2), (3, 3), (4, 3)) for i in range(1, n + 1)
   ]
@@ -112,7 +120,7 @@ def test_vgg16_cli_round_trip(keras_classifier, tmp_path, capsys):
   assert "caffe" in capsys.readouterr().out
   params, preprocessing = port.load_vgg16(out)
   assert preprocessing == "caffe"
-  assert_trees_equal(params, port.vgg16_from_keras(files["keras1"]))
+  assert_trees_equal(params, keras_port.vgg16_from_keras(files["keras1"]))
   # Never overwrites: a second conversion into the same directory fails in one line.
   assert convert.main(["vgg16", files["keras1"], out]) == 1
   err = capsys.readouterr().err.strip()
@@ -124,20 +132,20 @@ def test_keras_applications_notop_file_gives_the_trunk(tmp_path):
   randomize(vgg, seed=2)
   path = str(tmp_path / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5")
   save_keras3_weights_h5(vgg, path)
-  params = port.vgg16_from_keras(path, include_top=False)
+  params = keras_port.vgg16_from_keras(path, include_top=False)
   assert set(params) == {"vgg16"}
-  for name in port.VGG16_CONVS:  # Block 5 too, by value.
+  for name in layouts.VGG16_CONVS:  # Block 5 too, by value.
     kernel, bias = vgg.get_layer(name).get_weights()
     np.testing.assert_array_equal(params["vgg16"][name]["kernel"], kernel)
     np.testing.assert_array_equal(params["vgg16"][name]["bias"], bias)
   x = grey_batch(32)
   want = keras.Model(vgg.input, vgg.get_layer("block4_conv3").output)(x).numpy()
   trunk = networks.VGG16Trunk(depth=4)
-  got = trunk.apply({"params": port.vgg16_trunk_params(params)}, x)
+  got = trunk.apply({"params": layouts.vgg16_trunk_params(params)}, x)
   assert_rel_close(got, want)
   # The teacher needs the classifier top: a notop file is refused, naming the file.
   with pytest.raises(ConversionError, match=rf"{path}.*notop"):
-    port.vgg16_from_keras(path)
+    keras_port.vgg16_from_keras(path)
   with pytest.raises(ConversionError, match="notop"):
     port.load_vgg16(path)
   assert port.load_vgg16(path, require_top=False)[1] == "caffe"
@@ -239,7 +247,7 @@ def test_generator_from_keras_files(keras_generator):
   assert "model_6" in [name for name, _ in layers] and "conv2d_17" in [n for n, _ in layers]
   want_vars = keras_reference.keras_to_flax(model)  # By layer name: independent mapping.
   for path in (k2, k3):
-    assert_trees_equal(port.chromagan_generator_from_keras(path), want_vars)
+    assert_trees_equal(keras_port.chromagan_generator_from_keras(path), want_vars)
   x = grey_batch(GEN_SIZE)
   want_ab, want_p = (t.numpy() for t in model(x, training=False))
   # Non-trivial outputs: unsaturated ab, a spread class distribution.
@@ -247,7 +255,7 @@ def test_generator_from_keras_files(keras_generator):
   gen = networks.Generator(
     image_size=GEN_SIZE, width=WIDTH, num_classes=NUM_CLASSES, fc_width=FC_WIDTH
   )
-  ab, p = gen.apply(port.chromagan_generator_from_keras(k2), x)
+  ab, p = gen.apply(keras_port.chromagan_generator_from_keras(k2), x)
   assert_rel_close(ab, want_ab)
   assert_rel_close(p, want_p)
 
@@ -258,7 +266,9 @@ def test_generator_cli_writes_a_colorize_checkpoint(keras_generator, tmp_path, c
   assert convert.main(["generator", k2, out]) == 0
   assert out in capsys.readouterr().out
   variables, config = checkpoint.load_generator(out)
-  assert_trees_equal(jax.tree.map(np.asarray, variables), port.chromagan_generator_from_keras(k2))
+  assert_trees_equal(
+    jax.tree.map(np.asarray, variables), keras_port.chromagan_generator_from_keras(k2)
+  )
   assert config.model.image_size == GEN_SIZE and config.model.width == WIDTH
   assert config.model.num_classes == NUM_CLASSES and config.model.fc_width == FC_WIDTH
   assert config.model.vgg_preprocessing == "none"
@@ -310,7 +320,7 @@ def test_generator_layer_order_is_checked_against_strides(keras_generator, tmp_p
   path = str(tmp_path / "swapped.h5")
   convert_formats.write_keras2_h5(path, swapped, config)
   with pytest.raises(ConversionError, match=rf"{names[j]}.*global_conv1.*stride"):
-    port.chromagan_generator_from_keras(path)
+    keras_port.chromagan_generator_from_keras(path)
 
 
 def test_generator_shape_mismatch_names_file_layer_and_shapes(keras_generator, tmp_path):
@@ -327,7 +337,7 @@ def test_generator_shape_mismatch_names_file_layer_and_shapes(keras_generator, t
   path = str(tmp_path / "bad.h5")
   convert_formats.write_keras2_h5(path, bad, config)
   with pytest.raises(ShapeError) as e:
-    port.chromagan_generator_from_keras(path)
+    keras_port.chromagan_generator_from_keras(path)
   msg = str(e.value)
   assert path in msg and "dec_conv3" in msg and bad_name in msg
   assert "expected shape (3, 3, 16, 8), found (3, 3, 16, 9)" in msg
@@ -350,12 +360,14 @@ def test_critic_from_keras_files(keras_critic, tmp_path):
   model, k3, k2 = keras_critic
   want_vars = keras_reference.keras_to_flax(model)
   for path in (k2, k3):
-    assert_trees_equal(port.chromagan_critic_from_keras(path), want_vars)
+    assert_trees_equal(keras_port.chromagan_critic_from_keras(path), want_vars)
   rng = np.random.default_rng(6)
   ab = rng.uniform(0, 1, (2, 32, 32, 2)).astype(np.float32)
   lightness = rng.uniform(0, 1, (2, 32, 32, 1)).astype(np.float32)
   want = model([ab, lightness]).numpy()
-  got = networks.Critic(width=WIDTH).apply(port.chromagan_critic_from_keras(k2), ab, lightness)
+  got = networks.Critic(width=WIDTH).apply(
+    keras_port.chromagan_critic_from_keras(k2), ab, lightness
+  )
   assert_rel_close(got, want)
   out = str(tmp_path / "critic")
   assert convert.main(["critic", k2, out]) == 0
@@ -377,8 +389,8 @@ def test_tf1_renamed_scopes_convert_like_the_plain_files(
   assert ("model_6", "block1_conv1_1/kernel:0") in [(n, w[0][0]) for n, w in layers if w]
   renamed = str(tmp_path / "my_model_colorizationEpoch3.h5")
   convert_formats.write_keras2_h5(renamed, layers, config)
-  want = port.chromagan_generator_from_keras(k2)
-  assert_trees_equal(port.chromagan_generator_from_keras(renamed), want)
+  want = keras_port.chromagan_generator_from_keras(k2)
+  assert_trees_equal(keras_port.chromagan_generator_from_keras(renamed), want)
   out = str(tmp_path / "gen")
   assert convert.main(["generator", renamed, out]) == 0
   assert_trees_equal(jax.tree.map(np.asarray, checkpoint.load_generator(out)[0]), want)
@@ -395,15 +407,15 @@ def test_tf1_renamed_scopes_convert_like_the_plain_files(
       "model": {**shapes.made_for(want), "vgg_preprocessing": "none", "remat_trunk": False},
     }
   )
-  init = port.initial_weights(train_config)
+  init = initial.initial_weights(train_config)
   assert_trees_equal(init.generator, want)
-  assert_trees_equal({"params": init.critic}, port.chromagan_critic_from_keras(critic_k2))
+  assert_trees_equal({"params": init.critic}, keras_port.chromagan_critic_from_keras(critic_k2))
   # Keras' VGG16 saved after another VGG16 was built in the same graph.
   vgg_model, files = keras_classifier
   vgg_layers, _ = convert_formats.keras2_layers(vgg_model, scope_suffix="_1")
   vgg = str(tmp_path / "vgg16_weights_tf_dim_ordering_tf_kernels.h5")
   convert_formats.write_keras2_h5(vgg, vgg_layers, weights_only=True)
-  assert_trees_equal(port.load_vgg16(vgg)[0], port.vgg16_from_keras(files["keras1"]))
+  assert_trees_equal(port.load_vgg16(vgg)[0], keras_port.vgg16_from_keras(files["keras1"]))
 
 
 # ----------------------------------------------------------------------------------------
@@ -415,7 +427,7 @@ def test_not_hdf5_and_cli_error_line(tmp_path, capsys):
   with open(path, "w") as f:
     f.write("not weights\n")
   with pytest.raises(ConversionError, match=rf"{path}: not an HDF5 file"):
-    port.vgg16_from_keras(path)
+    keras_port.vgg16_from_keras(path)
   with pytest.raises(ConversionError, match=rf"{path}: not a Keras .h5, a torch"):
     port.load_vgg16(path)
   assert convert.main(["generator", path, str(tmp_path / "out")]) == 1
@@ -432,7 +444,7 @@ def test_combined_gan_file_names_the_file_to_convert(
   gen_layers, _ = convert_formats.keras2_layers(model, first_index=6)
   critic_model, _, _ = keras_critic
   critic_layers, _ = convert_formats.keras2_layers(critic_model)
-  nested = lambda layers: [w for _, ws in layers for w in ws]  # noqa: E731
+  nested = lambda layers: [w for _, ws in layers for w in ws]
   combined = [
     ("input_3", []),
     ("input_4", []),
@@ -495,7 +507,7 @@ def test_truncated_files(keras_classifier, tmp_path):
   with open(cut, "wb") as f:
     f.write(data[: len(data) // 2])
   with pytest.raises(ConversionError, match=rf"{cut}.*truncated"):
-    port.vgg16_from_keras(cut)
+    keras_port.vgg16_from_keras(cut)
   sd = torch_vgg16_state_dict(seed=7)
   for save in (convert_formats.save_torch_zip, convert_formats.save_torch_legacy):
     full, cut = str(tmp_path / "full.pth"), str(tmp_path / "cut.pth")
@@ -504,7 +516,7 @@ def test_truncated_files(keras_classifier, tmp_path):
     with open(cut, "r+b") as f:
       f.truncate(int(os.path.getsize(full) * 0.6))
     with pytest.raises(ConversionError, match=rf"{cut}.*(truncated|corrupt)"):
-      port.vgg16_from_torch(cut)
+      torch_port.vgg16_from_torch(cut)
 
 
 def test_vgg19_and_wrong_model_files(keras_classifier, keras_generator, tmp_path):
@@ -517,24 +529,24 @@ def test_vgg19_and_wrong_model_files(keras_classifier, keras_generator, tmp_path
   vgg19 = str(tmp_path / "vgg19_weights_tf_dim_ordering_tf_kernels.h5")
   convert_formats.write_keras2_h5(vgg19, layers + [extra], weights_only=True)
   with pytest.raises(ConversionError, match=rf"{vgg19}.*block5_conv4.*VGG19"):
-    port.vgg16_from_keras(vgg19)
+    keras_port.vgg16_from_keras(vgg19)
   sd = torch_vgg16_state_dict(seed=8)
   sd["features.30.weight"] = np.zeros((32, 32, 3, 3), np.float32)
   sd["features.30.bias"] = np.zeros((32,), np.float32)
   pth = str(tmp_path / "vgg19.pth")
   convert_formats.save_torch_zip(pth, sd)
   with pytest.raises(ConversionError, match=rf"{pth}: has 14 convolutions"):
-    port.vgg16_from_torch(pth)
+    torch_port.vgg16_from_torch(pth)
   # A generator file is not VGG16, and a VGG16 file is not a generator or a critic.
   _, _, k2, _, _ = keras_generator
   with pytest.raises(ConversionError, match=rf"{k2}: no VGG16 layers"):
-    port.vgg16_from_keras(k2)
+    keras_port.vgg16_from_keras(k2)
   vgg = str(tmp_path / "vgg16.h5")
   convert_formats.write_keras2_h5(vgg, layers, weights_only=True)
   with pytest.raises(ConversionError, match=rf"{vgg}: .*block5_conv1.*not a ChromaGAN generator"):
-    port.chromagan_generator_from_keras(vgg)
+    keras_port.chromagan_generator_from_keras(vgg)
   with pytest.raises(ConversionError, match=rf"{vgg}: layer 'fc1' is not a convolution"):
-    port.chromagan_critic_from_keras(vgg)
+    keras_port.chromagan_critic_from_keras(vgg)
 
 
 # ----------------------------------------------------------------------------------------
@@ -557,7 +569,7 @@ def test_earlier_converted_directories_name_the_reconversion(keras_classifier, t
   _, files = keras_classifier
   old_vgg = str(tmp_path / "old_vgg16")
   info = {"kind": "vgg16", "source": files["keras1"], "preprocessing": "caffe"}
-  write_legacy_conversion(old_vgg, port.vgg16_from_keras(files["keras1"]), info)
+  write_legacy_conversion(old_vgg, keras_port.vgg16_from_keras(files["keras1"]), info)
   want = rf"{old_vgg}: converted by an earlier version .*convert vgg16 {files['keras1']} NEW_DIR"
   with pytest.raises(CheckpointError, match=want) as e:
     port.load_vgg16(old_vgg)
@@ -579,11 +591,11 @@ def test_earlier_converted_directories_name_the_reconversion(keras_classifier, t
 def test_made_for_reads_back_the_model_config(fields):
   model = {**fields, "vgg_preprocessing": "none"}
   for network in ("generator", "vgg16"):
-    variables = port.abstract_variables(model, network)
+    variables = layouts.abstract_variables(model, network)
     assert shapes.made_for(variables) == fields, network
-  critic = port.abstract_variables(model, "critic")
+  critic = layouts.abstract_variables(model, "critic")
   assert shapes.made_for(critic) == {"width": fields["width"]}
-  trunk = {"vgg16": port.abstract_variables(model, "vgg16")["params"]["vgg16"]}
+  trunk = {"vgg16": layouts.abstract_variables(model, "vgg16")["params"]["vgg16"]}
   assert shapes.made_for(trunk) == {"width": fields["width"]}
 
 
@@ -591,11 +603,11 @@ def test_made_for_reads_a_trunk_wider_than_the_branches():
   fields = {"image_size": 64, "width": 0.125, "trunk_width": 0.25, "num_classes": 10}
   fields["fc_width"] = 512
   model = {**fields, "vgg_preprocessing": "none"}
-  assert shapes.made_for(port.abstract_variables(model, "generator")) == fields
+  assert shapes.made_for(layouts.abstract_variables(model, "generator")) == fields
   teacher = {**fields, "width": 0.25}  # The KL teacher is a VGG16 of the trunk's width.
   del teacher["trunk_width"]
-  assert shapes.made_for(port.abstract_variables(model, "vgg16")) == teacher
-  assert shapes.made_for(port.abstract_variables(model, "critic")) == {"width": 0.125}
+  assert shapes.made_for(layouts.abstract_variables(model, "vgg16")) == teacher
+  assert shapes.made_for(layouts.abstract_variables(model, "critic")) == {"width": 0.125}
   assert shapes.describe(fields) == (
     "image_size=64, width=0.125, trunk_width=0.25, num_classes=10, fc_width=512"
   )
@@ -604,9 +616,9 @@ def test_made_for_reads_a_trunk_wider_than_the_branches():
 def test_check_shapes_names_the_first_difference_and_what_the_weights_fit():
   small = {"image_size": 64, "width": 0.125, "num_classes": 10, "fc_width": 512}
   model = {**small, "vgg_preprocessing": "none"}
-  expected = port.abstract_variables(model, "generator")
+  expected = layouts.abstract_variables(model, "generator")
   shapes.check_shapes(expected, expected, "same")  # Fits: no error.
-  wider = port.abstract_variables({**model, "width": 0.25}, "generator")
+  wider = layouts.abstract_variables({**model, "width": 0.25}, "generator")
   with pytest.raises(ShapeError) as e:
     shapes.check_shapes(wider, expected, "w.h5", made_for_fields=lambda: shapes.made_for(wider))
   msg = str(e.value)

@@ -11,7 +11,7 @@ import pytest
 from chromagan_jax.configs import tiny
 from chromagan_jax.inference import engine
 from chromagan_jax.model import networks, predict
-from chromagan_jax.ops import cpu_conv
+from chromagan_jax.ops import conv_rule, cpu_conv, inference_weights
 from chromagan_jax.ops.conv_policy import ConvPolicy
 from chromagan_jax.runtime import machine
 from chromagan_jax.training import train_state, train_step, trainer
@@ -46,27 +46,27 @@ def test_bad_tile_size_is_rejected():
   with pytest.raises(ValueError, match="tile size"):
     cpu_conv.conv3x3(x, w, 3)
   with pytest.raises(ValueError, match="tile size"):
-    cpu_conv.make_conv(tile=6)
+    conv_rule.make_conv(tile=6)
 
 
 def test_choose_tile_prefers_big_tiles_only_when_there_are_many():
-  assert cpu_conv.choose_tile(2, 112, 112) == 4  # 2 * 28 * 28 tiles of 4x4.
-  assert cpu_conv.choose_tile(1, 28, 28) == 2  # 49 tiles: the filter transform dominates.
-  assert cpu_conv.choose_tile(16, 28, 28) == 4
+  assert conv_rule.choose_tile(2, 112, 112) == 4  # 2 * 28 * 28 tiles of 4x4.
+  assert conv_rule.choose_tile(1, 28, 28) == 2  # 49 tiles: the filter transform dominates.
+  assert conv_rule.choose_tile(16, 28, 28) == 4
   # 392 tiles: enough where matmuls are cheap (AVX-512), not on AVX2 (measured per ISA).
-  assert cpu_conv.choose_tile(8, 28, 28, isa="avx512") == 4
-  assert cpu_conv.choose_tile(8, 28, 28, isa="avx2") == 2
+  assert conv_rule.choose_tile(8, 28, 28, isa="avx512") == 4
+  assert conv_rule.choose_tile(8, 28, 28, isa="avx2") == 2
   # Filters transformed once (inference): only padding tiles count.
-  assert cpu_conv.choose_tile(1, 28, 28, isa="avx2", inference=True) == 4
-  assert cpu_conv.choose_tile(1, 14, 14, isa="avx2", inference=True) == 4  # 16 tiles.
-  assert cpu_conv.choose_tile(1, 7, 7, isa="avx512", inference=True) == 2  # 4 tiles of 8x8.
-  assert cpu_conv.choose_tile(1, 14, 14) == 2  # Per-call transforms again.
+  assert conv_rule.choose_tile(1, 28, 28, isa="avx2", inference=True) == 4
+  assert conv_rule.choose_tile(1, 14, 14, isa="avx2", inference=True) == 4  # 16 tiles.
+  assert conv_rule.choose_tile(1, 7, 7, isa="avx512", inference=True) == 2  # 4 tiles of 8x8.
+  assert conv_rule.choose_tile(1, 14, 14) == 2  # Per-call transforms again.
 
 
 def _rule3x3(batch, size, cin, cout, isa, inference=False):
   pads = ((1, 1), (1, 1))
   layer = ((batch, size, size, cin), (3, 3, cin, cout), (1, 1), pads)
-  return cpu_conv.rule(*layer, isa=isa, inference=inference)
+  return conv_rule.rule(*layer, isa=isa, inference=inference)
 
 
 def test_rule_per_isa_and_use():
@@ -83,8 +83,8 @@ def test_rule_per_isa_and_use():
   assert _rule3x3(8, 28, 512, 512, "avx2") == "winograd2"
   assert _rule3x3(1, 224, 64, 64, "avx512") == "winograd4"
   assert _rule3x3(8, 112, 64, 32, "avx512") == "xla"
-  assert machine.cpu_isa() in cpu_conv.MIN_TILES
-  assert cpu_conv.isa_of({"avx2", "avx512f"}) == "avx512" and cpu_conv.isa_of({"sse"}) == "other"
+  assert machine.cpu_isa() in conv_rule.MIN_TILES
+  assert conv_rule.isa_of({"avx2", "avx512f"}) == "avx512" and conv_rule.isa_of({"sse"}) == "other"
 
 
 def test_rule_keeps_im2col_for_training_only():
@@ -94,13 +94,13 @@ def test_rule_keeps_im2col_for_training_only():
   pointwise = ((1, 28, 28, 512), (1, 1, 512, 256), (1, 1), ((0, 0), (0, 0)))
   thin_4x4 = ((8, 28, 28, 32), (4, 4, 32, 48), (1, 1), ((1, 2), (1, 2)))
   for layer in (strided, pointwise, thin_4x4):
-    assert cpu_conv.rule(*layer, isa="avx2") == "im2col"
-    assert cpu_conv.rule(*layer, isa="avx2", inference=False) == "im2col"
-    assert cpu_conv.rule(*layer, inference=True) == "xla"
+    assert conv_rule.rule(*layer, isa="avx2") == "im2col"
+    assert conv_rule.rule(*layer, isa="avx2", inference=False) == "im2col"
+    assert conv_rule.rule(*layer, inference=True) == "xla"
   # With AVX-512 XLA's direct convolution beats im2col's overlapping patches (stride 1, 4x4).
-  assert cpu_conv.rule(*thin_4x4, isa="avx512") == "xla"
+  assert conv_rule.rule(*thin_4x4, isa="avx512") == "xla"
   for layer in (strided, pointwise):
-    assert cpu_conv.rule(*layer, isa="avx512") == "im2col"
+    assert conv_rule.rule(*layer, isa="avx512") == "im2col"
 
 
 def test_rule_takes_winograd_for_the_critics_stride_one_4x4_conv():
@@ -108,12 +108,12 @@ def test_rule_takes_winograd_for_the_critics_stride_one_4x4_conv():
   Winograd F(m x m, 4x4) from 64 tiles, the tile as for 3x3 layers, as measured there; on
   AVX2 (unmeasured with Winograd) im2col as before; its 1-channel conv5 stays on XLA."""
   conv4 = ((8, 28, 28, 256), (4, 4, 256, 512), (1, 1), ((1, 2), (1, 2)))
-  assert cpu_conv.rule(*conv4, isa="avx512") == "winograd4"  # 392 tiles.
-  assert cpu_conv.rule((2, 28, 28, 256), *conv4[1:], isa="avx512") == "winograd2"  # 98 tiles.
-  assert cpu_conv.rule((1, 28, 28, 256), *conv4[1:], isa="avx512") == "xla"  # 49 tiles.
-  assert cpu_conv.rule(*conv4, isa="avx2") == "im2col"
+  assert conv_rule.rule(*conv4, isa="avx512") == "winograd4"  # 392 tiles.
+  assert conv_rule.rule((2, 28, 28, 256), *conv4[1:], isa="avx512") == "winograd2"  # 98 tiles.
+  assert conv_rule.rule((1, 28, 28, 256), *conv4[1:], isa="avx512") == "xla"  # 49 tiles.
+  assert conv_rule.rule(*conv4, isa="avx2") == "im2col"
   conv5 = ((8, 28, 28, 512), (4, 4, 512, 1), (1, 1), ((1, 2), (1, 2)))
-  assert cpu_conv.rule(*conv5, isa="avx512") == cpu_conv.rule(*conv5, isa="avx2") == "xla"
+  assert conv_rule.rule(*conv5, isa="avx512") == conv_rule.rule(*conv5, isa="avx2") == "xla"
 
 
 @pytest.mark.parametrize("m", cpu_conv.TILE_SIZES)
@@ -158,15 +158,15 @@ def test_every_choosable_algorithm_matches_direct_convolution(name, layer):
   pads = cpu_conv.explicit_pads(x.shape, w.shape, strides, padding)
   if name not in cpu_conv.candidates(x.shape, w.shape, strides, pads):
     pytest.skip(f"{name} is not a candidate for {layer}")
-  direct = lambda x, w: jax.lax.conv_general_dilated(  # noqa: E731
+  direct = lambda x, w: jax.lax.conv_general_dilated(
     x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
   )
-  fast = lambda x, w: cpu_conv.run(name, x, w, strides, pads)  # noqa: E731
+  fast = lambda x, w: cpu_conv.run(name, x, w, strides, pads)
   want = direct(x, w)
   np.testing.assert_allclose(fast(x, w), want, rtol=1e-4, atol=1e-4 * float(jnp.abs(want).max()))
 
   def penalty(conv):  # Gradient of an input-gradient norm, as in WGAN-GP.
-    inner = lambda x, w: jnp.sum(jnp.tanh(conv(x, w)))  # noqa: E731
+    inner = lambda x, w: jnp.sum(jnp.tanh(conv(x, w)))
     return lambda x, w: inner(x, w) + jnp.sum(jax.grad(inner)(x, w) ** 2)
 
   for fn in (penalty, lambda conv: lambda x, w: jnp.sum(jnp.tanh(conv(x, w)))):
@@ -193,7 +193,7 @@ def test_make_conv_falls_back_to_xla_exactly(case):
     w = w[:, :, :32]
   x, w = x.astype(dtype), w.astype(dtype)
   dn = ("NHWC", "HWIO", "NHWC")
-  got = cpu_conv.make_conv()(x, w, (1, 1), "SAME", dimension_numbers=dn, **case)
+  got = conv_rule.make_conv()(x, w, (1, 1), "SAME", dimension_numbers=dn, **case)
   want = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn, **case)
   np.testing.assert_array_equal(got, want)
 
@@ -201,7 +201,7 @@ def test_make_conv_falls_back_to_xla_exactly(case):
 def test_flax_conv_with_winograd_equals_default_conv():
   x, _ = _data((2, 12, 12), 64, 1)
   ref = nn.Conv(64, (3, 3), padding="SAME")
-  fast = nn.Conv(64, (3, 3), padding="SAME", conv_general_dilated=cpu_conv.make_conv(tile=4))
+  fast = nn.Conv(64, (3, 3), padding="SAME", conv_general_dilated=conv_rule.make_conv(tile=4))
   params = ref.init(jax.random.key(0), x)
   want = ref.apply(params, x)
   np.testing.assert_allclose(fast.apply(params, x), want, atol=1e-4 * float(jnp.abs(want).max()))
@@ -318,12 +318,12 @@ def test_batch_one_inference_uses_transposed_dense_kernels():
   at batch 2 (a matrix product, where the transposed kernel is slower) there are none."""
   gen, variables, x, filters = _quarter_width_generator(32, "winograd2", seed=8, batch=1)
   dense = ["global_fc1", "global_fc2", "global_fc3", "class_fc1", "class_fc2", "class_fc3"]
-  assert sorted(k for k in filters if k.endswith(cpu_conv.TRANSPOSED)) == sorted(
-    name + cpu_conv.TRANSPOSED for name in dense
+  assert sorted(k for k in filters if k.endswith(inference_weights.TRANSPOSED)) == sorted(
+    name + inference_weights.TRANSPOSED for name in dense
   )
   for name in dense:
     np.testing.assert_array_equal(
-      filters[name + cpu_conv.TRANSPOSED], variables["params"][name]["kernel"].T
+      filters[name + inference_weights.TRANSPOSED], variables["params"][name]["kernel"].T
     )
 
   def apply(filters):
@@ -334,14 +334,15 @@ def test_batch_one_inference_uses_transposed_dense_kernels():
   (ab, probs) = jax.jit(lambda v, x: gen.apply(v, x / 255, train=False))(variables, x)
   (ab_t, probs_t) = apply(filters)
   zeroed = {
-    k: jnp.zeros_like(f) if k.endswith(cpu_conv.TRANSPOSED) else f for k, f in filters.items()
+    k: jnp.zeros_like(f) if k.endswith(inference_weights.TRANSPOSED) else f
+    for k, f in filters.items()
   }
   (ab_z, probs_z) = apply(zeroed)
   same = max(np.abs(ab_t - ab).max(), np.abs(probs_t - probs).max())
   changed = min(np.abs(ab_z - ab).max(), np.abs(probs_z - probs).max())
   assert same <= 1e-6 and changed > max(100 * same, 1e-5), (same, changed)
   batch_two = _quarter_width_generator(32, "winograd2", seed=8)[3]
-  assert not [k for k in batch_two if k.endswith(cpu_conv.TRANSPOSED)]
+  assert not [k for k in batch_two if k.endswith(inference_weights.TRANSPOSED)]
 
 
 def test_inference_with_given_filters_uses_big_tiles():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from chromagan_jax.data import images, pipeline
+from chromagan_jax.data import images, sources
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,7 +28,7 @@ def test_demo_end_to_end(tmp_path):
   work = tmp_path / "demo"
   assert "training configs/cpu.py for 2 steps" in proc.stdout
   assert sorted(os.listdir(work / "train" / "checkpoints")) == ["2"]
-  holdout = pipeline.bundled_photos("holdout")
+  holdout = sources.bundled_photos("holdout")
   originals = [images.read_rgb(p) for p in holdout]
   colorized = sorted(os.listdir(work / "colorized"))
   assert len(colorized) == len(holdout) > 0

@@ -19,7 +19,7 @@ from skimage import metrics as skmetrics
 
 from chromagan_jax import evaluate
 from chromagan_jax.configs import default
-from chromagan_jax.evaluation import evaluator
+from chromagan_jax.evaluation import evaluator, scores
 from chromagan_jax.model import networks
 from chromagan_jax.runtime import machine
 from chromagan_jax.weights import checkpoint
@@ -40,16 +40,16 @@ def test_psnr_and_ssim_match_skimage():
   noise = rng.normal(0, [[[[6.0]]], [[[20.0]]]], truth.shape)
   pred = np.clip(np.round(truth + noise), 0, 255).astype(np.uint8)
   pred[1, :10] = 255 - pred[1, :10]  # a large structural error
-  psnr = np.asarray(evaluator.psnr(pred, truth))
-  ssim = np.asarray(evaluator.ssim_skimage(pred, truth))
+  psnr = np.asarray(scores.psnr(pred, truth))
+  ssim = np.asarray(scores.ssim_skimage(pred, truth))
   for i in range(2):
     ref_psnr = skmetrics.peak_signal_noise_ratio(truth[i], pred[i], data_range=255)
     ref_ssim = skmetrics.structural_similarity(truth[i], pred[i], channel_axis=-1, data_range=255)
     assert psnr[i] == pytest.approx(ref_psnr, abs=1e-3)
     assert ssim[i] == pytest.approx(ref_ssim, abs=2e-4)
   assert ssim[0] > ssim[1]
-  assert np.isinf(np.asarray(evaluator.psnr(truth, truth))).all()
-  np.testing.assert_allclose(np.asarray(evaluator.ssim_skimage(truth, truth)), 1.0, atol=1e-5)
+  assert np.isinf(np.asarray(scores.psnr(truth, truth))).all()
+  np.testing.assert_allclose(np.asarray(scores.ssim_skimage(truth, truth)), 1.0, atol=1e-5)
 
 
 def test_ssim_matches_tf_image_ssim():
@@ -61,7 +61,7 @@ def test_ssim_matches_tf_image_ssim():
   noise = rng.normal(0, 1, truth.shape) * np.array([3.0, 12.0, 30.0])[:, None, None, None]
   pred = np.clip(np.round(truth + noise), 0, 255).astype(np.uint8)
   pred[2, :10] = 255 - pred[2, :10]
-  ours = np.asarray(evaluator.ssim(pred, truth))
+  ours = np.asarray(scores.ssim(pred, truth))
   # uint8 as the reference feeds it (TF then works in float32 on [0, 1]), and float64.
   ref_uint8 = tf.image.ssim(tf.constant(pred), tf.constant(truth), max_val=255).numpy()
   ref_f64 = tf.image.ssim(
@@ -72,7 +72,7 @@ def test_ssim_matches_tf_image_ssim():
   np.testing.assert_allclose(ours, ref_f64, atol=2e-6)
   assert ours[0] > ours[1] > ours[2]
   # Not the 7x7 uniform definition: the two differ by far more than the tolerance.
-  assert np.abs(ours - np.asarray(evaluator.ssim_skimage(pred, truth))).max() > 1e-3
+  assert np.abs(ours - np.asarray(scores.ssim_skimage(pred, truth))).max() > 1e-3
 
 
 def test_colorfulness_hand_computed():
@@ -83,9 +83,9 @@ def test_colorfulness_hand_computed():
   # One flat colour (200, 100, 50): no spread, rg = 100, yb = 150 - 50 = 100.
   flat = np.broadcast_to(np.array([200, 100, 50], np.uint8), (1, 3, 3, 3))
   grey = np.full((1, 4, 4, 3), 120, np.uint8)
-  assert float(evaluator.colorfulness(two)[0]) == pytest.approx(expected, rel=1e-6)
-  assert float(evaluator.colorfulness(flat)[0]) == pytest.approx(0.3 * math.sqrt(2e4), rel=1e-6)
-  assert float(evaluator.colorfulness(grey)[0]) == 0.0
+  assert float(scores.colorfulness(two)[0]) == pytest.approx(expected, rel=1e-6)
+  assert float(scores.colorfulness(flat)[0]) == pytest.approx(0.3 * math.sqrt(2e4), rel=1e-6)
+  assert float(scores.colorfulness(grey)[0]) == 0.0
 
 
 def test_chroma_high_frequency_matches_skimage_and_sees_speckle():
@@ -95,7 +95,7 @@ def test_chroma_high_frequency_matches_skimage_and_sees_speckle():
   rng = np.random.default_rng(1)
   lab[..., 1:] += rng.normal(0, 12.0, lab.shape[:2] + (2,))  # rainbow speckle, L kept
   speckled = np.clip(np.round(skcolor.lab2rgb(lab) * 255), 0, 255).astype(np.uint8)
-  got = np.asarray(evaluator.chroma_high_frequency(np.stack([truth, speckled])))
+  got = np.asarray(scores.chroma_high_frequency(np.stack([truth, speckled])))
 
   def reference(rgb):
     ab = skcolor.rgb2lab(rgb)[..., 1:]
@@ -106,7 +106,7 @@ def test_chroma_high_frequency_matches_skimage_and_sees_speckle():
   np.testing.assert_allclose(got, [reference(truth), reference(speckled)], rtol=2e-3)
   assert got[1] > 5 * got[0]  # The speckle shows; the photo's own texture is the floor.
   grey = np.repeat(skcolor.rgb2gray(truth)[..., None] * 255, 3, -1).round().astype(np.uint8)
-  assert float(evaluator.chroma_high_frequency(grey[None])[0]) < 0.05
+  assert float(scores.chroma_high_frequency(grey[None])[0]) < 0.05
 
 
 @pytest.fixture(scope="module")

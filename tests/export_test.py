@@ -1,6 +1,6 @@
 """Tests of chromagan_jax.inference.exporter: each format against the JAX network on real photos.
 
-The photos are scikit-image's bundled ones (pipeline.bundled_photos), resized and
+The photos are scikit-image's bundled ones (sources.bundled_photos), resized and
 turned into the network's L the way colorize does; the runtimes are ONNX Runtime, TFLite's
 interpreter and TensorFlow's SavedModel loader.
 """
@@ -18,10 +18,10 @@ from PIL import Image
 from skimage import color as skcolor
 
 from chromagan_jax import export
-from chromagan_jax.data import images, pipeline
+from chromagan_jax.data import images, sources
 from chromagan_jax.inference import engine, exporter
 from chromagan_jax.ops import color
-from chromagan_jax.weights.port import checkpoint
+from chromagan_jax.weights import checkpoint
 
 jax.config.update("jax_disable_most_optimizations", True)
 
@@ -47,7 +47,7 @@ def ckpt(tmp_path_factory):
 @pytest.fixture(scope="module")
 def photos_rgb():
   """Every bundled photo at the network size, uint8 RGB (N, 64, 64, 3)."""
-  paths = pipeline.bundled_photos("train") + pipeline.bundled_photos("holdout")
+  paths = sources.bundled_photos("train") + sources.bundled_photos("holdout")
   size = small_config().model.image_size
   return np.stack([images.resize(images.read_rgb(p), size) for p in paths])
 
@@ -153,7 +153,7 @@ def test_docs_onnx_example_colorizes_at_full_resolution(ckpt, tmp_path):
   model = str(tmp_path / "model.onnx")
   assert export.main(["--ckpt", ckpt, "--format", "onnx", "--output", model]) == 0
   variables, config = checkpoint.load_generator(ckpt, with_class_head=False)
-  full = images.read_rgb(pipeline.bundled_photos("holdout")[0])
+  full = images.read_rgb(sources.bundled_photos("holdout")[0])
   small = np.asarray(Image.fromarray(full).resize((48, 40), Image.BILINEAR))
   for name, rgb, ab_mean_tol in (("full", full, 3.0), ("small", small, 0.3)):
     photo, out = str(tmp_path / f"{name}.png"), str(tmp_path / f"{name}_out.png")

@@ -17,7 +17,7 @@ from PIL import Image
 from chromagan_jax.configs import default
 from chromagan_jax.data import images
 from chromagan_jax.data import pipeline as ip
-from chromagan_jax.evaluation import evaluator
+from chromagan_jax.evaluation import sources
 from chromagan_jax.inference import folders
 
 H, W = 10, 12
@@ -258,7 +258,7 @@ def test_bad_files_are_reported_by_every_consumer(tmp_path):
     next(it)
   assert sorted(os.path.basename(p) for p in ip.skipped_files()) == sorted(bad)
   logged = []
-  batches = list(evaluator._folder_batches(str(tmp_path), 8, 4, images.DEFAULT_MAX_PIXELS,
+  batches = list(sources._folder_batches(str(tmp_path), 8, 4, images.DEFAULT_MAX_PIXELS,
                                           logged.append))  # fmt: skip
   assert [n for b in batches for n, m in zip(b[0], b[2], strict=False) if m] == [
     str(tmp_path / "good.png")
@@ -316,7 +316,7 @@ def test_the_same_file_gives_the_same_pixels_to_every_consumer(tmp_path):
   )  # fmt: skip
   assert sorted(x.tobytes() for x in train) == sorted(x.tobytes() for x in truth)
   # evaluate --data DIR: the same files, the same pixels.
-  batches = list(evaluator._folder_batches(str(root), SIZE, 4, images.DEFAULT_MAX_PIXELS, print))
+  batches = list(sources._folder_batches(str(root), SIZE, 4, images.DEFAULT_MAX_PIXELS, print))
   assert [n for b in batches for n, m in zip(b[0], b[2], strict=False) if m] == files
   np.testing.assert_array_equal(np.concatenate([b[1][b[2]] for b in batches]), np.stack(truth))
   # colorize: the same files; the same colour pixels, with the alpha kept beside them.

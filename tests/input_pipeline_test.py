@@ -24,7 +24,7 @@ from PIL import Image
 from skimage import transform
 
 from chromagan_jax.configs import default
-from chromagan_jax.data import images
+from chromagan_jax.data import images, sources
 from chromagan_jax.data import pipeline as ip
 
 SIZE = 16  # Output side of the tests' batches.
@@ -114,7 +114,7 @@ def _colour_ids(images):
 
 
 def test_find_images_recursive_and_filtered(mixed_folder):
-  names = sorted(os.path.relpath(p, mixed_folder) for p in ip.find_images(str(mixed_folder)))
+  names = sorted(os.path.relpath(p, mixed_folder) for p in sources.find_images(str(mixed_folder)))
   assert names == sorted(
     [
       "cmyk.tif",
@@ -132,7 +132,7 @@ def test_find_images_recursive_and_filtered(mixed_folder):
       "sub/deeper/img.tiff",
     ]
   )
-  assert ip.find_images(str(mixed_folder / "sub" / "*.gif")) == [
+  assert sources.find_images(str(mixed_folder / "sub" / "*.gif")) == [
     str(mixed_folder / "sub" / "palette.gif")
   ]
 
@@ -178,10 +178,10 @@ def test_near_grey_training_photos_are_skipped_counted_and_kept_on_request(tmp_p
   Image.fromarray(faded).save(tmp_path / "faded.png")
   # The worker's NumPy colourfulness is evaluate's metric (the thumbnail is the whole image).
   from chromagan_jax.data import decode_workers
-  from chromagan_jax.evaluation import evaluator
+  from chromagan_jax.evaluation import scores
 
   for rgb in (*colour, bw, faded):
-    want = float(evaluator.colorfulness(rgb[None])[0])
+    want = float(scores.colorfulness(rgb[None])[0])
     assert decode_workers.colorfulness(rgb) == pytest.approx(want, rel=1e-5, abs=1e-4)
   assert decode_workers.colorfulness(faded) < 5 < min(map(decode_workers.colorfulness, colour))
 
@@ -326,7 +326,7 @@ def test_no_eval_path_is_a_data_error(colour_folder):
 
 
 def test_bundled_photos_ship_in_the_wheel_are_colour_and_split_disjoint():
-  train, holdout = ip.bundled_photos("train"), ip.bundled_photos("holdout")
+  train, holdout = sources.bundled_photos("train"), sources.bundled_photos("holdout")
   assert len(train) >= 5 and 2 <= len(holdout) <= 3
   assert not set(train) & set(holdout)
   # Installed by the wheel itself (its RECORD), not fetched by pooch into a cache.
@@ -339,12 +339,12 @@ def test_bundled_photos_ship_in_the_wheel_are_colour_and_split_disjoint():
     packed = (rgb[::2, ::2].astype(np.int32) << [16, 8, 0]).sum(-1)
     assert len(np.unique(packed)) > 5000, f"{path} looks synthetic (few distinct colours)"
   with pytest.raises(ValueError, match="unknown bundled split"):
-    ip.bundled_photos("test")
+    sources.bundled_photos("test")
 
 
 def test_bundled_augmented_stream_is_varied_and_resumable():
   config = _config(source="bundled", batch_size=4, augment=True)
-  assert ip.num_train_examples(config) == len(ip.bundled_photos("train"))
+  assert ip.num_train_examples(config) == len(sources.bundled_photos("train"))
   first = _take(ip.create_train_iterator(config, process_index=0, process_count=1), 3)
   views = np.concatenate(first).reshape(12, -1).astype(np.float64)
   # 12 crops of 6 photos: all distinct views (an epoch's repeat of a photo is a new crop).
@@ -352,7 +352,7 @@ def test_bundled_augmented_stream_is_varied_and_resumable():
   resumed = next(ip.create_train_iterator(config, start_step=2, process_index=0, process_count=1))
   np.testing.assert_array_equal(resumed["rgb"], first[2])
   holdout = list(ip.create_eval_iterator(config, batch_size=4, process_index=0, process_count=1))
-  assert len(holdout) == 1 and holdout[0]["mask"].sum() == len(ip.bundled_photos("holdout"))
+  assert len(holdout) == 1 and holdout[0]["mask"].sum() == len(sources.bundled_photos("holdout"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -475,7 +475,7 @@ def test_resume_reads_only_the_resumed_batch(colour_folder, monkeypatch):
 def test_tfds_resume_fetches_only_the_resumed_batch(monkeypatch):
   config = _config(source="tfds", batch_size=2)
   config.data.tfds_name = "imagenet2012"
-  real = ip._tfds_source
+  real = sources._tfds_source
   counters = []
 
   def counting_source(*args):
@@ -484,7 +484,7 @@ def test_tfds_resume_fetches_only_the_resumed_batch(monkeypatch):
 
   with tfds.testing.mock_data(num_examples=6):
     first = _take(ip.create_train_iterator(config, process_index=0, process_count=1), 9)
-    monkeypatch.setattr(ip, "_tfds_source", counting_source)
+    monkeypatch.setattr(sources, "_tfds_source", counting_source)
     resumed = next(ip.create_train_iterator(config, start_step=8, process_index=0,
                                             process_count=1))  # fmt: skip
   np.testing.assert_array_equal(resumed["rgb"], first[8])

@@ -350,7 +350,7 @@ def test_max_pool_gradient_is_first_max_without_scatter(shape, dtype):
 
 def test_max_pool_second_derivatives_match_xla():
   x = jnp.asarray(np.random.default_rng(3).standard_normal((1, 4, 6, 2)), jnp.float32)
-  cube = lambda pool: lambda v: jnp.sum(pool(v) ** 3)  # noqa: E731
+  cube = lambda pool: lambda v: jnp.sum(pool(v) ** 3)
   got = jax.hessian(cube(networks.max_pool))(x)
   want = jax.hessian(cube(_xla_max_pool))(x)
   assert float(jnp.max(jnp.abs(want))) > 1.0  # Non-trivial: the maxima's 6 * value.
@@ -380,7 +380,7 @@ def test_batch_norm_matches_keras_inference_and_training():
     "params": {"scale": weights[0], "bias": weights[1]},
     "batch_stats": {"mean": weights[2], "var": weights[3]},
   }
-  bn = lambda train: nn.BatchNorm(  # noqa: E731
+  bn = lambda train: nn.BatchNorm(
     use_running_average=not train, momentum=networks.BN_MOMENTUM, epsilon=networks.BN_EPSILON
   )
   # Inference: (x - moving_mean) / sqrt(moving_var + 1e-3) * gamma + beta.

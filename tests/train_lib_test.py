@@ -401,7 +401,7 @@ def test_ema_follows_the_generator_with_the_warmed_up_decay():
   config.ema_decay = 0.5  # Below the warm-up's (1 + k) / (10 + k) from k = 8 on: both branches.
   mesh, _, state, step = _setup(config)
   batch = train_step.global_batch(photo_batch(), mesh)
-  to64 = lambda t: jax.tree.map(lambda x: np.asarray(x, np.float64), t)  # noqa: E731
+  to64 = lambda t: jax.tree.map(lambda x: np.asarray(x, np.float64), t)
   ema = to64(state.ema_params)
   _leaves_equal(state.ema_params, state.g_params)  # Starts at the initial weights.
   for k in range(10):
@@ -527,7 +527,7 @@ def test_frozen_trunk_stays_put_the_rest_trains_as_unfrozen_and_its_backward_is_
   frozen_step = _setup(config)[3]
   batch = train_step.global_batch(photo_batch(), mesh)
   host0 = jax.device_get(state0)
-  copy = lambda: jax.device_put(host0, NamedSharding(mesh, P()))  # noqa: E731 (donated)
+  copy = lambda: jax.device_put(host0, NamedSharding(mesh, P()))  # Donated: a copy per use.
   free, frozen = copy(), copy()
   for _ in range(3):
     free, _ = free_step(free, batch, None)
@@ -587,7 +587,7 @@ def test_adversarial_weight_ramps_linearly_and_the_step_uses_this_steps_weight()
   fixed = tiny.get_config()
   fixed.loss.adv = -0.75
   fixed_step = _setup(fixed)[3]
-  copy = lambda: jax.device_put(host, NamedSharding(mesh, P()))  # noqa: E731 (donated)
+  copy = lambda: jax.device_put(host, NamedSharding(mesh, P()))  # Donated: a copy per use.
   ramped, metrics = jax.device_get(ramp_step(copy(), batch, None))
   want, want_metrics = jax.device_get(fixed_step(copy(), batch, None))
   assert float(metrics["g/adv_weight"]) == -0.75
@@ -638,7 +638,7 @@ def test_critic_steps_repeat_the_critics_update_on_the_batch_with_fresh_penalty_
   config.critic_steps = 2
   two_step = train_step.make_train_step(nets, config, mesh, with_teacher=False)
   host = jax.device_get(state)
-  copy = lambda: jax.device_put(host, NamedSharding(mesh, P()))  # noqa: E731 (donated)
+  copy = lambda: jax.device_put(host, NamedSharding(mesh, P()))  # Donated: a copy per use.
   once, _ = jax.device_get(one_step(copy(), batch, None))
   twice, metrics = jax.device_get(two_step(copy(), batch, None))
   for field in ("step", "g_params", "g_batch_stats", "g_opt_state", "ema_params"):
@@ -657,7 +657,7 @@ def test_critic_steps_repeat_the_critics_update_on_the_batch_with_fresh_penalty_
   weights = train_step.loss_weights_from_config(config)
 
   def d_loss(d_params):
-    score = lambda ab, light=lightness: nets.critic.apply({"params": d_params}, ab, light)  # noqa: E731
+    score = lambda ab, light=lightness: nets.critic.apply({"params": d_params}, ab, light)
     gp = losses.gradient_penalty(score, ab_real, ab_fake, lightness, eps)
     return losses.critic_loss(score(ab_real), score(ab_fake), gp, weights)
 

@@ -14,7 +14,7 @@ from skimage import color as skcolor
 from tensorboard.backend.event_processing import event_accumulator
 
 from chromagan_jax.configs import tiny
-from chromagan_jax.data import pipeline
+from chromagan_jax.data import pipeline, sources
 from chromagan_jax.training import trainer
 from chromagan_jax.weights import checkpoint
 
@@ -71,7 +71,7 @@ def test_sigterm_stop_checkpoints_grids_scalars_and_resume(tmp_path, monkeypatch
   assert [s for s, _ in events["samples"]] == [2, 3]
   grid = events["samples"][-1][1]
   size = config.model.image_size
-  rows = min(config.num_samples, len(pipeline.bundled_photos("holdout")))
+  rows = min(config.num_samples, len(sources.bundled_photos("holdout")))
   assert grid.shape == (rows * size, 3 * size, 3)
   grey, colorized, truth = (grid[:, i * size : (i + 1) * size].astype(int) for i in range(3))
   assert np.abs(grey - grey[..., :1]).max() <= 1  # neutral

@@ -72,7 +72,7 @@ def lab_inputs(rgb):
 def adam_update(params, adam_state, grads, lr):
   """One float64 Adam step from optax's ``ScaleByAdamState`` (count, mu, nu) ->
   (new params, mu, nu): moments, bias correction, then ``lr * m_hat / (sqrt(v_hat) + eps)``."""
-  f64 = lambda tree: jax.tree.map(lambda x: np.asarray(x, np.float64), tree)  # noqa: E731
+  f64 = lambda tree: jax.tree.map(lambda x: np.asarray(x, np.float64), tree)
   t = int(adam_state.count) + 1
   mu = jax.tree.map(lambda m, g: B1 * m + (1 - B1) * g, f64(adam_state.mu), f64(grads))
   nu = jax.tree.map(lambda v, g: B2 * v + (1 - B2) * g * g, f64(adam_state.nu), f64(grads))

@@ -25,7 +25,7 @@ from chromagan_jax.errors import UserError
 from chromagan_jax.model import networks, shapes
 from chromagan_jax.ops import color
 from chromagan_jax.training import train_step, trainer
-from chromagan_jax.weights import checkpoint, port
+from chromagan_jax.weights import checkpoint, layouts
 
 # The tiny config's model: every file below is built at these sizes unless a test says not.
 _CONFIG = tiny.get_config().model
@@ -95,10 +95,10 @@ def _torch_state_dict(vgg_params):
   NCHW flatten order (the converter must undo that permutation).
   """
   sd = {}
-  for i, name in zip(TORCH_CONVS, port.VGG16_CONVS, strict=True):
+  for i, name in zip(TORCH_CONVS, layouts.VGG16_CONVS, strict=True):
     sd[f"features.{i}.weight"] = vgg_params["vgg16"][name]["kernel"].transpose(3, 2, 0, 1)
     sd[f"features.{i}.bias"] = vgg_params["vgg16"][name]["bias"]
-  for i, name in zip(TORCH_LINEARS, port.VGG16_TOP, strict=True):
+  for i, name in zip(TORCH_LINEARS, layouts.VGG16_TOP, strict=True):
     kernel = vgg_params[name]["kernel"]
     if name == "fc1":  # Rows h*W*C + w*C + c (NHWC flatten) -> columns c*H*W + h*W + w.
       channels = vgg_params["vgg16"]["block5_conv3"]["kernel"].shape[3]
@@ -180,7 +180,7 @@ def test_vgg_weights_initialise_the_trunk_and_teach(vgg_files, fmt, first_step, 
   # Training the trunk (donated with the state) leaves the frozen teacher intact.
   assert_trees_equal(first_step["last_teacher"], want)
   step0 = first_step["state"]
-  trunk = {n: want["vgg16"][n] for n in port.TRUNK_CONVS}  # Blocks 1-4 of VGG16.
+  trunk = {n: want["vgg16"][n] for n in layouts.TRUNK_CONVS}  # Blocks 1-4 of VGG16.
   assert_trees_equal(step0.g_params["vgg16"], trunk)
   # The files' own preprocessing differs from the reference's 'none': said, not changed.
   own = {"keras_h5": "caffe", "converted_dir": "caffe", "torch_pth": "torch"}[fmt]
@@ -227,7 +227,7 @@ def test_notop_vgg_weights_initialise_the_trunk_without_a_teacher(
   with no classifier there is no teacher, so the KL term is off, with a warning naming it."""
   model, _ = vgg_files
   layers, _ = convert_formats.keras2_layers(model, style="keras1")
-  notop = [(name, w) for name, w in layers if name not in port.VGG16_TOP]
+  notop = [(name, w) for name, w in layers if name not in layouts.VGG16_TOP]
   assert len(notop) < len(layers)
   h5 = tmp_path / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
   convert_formats.write_keras2_h5(h5, notop, weights_only=True)
@@ -235,7 +235,9 @@ def test_notop_vgg_weights_initialise_the_trunk_without_a_teacher(
   trainer.train_and_evaluate(_config(num_train_steps=1, vgg_weights=h5), str(tmp_path / "w"))
   assert first_step["with_teacher"] is False and first_step["teacher"] is None
   want = keras_reference.keras_to_flax(model)["params"]["vgg16"]
-  assert_trees_equal(first_step["state"].g_params["vgg16"], {n: want[n] for n in port.TRUNK_CONVS})
+  assert_trees_equal(
+    first_step["state"].g_params["vgg16"], {n: want[n] for n in layouts.TRUNK_CONVS}
+  )
   assert f"{h5} has no classifier top" in caplog.text and "KL term is disabled" in caplog.text
   assert "g/kl" not in first_step["metrics"][0]
 
@@ -257,7 +259,7 @@ def test_a_wider_trunk_takes_vgg_weights_under_narrow_branches(first_step, tmp_p
   assert first_step["with_teacher"] is True
   assert_trees_equal(first_step["teacher"], want)
   g = first_step["state"].g_params
-  assert_trees_equal(g["vgg16"], {n: want["vgg16"][n] for n in port.TRUNK_CONVS})
+  assert_trees_equal(g["vgg16"], {n: want["vgg16"][n] for n in layouts.TRUNK_CONVS})
   assert g["global_conv1"]["kernel"].shape == (3, 3, networks.scaled(512, 2 * WIDTH), 64)
   assert first_step["state"].d_params["conv1"]["kernel"].shape[3] == 8  # 64 x WIDTH.
   variables, saved = checkpoint.load_generator(tmp_path / "w")

@@ -26,8 +26,9 @@ from PIL import Image
 
 from chromagan_jax import colorize
 from chromagan_jax.configs import tiny
-from chromagan_jax.evaluation import evaluator
-from chromagan_jax.inference import engine, video
+from chromagan_jax.data import synthetic, video_files
+from chromagan_jax.evaluation import video_flicker
+from chromagan_jax.inference import engine, temporal, video
 from chromagan_jax.model import predict
 from chromagan_jax.ops import color
 from chromagan_jax.ops.conv_policy import ConvPolicy
@@ -73,8 +74,8 @@ def colorizer(generator):
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
   path = str(tmp_path_factory.mktemp("clips") / "film.mp4")
-  frames = video.pan_zoom_frames(_photos(), SIZE, SHOT, grain=GRAIN)
-  assert video.write_clip(path, frames, SIZE, RATE) == 2 * SHOT
+  frames = synthetic.pan_zoom_frames(_photos(), SIZE, SHOT, grain=GRAIN)
+  assert synthetic.write_clip(path, frames, SIZE, RATE) == 2 * SHOT
   return path
 
 
@@ -95,7 +96,7 @@ def test_output_keeps_frames_rate_size_duration_audio(clip, colorizer, tmp_path)
   result = video.colorize_video(clip, out, colorizer, progress=False)
   assert result.frames == 2 * SHOT and result.cuts == 1
   assert result.audio == ["aac copied"]
-  src, dst = video.probe(clip), video.probe(out)
+  src, dst = video_files.probe(clip), video_files.probe(out)
   assert (dst.width, dst.height) == SIZE and dst.frame_rate == RATE == src.frame_rate
   assert dst.frames == src.frames == 2 * SHOT
   assert dst.duration == pytest.approx(src.duration, abs=1e-3)
@@ -165,13 +166,13 @@ def lossless_runs(colourful, tmp_path_factory):
   photos.append(skimage.data.immunohistochemistry())
   runs = {}
   for size in LOSSLESS_SIZES:
-    frames = list(video.pan_zoom_frames(photos, size, 2))
+    frames = list(synthetic.pan_zoom_frames(photos, size, 2))
     folder = tmp_path_factory.mktemp("lossless")
     src, dst = str(folder / "in.mkv"), str(folder / "out.mkv")
     _write_lossless(src, frames, size)
     seen = []
     options = video.VideoOptions(smoothing=0.0)
-    hook = lambda rgb, colour, seen=seen: seen.append((rgb.copy(), colour.copy()))  # noqa: E731
+    hook = lambda rgb, colour, seen=seen: seen.append((rgb.copy(), colour.copy()))
     video.colorize_video(src, dst, colourful, options, progress=False, frame_hook=hook)
     runs[size] = frames, seen, [rgb for _, rgb in _decode(dst)[1]]
   return runs
@@ -226,7 +227,7 @@ def test_frames_smaller_than_the_network_input_get_antialiased_colours(colourful
 
 def test_cut_detected_and_resets_smoothing(clip, colorizer):
   frames = [rgb for _, rgb in _decode(clip)[1]]
-  smoother = video.TemporalSmoother(strength=0.6)
+  smoother = temporal.TemporalSmoother(strength=0.6)
   raw, smoothed, cuts = [], [], []
   for i in range(0, len(frames), colorizer.batch_size):
     batch = frames[i : i + colorizer.batch_size]
@@ -243,7 +244,7 @@ def test_cut_detected_and_resets_smoothing(clip, colorizer):
   for t in (1, SHOT - 1, SHOT + 1, 2 * SHOT - 1):
     assert np.abs(smoothed[t] - raw[t]).mean() > 1e-3, t
   # Off: predictions pass through, cuts are still found.
-  off = video.TemporalSmoother(strength=0.0)
+  off = temporal.TemporalSmoother(strength=0.0)
   lightness, ab = colorizer.predict_network(frames[SHOT - 4 : SHOT + 4])
   out, cut = off(lightness, ab, 8)
   np.testing.assert_array_equal(np.asarray(out), np.asarray(ab))
@@ -251,20 +252,20 @@ def test_cut_detected_and_resets_smoothing(clip, colorizer):
 
 
 def test_smoothing_lowers_flicker_without_lowering_psnr(clip, colorizer):
-  result = evaluator.evaluate_video(clip, colorizer)
+  result = video_flicker.evaluate_video(clip, colorizer)
   flicker, psnr = result["flicker"], result["psnr"]
   assert result["frames"] == 2 * SHOT and result["cuts"] == 1
   assert result["static_fraction"] > 0.2
   # Measured: 1.37 smoothed, 2.54 unsmoothed, 0.72 for the video's own colours.
   assert flicker["colorized"] < 0.7 * flicker["unsmoothed"]
   assert psnr["colorized"] >= psnr["unsmoothed"] - 0.05
-  off = evaluator.evaluate_video(clip, colorizer, smoothing=0.0)
+  off = video_flicker.evaluate_video(clip, colorizer, smoothing=0.0)
   assert off["flicker"]["colorized"] == pytest.approx(off["flicker"]["unsmoothed"])
 
 
 def test_variable_frame_rate_timestamps_kept(colorizer, tmp_path):
   path = str(tmp_path / "vfr.mkv")
-  frames = list(video.pan_zoom_frames(_photos()[:1], SIZE, 10))
+  frames = list(synthetic.pan_zoom_frames(_photos()[:1], SIZE, 10))
   pts = [0, 40, 80, 100, 120, 200, 240, 250, 260, 400]  # ms
   with av.open(path, "w") as out:
     s = out.add_stream("libx264", rate=25)
@@ -293,17 +294,17 @@ def test_variable_frame_rate_timestamps_kept(colorizer, tmp_path):
 )
 def test_other_containers(colorizer, tmp_path, ext, audio_codec, out_ext, video_codec, audio_note):
   src = str(tmp_path / f"in{ext}")
-  frames = video.pan_zoom_frames(_photos()[:1], SIZE, 6)
+  frames = synthetic.pan_zoom_frames(_photos()[:1], SIZE, 6)
   codec = {".webm": "libvpx-vp9", ".avi": "mpeg4"}.get(ext, "libx264")
-  video.write_clip(src, frames, SIZE, RATE, codec=codec, audio_codec=audio_codec)
+  synthetic.write_clip(src, frames, SIZE, RATE, codec=codec, audio_codec=audio_codec)
   options = video.VideoOptions(extension=out_ext)
   dst = str(tmp_path / f"out{video.output_extension(src, options)}")
   result = video.colorize_video(src, dst, colorizer, options, progress=False)
   assert result.audio[0].startswith(audio_note), result.audio
-  info = video.probe(dst)
+  info = video_files.probe(dst)
   assert info.codec == video_codec and info.frames == 6 and (info.width, info.height) == SIZE
   assert len(info.audio) == 1
-  assert info.duration == pytest.approx(video.probe(src).duration, abs=0.05)
+  assert info.duration == pytest.approx(video_files.probe(src).duration, abs=0.05)
   with av.open(dst) as c:  # the audio decodes, and lasts as long as the input's
     seconds = sum(f.samples / f.sample_rate for f in c.decode(audio=0))
   assert seconds == pytest.approx(6 / RATE, abs=0.03)
@@ -311,8 +312,8 @@ def test_other_containers(colorizer, tmp_path, ext, audio_codec, out_ext, video_
 
 def test_animated_gif(colorizer, tmp_path):
   src = str(tmp_path / "anim.gif")
-  video.write_clip(src, video.pan_zoom_frames(_photos(), SIZE, 4), SIZE, 10, codec="gif")
-  assert video.is_video(src)
+  synthetic.write_clip(src, synthetic.pan_zoom_frames(_photos(), SIZE, 4), SIZE, 10, codec="gif")
+  assert video_files.is_video(src)
   dst = str(tmp_path / "out" / "anim.gif")
   video.colorize_video(src, dst, colorizer, progress=False)
   _, frames = _decode(dst)
@@ -324,7 +325,7 @@ def test_animated_gif(colorizer, tmp_path):
 def test_odd_size_uses_444(colorizer, tmp_path):
   src = str(tmp_path / "odd.mkv")
   size = (33, 21)
-  video.write_clip(src, video.pan_zoom_frames(_photos()[:1], size, 3), size, codec="ffv1")
+  synthetic.write_clip(src, synthetic.pan_zoom_frames(_photos()[:1], size, 3), size, codec="ffv1")
   dst = str(tmp_path / "odd_out.mp4")
   video.colorize_video(src, dst, colorizer, progress=False)
   with av.open(dst) as c:
@@ -348,7 +349,7 @@ def _bad_inputs(folder, clip):
     f.write(data[: len(data) // 2])
   out["truncated mp4"] = (half_mp4, "not a video file")
   mkv = os.path.join(folder, "full.mkv")
-  video.write_clip(mkv, video.pan_zoom_frames(_photos(), SIZE, SHOT), SIZE, RATE)
+  synthetic.write_clip(mkv, synthetic.pan_zoom_frames(_photos(), SIZE, SHOT), SIZE, RATE)
   half_mkv = os.path.join(folder, "half.mkv")
   data = open(mkv, "rb").read()
   with open(half_mkv, "wb") as f:
@@ -364,7 +365,7 @@ def _bad_inputs(folder, clip):
     c.mux(s.encode(None))
   out["no video stream"] = (audio, "no video stream")
   avi = os.path.join(folder, "mpeg4.avi")
-  video.write_clip(avi, video.pan_zoom_frames(_photos()[:1], SIZE, 3), SIZE, codec="mpeg4")
+  synthetic.write_clip(avi, synthetic.pan_zoom_frames(_photos()[:1], SIZE, 3), SIZE, codec="mpeg4")
   unknown = os.path.join(folder, "unknown.avi")
   with open(unknown, "wb") as f:
     f.write(open(avi, "rb").read().replace(b"FMP4", b"ZZZZ"))
@@ -459,8 +460,8 @@ def test_memory_flat_for_a_10x_longer_video(tmp_path):
   clips = []
   for n in (24, MEMORY_FRAMES):
     clips.append(str(tmp_path / f"in{n}.mp4"))
-    frames = video.pan_zoom_frames(_photos(), MEMORY_SIZE, n // 2)
-    video.write_clip(clips[-1], frames, MEMORY_SIZE, preset="ultrafast")
+    frames = synthetic.pan_zoom_frames(_photos(), MEMORY_SIZE, n // 2)
+    synthetic.write_clip(clips[-1], frames, MEMORY_SIZE, preset="ultrafast")
   script = tmp_path / "mem.py"
   script.write_text(_MEMORY_SCRIPT.format(root=root))
   proc = subprocess.run(
@@ -497,7 +498,7 @@ def test_cli_takes_videos_beside_photos(clip, generator, tmp_path):
   assert len(broken) == 1 and broken[0].startswith(f"skipped {clips / 'broken.mkv'}: "), log
   assert "1 image(s) and 2 video(s)" in log and "1 input(s) skipped" in log
   for name in ("film.mp4", "film.mov"):
-    info = video.probe(str(out / name))
+    info = video_files.probe(str(out / name))
     assert info.frames == 2 * SHOT and info.audio == ("aac",) and info.frame_rate == RATE
   # Smoothing off gives other colours from the second frame on; a bad value is one line.
   raw = tmp_path / "raw"

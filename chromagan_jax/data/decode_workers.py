@@ -127,7 +127,7 @@ def random_crop_flip(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def colorfulness(rgb: np.ndarray) -> float:
   """Hasler & Suesstrunk (2003) colourfulness of uint8 RGB (H, W, 3), population statistics.
 
-  The NumPy twin of ``evaluation.evaluator.colorfulness`` (workers import no JAX): 0 for a
+  The NumPy twin of ``evaluation.scores.colorfulness`` (workers import no JAX): 0 for a
   grey image, ~15 for a faded or sepia-toned photo, 40-60 for typical colour photos.
   """
   step = max(1, -(-max(rgb.shape[:2]) // COLORFULNESS_THUMB_SIDE))

@@ -33,46 +33,29 @@ here are per process.
 """
 
 import functools
-import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures.process import BrokenProcessPool
-from importlib import metadata
 
 import jax
 import ml_collections
 import numpy as np
 from absl import logging
 
-from chromagan_jax import extras
-from chromagan_jax.data import decode_workers, images
+from chromagan_jax.data import decode_workers, images, sources
 from chromagan_jax.errors import DataError
 
-IMAGENET_TARS = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
-TFDS_IMAGE_KEY = "image"
 # Examples per worker task: large enough to amortise a task's overhead, small enough that a
 # batch is spread over several workers.
 MAX_CHUNK = 32
-
-# Real colour photographs inside the scikit-image wheel (checked against its RECORD in the
-# tests; samples such as 'eagle.png' are fetched by pooch at run time and never used). Left
-# out: grey images, synthetic ones (color.png, logo.png, phantom.png, chessboard_RGB.png) and
-# motorcycle_right.png, the stereo twin of motorcycle_left.png (a near-duplicate).
-BUNDLED_TRAIN = (
-  "astronaut.png",
-  "hubble_deep_field.jpg",
-  "ihc.png",
-  "motorcycle_left.png",
-  "retina.jpg",
-  "rocket.jpg",
-)
-BUNDLED_HOLDOUT = ("chelsea.png", "coffee.png")  # The demo colorizes and scores these.
 
 
 # --------------------------------------------------------------------------------------------
 # Unreadable files: warned about once per process, counted for the trainer's logs.
 
 _skipped_lock = threading.Lock()
+
+
 _skipped: dict[str, str] = {}  # path -> reason
 
 
@@ -137,177 +120,6 @@ def _even_shard(n: int, process_index: int, process_count: int) -> range:
 
 
 # --------------------------------------------------------------------------------------------
-# Items: what example i of a source is read from.
-
-
-class _Items:
-  """A source's items by index: ``source(i)`` -> (path or encoded bytes, name for messages).
-
-  Attributes:
-    n: number of items.
-    where: the dataset, named for messages.
-  """
-
-  def __init__(self, n: int, get: Callable[[int], tuple], where: str):
-    self.n, self._get, self.where = n, get, where
-
-  def __call__(self, i: int) -> tuple:
-    return self._get(i)
-
-
-def _file_items(files: list[str], where: str) -> _Items:
-  return _Items(len(files), lambda i: (files[i], files[i]), where)
-
-
-def _tfds_items(config, split: str, indices: range) -> _Items:
-  source = _tfds_source(config, split)
-  name = f"{config.data.tfds_name}/{split}"
-
-  def get(i):
-    k = indices[i]
-    return source[k][TFDS_IMAGE_KEY], f"{name}[{k}]"
-
-  return _Items(len(indices), get, f"TFDS {name}")
-
-
-def find_images(path: str) -> list[str]:
-  """Image files under a directory (recursive), matching a glob, or one file; sorted.
-
-  ``images.find``: hidden files and folders are skipped. Raises DataError with what to do when
-  there is nothing to read.
-  """
-  if not path:
-    raise DataError(
-      "config.data.path is empty: set --config.data.path to a directory of images or a glob "
-      "such as '/photos/**/*.jpg'"
-    )
-  try:
-    return images.find(path)
-  except images.ImageError as e:
-    raise DataError(f"{e}: set --config.data.path (or eval_path) to your photos") from None
-
-
-def bundled_photos(split: str) -> list[str]:
-  """Paths of the real colour photos shipped in the scikit-image wheel.
-
-  Args:
-    split: 'train' (the demo trains on these) or 'holdout' (held out for colorizing and
-      evaluation; disjoint from 'train').
-
-  Returns:
-    Sorted absolute paths.
-  """
-  names = {"train": BUNDLED_TRAIN, "holdout": BUNDLED_HOLDOUT}.get(split)
-  if names is None:
-    raise ValueError(f"unknown bundled split {split!r}; known: 'train', 'holdout'")
-  root = _skimage_data_dir()
-  paths = [os.path.join(root, n) for n in sorted(names)]
-  missing = [p for p in paths if not os.path.isfile(p)]
-  if missing:
-    raise DataError(
-      f"bundled photo {missing[0]} is missing: reinstall scikit-image "
-      "(pip install --force-reinstall scikit-image)"
-    )
-  return paths
-
-
-@functools.cache
-def _skimage_data_dir() -> str:
-  """skimage/data inside the installed wheel, located without importing scikit-image."""
-  try:
-    dist = metadata.distribution("scikit-image")
-  except metadata.PackageNotFoundError:
-    raise extras.missing("demo", "the bundled photos source") from None
-  return str(dist.locate_file(os.path.join("skimage", "data")))
-
-
-def _train_files(config) -> list[str]:
-  if config.data.source == "folder":
-    return find_images(config.data.path)
-  return bundled_photos("train")
-
-
-def _eval_files(config) -> list[str]:
-  if config.data.source == "folder":
-    if not config.data.eval_path:
-      raise DataError("no eval images: set --config.data.eval_path to a held-out directory or glob")
-    return find_images(config.data.eval_path)
-  return bundled_photos("holdout")
-
-
-def _where(config) -> str:
-  return config.data.path if config.data.source == "folder" else "the bundled photos"
-
-
-# --------------------------------------------------------------------------------------------
-# TFDS source: random access by index (array_record files).
-
-
-def _tfds():
-  """tensorflow-datasets (the 'train' extra), imported only for the 'tfds' source."""
-  return extras.require("tensorflow_datasets", "train", "TFDS data")
-
-
-def _tfds_builder(config):
-  tfds = _tfds()
-  try:
-    return tfds.builder(config.data.tfds_name, data_dir=config.data.data_dir)
-  except tfds.core.registered.DatasetNotFoundError:
-    raise DataError(
-      f"unknown TFDS dataset {config.data.tfds_name!r}: set --config.data.tfds_name"
-    ) from None
-
-
-def _missing_tfds_error(config, builder) -> DataError:
-  name = config.data.tfds_name
-  data_dir = config.data.data_dir or os.path.dirname(os.path.dirname(builder.data_dir))
-  if name.startswith("imagenet2012"):
-    manual_dir = config.data.manual_dir or os.path.join(data_dir, "downloads", "manual")
-    return DataError(
-      f"TFDS dataset {name} is not prepared in {data_dir}: download {IMAGENET_TARS[0]} and "
-      f"{IMAGENET_TARS[1]} from https://image-net.org into {manual_dir}, then run "
-      f"`tfds build {name} --manual_dir={manual_dir} --data_dir={data_dir} "
-      "--file_format=array_record` (prepared elsewhere: --config.data.data_dir=DIR; "
-      "or use --config.data.source=folder / bundled)"
-    )
-  return DataError(
-    f"TFDS dataset {name} is not prepared in {data_dir}: run "
-    f"`tfds build {name} --data_dir={data_dir} --file_format=array_record` first "
-    "(prepared elsewhere: --config.data.data_dir=DIR)"
-  )
-
-
-def _tfds_source(config, split: str):
-  """The split as a random-access data source whose 'image' stays encoded bytes."""
-  tfds = _tfds()
-  builder = _tfds_builder(config)
-  try:
-    return builder.as_data_source(
-      split=split, decoders={TFDS_IMAGE_KEY: tfds.decode.SkipDecoding()}
-    )
-  except (NotImplementedError, AssertionError, FileNotFoundError, ValueError) as e:
-    if not _tfds_prepared(builder):
-      raise _missing_tfds_error(config, builder) from None
-    if isinstance(e, NotImplementedError):  # Prepared, but in a sequential format (tfrecord).
-      name = config.data.tfds_name
-      raise DataError(
-        f"TFDS dataset {name} in {builder.data_dir} is stored as tfrecord, which cannot be "
-        "read by index (exact resume at any step in constant time needs it): convert it with "
-        f"`tfds convert_format --dataset_version_dir={builder.data_dir} "
-        f"--out_file_format=array_record` or rebuild with `tfds build {name} "
-        "--file_format=array_record`"
-      ) from None
-    raise DataError(f"cannot open TFDS split {split!r} of {builder.name}: {e}") from None
-
-
-def _tfds_prepared(builder) -> bool:
-  try:
-    return bool(builder.is_prepared())
-  except Exception:  # noqa: BLE001 - any failure to find the data means "not prepared".
-    return False
-
-
-# --------------------------------------------------------------------------------------------
 # Worker processes.
 
 
@@ -354,7 +166,7 @@ def _ahead(config, processes: int, chunk: int, batch: int) -> int:
   return 2 * processes + int(config.data.prefetch) * -(-batch // chunk)
 
 
-def _replacement(spec, items: _Items, t: int, i: int) -> np.ndarray:
+def _replacement(spec, items: sources._Items, t: int, i: int) -> np.ndarray:
   """Example t when item i is unreadable: the next readable item (t alone decides it)."""
   for k in range(1, items.n):
     source, name = items((i + k) % items.n)
@@ -368,7 +180,7 @@ def _replacement(spec, items: _Items, t: int, i: int) -> np.ndarray:
   )
 
 
-def _train_stream(config, items: _Items, start: int, batch: int, process_index: int):
+def _train_stream(config, items: sources._Items, start: int, batch: int, process_index: int):
   processes = _decode_processes(config)
   workers = _workers(processes)
   spec = _spec(config, process_index, train=True)
@@ -395,7 +207,7 @@ def _train_stream(config, items: _Items, start: int, batch: int, process_index: 
         rgbs = []
 
 
-def _eval_stream(config, items: _Items, batch: int, num_batches: int, process_index: int):
+def _eval_stream(config, items: sources._Items, batch: int, num_batches: int, process_index: int):
   processes = _decode_processes(config)
   workers = _workers(processes)
   spec = _spec(config, process_index, train=False)
@@ -437,8 +249,8 @@ def _check_source(config) -> str:
 def num_train_examples(config: ml_collections.ConfigDict) -> int:
   """Training examples over all processes (one epoch), counting unreadable files too."""
   if _check_source(config) == "tfds":
-    return len(_tfds_source(config, config.data.train_split))
-  return len(_train_files(config))
+    return len(sources._tfds_source(config, config.data.train_split))
+  return len(sources._train_files(config))
 
 
 def create_train_iterator(
@@ -466,11 +278,11 @@ def create_train_iterator(
   batch = local_batch_size(config.batch_size, process_count)
   if source == "tfds":
     split = config.data.train_split
-    n = len(_tfds_source(config, split))
-    items = _tfds_items(config, split, _even_shard(n, process_index, process_count))
+    n = len(sources._tfds_source(config, split))
+    items = sources._tfds_items(config, split, _even_shard(n, process_index, process_count))
   else:
-    files = _train_files(config)[process_index::process_count]
-    items = _file_items(files, _where(config))
+    files = sources._train_files(config)[process_index::process_count]
+    items = sources._file_items(files, sources._where(config))
   if items.n == 0:
     raise DataError(
       f"process {process_index} of {process_count} got no training examples from "
@@ -511,16 +323,16 @@ def create_eval_iterator(
     raise ValueError(f"batch_size must be positive, got {batch_size}")
   if source == "tfds":
     split = config.data.eval_split
-    total = len(_tfds_source(config, split))
+    total = len(sources._tfds_source(config, split))
     if num_examples is not None:
       total = min(total, int(num_examples))
-    items = _tfds_items(config, split, _even_shard(total, process_index, process_count))
+    items = sources._tfds_items(config, split, _even_shard(total, process_index, process_count))
   else:
-    files = _eval_files(config)
+    files = sources._eval_files(config)
     if num_examples is not None:
       files = files[: int(num_examples)]
     total = len(files)
-    items = _file_items(files[process_index::process_count], _where(config))
+    items = sources._file_items(files[process_index::process_count], sources._where(config))
   if total == 0:
     raise DataError("the eval set is empty")
   per_process = -(-total // process_count)

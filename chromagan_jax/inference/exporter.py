@@ -42,7 +42,7 @@ from chromagan_jax.errors import UserError
 from chromagan_jax.model import networks
 from chromagan_jax.ops import color
 from chromagan_jax.ops.conv_policy import ConvPolicy
-from chromagan_jax.weights import checkpoint
+from chromagan_jax.weights import checkpoint, msgpack_file
 
 FORMATS = ("onnx", "tflite", "saved_model", "msgpack")
 INPUT_NAME = "L"
@@ -168,14 +168,14 @@ def tf_formats_problem() -> str | None:
 
 def export_msgpack(ckpt, staged: str, step=None, with_class_head: bool = False) -> str:
   """Writes the generator of ``ckpt`` (head-free unless ``with_class_head``) and its config as
-  one msgpack file (:func:`checkpoint.save_msgpack`); returns the payload's SHA-256.
+  one msgpack file (:func:`msgpack_file.save_msgpack`); returns the payload's SHA-256.
 
   Weights, not a graph: read back by ``colorize.py --ckpt FILE`` and ``init_from=FILE``.
   """
   variables, config = checkpoint.load_generator(ckpt, step, with_class_head=with_class_head)
   config = config.to_dict()
   config["exported"] = {"from": str(ckpt), "with_class_head": with_class_head}
-  return checkpoint.save_msgpack(staged, variables, config)
+  return msgpack_file.save_msgpack(staged, variables, config)
 
 
 def export(

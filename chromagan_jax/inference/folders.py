@@ -18,7 +18,7 @@ import numpy as np
 import tqdm
 from PIL import Image
 
-from chromagan_jax.data import images
+from chromagan_jax.data import images, video_files
 from chromagan_jax.errors import ImageError, UserError, VideoError
 from chromagan_jax.inference import engine, video
 from chromagan_jax.weights import checkpoint
@@ -47,7 +47,7 @@ def collect_inputs(
   explicitly is always tried. ``exclude_dir`` (the output directory) is left out of folder
   walks so that a rerun does not colorize its own outputs (unless it is the very folder
   given). The same file named twice is taken once. ``extensions``: what folder walks and globs
-  keep (colorize adds :data:`video.VIDEO_EXTENSIONS`).
+  keep (colorize adds :data:`video_files.VIDEO_EXTENSIONS`).
 
   Returns:
     (inputs, errors): errors are one-line messages for arguments that matched nothing.
@@ -161,7 +161,7 @@ def colorize_files(
 
   Args:
     inputs: files, folders (searched recursively for image and video extensions) or globs.
-      Videos (:func:`video.is_video`: video extensions, animated GIFs) go through
+      Videos (:func:`video_files.is_video`: video extensions, animated GIFs) go through
       :func:`video.colorize_video`, after the photos.
     output: output folder (created if needed); files keep the inputs' relative names.
     ckpt, step: the generator checkpoint (see :func:`checkpoint.load_generator`).
@@ -182,16 +182,16 @@ def colorize_files(
   if batch_size < 1 or max_pixels < 1:
     raise UserError("--batch_size and --max_pixels must be positive")
   video_options = video_options or video.VideoOptions()
-  extensions = tuple(images.IMAGE_EXTENSIONS) + tuple(sorted(video.VIDEO_EXTENSIONS))
+  extensions = tuple(images.IMAGE_EXTENSIONS) + tuple(sorted(video_files.VIDEO_EXTENSIONS))
   found, errors = collect_inputs(inputs, exclude_dir=output, extensions=extensions)
   for msg in errors:
     log(f"skipped {msg}")
   if not found:
     raise UserError("no input files")
-  clips = [item for item in found if video.is_video(item.path)]
+  clips = [item for item in found if video_files.is_video(item.path)]
   found = [item for item in found if item not in clips]
   if clips:
-    video.require_av()  # Before any work: one line naming the extra, not a skip per video.
+    video_files.require_av()  # Before any work: one line naming the extra, not a skip per video.
   try:
     variables, config = checkpoint.load_generator(ckpt, step, with_class_head=False)
     # A video fills whole batches; photos alone need no bigger batch than their number.

@@ -28,7 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from chromagan_jax.ops import cpu_conv
+from chromagan_jax.ops import inference_weights
 from chromagan_jax.ops.conv_policy import ConvPolicy
 
 # Keras' BatchNormalization defaults (Flax's momentum has the same meaning).
@@ -94,7 +94,7 @@ XLA = ConvPolicy("xla")  # XLA's convolutions everywhere: the modules' default.
 
 def _layer(module: nn.Module, name: str) -> str:
   """The params path of ``module``'s layer ``name`` from the network's root ("vgg16/block1_conv1"):
-  the key of its prepared inference weights (``cpu_conv.inference_filters``)."""
+  the key of its prepared inference weights (``inference_weights.inference_filters``)."""
   return "/".join((*module.path, name))
 
 
@@ -219,7 +219,7 @@ class VGG16Classifier(nn.Module):
     x = VGG16Trunk(5, self.width, self.dtype, self.param_dtype, self.conv, name="vgg16")(x)
     x = max_pool(x)
     x = x.reshape(x.shape[0], -1)  # NHWC flatten, as Keras' Flatten.
-    dense = lambda n, name: nn.Dense(  # noqa: E731
+    dense = lambda n, name: nn.Dense(
       n,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
@@ -301,9 +301,9 @@ class Generator(nn.Module):
       param_dtype=self.param_dtype,
       kernel_init=KERNEL_INIT,
       bias_init=BIAS_INIT,
-      # Batch-1 inference multiplies by a transposed kernel, prepared once (cpu_conv).
+      # Batch-1 inference multiplies by a transposed kernel, prepared once (inference_weights).
       dot_general=functools.partial(
-        cpu_conv.dense_dot_general, prepared=prepared, layer=_layer(self, name)
+        inference_weights.dense_dot_general, prepared=prepared, layer=_layer(self, name)
       ),
       name=name,
     )
@@ -311,12 +311,13 @@ class Generator(nn.Module):
   @nn.compact
   def __call__(self, l3, train: bool = False, prepared=None):
     """``prepared``: inference weights prepared once per weight set
-    (``cpu_conv.inference_filters``), a ``cpu_conv.Recording``, or None (training)."""
+    (``inference_weights.inference_filters``), a ``inference_weights.Recording``, or None
+    (training)."""
     if l3.shape[1:] != (self.image_size, self.image_size, 3):
       raise ValueError(
         f"Generator expects (N, {self.image_size}, {self.image_size}, 3) inputs, got {l3.shape}"
       )
-    w = lambda c: scaled(c, self.width)  # noqa: E731
+    w = lambda c: scaled(c, self.width)
     x = vgg_preprocess(l3.astype(self.dtype), self.vgg_preprocessing)
     trunk_cls = nn.remat(VGG16Trunk) if self.remat_trunk else VGG16Trunk
     trunk_width = self.width if self.trunk_width is None else self.trunk_width

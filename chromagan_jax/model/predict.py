@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from chromagan_jax.model import networks
-from chromagan_jax.ops import color, cpu_conv
+from chromagan_jax.ops import color, inference_weights
 from chromagan_jax.ops.conv_policy import ConvPolicy
 
 
@@ -67,8 +67,8 @@ def colorize_small_fn(model, variables, rgb, filters=None):
 def inference_filters(model, variables, rgb) -> dict:
   """``model``'s Winograd filters for network inputs shaped like ``rgb`` (N, S, S, 3),
   transformed once per weight set rather than in every call, and at N = 1 its Dense kernels
-  transposed (cpu_conv.inference_filters); {} without Winograd layers."""
+  transposed (inference_weights.inference_filters); {} without Winograd layers."""
   if model.conv.impl == "xla":
     return {}
-  apply = lambda v, x, prepared: model.apply(v, x, train=False, prepared=prepared)  # noqa: E731
-  return cpu_conv.inference_filters(apply, variables, jnp.zeros(rgb.shape, jnp.float32))
+  apply = lambda v, x, prepared: model.apply(v, x, train=False, prepared=prepared)
+  return inference_weights.inference_filters(apply, variables, jnp.zeros(rgb.shape, jnp.float32))

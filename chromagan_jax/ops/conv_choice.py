@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from chromagan_jax.ops import cpu_conv
+from chromagan_jax.ops import conv_rule, cpu_conv
 
 OBJECTIVES = ("fwd", "train", "gp")
 # What a layer use is timed for: an objective, or "infer": "fwd" while the Winograd filters come
@@ -71,7 +71,7 @@ ISA_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512
 
 def layer_key(lhs_shape, rhs_shape, dtype, strides, pads, objective: str) -> str:
   """One layer use as a string: 'fwd 2x224x224x64 3x3x64x64 float32 s1x1 p1,1,1,1'."""
-  dims = lambda s: "x".join(str(int(d)) for d in s)  # noqa: E731
+  dims = lambda s: "x".join(str(int(d)) for d in s)
   flat_pads = ",".join(str(int(p)) for pair in pads for p in pair)
   return (
     f"{objective} {dims(lhs_shape)} {dims(rhs_shape)} {jnp.dtype(dtype).name} "
@@ -95,7 +95,7 @@ def program(name: str, objective: str, strides, pads):
   """The function of (x, w) whose run time decides ``objective`` (one of :data:`USES`) for
   algorithm ``name``; of (x, u), u = ``cpu_conv.filter_transform(w, m)``, where
   :func:`pretransformed` (as inference runs it)."""
-  conv = lambda x, w: cpu_conv.run(name, x, w, strides, pads)  # noqa: E731
+  conv = lambda x, w: cpu_conv.run(name, x, w, strides, pads)
   if pretransformed(name, objective):
     return lambda x, u: cpu_conv.run(name, x, None, strides, pads, u=u)
   if objective in ("fwd", "infer"):
@@ -104,7 +104,7 @@ def program(name: str, objective: str, strides, pads):
     return jax.grad(lambda x, w: jnp.sum(conv(x, w)), argnums=(0, 1))
 
   def penalised(x, w):  # A critic layer's loss with WGAN-GP's input-gradient norm in it.
-    inner = lambda x, w: jnp.sum(jax.nn.leaky_relu(conv(x, w)))  # noqa: E731
+    inner = lambda x, w: jnp.sum(jax.nn.leaky_relu(conv(x, w)))
     return inner(x, w) + jnp.sum(jax.grad(inner)(x, w) ** 2)
 
   if objective == "gp":
@@ -171,7 +171,7 @@ class Chooser:
     directory: where the choice files live; None keeps choices in memory only.
     machine: what the choices depend on besides the layer (CPU, ISA flags, cores, library
       versions, XLA_FLAGS: ``runtime.machine.machine_key``); names the choice file.
-    isa: the CPU's vector ISA (``cpu_conv.isa_of``), for layers with a single candidate.
+    isa: the CPU's vector ISA (``conv_rule.isa_of``), for layers with a single candidate.
     timer: ``timer(names, objective, lhs_shape, rhs_shape, dtype, strides, pads)`` ->
       ``{name: seconds}``; None: :func:`measure` with ``compiler_options`` (tests inject their
       own).
@@ -238,7 +238,7 @@ class Chooser:
     names = cpu_conv.candidates(lhs_shape, rhs_shape, strides, pads)
     if len(names) == 1:
       inference = objective == "infer"
-      return cpu_conv.rule(lhs_shape, rhs_shape, strides, pads, isa=self.isa, inference=inference)
+      return conv_rule.rule(lhs_shape, rhs_shape, strides, pads, isa=self.isa, inference=inference)
     key = layer_key(lhs_shape, rhs_shape, dtype, strides, pads, objective)
     if not self._loaded and self.directory is not None:
       self._choices = {**self._read(), **self._choices}

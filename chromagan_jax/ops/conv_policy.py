@@ -3,7 +3,7 @@
 What each ``config.model.conv_impl`` (:data:`IMPLS`) means, the one place it is stated:
   * ``"xla"``: ``lax.conv_general_dilated`` for every conv (XLA's kernels; cuDNN on GPU).
   * ``"winograd"``, ``"winograd2"``, ``"winograd4"``: the fixed per-layer rule
-    (:func:`cpu_conv.rule`: Winograd for thick stride-1 3x3 convs, tile size chosen per layer or
+    (:func:`conv_rule.rule`: Winograd for thick stride-1 3x3 convs, tile size chosen per layer or
     fixed 2 / 4; im2col for strided, 1x1 and 4x4 ones in training; XLA for the rest), on any
     backend and dtype.
   * ``"auto"``: ``"winograd"`` for float32 on CPU (the fastest measured there,
@@ -24,7 +24,7 @@ import functools
 
 import jax.numpy as jnp
 
-from chromagan_jax.ops import conv_choice, cpu_conv
+from chromagan_jax.ops import conv_choice, conv_rule, inference_weights
 
 FIXED = ("xla", "winograd", "winograd2", "winograd4")
 IMPLS = ("auto", "measure", *FIXED)
@@ -37,7 +37,7 @@ class ConvPolicy:
   Attributes:
     impl: one of :data:`IMPLS` (after :meth:`resolve`: one of :data:`FIXED` or "measure").
     backend: JAX backend the programs run on ("cpu", "gpu", "tpu").
-    isa: the CPU's vector ISA, one of ``cpu_conv.MIN_TILES`` ("avx512", "avx2", "other").
+    isa: the CPU's vector ISA, one of ``conv_rule.MIN_TILES`` ("avx512", "avx2", "other").
     objective: the use a network's convs are chosen for, one of ``conv_choice.OBJECTIVES``.
     chooser: the per-layer chooser of "measure" (None for every other impl).
     compiler_options: XLA:CPU options of inference programs, as (name, value) pairs.
@@ -53,8 +53,8 @@ class ConvPolicy:
   def __post_init__(self):
     if self.impl not in IMPLS:
       raise ValueError(f"unknown conv_impl {self.impl!r}; expected one of {IMPLS}")
-    if self.isa not in cpu_conv.MIN_TILES:
-      raise ValueError(f"unknown ISA {self.isa!r}; expected one of {tuple(cpu_conv.MIN_TILES)}")
+    if self.isa not in conv_rule.MIN_TILES:
+      raise ValueError(f"unknown ISA {self.isa!r}; expected one of {tuple(conv_rule.MIN_TILES)}")
     if self.objective not in conv_choice.OBJECTIVES:
       raise ValueError(
         f"unknown objective {self.objective!r}; expected one of {conv_choice.OBJECTIVES}"
@@ -75,10 +75,10 @@ class ConvPolicy:
     """The ``conv_general_dilated`` of ``nn.Conv`` layer ``layer`` (its params path) of a
     resolved policy; None for XLA's (flax's default).
 
-    ``prepared``: the network's inference weights (``cpu_conv.inference_filters``: the layer
-    then takes its transformed Winograd filters) or a ``cpu_conv.Recording`` (learning which
-    it takes); None in training. ``initializing``: the network is being initialised (shapes
-    only: "measure" follows the rule, untimed).
+    ``prepared``: the network's inference weights (``inference_weights.inference_filters``: the
+    layer then takes its transformed Winograd filters) or a ``inference_weights.Recording``
+    (learning which it takes); None in training. ``initializing``: the network is being
+    initialised (shapes only: "measure" follows the rule, untimed).
     """
     if self.impl == "auto":
       raise ValueError("resolve() the policy before building a network with it")
@@ -94,5 +94,5 @@ class ConvPolicy:
 
     else:
       tile = int(self.impl[-1]) if self.impl[-1].isdigit() else "auto"
-      choose = functools.partial(cpu_conv.rule, tile=tile, isa=self.isa, inference=inference)
-    return cpu_conv.conv_with(choose, prepared, layer)
+      choose = functools.partial(conv_rule.rule, tile=tile, isa=self.isa, inference=inference)
+    return inference_weights.conv_with(choose, prepared, layer)

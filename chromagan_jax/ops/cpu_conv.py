@@ -27,15 +27,13 @@ the kernel in one matmul. Its weight gradient is a matmul too, and its second de
 the critic's gradient penalty needs, were 4-5x faster than XLA's own on the critic's middle
 layers (bench/RESULTS.md). Forward-only programs keep XLA's convolution for them (:func:`rule`).
 
-Inference prepares what depends on the weights only once per weight set
-(:func:`inference_filters`): the Winograd filter transforms, and for batch-1 calls the Dense
-kernels transposed (:func:`dense_dot_general`: XLA:CPU's matrix-vector product is faster so).
+Which layer takes which algorithm is :mod:`conv_rule` (the fixed per-ISA rule) or
+:mod:`conv_choice` (measured); the drop-in convolution for Flax layers and the weights
+inference prepares once are :mod:`inference_weights`.
 """
 
-import functools
 import math
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -110,9 +108,17 @@ _MATRICES = {
     ],
   ),
 }
+
+
 TILE_SIZES = (2, 4)  # m: output tiles of m x m.
+
+
 KERNEL_SIZES = (3, 4)  # r: square stride-1 kernels Winograd computes.
+
+
 _NHWC = ("NHWC", "HWIO", "NHWC")
+
+
 _SAME_3X3_PADS = ((1, 1), (1, 1))
 
 
@@ -235,6 +241,7 @@ def im2col_conv(x, w, strides, padding):
 # F(4x4, 3x3), 3x3 stride-1 'SAME' convs only), "im2col" (any kernel, stride and padding).
 ALGORITHMS = ("xla", "winograd2", "winograd4", "im2col")
 
+
 # im2col gathers kh*kw copies of the input: beyond this many patch elements (1 GiB of float32)
 # it is not a candidate.
 _MAX_PATCH_ELEMENTS = 1 << 28
@@ -296,268 +303,3 @@ def run(name: str, x, w, strides, pads, u=None):
   if name == "im2col":
     return im2col_conv(x, w, tuple(strides), pads)
   raise ValueError(f"unknown convolution algorithm {name!r}; expected one of {ALGORITHMS}")
-
-
-def isa_of(flags) -> str:
-  """The vector ISA :func:`choose_tile` distinguishes, from a CPU's ISA flags (/proc/cpuinfo's
-  ``flags``): "avx512" (AVX-512 F), "avx2" or "other"."""
-  return "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "other"
-
-
-# The fewest 4x4 tiles per call for which F(4x4) beats F(2x2) when the filters are transformed in
-# every call (training): m=4's (m+2)^2 Cin Cout transformed filters cost the same whatever the
-# batch, so few tiles do not amortise them. Per ISA, measured (bench/RESULTS.md).
-MIN_TILES = {"avx512": 256, "avx2": 512, "other": 512}
-# With the filters transformed once (inference) only the tiles count: F(4x4) does fewer multiplies
-# and moves less data per output than F(2x2), and loses only where the tiles are mostly padding.
-PRE_MIN_TILES = 16
-
-
-def tiles_4x4(batch: int, height: int, width: int) -> int:
-  """4x4 output tiles of a call: what the tile-size and 4x4-kernel thresholds count."""
-  return batch * (-(-height // 4)) * (-(-width // 4))
-
-
-def choose_tile(
-  batch: int,
-  height: int,
-  width: int,
-  min_tiles: int | None = None,
-  isa: str = "other",
-  inference: bool = False,
-) -> int:
-  """F(4x4) when there are enough 4x4 tiles to amortise its larger filter transform, else F(2x2).
-
-  ``min_tiles``: None picks :data:`PRE_MIN_TILES` when the filters come transformed
-  (``inference``), else :data:`MIN_TILES` of the ``isa``.
-  """
-  if min_tiles is None:
-    min_tiles = PRE_MIN_TILES if inference else MIN_TILES[isa]
-  return 4 if tiles_4x4(batch, height, width) >= min_tiles else 2
-
-
-# Stride-1 4x4 convs (the critic's conv4) by Winograd: with AVX-512, from this many 4x4 output
-# tiles per call (below, XLA's direct conv is faster; bench/RESULTS.md). On AVX2 the rule keeps
-# im2col there (not measured with Winograd).
-MIN_4X4_TILES = 64
-
-
-def _winograd_4x4(lhs_shape, isa: str) -> bool:
-  return isa == "avx512" and tiles_4x4(*lhs_shape[:3]) >= MIN_4X4_TILES
-
-
-def rule(
-  lhs_shape,
-  rhs_shape,
-  strides,
-  pads,
-  tile="auto",
-  min_channels=64,
-  min_im2col_features=8,
-  isa: str = "other",
-  inference: bool = False,
-) -> str:
-  """The fixed per-layer rule (measured per ISA: bench/RESULTS.md); ``isa``: the CPU's
-  (:func:`isa_of`); ``inference``: whether the layer runs forward only with its Winograd filters
-  transformed once (:func:`inference_filters`).
-
-  Stride-1 3x3 convs (the generator's 'SAME' layers) and, with AVX-512 and at least
-  :data:`MIN_4X4_TILES` tiles, stride-1 4x4 convs (the critic's conv4) with at least
-  ``min_channels`` input and output channels: Winograd with tile size ``tile`` (2, 4 or
-  "auto": :func:`choose_tile`); in training, other kernel sizes and strides (the critic's
-  strided 4x4 convs, strided and 1x1 convs) with at least ``min_im2col_features`` output
-  channels: im2col, whose gradients are plain matmuls; everything else: XLA. That is thin 3x3
-  layers (the tile transforms cost more than they save), the 1-channel critic output, at
-  inference the strided and 1x1 convs (XLA's forward is as fast), and with AVX-512 the
-  stride-1 4x4 convs Winograd does not take. Not right for every layer on every CPU, which is
-  why ``conv_impl="measure"`` exists (conv_policy.py).
-  """
-  names = candidates(lhs_shape, rhs_shape, strides, pads)
-  if "winograd2" in names:
-    thick = min(rhs_shape[2:]) >= min_channels
-    if thick and (rhs_shape[0] == 3 or _winograd_4x4(lhs_shape, isa)):
-      m = choose_tile(*lhs_shape[:3], isa=isa, inference=inference) if tile == "auto" else tile
-      return f"winograd{m}"
-    if rhs_shape[0] == 3:
-      return "xla"
-  im2col = "im2col" in names and rhs_shape[3] >= min_im2col_features and not inference
-  # A thin stride-1 kernel larger than 1x1 gathers kh*kw overlapping copies of its input; with
-  # AVX-512 XLA's direct convolution is faster there (bench/RESULTS.md).
-  overlapping = tuple(strides) == (1, 1) and tuple(rhs_shape[:2]) != (1, 1)
-  if overlapping and isa == "avx512":
-    im2col = False
-  return "im2col" if im2col else "xla"
-
-
-# Inference-time weights: the Winograd filters G g G^T and, for single-row Dense calls, the
-# transposed kernels depend on the weights only, so an inference program takes them as inputs
-# (computed once per weight set, :func:`inference_filters`) instead of transforming in every
-# call. The network passes them explicitly to each layer, keyed by the layer's params path.
-TRANSPOSED = ":T"
-
-
-class Recording:
-  """Given as a network's ``prepared`` weights: records the keys of those it would take
-  (``"<layer path>:m<tile>"``, ``"<layer path>:T"``) while the network runs as inference runs,
-  so that :func:`inference_filters` prepares exactly those. A pytree without leaves, so that
-  it passes through ``nn.remat``."""
-
-  def __init__(self):
-    self.keys: set[str] = set()
-
-
-jax.tree_util.register_pytree_node(Recording, lambda r: ((), r), lambda r, _: r)
-
-
-def prepared_weight(prepared, layer: str | None, suffix: str):
-  """Layer ``layer``'s inference weight ``"<layer><suffix>"`` from ``prepared`` (a dict), None
-  when it has none, or recorded (None) when ``prepared`` is a :class:`Recording`."""
-  if prepared is None or layer is None:
-    return None
-  key = layer + suffix
-  if isinstance(prepared, Recording):
-    prepared.keys.add(key)
-    return None
-  return prepared.get(key)
-
-
-def inference_filters(apply_fn, variables, *args) -> dict:
-  """The transformed filters of every Winograd layer that ``apply_fn(variables, *args,
-  prepared)`` runs, and the transposed kernels of its :func:`dense_dot_general` layers when they
-  see one row: the ``prepared`` weights of that network at those input shapes.
-
-  The network is traced abstractly (``jax.eval_shape``, nothing compiled) with a
-  :class:`Recording` to learn which layers take which; then one small jitted program prepares
-  them from ``variables['params'][<layer path>]['kernel']``.
-  """
-  recording = Recording()
-  jax.eval_shape(lambda v, *a: apply_fn(v, *a, recording), variables, *args)
-  keys = sorted(recording.keys)
-
-  def transform(params):
-    out = {}
-    for key in keys:
-      if key.endswith(TRANSPOSED):
-        path, prepare = key[: -len(TRANSPOSED)], lambda kernel: kernel.T
-      else:
-        path, m = key.rsplit(":m", 1)
-        prepare = functools.partial(filter_transform, m=int(m))
-      layer = functools.reduce(lambda tree, name: tree[name], path.split("/"), params)
-      out[key] = prepare(layer["kernel"])
-    return out
-
-  return jax.jit(transform)(variables["params"])
-
-
-def dispatch(name: str, x, w, strides, pads, prepared=None, layer: str | None = None):
-  """:func:`run`, with layer ``layer``'s transformed filters from ``prepared`` when it has them."""
-  if not name.startswith("winograd"):
-    return run(name, x, w, strides, pads)
-  m = int(name[-1])
-  return run(name, x, w, strides, pads, u=prepared_weight(prepared, layer, f":m{m}"))
-
-
-def dense_dot_general(
-  lhs,
-  rhs,
-  dimension_numbers,
-  precision=None,
-  preferred_element_type=None,
-  *,
-  prepared=None,
-  layer: str | None = None,
-):
-  """A drop-in ``dot_general`` for ``flax.linen.Dense(dot_general=functools.partial(...,
-  prepared=, layer=))``: a single-row input is multiplied by the kernel stored transposed in
-  ``prepared`` (:data:`TRANSPOSED`: XLA:CPU's matrix-vector product reads a row-major (N, K)
-  kernel faster; with two or more rows it is slower, so only single rows take it); everything
-  else by ``lax.dot_general`` unchanged."""
-  dense = rhs.ndim == 2 and dimension_numbers == (((lhs.ndim - 1,), (0,)), ((), ()))
-  # Symbolic dimensions (a shape-polymorphic export's batch) are not known to be one row.
-  if dense and all(isinstance(d, int) and d == 1 for d in lhs.shape[:-1]):
-    kernel_t = prepared_weight(prepared, layer, TRANSPOSED)
-    if kernel_t is not None:
-      return lax.dot_general(
-        lhs,
-        kernel_t,
-        (((lhs.ndim - 1,), (1,)), ((), ())),
-        precision=precision,
-        preferred_element_type=preferred_element_type,
-      )
-  return lax.dot_general(
-    lhs, rhs, dimension_numbers, precision=precision, preferred_element_type=preferred_element_type
-  )
-
-
-def conv_with(choose, prepared=None, layer: str | None = None):
-  """A drop-in ``conv_general_dilated`` (for ``flax.linen.Conv(conv_general_dilated=...)``)
-  computing plain convs (:func:`is_plain`) by algorithm ``choose(lhs_shape, rhs_shape, strides,
-  pads) -> name`` and everything else by ``lax.conv_general_dilated`` unchanged; Winograd
-  layers take layer ``layer``'s transformed filters from ``prepared`` (:func:`dispatch`)."""
-
-  def conv(
-    lhs,
-    rhs,
-    window_strides,
-    padding,
-    lhs_dilation=None,
-    rhs_dilation=None,
-    dimension_numbers=None,
-    feature_group_count=1,
-    batch_group_count=1,
-    precision=None,
-    preferred_element_type=None,
-  ):
-    plain = is_plain(
-      lhs,
-      rhs,
-      dimension_numbers,
-      lhs_dilation,
-      rhs_dilation,
-      feature_group_count,
-      batch_group_count,
-      preferred_element_type,
-    )
-    if plain:
-      strides = tuple(int(s) for s in window_strides)
-      pads = explicit_pads(lhs.shape, rhs.shape, strides, padding)
-      name = choose(tuple(lhs.shape), tuple(rhs.shape), strides, pads)
-      if name != "xla":
-        return dispatch(name, lhs, rhs, strides, pads, prepared, layer)
-    return lax.conv_general_dilated(
-      lhs,
-      rhs,
-      window_strides,
-      padding,
-      lhs_dilation=lhs_dilation,
-      rhs_dilation=rhs_dilation,
-      dimension_numbers=dimension_numbers,
-      feature_group_count=feature_group_count,
-      batch_group_count=batch_group_count,
-      precision=precision,
-      preferred_element_type=preferred_element_type,
-    )
-
-  return conv
-
-
-def make_conv(
-  tile="auto",
-  min_channels: int = 64,
-  min_im2col_features: int = 8,
-  isa: str = "other",
-  inference: bool = False,
-):
-  """:func:`conv_with` the fixed :func:`rule` (``conv_impl`` "winograd", "winograd2/4")."""
-  if tile != "auto" and tile not in TILE_SIZES:
-    raise ValueError(f"Winograd tile size must be 'auto' or one of {TILE_SIZES}, got {tile!r}")
-  return conv_with(
-    functools.partial(
-      rule,
-      tile=tile,
-      min_channels=min_channels,
-      min_im2col_features=min_im2col_features,
-      isa=isa,
-      inference=inference,
-    )
-  )

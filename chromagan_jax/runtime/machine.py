@@ -34,10 +34,10 @@ def cpu_facts() -> tuple[str, frozenset[str]]:
 
 
 def cpu_isa() -> str:
-  """This CPU's vector ISA as the convolution rule distinguishes it (``cpu_conv.isa_of``)."""
-  from chromagan_jax.ops import cpu_conv
+  """This CPU's vector ISA as the convolution rule distinguishes it (``conv_rule.isa_of``)."""
+  from chromagan_jax.ops import conv_rule
 
-  return cpu_conv.isa_of(cpu_facts()[1])
+  return conv_rule.isa_of(cpu_facts()[1])
 
 
 def machine_key() -> dict:

@@ -63,5 +63,5 @@ def generator_optimizer(config, learning_rate):
   scale = float(config.trunk_lr_scale)
   if scale == 1.0:
     return adam(config, learning_rate)
-  trunk_only = lambda params: {name: name == TRUNK for name in params}  # noqa: E731
+  trunk_only = lambda params: {name: name == TRUNK for name in params}
   return optax.chain(adam(config, learning_rate), optax.masked(optax.scale(scale), trunk_only))

@@ -24,7 +24,7 @@ from chromagan_jax import extras
 from chromagan_jax.errors import CheckpointError, ConfigError, NonFiniteLossError
 from chromagan_jax.model import predict
 from chromagan_jax.training import multihost, optim, train_state, train_step, validate
-from chromagan_jax.weights import checkpoint, port
+from chromagan_jax.weights import checkpoint, initial, layouts
 
 
 def sample_grid(grey, colorized, truth) -> np.ndarray:
@@ -93,9 +93,9 @@ def apply_initial_weights(
 
   What is put where (the VGG16 trunk from ``vgg_params``, then ``config.init_from``'s whole
   generator, then ``config.init_critic_from``'s critic) and the shape checks are
-  :func:`port.initial_weights`; here the weights are placed on ``mesh``.
+  :func:`initial.initial_weights`; here the weights are placed on ``mesh``.
   """
-  init = port.initial_weights(config, vgg_params)
+  init = initial.initial_weights(config, vgg_params)
   put = functools.partial(train_state.fresh_replicated, mesh=mesh)
   g_params, g_batch_stats, d_params = state.g_params, state.g_batch_stats, state.d_params
   if init.trunk is not None:
@@ -197,9 +197,9 @@ def _train(config, workdir, stop: "_StopRequest") -> train_state.TrainState:
       {k: v for k, v in config.to_dict().items() if isinstance(v, int | float | str)}
     )
 
-  vgg_params = port.load_vgg(config)
+  vgg_params = initial.load_vgg(config)
   teacher_params = None  # The KL teacher: VGG16 with its classifier top only.
-  if vgg_params is not None and port.has_top(vgg_params):
+  if vgg_params is not None and layouts.has_top(vgg_params):
     teacher_params = jax.device_put(vgg_params, NamedSharding(mesh, P()))
   if latest is not None:
     check_resume_config(ckpt_dir, latest, config)

@@ -18,10 +18,8 @@ weights and trained checkpoints load the same way. Directories written by earlie
 (``params/`` + ``conversion.json``) are refused in one line naming the re-conversion command.
 
 For passing weights on, a generator also travels as one pickle-free file
-(:func:`save_msgpack`, ``python -m chromagan_jax.export --format msgpack``): the line
-``MSGPACK_MAGIC``, the SHA-256 (hex) of the payload and a newline, then the payload, a
-``flax.serialization`` msgpack map ``{'config': JSON text, 'generator': variables}``.
-:func:`load_generator` and :func:`load_config` take such a file wherever they take a directory.
+(:mod:`msgpack_file`); :func:`load_generator` and :func:`load_config` take such a file wherever
+they take a directory.
 """
 
 import contextlib
@@ -38,80 +36,40 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
-from flax import serialization
 
 from chromagan_jax.errors import CheckpointError
 from chromagan_jax.model import networks, shapes
+from chromagan_jax.weights import msgpack_file
 
 GENERATOR = "generator"
+
+
 GENERATOR_EMA = "generator_ema"
+
+
 TRAIN = "train"
+
+
 VGG16 = "vgg16"
+
+
 CRITIC = "critic"
+
+
 CONFIG = "config"
+
+
 WEIGHT_ITEMS = (GENERATOR, GENERATOR_EMA, TRAIN, VGG16, CRITIC)
+
+
 ITEMS = (*WEIGHT_ITEMS, CONFIG)
+
+
 # The layout of earlier converters: an Orbax PyTree in params/ and a JSON description.
 LEGACY_PARAMS = "params"
+
+
 LEGACY_INFO = "conversion.json"
-
-
-MSGPACK_MAGIC = b"chromagan-jax generator msgpack v1\n"
-_DIGEST_LEN = 64  # Hex SHA-256, then b"\n".
-
-
-def is_msgpack_file(path) -> bool:
-  """Whether ``path`` is a file in the msgpack weights format (starts with MSGPACK_MAGIC)."""
-  path = os.fspath(path)
-  if "://" in path or not os.path.isfile(path):
-    return False
-  with open(path, "rb") as f:
-    return f.read(len(MSGPACK_MAGIC)) == MSGPACK_MAGIC
-
-
-def save_msgpack(path, variables, config) -> str:
-  """Writes generator ``variables`` (with or without the class head) and ``config`` (its
-  ``model`` section rebuilds the network) as one msgpack file; returns the payload's SHA-256.
-
-  Arrays are stored as float32 NumPy (``flax.serialization``'s ndarray extension): no pickle,
-  bit-exact on reading.
-  """
-  config_dict = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config
-  tree = jax.tree.map(lambda x: np.asarray(x, np.float32), variables)
-  payload = serialization.msgpack_serialize({"config": json.dumps(config_dict), "generator": tree})
-  digest = hashlib.sha256(payload).hexdigest()
-  with open(path, "wb") as f:
-    f.write(MSGPACK_MAGIC + digest.encode("ascii") + b"\n" + payload)
-  return digest
-
-
-def load_msgpack(path) -> tuple[dict[str, Any], ml_collections.ConfigDict, str]:
-  """(generator variables as NumPy, config, payload SHA-256) of a :func:`save_msgpack` file.
-
-  Raises CheckpointError (one line) when the payload's SHA-256 differs from the recorded one
-  (a truncated, altered or damaged file) or the file is not in this format.
-  """
-  path = os.fspath(path)
-  with open(path, "rb") as f:
-    data = f.read()
-  header = len(MSGPACK_MAGIC) + _DIGEST_LEN + 1
-  if not data.startswith(MSGPACK_MAGIC) or len(data) < header or data[header - 1 : header] != b"\n":
-    raise CheckpointError(f"{path}: not a chromagan-jax msgpack weights file")
-  recorded = data[len(MSGPACK_MAGIC) : header - 1].decode("ascii", "replace")
-  payload = data[header:]
-  actual = hashlib.sha256(payload).hexdigest()
-  if actual != recorded:
-    raise CheckpointError(
-      f"{path}: SHA-256 of the weights is {actual}, the file records {recorded}: the file is "
-      f"truncated or altered ({len(data):,} bytes); copy it again"
-    )
-  try:
-    tree = serialization.msgpack_restore(payload)
-    config = ml_collections.ConfigDict(json.loads(tree["config"]))
-    variables = tree["generator"]
-  except Exception as e:  # noqa: BLE001 - a payload that passed its digest but is not ours.
-    raise CheckpointError(f"{path}: unreadable msgpack weights ({type(e).__name__}: {e})") from None
-  return variables, config, actual
 
 
 def file_sha256(path) -> tuple[str, int]:
@@ -291,10 +249,10 @@ def save_generator(directory, variables, config, step: int = 0) -> None:
 def load_config(directory, step=None) -> tuple[int, ml_collections.ConfigDict]:
   """(step, config) stored in a checkpoint directory; ``step=None`` picks the latest.
 
-  A msgpack weights file (:func:`save_msgpack`) is step 0.
+  A msgpack weights file (:func:`msgpack_file.save_msgpack`) is step 0.
   """
-  if is_msgpack_file(directory):
-    return 0, load_msgpack(directory)[1]
+  if msgpack_file.is_msgpack_file(directory):
+    return 0, msgpack_file.load_msgpack(directory)[1]
   directory = resolve_directory(directory)
   if not directory.is_dir():
     raise CheckpointError(f"{directory}: checkpoint directory not found")
@@ -424,7 +382,7 @@ def load_generator(
     CheckpointError: missing, unreadable or corrupt checkpoint (one line naming it).
     ShapeError: arrays that do not fit its config (naming the first parameter that differs).
   """
-  if is_msgpack_file(directory):
+  if msgpack_file.is_msgpack_file(directory):
     return _load_msgpack_generator(directory, with_class_head)
   directory = resolve_directory(directory)
   step, config = load_config(directory, step)
@@ -465,7 +423,7 @@ _HEAD_FREE_REMEDY = (
 def _load_msgpack_generator(path, with_class_head: bool):
   """:func:`load_generator` of a msgpack weights file (checked by its SHA-256, then shapes)."""
   path = os.fspath(path)
-  variables, config, digest = load_msgpack(path)
+  variables, config, digest = msgpack_file.load_msgpack(path)
   logging.info("%s: msgpack weights, sha256 %s verified", path, digest)
   log_provenance(path, config)
   if not with_class_head:

@@ -3,7 +3,7 @@
 Reads standalone Keras 1/2 (TF1) files and Keras 3's legacy ``.h5`` (``model.save('x.h5')``,
 ``save_weights('x.h5')``): weight-only files (``layer_names`` on the root) and full-model
 files (a ``model_weights`` group plus the JSON ``model_config``). Arrays come back as float32
-NumPy; mapping them onto our models is :mod:`chromagan_jax.weights.port`.
+NumPy; mapping them onto our models is :mod:`chromagan_jax.weights.keras_port`.
 """
 
 import collections

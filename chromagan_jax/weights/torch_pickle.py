@@ -3,7 +3,7 @@
 torchvision's ImageNet VGG16 (``vgg16-397923af.pth``) is the file this exists for. Only
 OrderedDict, torch's tensor-rebuild functions and storage types are unpickled; anything else
 (arbitrary classes, code) raises :class:`ConversionError`, so a malicious pickle cannot run.
-Mapping the arrays onto our models is :mod:`chromagan_jax.weights.port`.
+Mapping the arrays onto our models is :mod:`chromagan_jax.weights.torch_port`.
 """
 
 import collections

@@ -1,0 +1,157 @@
+"""Our parameter layouts for outside weights: layer names in file order, the preprocessing
+each source was trained with, and the shapes a converted file is checked against.
+
+One place for what every mapping (:mod:`keras_port`, :mod:`torch_port`) must produce, so that
+a file of any source is checked once against the model its shapes imply.
+"""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from chromagan_jax.errors import ShapeError
+from chromagan_jax.model import networks, shapes
+
+# Input preprocessing each weight source was trained with (see networks.vgg_preprocess).
+PREPROCESSING_KERAS = "caffe"
+
+
+PREPROCESSING_TORCH = "torch"
+
+
+PREPROCESSING_CHROMAGAN = "none"
+
+
+# VGG16 layer names in network order (the table is networks.VGG16_BLOCKS).
+VGG16_CONVS = tuple(
+  f"block{b}_conv{i}"
+  for b, (n, _) in enumerate(networks.VGG16_BLOCKS, start=1)
+  for i in range(1, n + 1)
+)
+
+
+# block1_conv1 .. block4_conv3: the generator's trunk (networks.TRUNK_DEPTH blocks).
+TRUNK_CONVS = VGG16_CONVS[: sum(n for n, _ in networks.VGG16_BLOCKS[: networks.TRUNK_DEPTH])]
+
+
+VGG16_TOP = networks.VGG16_TOP
+
+
+# The ChromaGAN generator's own layers per kind, in the order of the authors' model
+# definition. Keras (2 and 3) lists a functional model's layers by decreasing depth (longest
+# path to an output), ties broken by traversal order. In this graph that order, restricted
+# to one kind of layer, is exactly the definition order: the four global convs (depths
+# 23..17) precede the mid-level ones (13, 11), which precede the decoder (8..1); the fusion
+# Dense layers (14..12) precede the class head (2..0); the global BNs (22..16) precede the
+# mid-level ones (12, 10). The file's auto-generated names (conv2d_7, ...) depend on what
+# else was built in the session and are never used. Shapes are checked for every layer and,
+# when the file holds its model config, conv strides too (the five 512->512 convs differ
+# only by stride and position).
+_GLOBAL_CONVS = tuple(f"global_conv{i}" for i in range(1, len(networks.GLOBAL_STRIDES) + 1))
+
+
+GENERATOR_CONVS = (
+  *_GLOBAL_CONVS,
+  "mid_conv1",
+  "mid_conv2",
+  *(f"dec_conv{i}" for i in range(1, 7)),
+)
+
+
+GENERATOR_BNS = ("global_bn1", "global_bn2", "global_bn3", "global_bn4", "mid_bn1", "mid_bn2")
+
+
+GENERATOR_DENSES = (
+  "global_fc1",
+  "global_fc2",
+  "global_fc3",
+  "class_fc1",
+  "class_fc2",
+  "class_fc3",
+)
+
+
+GENERATOR_STRIDES = dict(zip(_GLOBAL_CONVS, networks.GLOBAL_STRIDES, strict=True))  # Others: 1.
+
+
+CRITIC_CONVS = tuple(f"conv{i}" for i in range(1, len(networks.CRITIC_LAYERS) + 2))
+
+
+CRITIC_STRIDES = {f"conv{i}": s for i, (_, s) in enumerate(networks.CRITIC_LAYERS, start=1)}
+
+
+# The real files' sizes, named when a download saved a web page instead (keras_h5.not_hdf5_message):
+# the generator holds 171 M float32 values (685 MB), x3 with the Adam slots model.save keeps;
+# the critic 2.8 M (11 MB).
+EXPECTED_FILES = {
+  "generator": "my_model_colorization.h5, 0.68-2.1 GB (with or without the optimizer state)",
+  "critic": "my_model_discriminator.h5, 11-34 MB",
+  "vgg16": "vgg16_weights_tf_dim_ordering_tf_kernels.h5, 553 MB (the _notop file 59 MB; "
+  "torchvision's vgg16-397923af.pth 553 MB)",
+}
+
+
+# Fill a model config where the shapes asked for do not depend on a field (e.g. the critic's
+# on anything but the width, a VGG16 trunk's on the input size).
+_ANY_MODEL = {
+  "image_size": shapes.MAP_STRIDE,
+  "width": 1.0,
+  "num_classes": 1,
+  "fc_width": 1,
+  "vgg_preprocessing": PREPROCESSING_CHROMAGAN,
+}
+
+
+def abstract_variables(model_config, network: str) -> dict[str, Any]:
+  """Shapes of the variables of ``config.model``'s ``network``: 'generator', 'critic' or
+  'vgg16' (the teacher), as ``jax.ShapeDtypeStruct`` pytrees (nothing is computed)."""
+  if not isinstance(model_config, ml_collections.ConfigDict):
+    model_config = ml_collections.ConfigDict(dict(model_config))
+  gen, critic, teacher = networks.models_from_config(model_config)
+  s = model_config.image_size
+
+  def shape(*dims):
+    return jax.ShapeDtypeStruct(dims, jnp.float32)
+
+  key = jax.random.key(0)
+  if network == "critic":
+    return jax.eval_shape(critic.init, key, shape(1, s, s, 2), shape(1, s, s, 1))
+  model = {"generator": gen, "vgg16": teacher}[network]
+  return jax.eval_shape(model.init, key, shape(1, s, s, 3))
+
+
+def _check_file_layers(path, variables, expected, names) -> None:
+  """Checks a converted file against the model its shapes imply, naming the file's layer."""
+  try:
+    shapes.check_shapes(variables, expected, path, target="the model its other layers imply")
+  except ShapeError as e:
+    msg = str(e)
+    for flax_name, layer in names.items():
+      key = f"['{flax_name}']"
+      if key in msg:
+        msg = msg.replace(key, f"{key} (file layer {layer.name!r})", 1)
+        break
+    raise ShapeError(msg) from None
+
+
+def _check_vgg16(path, params) -> None:
+  """Checks VGG16 params against the VGG16 their first layer's width (and fc1) imply."""
+  expected = abstract_variables({**_ANY_MODEL, **shapes.made_for(params, path)}, "vgg16")
+  expected = expected["params"] if has_top(params) else {"vgg16": expected["params"]["vgg16"]}
+  _check_file_layers(path, params, expected, {})
+
+
+def vgg16_trunk_params(classifier_params) -> dict[str, Any]:
+  """The generator's ``params['vgg16']`` (block1_conv1 .. block4_conv3) from VGG16 params.
+
+  Accepts classifier params (``{'vgg16': ..., 'fc1': ...}``) or trunk-only ``{'vgg16': ...}``.
+  """
+  trunk = classifier_params["vgg16"]
+  return {name: dict(trunk[name]) for name in TRUNK_CONVS}
+
+
+def has_top(params) -> bool:
+  """Whether VGG16 params include the classifier (fc1, fc2, predictions)."""
+  return all(n in params for n in VGG16_TOP)
