@@ -204,9 +204,10 @@ class Bench:
     import jax  # noqa: PLC0415 (after the child/parent split: the parent never starts JAX)
 
     from chromagan_jax.configs import default  # noqa: PLC0415
-    from chromagan_jax.training import train_state, trainer
+    from chromagan_jax.training import optim, train_state, train_step
 
-    self.jax, self.train_lib, self.default, self.args = jax, trainer, default, args
+    self.jax, self.default, self.args = jax, default, args
+    self.optim, self.train_state, self.train_step = optim, train_state, train_step
     devices = jax.devices()[: args.num_devices or None]
     self.mesh = train_state.make_mesh(devices)
     self.n_devices = len(devices)
@@ -223,12 +224,12 @@ class Bench:
     """
     if self._state is None:
       base = self.config("float32", False, True, config.batch_size)
-      self._state = self.train_lib.create_train_state(
-        self.train_lib.make_networks(base), base, self.mesh
+      self._state = self.train_state.create_train_state(
+        self.train_state.make_networks(base), base, self.mesh
       )
-    want = self.train_lib.abstract_train_state(nets, config, self.mesh)
+    want = self.train_state.abstract_train_state(nets, config, self.mesh)
     if self.jax.tree.structure(want) != self.jax.tree.structure(self._state):
-      return self.train_lib.create_train_state(nets, config, self.mesh)
+      return self.train_state.create_train_state(nets, config, self.mesh)
     return self._copy(self._state)
 
   def config(self, dtype, remat, deterministic, batch):
@@ -246,7 +247,7 @@ class Bench:
   def batch(self, n, seed=0):
     s = self.args.image_size
     rgb = np.random.default_rng(seed).integers(0, 256, (n, s, s, 3), dtype=np.uint8)
-    return self.train_lib.global_batch({"rgb": rgb}, self.mesh)
+    return self.train_step.global_batch({"rgb": rgb}, self.mesh)
 
   def teacher(self, nets):
     """Random VGG16 teacher weights (None with --teacher off), replicated on the mesh."""
@@ -267,10 +268,10 @@ class Bench:
     program for :meth:`model_flops` where the accelerator's compiler has no cost analysis.
     """
     jax, s, mesh = self.jax, self.args.image_size, mesh or self.mesh
-    nets = self.train_lib.make_networks(config)
+    nets = self.train_state.make_networks(config)
     teacher = self.teacher(nets)
-    step = self.train_lib.make_train_step(nets, config, mesh, teacher is not None)
-    state = self.train_lib.abstract_train_state(nets, config, mesh)
+    step = self.train_step.make_train_step(nets, config, mesh, teacher is not None)
+    state = self.train_state.abstract_train_state(nets, config, mesh)
     spec = jax.sharding.PartitionSpec
     data, replicated = (jax.sharding.NamedSharding(mesh, p) for p in (spec("data"), spec()))
     rgb = jax.ShapeDtypeStruct((config.batch_size, s, s, 3), np.uint8, sharding=data)
@@ -289,7 +290,7 @@ class Bench:
       config = self.config("float32", False, True, batch)
       cost = _first(self.lowered(config)[1].cost_analysis())
       if not cost or "flops" not in cost:
-        cpu_mesh = self.train_lib.make_mesh(self.jax.devices("cpu")[:1])
+        cpu_mesh = self.train_state.make_mesh(self.jax.devices("cpu")[:1])
         cost = _first(self.lowered(config, cpu_mesh)[1].cost_analysis())
       self._model_flops[batch] = float(cost["flops"])
     return self._model_flops[batch]
@@ -361,7 +362,7 @@ class Bench:
 
     row = {**dataclasses.asdict(case), "devices": self.n_devices}
     print(f"case {row}", file=sys.stderr, flush=True)  # Progress: a full grid takes a while.
-    if problem := networks.cpu_bfloat16_problem(self.train_lib.compute_dtype(self.config(
+    if problem := networks.cpu_bfloat16_problem(self.optim.compute_dtype(self.config(
       case.dtype, case.remat, case.deterministic, 1
     ))):  # fmt: skip
       return {**row, "error": f"skipped: {problem}"}
@@ -432,15 +433,15 @@ class Bench:
       modes["bfloat16"] = ("bfloat16", None)
     batches = [self.batch(n, seed=100 + i) for i in range(args.parity_steps)]
     base = self.config("float32", False, True, n)
-    nets = self.train_lib.make_networks(base)
+    nets = self.train_state.make_networks(base)
     start = jax.device_get(self.fresh_state(nets, base))
     teacher = self.teacher(nets)
     runs = {}
     for mode, (dtype, precision) in modes.items():
       config = self.config(dtype, False, True, n)
-      nets = self.train_lib.make_networks(config)
+      nets = self.train_state.make_networks(config)
       state = self._copy(start)  # The same start for every mode.
-      step = self.train_lib.make_train_step(nets, config, self.mesh, teacher is not None)
+      step = self.train_step.make_train_step(nets, config, self.mesh, teacher is not None)
       with jax.default_matmul_precision(precision):  # Read when the step is traced.
         step = step.lower(state, batches[0], teacher).compile()
       history = []

@@ -62,8 +62,6 @@ CONFIG = "config"
 WEIGHT_ITEMS = (GENERATOR, GENERATOR_EMA, TRAIN, VGG16, CRITIC)
 
 
-
-
 # The layout of earlier converters: an Orbax PyTree in params/ and a JSON description.
 LEGACY_PARAMS = "params"
 
