@@ -13,7 +13,7 @@ share of the work and overlaps with the rest (the measured choice: docs/performa
   decode does not hold a batch back; the generator's result for one photo does not depend on
   its position in the batch nor on the other photos (fixed batch shape), so results are the
   ones the sequential path gives, bit for bit (tests/colorize_test.py checks it).
-* Memory is bounded: at most ``3 * batch_size + 2 * workers`` photos are held at full
+* Memory is bounded: at most ``2 * batch_size + 2 * workers`` photos are held at full
   resolution at once (decoding, waiting for the network, in it, or composing), and the
   encoded results waiting for an earlier photo to finish are at most ``4 * batch_size`` ahead.
 * Results come out in input order, so whoever writes files names them as the sequential path
@@ -32,8 +32,9 @@ from chromagan_jax.errors import ImageError
 from chromagan_jax.inference import engine
 
 DEFAULT_WORKERS = 2
-# Photos held at full resolution: one batch decoded ahead, one in the network, one composing.
-_BATCHES_ALIVE = 3
+# Photos held at full resolution: one batch in the network, one decoding and composing (the
+# network's previous batch composes while the next decodes: they share the room).
+_BATCHES_ALIVE = 2
 # Input-order results (encoded files) may run this many batches ahead of the oldest unfinished.
 _BATCHES_AHEAD = 4
 
