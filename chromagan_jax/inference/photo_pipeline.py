@@ -95,12 +95,7 @@ def colorize_overlapped(
     return batch, np.asarray(ab)
 
   def compose(photo, ab):
-    out = colorizer.compose_full(photo.rgb, ab, with_grey=with_grey)
-    colour, grey = out if with_grey else (out, None)
-    colour = engine._attach_alpha(colour, photo.alpha)
-    if grey is not None:
-      grey = engine._attach_alpha(grey, photo.alpha)
-    return finish(photo, colour, grey)
+    return finish(photo, *colorizer.compose_photo(photo, ab, with_grey=with_grey))
 
   decoding: dict[cf.Future, int] = {}
   composing: dict[cf.Future, tuple[int, Photo]] = {}
