@@ -26,6 +26,19 @@ weights; it computes the class head too), ONNX Runtime and TFLite on the exporte
 Loading (separate processes, one photo each): parameters read, peak RSS, checkpoint load time
 and time to the first colorized photo, for the full generator (before head-free inference)
 and the head-free one.
+
+Folders (``--folder DIR``, or ``--synthetic N``: N grainy 12 MP JPEGs, ``--synthetic_mp`` to
+change the size), instead of the above: colorize.py on the whole folder, in a fresh process
+per run, "before" (``--before_root``: a checkout of older code, e.g. ``git archive BASE | tar
+-x -C /tmp/base``; default: this tree with ``--workers 0``, the stages one after another) and
+"after" (this tree, ``--workers``), and the network calls alone for the same photos (the
+photos' batches through ``Colorizer.predict_network``, decoded beforehand, in a process of
+their own), interleaved over ``--rounds``. Reported per run, from the colorizer's creation
+(checkpoint loaded) to the end, warm compilation cache: photos/s, MP/s, cores busy (process
+CPU time / wall time), peak RSS of the process (VmHWM), and wall / network.
+
+  python bench/colorize_e2e.py --synthetic 12 --rounds 2
+  python bench/colorize_e2e.py --folder /tmp/photos --before_root /tmp/base
 """
 
 import argparse
@@ -284,6 +297,158 @@ def network_contenders(ckpt, variables, config, l3: np.ndarray, repeats: int, fo
   return out, ab
 
 
+# --------------------------------------------------------------------------------------------
+# Folders: colorize.py on a whole folder, before / after / the network alone.
+
+# Run as `python -c` in a fresh process with the code root first on sys.path: times
+# colorize.main from the colorizer's creation (after the checkpoint load) and one untimed
+# network call on black photos (the compile-cache load and the Winograd filter transform, once
+# per run whatever the folder: "setup_s") to the end: the folder's steady rate.
+_FOLDER_CHILD = """
+import json, os, sys, time
+import numpy as np
+sys.path.insert(0, {root!r})
+from chromagan_jax import colorize
+from chromagan_jax.inference import engine
+marks = {{}}
+init = engine.Colorizer.__init__
+def timed_init(self, *args, **kwargs):
+  init(self, *args, **kwargs)
+  t0 = time.perf_counter()
+  black = np.zeros((self.image_size, self.image_size, 3), np.uint8)
+  np.asarray(self.predict_network([black])[1])
+  marks["setup_s"] = time.perf_counter() - t0
+  marks.setdefault("ready", (time.perf_counter(), os.times()))
+engine.Colorizer.__init__ = timed_init
+messages = []
+status = colorize.main({argv!r}, log=messages.append)
+end, t_end = time.perf_counter(), os.times()
+start, t_start = marks["ready"]
+with open("/proc/self/status") as f:
+  hwm = [int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:")][0]
+cpu = (t_end.user + t_end.system) - (t_start.user + t_start.system)
+print(json.dumps({{"status": status, "wall_s": end - start, "cpu_s": cpu, "peak_rss_mib": hwm,
+                  "setup_s": marks["setup_s"], "messages": messages[-1:]}}))
+"""
+
+
+def folder_child_run(root: str, argv: list[str]) -> dict:
+  out = subprocess.run(
+    [sys.executable, "-c", _FOLDER_CHILD.format(root=root, argv=argv)],
+    capture_output=True,
+    text=True,
+    cwd=root,
+  )
+  if out.returncode:
+    raise RuntimeError(f"colorize child failed:\n{out.stderr[-3000:]}")
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def network_child(ckpt: str, folder: str, batch_size: int) -> dict:
+  """The network calls alone for ``folder``'s photos: their batches through predict_network
+  (decoded beforehand, untimed), after one untimed call; seconds summed over the batches."""
+  paths = images.find(folder)
+  variables, config = checkpoint.load_generator(ckpt, with_class_head=False)
+  size = min(batch_size, len(paths))
+  colorizer = engine.Colorizer(variables, config, batch_size=size)
+  batches = [paths[i : i + size] for i in range(0, len(paths), size)]
+  rgbs = [images.read(p).rgb for p in batches[0]]
+  np.asarray(colorizer.predict_network(rgbs)[1])  # compile (or cache load) + filters
+  total = 0.0
+  for batch in batches:
+    rgbs = []
+    for p in batch:
+      try:
+        rgbs.append(images.read(p).rgb)
+      except images.ImageError:
+        pass
+    if rgbs:
+      total += common.time_once(lambda rgbs=rgbs: np.asarray(colorizer.predict_network(rgbs)[1]))
+  return {"network_s": total, "calls": len(batches), "batch_size": size}
+
+
+def folder_megapixels(folder: str) -> tuple[int, float]:
+  """(image files, megapixels) of ``folder``, from the headers."""
+  paths, mp = images.find(folder), 0.0
+  for p in paths:
+    try:
+      with Image.open(p) as im:
+        mp += im.size[0] * im.size[1] / 1e6
+    except OSError:
+      pass
+  return len(paths), mp
+
+
+def measure_folder(args, tmp: str) -> None:
+  """--folder / --synthetic: before, after and the network alone, interleaved (module doc)."""
+  folder = args.folder
+  if not folder:
+    folder = os.path.join(tmp, "photos")
+    os.makedirs(folder)
+    w, h = (int(round(x * np.sqrt(args.synthetic_mp / 12.0))) for x in PHOTO_SIZES["12"])
+    for i in range(args.synthetic):
+      os.replace(make_photo(folder, (w, h), seed=i), os.path.join(folder, f"{i:03d}.jpg"))
+  ckpt = args.ckpt or random_checkpoint(tmp)
+  count_, mp = folder_megapixels(folder)
+  cache = os.path.join(tmp, "xla_cache")
+  before_root = args.before_root or common.ROOT
+  before_flags = [] if args.before_root else ["--workers", "0"]
+
+  def argv(out, flags):
+    return [folder, "--ckpt", ckpt, "--output", os.path.join(tmp, out), "--no_progress",
+            "--batch_size", str(args.batch_size), "--compilation_cache", cache, *flags]  # fmt: skip
+
+  # Warm the compilation cache (the network at this batch shape, compose buckets).
+  folder_child_run(common.ROOT, argv("warm", ["--workers", str(args.workers)]))
+  result = {
+    "machine": common.machine_info(),
+    "folder": args.folder or f"{args.synthetic} synthetic {args.synthetic_mp} MP JPEGs",
+    "photos": count_,
+    "megapixels": mp,
+    "batch_size": args.batch_size,
+    "workers": args.workers,
+    "before": args.before_root or "this tree, --workers 0",
+    "runs": [],
+  }
+  rows = []
+  for r in range(args.rounds):
+    net = subprocess.run(
+      [sys.executable, __file__, "--_network_child", folder, "--ckpt", ckpt,
+       "--batch_size", str(args.batch_size)],
+      capture_output=True, text=True, check=True,
+      env={**os.environ, "JAX_COMPILATION_CACHE_DIR": cache},
+    )  # fmt: skip
+    network = json.loads(net.stdout.strip().splitlines()[-1])
+    for name, root, flags in (
+      ("before", before_root, before_flags),
+      ("after", common.ROOT, ["--workers", str(args.workers)]),
+    ):
+      out = f"out_{name}_{r}"
+      run = folder_child_run(root, argv(out, flags))
+      shutil.rmtree(os.path.join(tmp, out), ignore_errors=True)
+      row = {
+        "round": r,
+        "code": name,
+        "photos_per_s": count_ / run["wall_s"],
+        "mp_per_s": mp / run["wall_s"],
+        "cores_busy": run["cpu_s"] / run["wall_s"],
+        "wall_s": run["wall_s"],
+        "network_s": network["network_s"],
+        "wall_over_network": run["wall_s"] / network["network_s"],
+        "peak_rss_mib": run["peak_rss_mib"],
+        "setup_s": run["setup_s"],
+      }
+      rows.append(row)
+      result["runs"].append({**row, "child": run, "network": network})
+      print(json.dumps(row), flush=True)
+  result["machine"]["load_average_1_5_15_at_end"] = list(os.getloadavg())
+  common.write_json(args.output, result)
+  columns = ["round", "code", "photos_per_s", "mp_per_s", "cores_busy", "wall_s", "network_s",
+             "wall_over_network", "peak_rss_mib", "setup_s"]  # fmt: skip
+  print(f"{count_} photos, {mp:.0f} MP; {result['machine']['cpu']}, {result['machine']['isa']}")
+  common.print_table(rows, columns, markdown=args.markdown)
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--ckpt", default=None, help="default: random paper-size weights")
@@ -292,20 +457,41 @@ def main(argv=None):
   parser.add_argument("--skip_contenders", action="store_true", help="JAX path only")
   parser.add_argument("--skip_loading", action="store_true")
   parser.add_argument(
-    "--output", default=os.path.join(common.ROOT, "bench/results/colorize_e2e.json")
+    "--output",
+    default=None,
+    help="default bench/results/colorize_e2e.json (colorize_folder.json with --folder, "
+    "--synthetic)",
   )
   parser.add_argument("--markdown", action="store_true")
+  parser.add_argument("--folder", default=None, help="time colorize.py on this folder instead")
+  parser.add_argument(
+    "--synthetic", type=int, default=0, help="time colorize.py on N synthetic photos instead"
+  )
+  parser.add_argument("--synthetic_mp", type=float, default=12.0)
+  parser.add_argument("--before_root", default=None, help="checkout of the code to compare with")
+  parser.add_argument("--workers", type=int, default=2, help="colorize.py --workers (after)")
+  parser.add_argument("--batch_size", type=int, default=engine.DEFAULT_BATCH_SIZE)
+  parser.add_argument("--rounds", type=int, default=2)
+  parser.add_argument("--_network_child", default=None, help=argparse.SUPPRESS)
   parser.add_argument("--_load_child", default=None, help=argparse.SUPPRESS)
   parser.add_argument("--_photo", default=None, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
+  name = "colorize_folder.json" if args.folder or args.synthetic else "colorize_e2e.json"
+  args.output = args.output or os.path.join(common.ROOT, "bench/results", name)
   if args._load_child:
     print(json.dumps(load_child(args._load_child, args.ckpt, args._photo)))
+    return
+  if args._network_child:
+    print(json.dumps(network_child(args.ckpt, args._network_child, args.batch_size)))
     return
   # The photos, the random checkpoint and the exported models (~800 MB at the paper's size)
   # live in a temporary folder, removed however the run ends.
   folder = tempfile.mkdtemp(prefix="bench_colorize_")
   try:
-    measure(args, folder)
+    if args.folder or args.synthetic:
+      measure_folder(args, folder)
+    else:
+      measure(args, folder)
   finally:
     shutil.rmtree(folder, ignore_errors=True)
 

@@ -13,7 +13,7 @@ import tqdm
 
 from chromagan_jax.data import images, video_files
 from chromagan_jax.errors import UserError
-from chromagan_jax.inference import engine, folders, temporal, video
+from chromagan_jax.inference import engine, folders, photo_pipeline, temporal, video
 from chromagan_jax.ops import conv_policy
 from chromagan_jax.runtime import allocator, compile_cache, runner
 
@@ -113,6 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
     help="keep compiled programs here so that later runs skip the compile; '' turns it off "
     "(default %(default)s; JAX_COMPILATION_CACHE_DIR, if set, wins)",
   )
+  parser.add_argument(
+    "--workers",
+    type=int,
+    default=photo_pipeline.DEFAULT_WORKERS,
+    help="threads decoding photos, and as many composing and encoding them, while the network "
+    "runs: the stages overlap so that every core works (default %(default)s; 0 runs them one "
+    "after another; the outputs are the same)",
+  )
   group = parser.add_argument_group("videos")
   group.add_argument(
     "--smoothing",
@@ -206,6 +214,7 @@ def main(argv: Sequence[str] | None = None, log: Callable[[str], None] | None = 
       video_options=options,
       progress=not args.no_progress,
       log=log,
+      workers=args.workers,
     )
   except UserError as e:
     log(f"error: {e}")

@@ -199,3 +199,28 @@ def test_colorize_bench_smoke(tmp_path, monkeypatch):
     assert diff < (5e-2 if "int8" in name else 1e-4), name
   full, head_free = result["loading"]
   assert full["params_loaded"] > head_free["params_loaded"] > 0
+
+
+@pytest.mark.slow  # five colorize/network processes
+def test_colorize_bench_folder_smoke(tmp_path):
+  """--synthetic: before (--workers 0) and after, and the network alone, on the same photos;
+  the figures the folder table prints are there and consistent."""
+  import colorize_e2e as colorize_bench
+  from helpers import random_generator_variables, small_config
+
+  from chromagan_jax.weights import checkpoint
+
+  config = small_config()
+  ckpt = tmp_path / "ckpt"
+  checkpoint.save_generator(ckpt, random_generator_variables(config), config)
+  out = tmp_path / "folder.json"
+  colorize_bench.main(["--ckpt", str(ckpt), "--synthetic", "3", "--synthetic_mp", "0.05",
+                       "--rounds", "1", "--batch_size", "2", "--output", str(out)])  # fmt: skip
+  result = _load(out)
+  assert result["photos"] == 3 and result["megapixels"] == pytest.approx(0.15, rel=0.05)
+  assert [r["code"] for r in result["runs"]] == ["before", "after"]
+  for run in result["runs"]:
+    assert run["child"]["status"] == 0 and run["network"]["calls"] == 2
+    assert run["photos_per_s"] == pytest.approx(3 / run["wall_s"])
+    assert run["wall_over_network"] == pytest.approx(run["wall_s"] / run["network_s"])
+    assert 0 < run["cores_busy"] < 2 * os.cpu_count() and run["peak_rss_mib"] > 0

@@ -549,3 +549,89 @@ def test_converted_checkpoint_colorizes_with_the_fast_algorithm_by_default(tmp_p
   assert predict.generator_from(saved, policy).conv.impl == "winograd"
   # A config that names its conv_impl keeps it.
   assert engine.Colorizer(variables, config, conv_impl="xla").model.conv.impl == "xla"
+
+
+def test_overlapped_stages_write_the_sequential_paths_files_byte_for_byte(
+  ckpt, tmp_path, monkeypatch
+):
+  """--workers 2 (decoding, the network, composing and encoding overlapped; photos batched as
+  they finish decoding) writes the files --workers 0 (one stage after another) writes: same
+  names, same bytes, same messages and exit status. 0a.png decodes slowly, so the overlapped
+  path batches later photos before it, and 0a.tif would take its output name (0a.png) if
+  results were written in the order they finish."""
+  inputs = tmp_path / "in"
+  (inputs / "sub").mkdir(parents=True)
+  sizes = {"astronaut": (150, 120), "chelsea": (100, 90), "coffee": (200, 130),
+           "rocket": (120, 80), "camera": (90, 100)}  # fmt: skip
+  for i, (name, size) in enumerate(sizes.items()):
+    Image.fromarray(photo(name, size)).save(inputs / f"{i}_{name}.jpg", quality=90)
+  Image.fromarray(photo("chelsea", (30, 20))).save(inputs / "tiny.png")  # Below 64: XLA compose.
+  Image.fromarray(photo("camera", (70, 64))).save(inputs / "sub" / "grey.png")
+  rgba = np.dstack([photo("coffee", (80, 72)), np.full((72, 80), 180, np.uint8)])
+  Image.fromarray(rgba).save(inputs / "sub" / "rgba.png")
+  Image.fromarray(photo("astronaut", (90, 90))).save(inputs / "sub" / "rgba.tif")  # -> .png too
+  Image.fromarray(photo("rocket", (64, 80))).save(inputs / "0a.png")
+  Image.fromarray(photo("coffee", (80, 64))).save(inputs / "0a.tif")
+  (inputs / "sub" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
+  slow = str(inputs / "0a.png")
+  read = images.read
+
+  def slow_read(path, *args, **kwargs):
+    if str(path) == slow:
+      import time
+
+      time.sleep(1.0)
+    return read(path, *args, **kwargs)
+
+  monkeypatch.setattr(images, "read", slow_read)
+  runs = {}
+  for workers in ("0", "2"):
+    out = tmp_path / f"out{workers}"
+    args = ["--ckpt", ckpt, "--output", str(out), "--batch_size", "3", "--compare",
+            "--no_progress", "--workers", workers, str(inputs)]  # fmt: skip
+    status, log = run_cli(args)
+    files = {
+      os.path.relpath(os.path.join(d, f), out): sha(os.path.join(d, f))
+      for d, _, names in os.walk(out)
+      for f in names
+    }
+    lines = sorted(line.replace(str(out), "OUT") for line in log.splitlines())
+    runs[workers] = (status, files, lines)
+  status, files, lines = runs["0"]
+  assert status == 0 and len(files) == 2 * 11, files  # 11 photos and their _compare files.
+  assert "sub/rgba_colorized.png" in files and "0a_colorized.png" in files
+  assert any("corrupt.jpg: cannot decode image" in line for line in lines), lines
+  assert runs["2"] == runs["0"]
+
+
+def test_overlapped_stages_stop_cleanly_on_ctrl_c(ckpt, tmp_path, monkeypatch):
+  """Ctrl-C (or an error) in a stage thread ends the run: it reaches the caller, the stage
+  threads are gone, and the output folder holds only complete files (no temporary ones)."""
+  import threading
+
+  from chromagan_jax.inference import folders
+
+  inputs = tmp_path / "in"
+  inputs.mkdir()
+  for i in range(8):
+    Image.fromarray(photo("chelsea", (90 + i, 80))).save(inputs / f"{i}.png")
+  compose, calls = engine.Colorizer.compose_full, []
+
+  def interrupted(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 5:
+      raise KeyboardInterrupt
+    return compose(*args, **kwargs)
+
+  monkeypatch.setattr(engine.Colorizer, "compose_full", staticmethod(interrupted))
+  out = tmp_path / "out"
+  with pytest.raises(KeyboardInterrupt):
+    folders.colorize_files([str(inputs)], str(out), ckpt, batch_size=2, progress=False,
+                           log=lambda _: None, workers=2)  # fmt: skip
+  stages = ("decode", "network", "compose")
+  assert not [t.name for t in threading.enumerate() if t.name.startswith(stages)]
+  written = sorted(os.listdir(out))
+  assert len(written) < 8 and all(name.endswith(".png") for name in written), written
+  for name in written:
+    with Image.open(out / name) as im:
+      im.load()

@@ -277,15 +277,21 @@ class Colorizer:
       return np.asarray(out)[:h, :w]
     return np.asarray(out[0])[:h, :w], np.asarray(out[1])[:h, :w]
 
+  @classmethod
+  def compose_photo(cls, photo: Photo, ab_net, with_grey: bool = False):
+    """:meth:`compose_full` of ``photo`` with its alpha (if any) attached: (colour,
+    grey-or-None), uint8 (H, W, 3) or (H, W, 4), as :meth:`stream` yields them."""
+    out = cls.compose_full(photo.rgb, ab_net, with_grey=with_grey)
+    colour, grey = out if with_grey else (out, None)
+    colour = _attach_alpha(colour, photo.alpha)
+    if grey is not None:
+      grey = _attach_alpha(grey, photo.alpha)
+    return colour, grey
+
   def _colorize_batch(self, photos: Sequence[Photo], with_grey: bool):
     _, ab = self.predict_network([p.rgb for p in photos])
     for i, photo in enumerate(photos):
-      out = self.compose_full(photo.rgb, ab[i], with_grey=with_grey)
-      colour, grey = out if with_grey else (out, None)
-      colour = _attach_alpha(colour, photo.alpha)
-      if grey is not None:
-        grey = _attach_alpha(grey, photo.alpha)
-      yield photo, colour, grey
+      yield photo, *self.compose_photo(photo, ab[i], with_grey=with_grey)
 
   def stream(
     self, photos: Iterable[Photo], with_grey: bool = False

@@ -10,6 +10,8 @@ Unreadable files are reported one line each and skipped.
 """
 
 import dataclasses
+import functools
+import io
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -20,7 +22,7 @@ from PIL import Image
 
 from chromagan_jax.data import images, video_files
 from chromagan_jax.errors import ImageError, UserError, VideoError
-from chromagan_jax.inference import engine, video
+from chromagan_jax.inference import engine, photo_pipeline, video
 from chromagan_jax.weights import checkpoint
 
 JPEG_QUALITY = 95
@@ -112,20 +114,76 @@ class OutputNamer:
     return path
 
 
-def save_image(image: np.ndarray, path: str, fmt: str, jpeg_quality: int = JPEG_QUALITY):
-  """Writes uint8 (H, W, 3|4) ``image`` to ``path`` atomically (temp file + rename)."""
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+def _pillow_save(image: np.ndarray, target, fmt: str, jpeg_quality: int):
   pil = Image.fromarray(image)
+  if fmt == "JPEG":
+    pil.save(target, format="JPEG", quality=jpeg_quality, subsampling=0)
+  else:
+    pil.save(target, format="PNG")
+
+
+def _write_atomically(path: str, write: Callable[[str], None]):
+  """``write(tmp)`` then renames ``tmp`` to ``path``: never a partial file under ``path``."""
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   tmp = f"{path}.tmp{os.getpid()}"
   try:
-    if fmt == "JPEG":
-      pil.save(tmp, format="JPEG", quality=jpeg_quality, subsampling=0)
-    else:
-      pil.save(tmp, format="PNG")
+    write(tmp)
     os.replace(tmp, path)
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
+
+
+def save_image(image: np.ndarray, path: str, fmt: str, jpeg_quality: int = JPEG_QUALITY):
+  """Writes uint8 (H, W, 3|4) ``image`` to ``path`` atomically (temp file + rename)."""
+  _write_atomically(path, lambda tmp: _pillow_save(image, tmp, fmt, jpeg_quality))
+
+
+def encode_image(image: np.ndarray, fmt: str, jpeg_quality: int = JPEG_QUALITY) -> bytes:
+  """uint8 (H, W, 3|4) ``image`` -> the bytes :func:`save_image` writes (encoded in memory,
+  so that encoding runs in a worker thread and only the write is in input order)."""
+  buf = io.BytesIO()
+  _pillow_save(image, buf, fmt, jpeg_quality)
+  return buf.getvalue()
+
+
+def save_bytes(data: bytes, path: str):
+  """Writes ``data`` to ``path`` atomically (temp file + rename)."""
+
+  def write(tmp):
+    with open(tmp, "wb") as f:
+      f.write(data)
+
+  _write_atomically(path, write)
+
+
+@dataclasses.dataclass
+class _Encoded:
+  """A photo's output files encoded in a worker: format, extension, the colour file and the
+  side-by-side one (or None); an exception in place of bytes is what encoding raised, raised
+  again when that file is written (a per-file write failure, as in the sequential path)."""
+
+  fmt: str
+  ext: str
+  colour: bytes | Exception
+  side: bytes | Exception | None
+
+
+def _try_encode(image: np.ndarray, fmt: str, jpeg_quality: int) -> bytes | Exception:
+  try:
+    return encode_image(image, fmt, jpeg_quality)
+  except Exception as e:  # noqa: BLE001 - raised again by _save_encoded, in input order.
+    return e
+
+
+def _save_array(image: np.ndarray, fmt: str, jpeg_quality: int, path: str):
+  save_image(image, path, fmt, jpeg_quality)
+
+
+def _save_encoded(data: bytes | Exception, path: str):
+  if isinstance(data, Exception):
+    raise data
+  save_bytes(data, path)
 
 
 def _read_all(
@@ -156,6 +214,7 @@ def colorize_files(
   video_options: video.VideoOptions | None = None,
   progress: bool = True,
   log: Callable[[str], None] | None = None,
+  workers: int = photo_pipeline.DEFAULT_WORKERS,
 ) -> int:
   """Colorizes the images and videos of ``inputs`` (files, folders, globs) into ``output``.
 
@@ -170,6 +229,9 @@ def colorize_files(
     conv_impl: see :class:`engine.Colorizer`.
     video_options: encoding and temporal smoothing of videos (default ``VideoOptions()``).
     log: where the one-line reports go (default: stderr, above the progress bar).
+    workers: photos are decoded in this many threads, and composed and encoded in as many,
+      while the network runs in one more (:mod:`photo_pipeline`); 0 runs every stage in turn
+      in the calling thread. The files written, their names and the messages are the same.
 
   Returns:
     The number of images and videos written. Skipped inputs are reported through ``log``.
@@ -181,6 +243,8 @@ def colorize_files(
   log = log or (lambda msg: tqdm.tqdm.write(msg, file=sys.stderr))
   if batch_size < 1 or max_pixels < 1:
     raise UserError("--batch_size and --max_pixels must be positive")
+  if workers < 0:
+    raise UserError("--workers must be >= 0")
   video_options = video_options or video.VideoOptions()
   extensions = tuple(images.IMAGE_EXTENSIONS) + tuple(sorted(video_files.VIDEO_EXTENSIONS))
   found, errors = collect_inputs(inputs, exclude_dir=output, extensions=extensions)
@@ -213,24 +277,55 @@ def colorize_files(
     failed[0] += 1
     bar.update()
 
-  written = 0
-  photos = _read_all(found, max_pixels, report_failure)
-  for photo, colour, grey in colorizer.stream(photos, with_grey=compare):
-    item = photo.source
+  def write(item, fmt, ext, save_colour, save_side) -> bool:
+    """Names and writes one photo's outputs, in input order; False (reported) on failure."""
     try:
-      fmt, ext = output_format(photo, item.path)
       path = namer.name(item.relative, ext)
-      save_image(colour, path, fmt, jpeg_quality)
-      if grey is not None:
-        side = np.concatenate([grey, colour], axis=1)
-        save_image(side, namer.name(item.relative, ext, COMPARE_SUFFIX), fmt, jpeg_quality)
+      save_colour(path)
+      if save_side is not None:
+        save_side(namer.name(item.relative, ext, COMPARE_SUFFIX))
     except Exception as e:  # noqa: BLE001 - an unwritable output is a per-file error.
       report_failure(f"skipped {item.path}: cannot write output ({type(e).__name__}: {e})")
-      continue
+      return False
     if path != os.path.join(output, item.relative + ext):
       log(f"note: {item.path} -> {path} (the plain name is taken; nothing was overwritten)")
-    written += 1
     bar.update()
+    return True
+
+  written = 0
+  if workers == 0:
+    photos = _read_all(found, max_pixels, report_failure)
+    for photo, colour, grey in colorizer.stream(photos, with_grey=compare):
+      item = photo.source
+      fmt, ext = output_format(photo, item.path)
+      side = None if grey is None else np.concatenate([grey, colour], axis=1)
+      saves = [None if x is None else functools.partial(_save_array, x, fmt, jpeg_quality)
+               for x in (colour, side)]  # fmt: skip
+      written += write(item, fmt, ext, *saves)
+  else:
+
+    def read(item):
+      photo = images.read(item.path, max_pixels)
+      photo.source = item
+      return photo
+
+    def encode(photo, colour, grey) -> _Encoded:
+      fmt, ext = output_format(photo, photo.source.path)
+      side = None if grey is None else np.concatenate([grey, colour], axis=1)
+      return _Encoded(fmt, ext, _try_encode(colour, fmt, jpeg_quality),
+                      None if side is None else _try_encode(side, fmt, jpeg_quality))  # fmt: skip
+
+    results = photo_pipeline.colorize_overlapped(
+      colorizer, found, read, encode, with_grey=compare, workers=workers
+    )
+    for result in results:
+      if result.error is not None:
+        report_failure(f"skipped {result.error}")
+        continue
+      enc = result.value
+      saves = [None if x is None else functools.partial(_save_encoded, x)
+               for x in (enc.colour, enc.side)]  # fmt: skip
+      written += write(result.source, enc.fmt, enc.ext, *saves)
   bar.close()
   videos = 0
   for item in clips:
