@@ -156,7 +156,7 @@ def files(tmp_path_factory):
 
 def _args(files):
   """Each process's overrides: the same command on every host."""
-  return [(*OVERRIDES, f"--config.vgg_weights={files['vgg']}")] * 2
+  return [(*OVERRIDES, f"--config.init.vgg16={files['vgg']}")] * 2
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +200,7 @@ def test_reference_run_writes_sample_grids_and_records_its_processes(reference):
   ]
   assert [s for s, _ in images] == [2, 4, 6, 8, 10], images
   for text in texts:
-    assert "Traceback" not in text and "vgg_weights is empty" not in text
+    assert "Traceback" not in text and "init.vgg16 is empty" not in text
 
 
 def _interrupt(launcher, files, workdir, name, target, after_step):
