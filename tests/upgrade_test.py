@@ -3,7 +3,13 @@ as today's grouped config, with the saved values and today's defaults for what i
 
 import json
 
+import numpy as np
+import pytest
+
 from chromagan_jax.configs import default, upgrade
+from chromagan_jax.errors import CheckpointError
+from chromagan_jax.training import trainer
+from chromagan_jax.weights import checkpoint, msgpack_file
 
 # An old checkpoint's flat `config` item (as JSON gives it back: tuples as lists), every moved
 # field set to a value other than today's default.
@@ -89,3 +95,19 @@ def test_a_grouped_config_is_unchanged_and_every_old_field_is_mapped():
   assert upgrade.upgrade(want).to_dict() == want.to_dict()
   assert upgrade.upgrade(upgrade.upgrade(OLD_FLAT)).to_dict() == upgrade.upgrade(OLD_FLAT).to_dict()
   assert {name: ".".join(upgrade.MOVED[name]) for name in upgrade.MOVED} == NEW_PATHS
+
+
+def test_configs_read_back_from_checkpoints_are_upgraded(tmp_path):
+  """checkpoint.load_config (here of a msgpack weights file, step 0) upgrades what it reads,
+  so the resume check compares grouped fields, an old run's missing ones as their defaults."""
+  variables = {"params": {"w": np.zeros(2, np.float32)}, "batch_stats": {}}
+  old = str(tmp_path / "old.msgpack")
+  msgpack_file.save_msgpack(old, variables, {k: v for k, v in OLD_FLAT.items() if k != "loss"})
+  step, config = checkpoint.load_config(old)
+  assert step == 0 and config.optimizer.schedule == "cosine" and config.init.vgg16 == "/w/vgg16"
+  assert config.loss.to_dict() == {**default.get_config().loss.to_dict(), "colour": "l1"}
+  with pytest.raises(CheckpointError, match=r"trained with config.optimizer.schedule='cosine'"):
+    trainer.check_resume_config(old, 0, default.get_config())
+  older = str(tmp_path / "older.msgpack")  # Saved before schedule and trunk_lr_scale existed.
+  msgpack_file.save_msgpack(older, variables, {"model": OLD_FLAT["model"]})
+  trainer.check_resume_config(older, 0, default.get_config())
