@@ -25,7 +25,7 @@ import pytest
 from convert_formats import write_keras2_h5
 
 from chromagan_jax.configs import tiny
-from chromagan_jax.data import pipeline
+from chromagan_jax.data import sources
 from chromagan_jax.model import networks
 from chromagan_jax.training import multihost, train_state
 from chromagan_jax.weights import checkpoint
@@ -309,7 +309,7 @@ def test_a_data_folder_missing_on_one_host_ends_both_with_its_line(launcher, tmp
   at a barrier for JAX's timeouts."""
   photos = tmp_path / "photos"
   photos.mkdir()
-  for path in pipeline.bundled_photos("train")[:8]:
+  for path in sources.bundled_photos("train")[:8]:
     shutil.copy(path, photos)
   missing = tmp_path / "not_mounted"
   common = (*OVERRIDES, "--config.data.source=folder")
