@@ -77,9 +77,12 @@ class KerasStep:
       self.teacher = keras_reference.build_keras_vgg16_classifier(s, w, m.num_classes, m.fc_width)
       keras_reference.flax_to_keras({"params": _flat_teacher(t_params)}, self.teacher)
     adam = lambda lr: keras.optimizers.Adam(
-      lr, beta_1=config.adam_b1, beta_2=config.adam_b2, epsilon=config.adam_eps
+      lr, beta_1=config.optimizer.b1, beta_2=config.optimizer.b2, epsilon=config.optimizer.eps
     )
-    self.g_opt, self.d_opt = adam(config.g_learning_rate), adam(config.d_learning_rate)
+    self.g_opt, self.d_opt = (
+      adam(config.optimizer.g_learning_rate),
+      adam(config.optimizer.d_learning_rate),
+    )
     self.w = train_step.loss_weights_from_config(config)
     self.step = tf.function(self._step, jit_compile=False, autograph=False)
 

@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument(
     "--with_class_head",
     action="store_true",
-    help="msgpack: keep the class head (the full generator, for init_from); default head-free",
+    help="msgpack: keep the class head (the full generator, for config.init.generator); "
+    "default head-free",
   )
   return parser
 

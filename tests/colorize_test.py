@@ -532,9 +532,9 @@ def test_compilation_cache_skips_the_compile_of_a_second_run(ckpt, tmp_path):
 
 
 def test_converted_checkpoint_colorizes_with_the_fast_algorithm_by_default(tmp_path):
-  """A converted checkpoint's config names no conv_impl: every front end's colorizer (the CLI,
-  the app, evaluate, video: engine.Colorizer; evaluate's metrics: evaluator) gets "auto", i.e.
-  the Winograd rule on CPU, not XLA's convolutions."""
+  """A converted checkpoint's config names no conv_impl (read back as "auto"): every front
+  end's colorizer (the CLI, the app, evaluate, video: engine.Colorizer; evaluate's metrics:
+  evaluator) gets "auto", i.e. the Winograd rule on CPU, not XLA's convolutions."""
   config = small_config()
   variables = random_generator_variables(config)
   model = {**shapes.made_for(variables), "vgg_preprocessing": "none"}  # As convert writes it.
@@ -542,7 +542,7 @@ def test_converted_checkpoint_colorizes_with_the_fast_algorithm_by_default(tmp_p
   ckpt = str(tmp_path / "converted")
   checkpoint.save_generator(ckpt, variables, {"model": model, "converted": {"kind": "generator"}})
   loaded, saved = checkpoint.load_generator(ckpt, with_class_head=False)
-  assert "conv_impl" not in saved.model
+  assert saved.model.conv_impl == "auto"  # Filled in on reading (configs/upgrade.py).
   colorizer = engine.Colorizer(loaded, saved, batch_size=1)
   assert (colorizer.model.conv.impl, colorizer.model.conv.objective) == ("winograd", "fwd")
   policy = machine.conv_policy(engine.conv_impl_of(saved))

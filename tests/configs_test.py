@@ -34,9 +34,9 @@ def test_folder_config_trains_on_the_given_folder_with_the_reference_recipe():
   assert (config.data.source, config.data.path) == ("folder", "/photos/train")
   assert load("folder").data.path == ""  # then --config.data.path is required
   assert (config.model.image_size, config.model.width, config.batch_size) == (224, 1.0, 10)
-  assert config.g_learning_rate == config.d_learning_rate == 2e-5
+  assert config.optimizer.g_learning_rate == config.optimizer.d_learning_rate == 2e-5
   assert config.dtype == "float32" and config.num_epochs > 0
-  assert not config.freeze_trunk  # The reference trains the trunk.
+  assert not config.optimizer.freeze_trunk  # The reference trains the trunk.
 
 
 def test_cpu_config_is_the_small_bundled_demo():

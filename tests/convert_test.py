@@ -394,16 +394,14 @@ def test_tf1_renamed_scopes_convert_like_the_plain_files(
   out = str(tmp_path / "gen")
   assert convert.main(["generator", renamed, out]) == 0
   assert_trees_equal(jax.tree.map(np.asarray, checkpoint.load_generator(out)[0]), want)
-  # init_from / init_critic_from read them too.
+  # config.init.generator / .critic read them too.
   critic_model, _, critic_k2 = keras_critic
   critic_layers, critic_config = convert_formats.keras2_layers(critic_model, scope_suffix="_2")
   critic = str(tmp_path / "my_model_discriminatorEpoch3.h5")
   convert_formats.write_keras2_h5(critic, critic_layers, critic_config)
   train_config = ml_collections.ConfigDict(
     {
-      "vgg_weights": "",
-      "init_from": renamed,
-      "init_critic_from": critic,
+      "init": {"vgg16": "", "generator": renamed, "critic": critic},
       "model": {**shapes.made_for(want), "vgg_preprocessing": "none", "remat_trunk": False},
     }
   )
@@ -460,7 +458,7 @@ def test_combined_gan_file_names_the_file_to_convert(
   with pytest.raises(ConversionError, match="convert my_model_discriminatorEpoch7.h5"):
     port.load_critic(path)
   with pytest.raises(ConversionError, match="combined GAN model"):
-    port.load_generator_variables(path)  # init_from
+    port.load_generator_variables(path)  # config.init.generator
 
 
 def test_web_page_saved_as_weights_says_failed_download(tmp_path, capsys):

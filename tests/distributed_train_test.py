@@ -25,7 +25,7 @@ import pytest
 from convert_formats import write_keras2_h5
 
 from chromagan_jax.configs import tiny
-from chromagan_jax.data import pipeline
+from chromagan_jax.data import sources
 from chromagan_jax.model import networks
 from chromagan_jax.training import multihost, train_state
 from chromagan_jax.weights import checkpoint
@@ -156,7 +156,7 @@ def files(tmp_path_factory):
 
 def _args(files):
   """Each process's overrides: the same command on every host."""
-  return [(*OVERRIDES, f"--config.vgg_weights={files['vgg']}")] * 2
+  return [(*OVERRIDES, f"--config.init.vgg16={files['vgg']}")] * 2
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +200,7 @@ def test_reference_run_writes_sample_grids_and_records_its_processes(reference):
   ]
   assert [s for s, _ in images] == [2, 4, 6, 8, 10], images
   for text in texts:
-    assert "Traceback" not in text and "vgg_weights is empty" not in text
+    assert "Traceback" not in text and "init.vgg16 is empty" not in text
 
 
 def _interrupt(launcher, files, workdir, name, target, after_step):
@@ -309,7 +309,7 @@ def test_a_data_folder_missing_on_one_host_ends_both_with_its_line(launcher, tmp
   at a barrier for JAX's timeouts."""
   photos = tmp_path / "photos"
   photos.mkdir()
-  for path in pipeline.bundled_photos("train")[:8]:
+  for path in sources.bundled_photos("train")[:8]:
     shutil.copy(path, photos)
   missing = tmp_path / "not_mounted"
   common = (*OVERRIDES, "--config.data.source=folder")

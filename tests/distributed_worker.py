@@ -36,7 +36,7 @@ def main():
   # Batch statistics from the generator update only: the critic step's second BN update runs
   # the generator after its Adam update, where Adam turns float noise in near-zero gradients
   # into +-lr steps, so those statistics differ between device layouts by ~4e-4 relative.
-  config.bn_update_in_critic_step = False
+  config.gan.bn_update_in_critic_step = False
   mesh = train_state.make_mesh()
   nets = train_state.make_networks(config)
   state = train_state.create_train_state(nets, config, mesh)

@@ -14,8 +14,8 @@ def test_reference_recipe_is_kept():
   config = imagenet.get_config()
   ref = default.get_config()
   assert (config.batch_size, config.dtype, config.num_epochs) == (10, "float32", 5.0)
-  assert config.g_learning_rate == config.d_learning_rate == 2e-5
-  assert (config.adam_b1, config.loss.to_dict()) == (0.5, ref.loss.to_dict())
+  assert config.optimizer.g_learning_rate == config.optimizer.d_learning_rate == 2e-5
+  assert (config.optimizer.b1, config.loss.to_dict()) == (0.5, ref.loss.to_dict())
   assert config.deterministic_ops
 
 
@@ -25,25 +25,32 @@ def test_gpu_variant_bf16_batch_multiple_of_devices_and_sqrt_lr():
   # A multiple of every power-of-two device count up to 256 (8 GPUs: 32 each).
   assert all(config.batch_size % 2**k == 0 for k in range(9))
   want = 2e-5 * math.sqrt(256 / 10)
-  assert config.g_learning_rate == pytest.approx(want) == pytest.approx(1.0119e-4, rel=1e-4)
-  assert config.d_learning_rate == pytest.approx(want)
+  assert (
+    config.optimizer.g_learning_rate == pytest.approx(want) == pytest.approx(1.0119e-4, rel=1e-4)
+  )
+  assert config.optimizer.d_learning_rate == pytest.approx(want)
   # Only what a big accelerator needs changes: networks, losses, betas, epochs stay.
   ref = imagenet.get_config().to_dict()
-  for field in ("model", "loss", "adam_b1", "adam_b2", "num_epochs", "data"):
+  for field in ("model", "loss", "gan", "init", "num_epochs", "data"):
     assert config.to_dict()[field] == ref[field], field
+  rates = ("g_learning_rate", "d_learning_rate")
+  optimizer = {k: v for k, v in config.optimizer.items() if k not in rates}
+  assert optimizer == {k: v for k, v in ref["optimizer"].items() if k not in rates}
 
 
 def test_gpu_learning_rate_follows_the_batch_unless_set():
   config = _parse("--config=configs/imagenet.py:gpu", "--config.batch_size=1024")
-  assert config.g_learning_rate == pytest.approx(2e-5 * math.sqrt(102.4))
-  assert config.d_learning_rate == pytest.approx(2e-5 * math.sqrt(102.4))
+  assert config.optimizer.g_learning_rate == pytest.approx(2e-5 * math.sqrt(102.4))
+  assert config.optimizer.d_learning_rate == pytest.approx(2e-5 * math.sqrt(102.4))
   config = _parse(
-    "--config=configs/imagenet.py:gpu", "--config.batch_size=64", "--config.g_learning_rate=3e-5"
+    "--config=configs/imagenet.py:gpu",
+    "--config.batch_size=64",
+    "--config.optimizer.g_learning_rate=3e-5",
   )
-  assert config.g_learning_rate == 3e-5
-  assert config.d_learning_rate == pytest.approx(2e-5 * math.sqrt(6.4))
+  assert config.optimizer.g_learning_rate == 3e-5
+  assert config.optimizer.d_learning_rate == pytest.approx(2e-5 * math.sqrt(6.4))
   # The config that checkpoints store is plain values.
-  assert config.to_dict()["d_learning_rate"] == pytest.approx(2e-5 * math.sqrt(6.4))
+  assert config.to_dict()["optimizer"]["d_learning_rate"] == pytest.approx(2e-5 * math.sqrt(6.4))
 
 
 def test_arguments_combine_and_unknown_ones_are_refused():

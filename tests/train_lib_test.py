@@ -71,7 +71,7 @@ def test_step_matches_on_one_and_eight_devices():
   # noise (a bias before batch norm) may move differently on each layout; most agree closely.
   # Measured 95th percentile of |update difference|: 0.076 lr (generator), 0.0025 lr
   # (critic); max 2.0 lr. One layout's updates 1.1x larger: 0.21 and 0.20.
-  lr = config.g_learning_rate
+  lr = config.optimizer.g_learning_rate
   for name in ("g_params", "d_params"):
     p0 = jax.tree.leaves(getattr(initial[0], name))
     for a, b in zip(p0, jax.tree.leaves(getattr(initial[1], name)), strict=True):
@@ -211,13 +211,18 @@ def test_validate_reports_every_problem_one_line_each(tmp_path, capsys):
   from chromagan_jax.runtime import runner
 
   config = tiny.get_config()
-  config.colour_loss, config.critic_steps, config.lr_schedule = "huber", 0, "linear"
+  config.loss.colour, config.gan.critic_steps, config.optimizer.schedule = "huber", 0, "linear"
   config.model.conv_impl = "fastest"
   with pytest.raises(trainer.ConfigError) as e:
     trainer.train_and_evaluate(config, str(tmp_path / "w"))
   lines = str(e.value).splitlines()
   assert len(lines) == 4, lines
-  for field in ("colour_loss='huber'", "critic_steps=0", "lr_schedule='linear'", "'fastest'"):
+  for field in (
+    "loss.colour='huber'",
+    "gan.critic_steps=0",
+    "optimizer.schedule='linear'",
+    "'fastest'",
+  ):
     assert sum(field in line for line in lines) == 1, field
   assert not (tmp_path / "w").exists()
 
@@ -298,8 +303,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   config.num_train_steps = 2
   trainer.train_and_evaluate(config, str(tmp_path))
   config.num_train_steps = 6
-  config.g_learning_rate = 1e30  # Diverges at once.
-  config.d_learning_rate = 1e30
+  config.optimizer.g_learning_rate = 1e30  # Diverges at once.
+  config.optimizer.d_learning_rate = 1e30
   with pytest.raises(trainer.NonFiniteLossError, match="non-finite loss"):
     trainer.train_and_evaluate(config, str(tmp_path))
   mngr = checkpoint.manager(tmp_path / "checkpoints", read_only=True)
@@ -323,19 +328,28 @@ def test_workdir_with_a_different_model_is_a_clear_error(tmp_path):
 
 
 def test_resuming_with_another_optimizer_layout_is_one_line_naming_the_fields(tmp_path):
-  """lr_schedule and trunk_lr_scale change the optimizer state's layout: resuming a run with
+  """optimizer.schedule and .trunk_lr_scale change the optimizer state's layout: resuming a run with
   other values names both values on one line, before Orbax is asked."""
   config = tiny.get_config()
   config.num_train_steps = 1
   trainer.train_and_evaluate(config, str(tmp_path))
-  config.num_train_steps, config.lr_schedule, config.trunk_lr_scale = 2, "cosine", 0.5
+  config.num_train_steps, config.optimizer.schedule, config.optimizer.trunk_lr_scale = (
+    2,
+    "cosine",
+    0.5,
+  )
   with pytest.raises(CheckpointError) as error:
     trainer.train_and_evaluate(config, str(tmp_path))
   message = str(error.value)
   assert "\n" not in message and str(tmp_path / "checkpoints") in message, message
-  assert "lr_schedule='constant', trunk_lr_scale=1.0, this config has" in message, message
-  assert "lr_schedule='cosine', trunk_lr_scale=0.5" in message, message
-  config.lr_schedule, config.trunk_lr_scale = "constant", 1.0  # The run's own: resumes.
+  was = "config.optimizer.schedule='constant', config.optimizer.trunk_lr_scale=1.0"
+  assert f"{was}, this config has" in message, message
+  now = "config.optimizer.schedule='cosine', config.optimizer.trunk_lr_scale=0.5"
+  assert now in message, message
+  config.optimizer.schedule, config.optimizer.trunk_lr_scale = (
+    "constant",
+    1.0,
+  )  # The run's own: resumes.
   assert int(trainer.train_and_evaluate(config, str(tmp_path)).step) == 2
 
 
@@ -347,13 +361,13 @@ def test_critic_update_also_updates_the_generators_batch_norm_by_default():
   update by the initial parameters, then (with the flag) the critic step's by the updated
   ones; a step that drops either update, or keeps the initial statistics, fails."""
   config = tiny.get_config()
-  assert config.bn_update_in_critic_step
+  assert config.gan.bn_update_in_critic_step
   batch = photo_batch()
   mesh, nets, state, _ = _setup(config, jax.devices()[:1])
   host_state = jax.device_get(state)
   results = {}
   for flag in (True, False):
-    config.bn_update_in_critic_step = flag
+    config.gan.bn_update_in_critic_step = flag
     step = train_step.make_train_step(nets, config, mesh, with_teacher=False)
     state = jax.device_put(host_state, NamedSharding(mesh, P()))
     results[flag] = jax.device_get(step(state, train_step.global_batch(batch, mesh), None)[0])
@@ -398,7 +412,9 @@ def test_ema_follows_the_generator_with_the_warmed_up_decay():
   """EMA_{k+1} = d_k EMA_k + (1 - d_k) params_{k+1}, d_k = min(decay, (1 + k) / (10 + k)),
   recomputed in NumPy float64 from the parameters each step produced."""
   config = tiny.get_config()
-  config.ema_decay = 0.5  # Below the warm-up's (1 + k) / (10 + k) from k = 8 on: both branches.
+  config.optimizer.ema_decay = (
+    0.5  # Below the warm-up's (1 + k) / (10 + k) from k = 8 on: both branches.
+  )
   mesh, _, state, step = _setup(config)
   batch = train_step.global_batch(photo_batch(), mesh)
   to64 = lambda t: jax.tree.map(lambda x: np.asarray(x, np.float64), t)
@@ -406,7 +422,7 @@ def test_ema_follows_the_generator_with_the_warmed_up_decay():
   _leaves_equal(state.ema_params, state.g_params)  # Starts at the initial weights.
   for k in range(10):
     state, _ = step(state, batch, None)
-    d = min(config.ema_decay, (1 + k) / (10 + k))
+    d = min(config.optimizer.ema_decay, (1 + k) / (10 + k))
     ema = jax.tree.map(lambda e, p, d=d: d * e + (1 - d) * p, ema, to64(state.g_params))
   got = jax.tree.leaves(to64(state.ema_params))
   live = jax.tree.leaves(state.g_params)
@@ -420,7 +436,7 @@ def test_ema_follows_the_generator_with_the_warmed_up_decay():
 @pytest.mark.slow  # three short training runs
 def test_ema_is_checkpointed_resumed_exactly_and_preferred_by_inference(tmp_path):
   config = tiny.get_config()
-  config.ema_decay = 0.9
+  config.optimizer.ema_decay = 0.9
   config.num_train_steps = 4
   straight = trainer.train_and_evaluate(config, str(tmp_path / "straight"))
   config.num_train_steps = 2
@@ -446,14 +462,14 @@ def test_ema_is_checkpointed_resumed_exactly_and_preferred_by_inference(tmp_path
   assert scores[None]["mean"]["colorized"]["psnr"] != scores[False]["mean"]["colorized"]["psnr"]
   # A workdir trained without an EMA: inference reads its generator; resuming it with an EMA
   # (a changed config) is one line saying so.
-  config.ema_decay = 0.0
+  config.optimizer.ema_decay = 0.0
   config.num_train_steps = 1
   trainer.train_and_evaluate(config, str(tmp_path / "plain"))
   with pytest.raises(checkpoint.CheckpointError, match="no moving-average generator"):
     checkpoint.load_generator(tmp_path / "plain", ema=True)
-  config.ema_decay = 0.9
+  config.optimizer.ema_decay = 0.9
   config.num_train_steps = 2
-  with pytest.raises(ShapeError, match="has no generator_ema item.*config.ema_decay"):
+  with pytest.raises(ShapeError, match="has no generator_ema item.*config.optimizer.ema_decay"):
     trainer.train_and_evaluate(config, str(tmp_path / "plain"))
 
 
@@ -465,9 +481,9 @@ def _cosine(peak, final_fraction, total, k):
 
 def test_cosine_learning_rate_drives_adam_as_the_closed_form():
   config = tiny.get_config()
-  config.lr_schedule, config.lr_final_fraction, total = "cosine", 0.1, 6
+  config.optimizer.schedule, config.optimizer.final_fraction, total = "cosine", 0.1, 6
   nets = train_state.make_networks(config, total)
-  b1, b2, eps = config.adam_b1, config.adam_b2, config.adam_eps
+  b1, b2, eps = config.optimizer.b1, config.optimizer.b2, config.optimizer.eps
   rng = np.random.default_rng(0)
   params = {"w": jnp.zeros(5)}
   g_state, d_state = nets.g_tx.init(params), nets.d_tx.init(params)
@@ -478,7 +494,10 @@ def test_cosine_learning_rate_drives_adam_as_the_closed_form():
     d_upd, d_state = nets.d_tx.update({"w": jnp.asarray(grad, jnp.float32)}, d_state, params)
     m, v = b1 * m + (1 - b1) * grad, b2 * v + (1 - b2) * grad**2
     m_hat, v_hat = m / (1 - b1 ** (k + 1)), v / (1 - b2 ** (k + 1))
-    for upd, peak in ((g_upd, config.g_learning_rate), (d_upd, config.d_learning_rate)):
+    for upd, peak in (
+      (g_upd, config.optimizer.g_learning_rate),
+      (d_upd, config.optimizer.d_learning_rate),
+    ):
       want = -_cosine(peak, 0.1, total, k) * m_hat / (np.sqrt(v_hat) + eps)
       np.testing.assert_allclose(np.asarray(upd["w"]), want, rtol=2e-5)
 
@@ -486,17 +505,17 @@ def test_cosine_learning_rate_drives_adam_as_the_closed_form():
 def test_learning_rate_schedule_errors_name_the_field():
   config = tiny.get_config()
   assert optim.learning_rate(config, 3e-4) == 3e-4  # 'constant', the reference's.
-  config.lr_schedule = "cosine"
-  with pytest.raises(trainer.ConfigError, match="lr_schedule='cosine' needs"):
+  config.optimizer.schedule = "cosine"
+  with pytest.raises(trainer.ConfigError, match="optimizer.schedule='cosine' needs"):
     train_state.make_networks(config)
-  config.lr_schedule = "linear"
-  with pytest.raises(trainer.ConfigError, match=r"lr_schedule='linear'.*constant.*cosine"):
+  config.optimizer.schedule = "linear"
+  with pytest.raises(trainer.ConfigError, match=r"optimizer.schedule='linear'.*constant.*cosine"):
     validate.validate(config)
 
 
 def test_train_loop_follows_and_logs_the_cosine_schedule(tmp_path):
   config = tiny.get_config()
-  config.lr_schedule, config.num_train_steps = "cosine", 4
+  config.optimizer.schedule, config.num_train_steps = "cosine", 4
   state = trainer.train_and_evaluate(config, str(tmp_path))
   # The schedule's own step counter is part of the checkpointed optimizer state.
   counts = [int(x) for x in jax.tree.leaves(state.g_opt_state) if x.ndim == 0]
@@ -511,19 +530,22 @@ def test_train_loop_follows_and_logs_the_cosine_schedule(tmp_path):
     if v.tag == "g/learning_rate"
   }
   # Logged every 2 steps: the rate the step just taken used (its index step - 1).
-  want = {s: _cosine(config.g_learning_rate, config.lr_final_fraction, 4, s - 1) for s in (2, 4)}
+  want = {
+    s: _cosine(config.optimizer.g_learning_rate, config.optimizer.final_fraction, 4, s - 1)
+    for s in (2, 4)
+  }
   assert logged.keys() == want.keys()
   for s in want:
     assert logged[s] == pytest.approx(want[s], rel=1e-5)
 
 
 def test_frozen_trunk_stays_put_the_rest_trains_as_unfrozen_and_its_backward_is_dropped():
-  """config.freeze_trunk: the trunk is bitwise unchanged over steps, every other parameter
+  """config.optimizer.freeze_trunk: the trunk is bitwise unchanged over steps, every other parameter
   follows the unfrozen step's update (the stop_gradient changes no forward value and no other
   gradient), and the compiled step does markedly fewer FLOPs (no backward through the trunk)."""
   config = tiny.get_config()
   mesh, _, state0, free_step = _setup(config)
-  config.freeze_trunk = True
+  config.optimizer.freeze_trunk = True
   frozen_step = _setup(config)[3]
   batch = train_step.global_batch(photo_batch(), mesh)
   host0 = jax.device_get(state0)
@@ -565,19 +587,19 @@ def test_frozen_trunk_stays_put_the_rest_trains_as_unfrozen_and_its_backward_is_
 
 def test_frozen_trunk_without_weights_is_one_line(tmp_path):
   config = tiny.get_config()
-  config.freeze_trunk = True
-  with pytest.raises(trainer.ConfigError, match="freeze_trunk.*vgg_weights") as e:
+  config.optimizer.freeze_trunk = True
+  with pytest.raises(trainer.ConfigError, match="optimizer.freeze_trunk.*init.vgg16") as e:
     trainer.train_and_evaluate(config, str(tmp_path))
   assert "\n" not in str(e.value)
 
 
 def test_adversarial_weight_ramps_linearly_and_the_step_uses_this_steps_weight():
-  """config.adv_final / adv_ramp_steps: loss.adv until the ramp starts, adv_final from its
+  """config.gan.adv_final / adv_ramp_steps: loss.adv until the ramp starts, adv_final from its
   end, linear between; a step taken at step s is the constant-weight step of weight w(s)."""
   config = tiny.get_config()
   assert optim.adversarial_weight(config) == config.loss.adv == -0.1  # The reference.
   # Weights exact in float32, so the two steps below compute with the same weight.
-  config.loss.adv, config.adv_final, config.adv_ramp_steps = -0.5, -1.5, (2, 6)
+  config.loss.adv, config.gan.adv_final, config.gan.adv_ramp_steps = -0.5, -1.5, (2, 6)
   weight = optim.adversarial_weight(config)
   got = [float(weight(s)) for s in (0, 2, 3, 5, 6, 9)]
   assert got == [-0.5, -0.5, -0.75, -1.25, -1.5, -1.5]
@@ -596,17 +618,17 @@ def test_adversarial_weight_ramps_linearly_and_the_step_uses_this_steps_weight()
     assert float(metrics[k]) == pytest.approx(float(want_metrics[k]), rel=1e-6, abs=1e-9), k
   for a, b in zip(jax.tree.leaves(ramped), jax.tree.leaves(want), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
-  config.adv_ramp_steps = (5, 2)
-  with pytest.raises(trainer.ConfigError, match=r"adv_ramp_steps=\(5, 2\)"):
+  config.gan.adv_ramp_steps = (5, 2)
+  with pytest.raises(trainer.ConfigError, match=r"gan.adv_ramp_steps=\(5, 2\)"):
     validate.validate(config)
 
 
 def test_trunk_lr_scale_scales_only_the_trunks_adam_updates():
-  """config.trunk_lr_scale: the trunk's update is the plain Adam update times the scale (a
+  """config.optimizer.trunk_lr_scale: the trunk's update is the plain Adam update times the scale (a
   power of two, so exactly), every other update is Adam's own, over several steps."""
   config = tiny.get_config()
   plain = train_state.make_networks(config)
-  config.trunk_lr_scale = 0.25
+  config.optimizer.trunk_lr_scale = 0.25
   scaled = train_state.make_networks(config)
   params = jax.device_get(train_state.init_state(plain, config, jax.random.key(0)).g_params)
   assert optim.TRUNK in params and len(params) > 1
@@ -621,7 +643,7 @@ def test_trunk_lr_scale_scales_only_the_trunks_adam_updates():
       for a, b in zip(jax.tree.leaves(got[name]), jax.tree.leaves(want[name]), strict=True):
         np.testing.assert_array_equal(np.asarray(a), factor * np.asarray(b), err_msg=name)
   for bad, freeze in ((0.0, False), (1.5, False), (0.5, True)):
-    config.trunk_lr_scale, config.freeze_trunk = bad, freeze
+    config.optimizer.trunk_lr_scale, config.optimizer.freeze_trunk = bad, freeze
     with pytest.raises(trainer.ConfigError, match="trunk_lr_scale") as e:
       validate.validate(config)
     # One line for the scale (freeze_trunk without weights is its own line).
@@ -629,13 +651,13 @@ def test_trunk_lr_scale_scales_only_the_trunks_adam_updates():
 
 
 def test_critic_steps_repeat_the_critics_update_on_the_batch_with_fresh_penalty_points():
-  """config.critic_steps=2: the generator's half is the single-step's exactly; the critic's
+  """config.gan.critic_steps=2: the generator's half is the single-step's exactly; the critic's
   is the single-step's followed by one more Adam step on the same real and colorized ab,
   with the gradient penalty interpolated at the second step's own eps (checked by hand)."""
   config = tiny.get_config()
   mesh, nets, state, one_step = _setup(config)
   batch = train_step.global_batch(photo_batch(), mesh)
-  config.critic_steps = 2
+  config.gan.critic_steps = 2
   two_step = train_step.make_train_step(nets, config, mesh, with_teacher=False)
   host = jax.device_get(state)
   copy = lambda: jax.device_put(host, NamedSharding(mesh, P()))  # Donated: a copy per use.
@@ -675,22 +697,22 @@ def test_critic_steps_repeat_the_critics_update_on_the_batch_with_fresh_penalty_
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(np.max(np.abs(b))))
   assert float(metrics["d/gp"]) == pytest.approx(float(terms["gp"]), rel=1e-4, abs=1e-7)
   for bad in (0, -2):  # (ml_collections refuses a float for this int field itself.)
-    config.critic_steps = bad
+    config.gan.critic_steps = bad
     with pytest.raises(trainer.ConfigError, match="critic_steps"):
       validate.validate(config)
 
 
 def test_l1_colour_loss_reaches_the_step():
-  """config.colour_loss='l1': the step's generator loss is mean |ab error| + adv (the logged
+  """config.loss.colour='l1': the step's generator loss is mean |ab error| + adv (the logged
   total equals that sum and differs from the L2 total); a bad name is one ConfigError line."""
   config = tiny.get_config()
-  config.colour_loss = "l1"
+  config.loss.colour = "l1"
   mesh, nets, state, step = _setup(config)
   _, metrics = jax.device_get(step(state, train_step.global_batch(photo_batch(), mesh), None))
   want = float(metrics["g/l1"]) + config.loss.adv * float(metrics["g/adv"])
   assert float(metrics["g/total"]) == pytest.approx(want, rel=1e-5)
   assert abs(float(metrics["g/l1"]) - float(metrics["g/mse"])) > 1e-2
-  config.colour_loss = "huber"
-  with pytest.raises(trainer.ConfigError, match="colour_loss='huber'") as e:
+  config.loss.colour = "huber"
+  with pytest.raises(trainer.ConfigError, match="loss.colour='huber'") as e:
     validate.validate(config)
   assert "\n" not in str(e.value)

@@ -140,7 +140,7 @@ def reference_iteration(fns, state, t, lightness, ab_real, config, bn_update_in_
   )
   # 1. Generator first, against the old critic.
   g_params, g_mu, g_nu = adam_update(
-    state.g_params, state.g_opt_state[0], grads, config.g_learning_rate
+    state.g_params, state.g_opt_state[0], grads, config.optimizer.g_learning_rate
   )
   # 2. The updated generator's output (its float32 parameters, as the step holds them).
   g_params32 = jax.tree.map(lambda p: p.astype(np.float32), g_params)
@@ -150,7 +150,7 @@ def reference_iteration(fns, state, t, lightness, ab_real, config, bn_update_in_
   eps = jax.random.uniform(key, (lightness.shape[0],), jnp.float32)
   grads = critic_grads(state.d_params, ab_real, ab_fake, lightness, eps)
   d_params, d_mu, d_nu = adam_update(
-    state.d_params, state.d_opt_state[0], grads, config.d_learning_rate
+    state.d_params, state.d_opt_state[0], grads, config.optimizer.d_learning_rate
   )
   stats = stats_d if bn_update_in_critic_step else stats_g  # 3.
   return jax.device_get(
@@ -201,18 +201,19 @@ def errors(got, want):
 
 def test_reference_hyper_parameters():
   config = default.get_config()
-  assert (config.adam_b1, config.adam_b2, config.adam_eps) == (B1, B2, KERAS_EPS)
+  assert (config.optimizer.b1, config.optimizer.b2, config.optimizer.eps) == (B1, B2, KERAS_EPS)
   assert dict(config.loss) == {
-    "mse": W_MSE, "kl": 0.003, "adv": W_ADV, "real": W_REAL, "fake": W_FAKE, "gp": W_GP
+    "mse": W_MSE, "colour": "l2", "kl": 0.003, "adv": W_ADV, "real": W_REAL, "fake": W_FAKE,
+    "gp": W_GP
   }  # fmt: skip
-  assert config.g_learning_rate == config.d_learning_rate == 2e-5
+  assert config.optimizer.g_learning_rate == config.optimizer.d_learning_rate == 2e-5
 
 
 @pytest.fixture(scope="module")
 def setup():
   config = tiny.get_config()
-  assert (config.adam_b1, config.adam_b2) == (B1, B2)
-  config.adam_eps = EPS
+  assert (config.optimizer.b1, config.optimizer.b2) == (B1, B2)
+  config.optimizer.eps = EPS
   nets = train_state.make_networks(config)
   return config, nets, reference_functions(nets)
 
@@ -220,7 +221,7 @@ def setup():
 def run_and_compare(config, nets, fns, bn_update_in_critic_step):
   """``STEPS`` iterations of the step, each with the reference iteration from the same state
   -> (errors per iteration, start state, end state), on host."""
-  config.bn_update_in_critic_step = bn_update_in_critic_step
+  config.gan.bn_update_in_critic_step = bn_update_in_critic_step
   mesh = train_state.make_mesh(jax.devices()[:1])
   state = train_state.create_train_state(nets, config, mesh)
   step = train_step.make_train_step(nets, config, mesh, with_teacher=False)
@@ -252,7 +253,7 @@ def test_train_step_matches_the_hand_written_reference(setup, bn_update_in_criti
   for new, old in ((end.g_params, start.g_params), (end.d_params, start.d_params)):
     moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), new, old)
     moved = {k: v for k, v in moved.items() if not k.startswith("class_")}
-    assert np.median(jax.tree.leaves(moved)) > config.d_learning_rate, moved
+    assert np.median(jax.tree.leaves(moved)) > config.optimizer.d_learning_rate, moved
   for t, errs in enumerate(per_iteration, start=1):
     bad = {}
     for name, leaves in errs.items():

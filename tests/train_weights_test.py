@@ -1,4 +1,5 @@
-"""Training from given weights, end to end: VGG16 trunk + KL teacher, init_from, init_critic_from.
+"""Training from given weights, end to end: config.init.vgg16 (trunk + KL teacher), .generator,
+.critic.
 
 Each weight file is made here from a Keras build (``keras_reference``) of the tiny config's
 networks with random weights, written in the real formats (the keras.applications VGG16 h5,
@@ -40,8 +41,8 @@ def _config(num_train_steps=2, **weights):
   config = tiny.get_config()
   config.num_train_steps = num_train_steps
   config.checkpoint_every_steps = 1000  # Only the final save.
-  for k, v in weights.items():
-    setattr(config, k, str(v))
+  for k, v in weights.items():  # config.init's fields: vgg16, generator, critic.
+    config.init[k] = str(v)
   return config
 
 
@@ -168,10 +169,10 @@ def critic_files(tmp_path_factory):
 
 
 @pytest.mark.parametrize("fmt", ["keras_h5", "converted_dir", "torch_pth"])
-def test_vgg_weights_initialise_the_trunk_and_teach(vgg_files, fmt, first_step, tmp_path, caplog):
+def test_init_vgg16_initialise_the_trunk_and_teach(vgg_files, fmt, first_step, tmp_path, caplog):
   model, files = vgg_files
   caplog.set_level(logging.INFO)
-  config = _config(vgg_weights=files[fmt])
+  config = _config(vgg16=files[fmt])
   state = trainer.train_and_evaluate(config, str(tmp_path))
   assert int(state.step) == 2 and first_step["with_teacher"]
 
@@ -185,7 +186,7 @@ def test_vgg_weights_initialise_the_trunk_and_teach(vgg_files, fmt, first_step, 
   # The files' own preprocessing differs from the reference's 'none': said, not changed.
   own = {"keras_h5": "caffe", "converted_dir": "caffe", "torch_pth": "torch"}[fmt]
   assert f"trained with '{own}' input preprocessing" in caplog.text
-  assert "vgg_weights is empty" not in caplog.text
+  assert "init.vgg16 is empty" not in caplog.text
 
   # The first step's KL term is KL(Keras VGG16's softmax || generator's class distribution)
   # on the first batch: the teacher really is the file's network.
@@ -206,12 +207,12 @@ def test_vgg_weights_initialise_the_trunk_and_teach(vgg_files, fmt, first_step, 
   np.testing.assert_allclose(first_step["metrics"][0]["g/kl"], expected, rtol=1e-3)
 
 
-def test_without_vgg_weights_kl_is_off_with_a_warning(first_step, tmp_path, caplog):
+def test_without_init_vgg16_kl_is_off_with_a_warning(first_step, tmp_path, caplog):
   caplog.set_level(logging.WARNING)
   config = _config(num_train_steps=1)
   assert config.loss.kl > 0
   trainer.train_and_evaluate(config, str(tmp_path))
-  assert "vgg_weights is empty" in caplog.text and "KL term is disabled" in caplog.text
+  assert "init.vgg16 is empty" in caplog.text and "KL term is disabled" in caplog.text
   assert first_step["with_teacher"] is False and first_step["teacher"] is None
   (metrics,) = first_step["metrics"]
   assert "g/kl" not in metrics
@@ -220,7 +221,7 @@ def test_without_vgg_weights_kl_is_off_with_a_warning(first_step, tmp_path, capl
   np.testing.assert_allclose(metrics["g/total"], total, rtol=1e-6)
 
 
-def test_notop_vgg_weights_initialise_the_trunk_without_a_teacher(
+def test_notop_init_vgg16_initialise_the_trunk_without_a_teacher(
   vgg_files, first_step, tmp_path, caplog
 ):
   """A notop file (keras.applications' ``..._notop.h5``: the 13 convolutions) seeds the trunk;
@@ -232,7 +233,7 @@ def test_notop_vgg_weights_initialise_the_trunk_without_a_teacher(
   h5 = tmp_path / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
   convert_formats.write_keras2_h5(h5, notop, weights_only=True)
   caplog.set_level(logging.WARNING)
-  trainer.train_and_evaluate(_config(num_train_steps=1, vgg_weights=h5), str(tmp_path / "w"))
+  trainer.train_and_evaluate(_config(num_train_steps=1, vgg16=h5), str(tmp_path / "w"))
   assert first_step["with_teacher"] is False and first_step["teacher"] is None
   want = keras_reference.keras_to_flax(model)["params"]["vgg16"]
   assert_trees_equal(
@@ -242,7 +243,7 @@ def test_notop_vgg_weights_initialise_the_trunk_without_a_teacher(
   assert "g/kl" not in first_step["metrics"][0]
 
 
-def test_a_wider_trunk_takes_vgg_weights_under_narrow_branches(first_step, tmp_path):
+def test_a_wider_trunk_takes_init_vgg16_under_narrow_branches(first_step, tmp_path):
   """config.model.trunk_width: the trunk (and the KL teacher) at the VGG16 file's width while
   the branches, decoder and critic stay at config.model.width; the checkpoint reads back."""
   model = keras_reference.build_keras_vgg16_classifier(SIZE, 2 * WIDTH, NUM_CLASSES, FC_WIDTH)
@@ -250,7 +251,7 @@ def test_a_wider_trunk_takes_vgg_weights_under_narrow_branches(first_step, tmp_p
   h5 = tmp_path / "vgg16_wide.h5"
   layers, _ = convert_formats.keras2_layers(model, style="keras1")
   convert_formats.write_keras2_h5(h5, layers, weights_only=True)
-  config = _config(num_train_steps=1, vgg_weights=h5)
+  config = _config(num_train_steps=1, vgg16=h5)
   with pytest.raises(USER_ERRORS, match=r"made for image_size=\d+, width=0.25"):  # No field.
     trainer.train_and_evaluate(config, str(tmp_path / "no"))
   config.model.trunk_width = 2 * WIDTH
@@ -268,7 +269,7 @@ def test_a_wider_trunk_takes_vgg_weights_under_narrow_branches(first_step, tmp_p
   assert shapes.made_for(variables).items() >= fields.items()
 
 
-def test_vgg_weights_of_another_input_size_is_one_clear_error(tmp_path):
+def test_init_vgg16_of_another_input_size_is_one_clear_error(tmp_path):
   # The real keras.applications file is 224x224 at width 1; the trunk alone would fit any
   # size, the classifier's fc1 only the size it was trained at.
   model = keras_reference.build_keras_vgg16_classifier(2 * SIZE, WIDTH, NUM_CLASSES, FC_WIDTH)
@@ -276,33 +277,33 @@ def test_vgg_weights_of_another_input_size_is_one_clear_error(tmp_path):
   layers, _ = convert_formats.keras2_layers(model, style="keras1")
   convert_formats.write_keras2_h5(h5, layers, weights_only=True)
   with pytest.raises(USER_ERRORS, match=r"\['fc1'\]\['kernel'\] expected shape \(256, 512\)") as e:
-    trainer.train_and_evaluate(_config(vgg_weights=h5), str(tmp_path / "work"))
+    trainer.train_and_evaluate(_config(vgg16=h5), str(tmp_path / "work"))
   assert_one_line_naming(e, h5)
   assert f"made for image_size={2 * SIZE}, width={WIDTH}" in str(e.value)
 
 
 # ----------------------------------------------------------------------------------------
-# init_from: the authors' generator.
+# config.init.generator: the authors' generator.
 
 
 @pytest.mark.parametrize("fmt", ["h5", "converted_dir"])
-def test_init_from_loads_the_whole_generator(
+def test_init_generator_loads_the_whole_generator(
   generator_files, vgg_files, fmt, first_step, tmp_path, caplog
 ):
   model, h5, converted = generator_files["fits"]
   caplog.set_level(logging.INFO)
   caplog.set_level(logging.INFO, logger="absl")  # Another test may have raised absl's level.
-  weights = {"init_from": h5 if fmt == "h5" else converted}
+  weights = {"generator": h5 if fmt == "h5" else converted}
   vgg_model, vgg = vgg_files
-  if fmt == "h5":  # With a teacher too: init_from's trunk wins over the VGG16 file's.
-    weights["vgg_weights"] = vgg["keras_h5"]
+  if fmt == "h5":  # With a teacher too: init.generator's trunk wins over the VGG16 file's.
+    weights["vgg16"] = vgg["keras_h5"]
   state = trainer.train_and_evaluate(_config(**weights), str(tmp_path))
   assert int(state.step) == 2
   want = keras_reference.keras_to_flax(model)  # Keras weights by layer name.
   step0 = first_step["state"]
   assert_trees_equal(step0.g_params, want["params"])
   assert_trees_equal(step0.g_batch_stats, want["batch_stats"])
-  assert f"generator initialised from {weights['init_from']}" in caplog.text
+  assert f"generator initialised from {weights['generator']}" in caplog.text
   assert first_step["with_teacher"] is (fmt == "h5")
   if fmt == "h5":  # ... and the VGG16 file stays the teacher.
     assert_trees_equal(first_step["teacher"], keras_reference.keras_to_flax(vgg_model)["params"])
@@ -310,24 +311,24 @@ def test_init_from_loads_the_whole_generator(
 
 
 @pytest.mark.parametrize("fmt", ["h5", "converted_dir"])
-def test_init_from_of_another_width_is_one_clear_error(generator_files, fmt, tmp_path):
+def test_init_generator_of_another_width_is_one_clear_error(generator_files, fmt, tmp_path):
   _, h5, converted = generator_files["wider"]
   path = h5 if fmt == "h5" else converted
   with pytest.raises(USER_ERRORS, match="does not fit config.model") as e:
-    trainer.train_and_evaluate(_config(init_from=path), str(tmp_path))
+    trainer.train_and_evaluate(_config(generator=path), str(tmp_path))
   assert_one_line_naming(e, path)
   assert "expected shape (512,), found (1024,)" in str(e.value)  # class_fc1 at 1/8 vs 1/4.
   assert f"made for image_size={SIZE}, width={2 * WIDTH}, num_classes=1000" in str(e.value)
 
 
-def test_train_py_reports_a_mismatched_init_from_in_one_line(generator_files, tmp_path):
+def test_train_py_reports_a_mismatched_init_generator_in_one_line(generator_files, tmp_path):
   _, h5, _ = generator_files["wider"]
   cmd = [
     sys.executable,
     os.path.join(_ROOT, "train.py"),
     f"--config={os.path.join(_ROOT, 'configs', 'tiny.py')}",
     f"--workdir={tmp_path / 'work'}",
-    f"--config.init_from={h5}",
+    f"--config.init.generator={h5}",
   ]
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
@@ -337,37 +338,37 @@ def test_train_py_reports_a_mismatched_init_from_in_one_line(generator_files, tm
   assert "Traceback" not in result.stderr
 
 
-def test_init_from_a_file_that_is_not_a_generator(vgg_files, tmp_path):
+def test_init_generator_a_file_that_is_not_a_generator(vgg_files, tmp_path):
   for path, match in (
     (vgg_files[1]["torch_pth"], "not a Keras .h5 generator file"),
     (vgg_files[1]["keras_h5"], "not a ChromaGAN generator"),
     (tmp_path / "missing.h5", "no such file"),
   ):
     with pytest.raises(USER_ERRORS, match=match) as e:
-      trainer.train_and_evaluate(_config(init_from=path), str(tmp_path / "work"))
+      trainer.train_and_evaluate(_config(generator=path), str(tmp_path / "work"))
     assert_one_line_naming(e, path)
 
 
 # ----------------------------------------------------------------------------------------
-# init_critic_from: resuming the GAN from the authors' critic.
+# config.init.critic: resuming the GAN from the authors' critic.
 
 
 @pytest.mark.parametrize("fmt", ["h5", "converted_dir"])
-def test_init_critic_from_loads_the_critic(critic_files, fmt, first_step, tmp_path):
+def test_init_critic_loads_the_critic(critic_files, fmt, first_step, tmp_path):
   model, h5, converted = critic_files["fits"]
   path = h5 if fmt == "h5" else converted
-  state = trainer.train_and_evaluate(_config(init_critic_from=path), str(tmp_path))
+  state = trainer.train_and_evaluate(_config(critic=path), str(tmp_path))
   assert int(state.step) == 2
   assert_trees_equal(first_step["state"].d_params, keras_reference.keras_to_flax(model)["params"])
   assert all(np.isfinite(m["d/total"]) for m in first_step["metrics"])
 
 
 @pytest.mark.parametrize("fmt", ["h5", "converted_dir"])
-def test_init_critic_from_of_another_width_is_one_clear_error(critic_files, fmt, tmp_path):
+def test_init_critic_of_another_width_is_one_clear_error(critic_files, fmt, tmp_path):
   _, h5, converted = critic_files["wider"]
   path = h5 if fmt == "h5" else converted
   with pytest.raises(USER_ERRORS, match=r"critic of .* does not fit config.model") as e:
-    trainer.train_and_evaluate(_config(init_critic_from=path), str(tmp_path))
+    trainer.train_and_evaluate(_config(critic=path), str(tmp_path))
   assert_one_line_naming(e, path)
   assert "['conv1']['bias'] expected shape (8,), found (16,)" in str(e.value)
   assert f"made for width={2 * WIDTH}" in str(e.value)
@@ -378,7 +379,7 @@ def test_init_critic_from_of_another_width_is_one_clear_error(critic_files, fmt,
 
 
 @pytest.mark.slow  # two training runs
-def test_resume_ignores_init_from(generator_files, critic_files, first_step, tmp_path, caplog):
+def test_resume_ignores_config_init(generator_files, critic_files, first_step, tmp_path, caplog):
   workdir = str(tmp_path)
   before = _host(trainer.train_and_evaluate(_config(num_train_steps=1), workdir))
   first_step.clear()
@@ -386,12 +387,12 @@ def test_resume_ignores_init_from(generator_files, critic_files, first_step, tmp
   caplog.set_level(logging.WARNING)
   config = _config(
     num_train_steps=2,
-    init_from=generator_files["fits"][1],
-    init_critic_from=critic_files["fits"][1],
+    generator=generator_files["fits"][1],
+    critic=critic_files["fits"][1],
   )
   state = trainer.train_and_evaluate(config, workdir)
   assert int(state.step) == 2
   # The second run trains on from the workdir's step-1 state, generator and critic included.
   assert_trees_equal(first_step["state"], before)
-  for field in ("init_from", "init_critic_from"):
-    assert f"config.{field} is ignored" in caplog.text
+  for field in ("generator", "critic"):
+    assert f"config.init.{field} is ignored" in caplog.text

@@ -19,8 +19,8 @@ def get_config(arg: str | None = None):
   config.batch_size = 8
   config.num_train_steps = 300
   # A tiny set and a tiny model tolerate (and need) a larger step than ImageNet's 2e-5.
-  config.g_learning_rate = 2e-4
-  config.d_learning_rate = 2e-4
+  config.optimizer.g_learning_rate = 2e-4
+  config.optimizer.d_learning_rate = 2e-4
   config.log_every_steps = 25
   config.checkpoint_every_steps = 100
   config.sample_every_steps = 100

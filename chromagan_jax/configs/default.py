@@ -72,77 +72,83 @@ def get_config():
   # not decode in parallel); None: one per CPU core this process may use; 0: in this process.
   config.data.decode_processes = ml_collections.config_dict.placeholder(int)
 
-  # --- optimisation -------------------------------------------------------------------------
+  # --- run -----------------------------------------------------------------------------------
   config.batch_size = 10  # Global batch (all devices, all processes). Reference: 10.
   config.num_epochs = 5.0  # Passes over the training set (reference: 5 over ImageNet).
   config.num_train_steps = -1  # If > 0, overrides num_epochs.
-  config.g_learning_rate = 2e-5  # Adam for the generator (reference: 2e-5).
-  config.d_learning_rate = 2e-5  # Adam for the critic (reference: 2e-5).
-  # Learning-rate schedule: 'constant' (reference) or 'cosine' (a deviation: decays both rates
-  # to lr_final_fraction of their value by the last step; train_lib.learning_rate).
-  config.lr_schedule = "constant"
-  config.lr_final_fraction = 0.05
-  config.adam_b1 = 0.5  # Reference: 0.5.
-  config.adam_b2 = 0.999  # Keras default.
-  config.adam_eps = 1e-7  # Keras default epsilon.
 
+  # --- optimizer ------------------------------------------------------------------------------
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.g_learning_rate = 2e-5  # Adam for the generator (reference: 2e-5).
+  config.optimizer.d_learning_rate = 2e-5  # Adam for the critic (reference: 2e-5).
+  # Learning-rate schedule: 'constant' (reference) or 'cosine' (a deviation: decays both rates
+  # to final_fraction of their value by the last step; training/optim.learning_rate).
+  config.optimizer.schedule = "constant"
+  config.optimizer.final_fraction = 0.05  # The cosine schedule's last rate / its first.
+  config.optimizer.b1 = 0.5  # Adam's beta_1. Reference: 0.5.
+  config.optimizer.b2 = 0.999  # Adam's beta_2: the Keras default.
+  config.optimizer.eps = 1e-7  # Adam's epsilon: the Keras default.
+  # Train the generator's VGG16 trunk (reference) or keep it as initialised (True, a
+  # deviation: the ImageNet features are kept and the step skips the trunk's backward pass;
+  # docs/small-data-study.md). Needs init.vgg16 or init.generator.
+  config.optimizer.freeze_trunk = False
+  # The trunk's learning rate as a fraction of the generator's (1: the reference, one rate;
+  # below 1 a deviation, for ImageNet weights fine-tuned more gently than the branches that
+  # start from scratch). Measured in docs/small-data-study.md.
+  config.optimizer.trunk_lr_scale = 1.0
   # Exponential moving average of the generator's parameters (a deviation from the reference,
   # which has none; magvit keeps one): 0 = off, else its decay per step (warmed up as
   # min(decay, (1 + step) / (10 + step))). When on, checkpoints also hold the averaged
   # generator (item 'generator_ema'), which sample grids, evaluate, colorize, the app and
   # export use by default.
-  config.ema_decay = 0.0
+  config.optimizer.ema_decay = 0.0
 
   # --- losses -------------------------------------------------------------------------------
   config.loss = ml_collections.ConfigDict()
-  config.loss.mse = 1.0  # Generator: colour L2 weight.
+  config.loss.mse = 1.0  # Generator: colour term's weight.
+  # The colour term: 'l2' (the reference's MSE) or 'l1' (mean absolute ab error, a deviation
+  # that does not pull uncertain colour to the mean; loss.mse weights it). Measured on 335
+  # photos in docs/small-data-study.md.
+  config.loss.colour = "l2"
   config.loss.kl = 0.003  # Generator: KL(teacher || predicted class distribution) weight.
   config.loss.adv = -0.1  # Generator: weight of mean D(fake) (negative: fool the critic).
   config.loss.real = -1.0  # Critic: weight of mean D(real).
   config.loss.fake = 1.0  # Critic: weight of mean D(fake).
   config.loss.gp = 10.0  # Critic: gradient-penalty weight.
+
+  # --- GAN schedule -------------------------------------------------------------------------
+  config.gan = ml_collections.ConfigDict()
+  # Critic Adam steps per batch (1: the reference). More (a deviation, as in WGAN-GP's
+  # n_critic, here on the same batch) lets the critic keep up with the generator; measured
+  # on 335 photos in docs/small-data-study.md.
+  config.gan.critic_steps = 1
   # Ramp the generator's adversarial weight linearly from loss.adv (until step
   # adv_ramp_steps[0]) to adv_final (from step adv_ramp_steps[1]): a deviation for small sets,
-  # where a strong weight from the first step paints speckle before the colour L2 has settled
-  # (docs/small-data-study.md). None: loss.adv throughout, as the reference.
-  config.adv_final = ml_collections.config_dict.placeholder(float)
-  config.adv_ramp_steps = (0, 0)
+  # where a strong weight from the first step paints speckle before the colour term has
+  # settled (docs/small-data-study.md). None: loss.adv throughout, as the reference.
+  config.gan.adv_final = ml_collections.config_dict.placeholder(float)
+  config.gan.adv_ramp_steps = (0, 0)
   # Whether the generator's batch-norm moving averages are also updated when the generator
   # runs (in training mode) inside the critic update, i.e. twice per batch. The reference
   # did: Keras 2's Network.updates (keras/engine/network.py) collects the nested
   # generator's BN updates into the critic model's train function whatever the generator's
   # `trainable` flag. False: once per batch, in the generator update.
-  config.bn_update_in_critic_step = True
-  # Critic Adam steps per batch (1: the reference). More (a deviation, as in WGAN-GP's
-  # n_critic, here on the same batch) lets the critic keep up with the generator; measured
-  # on 335 photos in docs/small-data-study.md.
-  config.critic_steps = 1
-  # The colour term: 'l2' (the reference's MSE) or 'l1' (mean absolute ab error, a deviation
-  # that does not pull uncertain colour to the mean; loss.mse weights it). Measured on 335
-  # photos in docs/small-data-study.md.
-  config.colour_loss = "l2"
+  config.gan.bn_update_in_critic_step = True
 
-  # --- weights ------------------------------------------------------------------------------
+  # --- starting weights ---------------------------------------------------------------------
+  # Only for a fresh run: a checkpoint in --workdir is resumed instead (each is then ignored).
+  config.init = ml_collections.ConfigDict()
   # ImageNet VGG16 weights (Keras .h5 with top, torchvision .pth, or a converted Orbax dir)
   # used to initialise the trunk and as the frozen KL teacher. Empty: random trunk and the
   # KL term disabled ("ChromaGAN w/o class"), with a logged warning.
-  config.vgg_weights = ""
-  # Train the generator's VGG16 trunk (reference) or keep it as initialised (True, a
-  # deviation: the ImageNet features are kept and the step skips the trunk's backward pass,
-  # ~1.6x faster on CPU; docs/small-data-study.md). On 335 photos it did not beat the
-  # quarter-width trunk trained from scratch.
-  config.freeze_trunk = False
-  # The trunk's learning rate as a fraction of the generator's (1: the reference, one rate;
-  # below 1 a deviation, for ImageNet weights fine-tuned more gently than the branches that
-  # start from scratch). Measured in docs/small-data-study.md.
-  config.trunk_lr_scale = 1.0
+  config.init.vgg16 = ""
   # Generator to start from (trunk, all layers and batch-norm statistics; overrides the trunk
-  # from vgg_weights): the authors' my_model_colorization.h5, a converted directory or a
-  # training workdir. Only for a fresh run: a checkpoint in --workdir is resumed instead.
-  config.init_from = ""
+  # from init.vgg16): the authors' my_model_colorization.h5, a converted directory, a msgpack
+  # file or a training workdir.
+  config.init.generator = ""
   # Critic to start from, to resume the GAN from the authors' training state: their critic
-  # Keras .h5 or a `python -m chromagan_jax.convert critic` directory. Fresh runs only, too.
-  config.init_critic_from = ""
+  # Keras .h5 or a `python -m chromagan_jax.convert critic` directory.
+  config.init.critic = ""
 
   # --- checkpoints and logging ------------------------------------------------------------
   config.checkpoint_every_steps = 5_000

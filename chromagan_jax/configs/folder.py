@@ -46,14 +46,14 @@ def _small(config):
   config.data.augment = True
   config.data.cache = True
   # A small model trained from scratch tolerates (and needs) a larger step than ImageNet's 2e-5.
-  config.g_learning_rate = 2e-4
-  config.d_learning_rate = 2e-4
+  config.optimizer.g_learning_rate = 2e-4
+  config.optimizer.d_learning_rate = 2e-4
   # Decayed along a half cosine to 5% by the last step: at a constant rate the critic, from
   # ~step 3,000, traded PSNR for colour and the last checkpoint fell below grey (20.70 dB vs
   # 20.82); decayed, the last checkpoint is the one to use (21.56 dB; README).
-  config.lr_schedule = "cosine"
+  config.optimizer.schedule = "cosine"
   # Average the generator over the last ~200 steps: steadier colour, less speckle.
-  config.ema_decay = 0.995
+  config.optimizer.ema_decay = 0.995
   config.num_train_steps = 4_500
   config.log_every_steps = 50
   config.checkpoint_every_steps = 500

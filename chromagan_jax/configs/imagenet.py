@@ -1,14 +1,14 @@
 """The paper's recipe: ChromaGAN on ImageNet (imagenet2012 train, manual download), 224x224.
 
   python train.py --config=configs/imagenet.py --workdir=/data/chromagan \
-      --config.vgg_weights=/weights/vgg16_imagenet   # converted, see README
+      --config.init.vgg16=/weights/vgg16_imagenet   # converted, see README
 
   # A few steps end to end, to check a machine before the long run:
   python train.py --config=configs/imagenet.py:smoke --workdir=/tmp/chromagan_smoke
 
   # The variant that fills accelerators: bfloat16 compute, global batch 256, scaled LR.
   python train.py --config=configs/imagenet.py:gpu --workdir=/data/chromagan_gpu \
-      --config.vgg_weights=/weights/vgg16_imagenet
+      --config.init.vgg16=/weights/vgg16_imagenet
   python train.py --config=configs/imagenet.py:gpu,smoke --workdir=/tmp/gpu_smoke
 
 Reference (no argument): batch 10, Adam 2e-5 / beta1 0.5 for both networks, loss weights
@@ -68,8 +68,8 @@ def get_config(arg: str | None = None):
     config.dtype = "bfloat16"
     config.batch_size = GPU_BATCH_SIZE
     batch_ref = config.get_ref("batch_size")
-    config.g_learning_rate = sqrt_scaled_learning_rate(batch_ref)
-    config.d_learning_rate = sqrt_scaled_learning_rate(batch_ref)
+    config.optimizer.g_learning_rate = sqrt_scaled_learning_rate(batch_ref)
+    config.optimizer.d_learning_rate = sqrt_scaled_learning_rate(batch_ref)
     config.log_every_steps = 50
     config.checkpoint_every_steps = 1_000
     config.sample_every_steps = 1_000

@@ -142,18 +142,18 @@ def _results(workers, spec, chunks, ahead):
 
 
 def _decode_processes(config) -> int:
-  n = config.data.get("decode_processes", None)
+  n = config.data.decode_processes
   return decode_workers.default_processes() if n is None else int(n)
 
 
 def _spec(config, process_index: int, *, train: bool) -> decode_workers.ExampleSpec:
   return decode_workers.ExampleSpec(
     size=config.model.image_size,
-    augment=train and bool(config.data.get("augment", False)),
+    augment=train and bool(config.data.augment),
     seed=config.seed,
     process_index=process_index,
     cache=bool(config.data.cache) or config.data.source == "bundled",
-    min_colorfulness=float(config.data.get("min_colorfulness", 0.0)) if train else 0.0,
+    min_colorfulness=float(config.data.min_colorfulness) if train else 0.0,
   )
 
 

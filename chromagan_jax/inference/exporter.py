@@ -170,7 +170,8 @@ def export_msgpack(ckpt, staged: str, step=None, with_class_head: bool = False) 
   """Writes the generator of ``ckpt`` (head-free unless ``with_class_head``) and its config as
   one msgpack file (:func:`msgpack_file.save_msgpack`); returns the payload's SHA-256.
 
-  Weights, not a graph: read back by ``colorize.py --ckpt FILE`` and ``init_from=FILE``.
+  Weights, not a graph: read back by ``colorize.py --ckpt FILE`` and
+  ``--config.init.generator=FILE``.
   """
   variables, config = checkpoint.load_generator(ckpt, step, with_class_head=with_class_head)
   config = config.to_dict()

@@ -87,7 +87,7 @@ def generator_loss(
 
   The reference weights are ``w_mse=1.0, w_kl=0.003, w_adv=-0.1`` (the generator maximises
   the critic's score of its output). ``p_teacher=None`` drops the KL term ("w/o class").
-  ``colour="l1"`` (``config.colour_loss``, a deviation) puts the mean absolute ab error in the
+  ``colour="l1"`` (``config.loss.colour``, a deviation) puts the mean absolute ab error in the
   MSE's place, weighted by ``w_mse``; the MSE is still reported. Where the colour is
   uncertain, L2's optimum is the mean colour (greyish between two hues); L1's is a median,
   flat between the hues, which leaves the choice to the critic.

@@ -1,7 +1,7 @@
 """Do weights fit a model? The one shape checker and the one "made for which config".
 
 Every place that puts saved or outside weights into a model checks them here first: weight
-files and converted directories (``vgg_weights``, ``init_from``, ``init_critic_from`` and
+files and converted directories (``config.init.vgg16``, ``.generator``, ``.critic`` and
 ``python -m chromagan_jax.convert``, see :mod:`chromagan_jax.weights.port`) and training
 checkpoints on resume (:mod:`chromagan_jax.weights.checkpoint`).
 Unchecked, a mismatch surfaces as an

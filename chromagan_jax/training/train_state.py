@@ -42,7 +42,7 @@ class TrainState:
   g_opt_state: Any
   d_opt_state: Any
   rng: jax.Array
-  # Moving average of g_params (config.ema_decay > 0), else None.
+  # Moving average of g_params (config.optimizer.ema_decay > 0), else None.
   ema_params: Any = None
 
   @property
@@ -79,8 +79,8 @@ def make_networks(config, total_steps: int | None = None) -> Networks:
   gen, critic, teacher = networks.models_from_config(
     config.model, conv, dtype=optim.compute_dtype(config)
   )
-  g_lr = optim.learning_rate(config, config.g_learning_rate, total_steps)
-  d_lr = optim.learning_rate(config, config.d_learning_rate, total_steps)
+  g_lr = optim.learning_rate(config, config.optimizer.g_learning_rate, total_steps)
+  d_lr = optim.learning_rate(config, config.optimizer.d_learning_rate, total_steps)
   tx = optim.generator_optimizer(config, g_lr), optim.adam(config, d_lr)
   return Networks(gen, critic, teacher, *tx, optim.adversarial_weight(config))
 
@@ -114,12 +114,8 @@ def init_state(nets: Networks, config, rng) -> TrainState:
     g_opt_state=nets.g_tx.init(g_vars["params"]),
     d_opt_state=nets.d_tx.init(d_vars["params"]),
     rng=jax.random.key_data(state_rng),
-    ema_params=jax.tree.map(jnp.copy, g_vars["params"]) if ema_decay_of(config) else None,
+    ema_params=jax.tree.map(jnp.copy, g_vars["params"]) if config.optimizer.ema_decay else None,
   )
-
-
-def ema_decay_of(config) -> float:
-  return float(config.get("ema_decay", 0.0))
 
 
 def ema_update(ema_params, params, step, decay: float):

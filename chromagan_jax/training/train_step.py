@@ -45,16 +45,16 @@ def train_step(
 ):
   """One reference iteration: a generator update, then a critic update.
 
-  ``critic_steps`` (``config.critic_steps``; above 1 a deviation, the reference updates the
+  ``critic_steps`` (``config.gan.critic_steps``; above 1 a deviation, the reference updates the
   critic once per batch): the critic takes that many Adam steps on this batch's real and
   colorized ab, each with its own gradient-penalty interpolation (the first one's ``eps`` is
   the single-step's), so the critic can catch up with the generator without a new batch.
   The metrics are the last critic step's.
 
-  ``colour_loss`` (``config.colour_loss``): 'l2', the reference's MSE, or 'l1' (a
+  ``colour_loss`` (``config.loss.colour``): 'l2', the reference's MSE, or 'l1' (a
   deviation, see :func:`losses.generator_loss`).
 
-  ``freeze_trunk`` (``config.freeze_trunk``; a deviation, the reference trains the trunk):
+  ``freeze_trunk`` (``config.optimizer.freeze_trunk``; a deviation, the reference trains the trunk):
   the generator's VGG16 trunk gets no gradient (its Adam update is exactly zero), so XLA
   drops the backward pass through it.
 
@@ -137,7 +137,8 @@ def train_step(
 
 
 def loss_weights_from_config(config) -> dict[str, float]:
-  return {k: float(v) for k, v in config.loss.items()}
+  """config.loss's weights: every field but ``colour``, which names the colour term."""
+  return {k: float(v) for k, v in config.loss.items() if k != "colour"}
 
 
 # XLA options that make the step bitwise reproducible on GPU (deterministic scatters, cuDNN
@@ -170,11 +171,11 @@ def make_train_step(nets: train_state.Networks, config, mesh: Mesh, with_teacher
     train_step,
     nets=nets,
     loss_weights=loss_weights_from_config(config),
-    bn_update_in_critic_step=bool(config.bn_update_in_critic_step),
-    ema_decay=train_state.ema_decay_of(config),
-    freeze_trunk=bool(config.freeze_trunk),
-    critic_steps=config.critic_steps,
-    colour_loss=config.colour_loss,
+    bn_update_in_critic_step=bool(config.gan.bn_update_in_critic_step),
+    ema_decay=float(config.optimizer.ema_decay),
+    freeze_trunk=bool(config.optimizer.freeze_trunk),
+    critic_steps=config.gan.critic_steps,
+    colour_loss=config.loss.colour,
   )
   return jax.jit(
     step,

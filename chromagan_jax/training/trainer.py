@@ -91,8 +91,8 @@ def apply_initial_weights(
 ) -> train_state.TrainState:
   """A fresh state with the configured weights put in; called only when not resuming.
 
-  What is put where (the VGG16 trunk from ``vgg_params``, then ``config.init_from``'s whole
-  generator, then ``config.init_critic_from``'s critic) and the shape checks are
+  What is put where (the VGG16 trunk from ``vgg_params``, then ``config.init.generator``'s whole
+  generator, then ``config.init.critic``'s critic) and the shape checks are
   :func:`initial.initial_weights`; here the weights are placed on ``mesh``.
   """
   init = initial.initial_weights(config, vgg_params)
@@ -102,10 +102,10 @@ def apply_initial_weights(
     g_params = {**g_params, optim.TRUNK: put(init.trunk)}
   if init.generator is not None:
     g_params, g_batch_stats = put(init.generator["params"]), put(init.generator["batch_stats"])
-    logging.info("generator initialised from %s", config.init_from)
+    logging.info("generator initialised from %s", config.init.generator)
   if init.critic is not None:
     d_params = put(init.critic)
-    logging.info("critic initialised from %s", config.init_critic_from)
+    logging.info("critic initialised from %s", config.init.critic)
   # Adam's initial moments are zeros whatever the parameter values: the state stays valid.
   # The EMA starts from the initial weights (a copy: the state's buffers are donated).
   ema_params = state.ema_params
@@ -116,27 +116,38 @@ def apply_initial_weights(
   )
 
 
-# Fields outside config.model that shape the optimizer's state, with their defaults (the
-# value a checkpoint saved before the field existed was trained with). A resume must keep
-# them: Orbax would otherwise fail deep inside the restore.
-OPTIMIZER_FIELDS = {"lr_schedule": "constant", "trunk_lr_scale": 1.0}
+# Fields outside config.model that shape the optimizer's state. A resume must keep them: Orbax
+# would otherwise fail deep inside the restore.
+OPTIMIZER_FIELDS = ("schedule", "trunk_lr_scale")
 
 
 def check_resume_config(ckpt_dir, step: int, config) -> None:
-  """One-line CheckpointError if the run in ``ckpt_dir`` was saved with other OPTIMIZER_FIELDS."""
-  saved = checkpoint.load_config(ckpt_dir, step)[1]
-  changed = {
-    k: (saved.get(k, default), config.get(k, default))
-    for k, default in OPTIMIZER_FIELDS.items()
-    if saved.get(k, default) != config.get(k, default)
-  }
+  """One-line CheckpointError if the run in ``ckpt_dir`` was saved with other OPTIMIZER_FIELDS.
+
+  The saved config comes back upgraded (:func:`checkpoint.load_config`): a run saved before a
+  field existed compares with that field's default.
+  """
+  saved = checkpoint.load_config(ckpt_dir, step)[1].optimizer
+  ours = config.optimizer
+  changed = [k for k in OPTIMIZER_FIELDS if saved[k] != ours[k]]
   if changed:
-    was = ", ".join(f"{k}={a!r}" for k, (a, _) in changed.items())
-    now = ", ".join(f"{k}={b!r}" for k, (_, b) in changed.items())
+    was = ", ".join(f"config.optimizer.{k}={saved[k]!r}" for k in changed)
+    now = ", ".join(f"config.optimizer.{k}={ours[k]!r}" for k in changed)
     raise CheckpointError(
       f"checkpoint {ckpt_dir}/{step} was trained with {was}, this config has {now}: their "
       "optimizer states differ; resume with the run's own values, or use a fresh --workdir"
     )
+
+
+def _scalar_fields(tree: dict, prefix: str = "") -> dict[str, int | float | str]:
+  """The config's scalar fields by dotted name ('optimizer.g_learning_rate'): the hparams."""
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(_scalar_fields(v, f"{prefix}{k}."))
+    elif isinstance(v, int | float | str):
+      out[prefix + k] = v
+  return out
 
 
 def _mean_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
@@ -193,9 +204,7 @@ def _train(config, workdir, stop: "_StopRequest") -> train_state.TrainState:
   multihost.check_or_record_topology(workdir, resuming=latest is not None)
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
   if is_chief:
-    writer.write_hparams(
-      {k: v for k, v in config.to_dict().items() if isinstance(v, int | float | str)}
-    )
+    writer.write_hparams(_scalar_fields(config.to_dict()))
 
   vgg_params = initial.load_vgg(config)
   teacher_params = None  # The KL teacher: VGG16 with its classifier top only.
@@ -207,16 +216,16 @@ def _train(config, workdir, stop: "_StopRequest") -> train_state.TrainState:
     state = train_state.merge_state(checkpoint.restore(mngr, latest, abstract))
     logging.info("resumed from %s at step %d", ckpt_dir, latest)
     # The workdir's own training state wins: initial weights only seed a fresh run.
-    for field in ("init_from", "init_critic_from"):
-      if config.get(field):
-        logging.warning("resuming from %s: config.%s is ignored", ckpt_dir, field)
+    for field in ("generator", "critic"):
+      if config.init[field]:
+        logging.warning("resuming from %s: config.init.%s is ignored", ckpt_dir, field)
   else:
     state = train_state.create_train_state(nets, config, mesh)
     state = apply_initial_weights(state, config, vgg_params, mesh)
 
   start_step = int(jax.device_get(state.step))  # Replicated: every process holds it.
   g_lr = optim.learning_rate(
-    config, config.g_learning_rate, total_steps
+    config, config.optimizer.g_learning_rate, total_steps
   )  # Logged (a schedule's value).
   step_fn = train_step.make_train_step(nets, config, mesh, with_teacher=teacher_params is not None)
   sample_fn = make_sample_fn(nets, mesh)

@@ -17,54 +17,55 @@ from chromagan_jax.training import optim
 Problem = str | None
 
 
-def lr_schedule(config) -> Problem:
-  if config.lr_schedule not in optim.LR_SCHEDULES:
-    return f"config.lr_schedule={config.lr_schedule!r}: expected one of {optim.LR_SCHEDULES}"
+def optimizer_schedule(config) -> Problem:
+  if config.optimizer.schedule not in optim.LR_SCHEDULES:
+    schedule = config.optimizer.schedule
+    return f"config.optimizer.schedule={schedule!r}: expected one of {optim.LR_SCHEDULES}"
   return None
 
 
 def adv_ramp(config) -> Problem:
-  if config.adv_final is None:
+  if config.gan.adv_final is None:
     return None
-  start, end = (int(s) for s in config.adv_ramp_steps)
+  start, end = (int(s) for s in config.gan.adv_ramp_steps)
   if not 0 <= start <= end:
     return (
-      f"config.adv_ramp_steps={tuple(config.adv_ramp_steps)}: expected (start, end), "
+      f"config.gan.adv_ramp_steps={tuple(config.gan.adv_ramp_steps)}: expected (start, end), "
       "0 <= start <= end"
     )
   return None
 
 
 def trunk_lr_scale(config) -> Problem:
-  scale = float(config.trunk_lr_scale)
-  if scale != 1.0 and (not 0.0 < scale < 1.0 or config.freeze_trunk):
+  scale = float(config.optimizer.trunk_lr_scale)
+  if scale != 1.0 and (not 0.0 < scale < 1.0 or config.optimizer.freeze_trunk):
     return (
-      f"config.trunk_lr_scale={scale}: expected 0 < scale < 1 and freeze_trunk off "
-      "(freeze_trunk=True keeps the trunk fixed)"
+      f"config.optimizer.trunk_lr_scale={scale}: expected 0 < scale < 1 and "
+      "config.optimizer.freeze_trunk off (True keeps the trunk fixed)"
     )
   return None
 
 
 def freeze_trunk(config) -> Problem:
-  if config.freeze_trunk and not (config.vgg_weights or config.init_from):
+  if config.optimizer.freeze_trunk and not (config.init.vgg16 or config.init.generator):
     return (
-      "config.freeze_trunk=True keeps the VGG16 trunk as initialised, but no weights are "
-      "given: set --config.vgg_weights to ImageNet VGG16 weights (a notop file is enough) or "
-      "--config.init_from"
+      "config.optimizer.freeze_trunk=True keeps the VGG16 trunk as initialised, but no weights are "
+      "given: set --config.init.vgg16 to ImageNet VGG16 weights (a notop file is enough) or "
+      "--config.init.generator"
     )
   return None
 
 
 def critic_steps(config) -> Problem:
-  k = config.critic_steps
+  k = config.gan.critic_steps
   if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-    return f"config.critic_steps={k!r}: the critic's Adam steps per batch, 1 or more"
+    return f"config.gan.critic_steps={k!r}: the critic's Adam steps per batch, 1 or more"
   return None
 
 
-def colour_loss(config) -> Problem:
-  if config.colour_loss not in losses.COLOUR_LOSSES:
-    return f"config.colour_loss={config.colour_loss!r}: expected one of {losses.COLOUR_LOSSES}"
+def loss_colour(config) -> Problem:
+  if config.loss.colour not in losses.COLOUR_LOSSES:
+    return f"config.loss.colour={config.loss.colour!r}: expected one of {losses.COLOUR_LOSSES}"
   return None
 
 
@@ -101,12 +102,12 @@ def batch_size(config, devices: int, processes: int) -> Problem:
 
 
 CHECKS: tuple[Callable, ...] = (
-  lr_schedule,
+  optimizer_schedule,
   adv_ramp,
   trunk_lr_scale,
   freeze_trunk,
   critic_steps,
-  colour_loss,
+  loss_colour,
   dtype,
   conv_impl,
 )

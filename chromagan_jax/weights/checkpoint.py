@@ -4,7 +4,7 @@ A checkpoint directory holds one sub-directory per step, each with a ``config`` 
 weights items it has:
   * ``generator``: ``{'params', 'batch_stats'}`` of the generator, all that inference needs;
   * ``generator_ema``: the same with the moving average of the parameters, when training keeps
-    one (``config.ema_decay``); inference prefers it (:func:`load_generator`);
+    one (``config.optimizer.ema_decay``); inference prefers it (:func:`load_generator`);
   * ``train``: everything else of the train state (critic, optimizer states, step, rng);
   * ``vgg16``: VGG16 classifier (or trunk-only) params: ``convert vgg16`` output;
   * ``critic``: critic ``{'params'}``: ``convert critic`` output;
@@ -37,6 +37,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
+from chromagan_jax.configs import upgrade
 from chromagan_jax.errors import CheckpointError
 from chromagan_jax.model import networks, shapes
 from chromagan_jax.weights import msgpack_file
@@ -181,8 +182,8 @@ def restore(mngr, step: int, wanted: dict[str, Any]) -> dict[str, Any]:
         source,
         f"it has no {name} item",
         target="this config",
-        remedy="resume with the config it was trained with (config.ema_decay decides whether "
-        "there is a generator_ema item), or use a fresh --workdir",
+        remedy="resume with the config it was trained with (config.optimizer.ema_decay decides "
+        "whether there is a generator_ema item), or use a fresh --workdir",
       )
     # Matched by leaf order: optax's named tuples are stored under other key names.
     leaves = jax.tree.leaves(meta[name])
@@ -246,10 +247,12 @@ def save_generator(directory, variables, config, step: int = 0) -> None:
 def load_config(directory, step=None) -> tuple[int, ml_collections.ConfigDict]:
   """(step, config) stored in a checkpoint directory; ``step=None`` picks the latest.
 
+  The config comes back upgraded to today's fields (:func:`upgrade.upgrade`), whatever
+  version saved it.
   A msgpack weights file (:func:`msgpack_file.save_msgpack`) is step 0.
   """
   if msgpack_file.is_msgpack_file(directory):
-    return 0, msgpack_file.load_msgpack(directory)[1]
+    return 0, upgrade.upgrade(msgpack_file.load_msgpack(directory)[1])
   directory = resolve_directory(directory)
   if not directory.is_dir():
     raise CheckpointError(f"{directory}: checkpoint directory not found")
@@ -263,7 +266,7 @@ def load_config(directory, step=None) -> tuple[int, ml_collections.ConfigDict]:
   config_file = directory / str(step) / CONFIG / "metadata"
   if not config_file.exists():
     raise CheckpointError(f"{directory}/{step}: checkpoint has no config item")
-  return step, ml_collections.ConfigDict(json.loads(config_file.read_text()))
+  return step, upgrade.upgrade(json.loads(config_file.read_text()))
 
 
 def is_legacy_conversion(directory) -> bool:
@@ -387,7 +390,8 @@ def load_generator(
   has_ema = has_generator_ema(directory, step)
   if ema and not has_ema:
     raise CheckpointError(
-      f"{directory}/{step}: has no moving-average generator (trained with config.ema_decay=0)"
+      f"{directory}/{step}: has no moving-average generator "
+      "(trained with config.optimizer.ema_decay=0)"
     )
   item = GENERATOR_EMA if has_ema and ema is not False else GENERATOR
   log_provenance(f"{directory}/{step}", config)

@@ -17,8 +17,8 @@ config is :mod:`shapes`. The arrays are mapped onto the Flax names of
 :mod:`chromagan_jax.model.networks` (NumPy float32 pytrees) by :mod:`keras_port` and
 :mod:`torch_port`, onto the names and shapes of :mod:`layouts`; this module loads any source
 by what the path holds; :mod:`initial` assembles what a training run starts from: the VGG16
-teacher and trunk (``config.vgg_weights``), the generator (``init_from``) and the critic
-(``init_critic_from``), each checked against ``config.model``:
+teacher and trunk (``config.init.vgg16``), the generator (``init.generator``) and the critic
+(``init.critic``), each checked against ``config.model``:
   * VGG16: ``VGG16Classifier`` params ``{'vgg16': {block1_conv1 .. block5_conv3}, 'fc1',
     'fc2', 'predictions'}``, or ``{'vgg16': ...}`` alone from a notop file;
   * generator: ``{'params', 'batch_stats'}`` of ``Generator``; critic: ``{'params'}``.
