@@ -25,6 +25,7 @@ import conv_choice_cost  # noqa: E402
 import conv_layers  # noqa: E402
 import generator_inference  # noqa: E402
 import input_pipeline as input_pipeline_bench  # noqa: E402
+import int8_conv  # noqa: E402
 import train_step  # noqa: E402
 
 from chromagan_jax.ops import conv_choice  # noqa: E402
@@ -133,6 +134,21 @@ def test_conv_layers_smoke(tmp_path):
   assert critic_passes == {"fwd", "vjp", "gp"}
   for r in result["rows"]:
     assert r["xla_gflop_s"] > 0 and r["winograd_gflop_s"] > 0 and r["tf_gflop_s"] > 0
+
+
+def test_int8_conv_smoke(tmp_path):
+  out = tmp_path / "i8.json"
+  int8_conv.main(["--smoke", "--json", str(out)])
+  result = _load(out)
+  assert [r["layer"] for r in result["rows"]] == [name for name, *_ in int8_conv.LAYERS]
+  for r in result["rows"]:
+    assert r["fp32_ms"] > 0 and r["int8_ms"] > 0
+    assert r["fp32_rel_max_err"] < 1e-5  # fp32: the rule's algorithm, exact to rounding
+    # Quantized to 8 bits: about 1% RMS error on these inputs, and never exact.
+    assert 1e-4 < r["int8_rel_rms_err"] < 0.03
+    if "int8_wino2_ms" in r:
+      assert 1e-4 < r["int8_wino2_rel_rms_err"] < 0.04
+  assert "int8_wino2_ms" in result["rows"][1] and "int8_wino2_ms" not in result["rows"][10]
 
 
 def test_conv_choice_cost_smoke(tmp_path):
