@@ -371,6 +371,11 @@ def load_item(directory, item: str, step=None) -> tuple[dict[str, Any], ml_colle
   return _restore_item(directory, step, config, item), config
 
 
+def has_generator_ema(directory, step: int) -> bool:
+  """Whether step ``step`` of a checkpoint directory holds the moving-average generator."""
+  return (resolve_directory(directory) / str(step) / GENERATOR_EMA).is_dir()
+
+
 def generator_item(directory, step: int, ema: bool | None = None) -> str:
   """The generator item to read from step ``step`` of a checkpoint directory.
 
@@ -378,7 +383,7 @@ def generator_item(directory, step: int, ema: bool | None = None) -> str:
   else the trained one; True requires it (CheckpointError without); False the trained one.
   """
   directory = resolve_directory(directory)
-  has_ema = (directory / str(step) / GENERATOR_EMA).is_dir()
+  has_ema = has_generator_ema(directory, step)
   if ema and not has_ema:
     raise CheckpointError(
       f"{directory}/{step}: has no moving-average generator "
