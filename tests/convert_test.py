@@ -640,3 +640,34 @@ def test_check_shapes_names_the_first_difference_and_what_the_weights_fit():
   pattern = r"\['params'\]\['dec_conv6'\]\['bias'\] expected shape \(2,\), found nothing"
   with pytest.raises(ShapeError, match=pattern + "$"):
     shapes.check_shapes(missing, expected, "m")
+
+
+def test_check_is_the_one_check_against_the_network_a_model_config_builds():
+  model = {"image_size": 64, "width": 0.125, "num_classes": 10, "fc_width": 512}
+  model["vgg_preprocessing"] = "none"
+  generator = shapes.abstract_variables(model, "generator")
+  checked = shapes.check(generator, model, "generator", "same")  # Fits: what to restore.
+  assert jax.tree.structure(checked) == jax.tree.structure(generator)
+  # Parameters before batch statistics; the file's layer name beside ours; what they fit.
+  wider = shapes.abstract_variables({**model, "width": 0.25}, "generator")
+  with pytest.raises(ShapeError) as e:
+    shapes.check(wider, model, "generator", "w.h5", layer_names={"class_fc1": "dense_4"})
+  msg = str(e.value)
+  assert msg.startswith(
+    "w.h5 does not fit config.model: ['params']['class_fc1'] (file layer 'dense_4')['bias'] "
+    "expected shape (64,), found (128,); they were made for image_size=64, width=0.25"
+  )
+  # Against the weights' own model (stored config, implied model): no "made for".
+  with pytest.raises(ShapeError, match=r"does not fit its config: .* found \(128,\)$"):
+    shapes.check(wider, model, "generator", "w", target="its config")
+  # A notop VGG16 is checked against the convolutions alone, and still fits them or not.
+  vgg = shapes.abstract_variables(model, "vgg16")["params"]
+  shapes.check({"params": {"vgg16": vgg["vgg16"]}}, model, "vgg16", "notop.h5")
+  wide_vgg = shapes.abstract_variables({**model, "width": 0.25}, "vgg16")["params"]
+  with pytest.raises(ShapeError, match=r"notop.h5 .*\['vgg16'\]\['block1_conv1'\]"):
+    shapes.check({"params": {"vgg16": wide_vgg["vgg16"]}}, model, "vgg16", "notop.h5")
+  # A head-free generator fits colorizing, and says how to get the full one for training.
+  head_free = networks.without_class_head(generator)
+  shapes.check(head_free, model, "generator", "f.msgpack", with_class_head=False)
+  with pytest.raises(ShapeError, match=r"class_fc1.*found nothing; .*--with_class_head$"):
+    shapes.check(head_free, model, "generator", "f.msgpack")
