@@ -240,11 +240,11 @@ def check(
     The abstract variables checked against (``jax.ShapeDtypeStruct`` leaves): what to restore.
   """
   expected = abstract_variables(model_config, network, with_class_head)
+  params = variables["params"] if "params" in variables else {}
   compared = expected
-  if network == "vgg16" and not all(n in variables["params"] for n in networks.VGG16_TOP):
+  if network == "vgg16" and not all(n in params for n in networks.VGG16_TOP):
     compared = {"params": {"vgg16": expected["params"]["vgg16"]}}
   message = {"remedy": remedy}
-  params = variables["params"] if "params" in variables else {}
   if network == "generator" and with_class_head and networks.CLASS_HEAD[0] not in params:
     message.update(target=target or "config.model", remedy=HEAD_FREE_REMEDY)
   elif target is None:
