@@ -8,9 +8,9 @@
 ``OUT`` is a checkpoint directory in the one layout of :mod:`chromagan_jax.weights.checkpoint`
 (step 0,
 one weights item and a config recording the model fields, the source file and the input
-preprocessing the weights were trained with); it is never overwritten. Reading and mapping
-the files is :mod:`chromagan_jax.weights.port`; training and ``colorize.py`` also take the files
-directly.
+preprocessing the weights were trained with); it is never overwritten. The file is read by
+:func:`chromagan_jax.weights.port.read` and checked once, against the model its first layers
+imply (:func:`chromagan_jax.model.shapes.check`); training also takes the files directly.
 """
 
 import argparse
@@ -23,7 +23,7 @@ import numpy as np
 from chromagan_jax.errors import ConversionError, UserError
 from chromagan_jax.model import shapes
 from chromagan_jax.runtime import runner
-from chromagan_jax.weights import checkpoint, keras_port, layouts, port
+from chromagan_jax.weights import checkpoint, layouts, port
 
 KINDS = ("vgg16", "generator", "critic")
 
@@ -55,29 +55,40 @@ def convert(kind: str, source, out, expect_sha256: str | None = None) -> str:
       )
   elif expect_sha256:
     raise ConversionError(f"{source}: --expect_sha256 needs a file, not a directory")
+  if kind not in KINDS:
+    raise ConversionError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
+  weights = port.read(source, kind)
+  variables = weights.variables
+  model = shapes.made_for(variables, source)
+  shapes.check(
+    variables,
+    shapes.implied_model(model),
+    kind,
+    source,
+    target="the model its other layers imply",
+    layer_names=weights.layer_names,
+  )
   if kind == "vgg16":
-    params, pre = port.load_vgg16(source, require_top=False)
+    params, pre = variables["params"], weights.preprocessing
     top = layouts.has_top(params)
     converted.update(preprocessing=pre, include_top=top)
-    model = {**shapes.made_for(params, source), "vgg_preprocessing": pre}
+    model = {**model, "vgg_preprocessing": pre}
     checkpoint.save_weights(out, checkpoint.VGG16, params, {"model": model, "converted": converted})
     what = "VGG16 classifier" if top else "VGG16 convolutions (notop)"
     summary = f"{what}, {_count(params):,} parameters, trained with {pre!r} preprocessing"
   elif kind == "generator":
-    variables, model = keras_port.chromagan_generator_with_config(source)
-    converted.update(preprocessing=layouts.PREPROCESSING_CHROMAGAN)
+    pre = layouts.PREPROCESSING_CHROMAGAN
+    model = {**model, "vgg_preprocessing": pre, "remat_trunk": False}
+    converted.update(preprocessing=pre)
     checkpoint.save_generator(out, variables, {"model": model, "converted": converted})
     summary = (
       f"ChromaGAN generator, {_count(variables):,} values (image_size "
       f"{model['image_size']}, width {model['width']}), colorize.py --ckpt {out}"
     )
-  elif kind == "critic":
-    variables = keras_port.chromagan_critic_from_keras(source)
-    config = {"model": shapes.made_for(variables), "converted": converted}
+  else:
+    config = {"model": model, "converted": converted}
     checkpoint.save_weights(out, checkpoint.CRITIC, variables, config)
     summary = f"ChromaGAN critic, {_count(variables):,} parameters"
-  else:
-    raise ConversionError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
   return f"wrote {out}: {summary} (from {source}{provenance})"
 
 

@@ -267,7 +267,7 @@ def test_msgpack_round_trip_is_bit_exact(trained, tmp_path, capsys):
   whole = str(tmp_path / "chromagan_full.msgpack")
   _export(directory, whole, "--with_class_head")
   assert_trees_equal(jax.tree.map(np.asarray, checkpoint.load_generator(whole)[0]), full)
-  assert_trees_equal(port.load_generator_variables(whole), full)  # config.init.generator=FILE
+  assert_trees_equal(port.read(whole, "generator").variables, full)  # config.init.generator=FILE
 
 
 def test_colorize_reads_the_msgpack_file_like_the_directory(trained, tmp_path):

@@ -14,7 +14,7 @@ import os
 import numpy as np
 import pytest
 
-from chromagan_jax.model import networks
+from chromagan_jax.model import networks, shapes
 from chromagan_jax.weights import keras_port, port
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
@@ -35,8 +35,9 @@ FC_WIDTH = 256  # scaled(256, 1/64) = make_fixtures.FC units.
   ],
 )
 def test_vgg16_files_written_by_the_real_libraries(name, out, preprocessing):
-  params, found = port.load_vgg16(os.path.join(FIXTURES, name))
-  assert found == preprocessing
+  weights = port.read(os.path.join(FIXTURES, name), "vgg16")
+  params = weights.variables["params"]
+  assert weights.preprocessing == preprocessing
   assert networks.scaled(512, WIDTH) == make_fixtures.CHANNELS[-1][1]
   assert networks.scaled(FC_WIDTH, WIDTH) == make_fixtures.FC
   # The library's own logits on the same input (the weights' preprocessing is the caller's).
@@ -52,7 +53,8 @@ def test_vgg16_files_written_by_the_real_libraries(name, out, preprocessing):
 def test_generator_saved_whole_by_keras2():
   """The authors' kind of file: a whole generator saved by Keras 2 (tf_keras) model.save."""
   path = os.path.join(FIXTURES, "generator_tiny_keras2_model.h5")
-  variables, fields = keras_port.chromagan_generator_with_config(path)
+  variables, _ = keras_port.chromagan_generator_from_keras(path)
+  fields = shapes.made_for(variables)
   assert fields["image_size"] == make_fixtures.GEN_SIZE
   assert fields["width"] == pytest.approx(make_fixtures.GEN_WIDTH)
   gen = networks.Generator(**fields)

@@ -76,6 +76,12 @@ def grey_batch(size, n=2, seed=0):
 # Keras VGG16.
 
 
+def read_vgg16(path):
+  """(VGG16 params, the preprocessing they were trained with) as training reads them."""
+  weights = port.read(path, "vgg16")
+  return weights.variables["params"], weights.preprocessing
+
+
 @pytest.fixture(scope="module")
 def keras_classifier(tmp_path_factory):
   """(Keras VGG16 with top at 64x64, width 1/16, logits; {layout: h5 path})."""
@@ -100,7 +106,7 @@ def test_vgg16_classifier_from_keras_matches_keras_logits(keras_classifier):
   assert_rel_close(teacher.apply({"params": params}, x), want)
   # The Keras 3 writer's layout ('block1_conv1/kernel' names) gives the same arrays.
   assert_trees_equal(keras_port.vgg16_from_keras(files["keras3"]), params)
-  loaded, preprocessing = port.load_vgg16(files["keras1"])
+  loaded, preprocessing = read_vgg16(files["keras1"])
   assert preprocessing == "caffe"
   assert_trees_equal(loaded, params)
   # The generator's trunk: blocks 1-4 only.
@@ -118,7 +124,7 @@ def test_vgg16_cli_round_trip(keras_classifier, tmp_path, capsys):
   out = str(tmp_path / "vgg16")
   assert convert.main(["vgg16", files["keras1"], out]) == 0
   assert "caffe" in capsys.readouterr().out
-  params, preprocessing = port.load_vgg16(out)
+  params, preprocessing = read_vgg16(out)
   assert preprocessing == "caffe"
   assert_trees_equal(params, keras_port.vgg16_from_keras(files["keras1"]))
   # Never overwrites: a second conversion into the same directory fails in one line.
@@ -143,12 +149,13 @@ def test_keras_applications_notop_file_gives_the_trunk(tmp_path):
   trunk = networks.VGG16Trunk(depth=4)
   got = trunk.apply({"params": layouts.vgg16_trunk_params(params)}, x)
   assert_rel_close(got, want)
-  # The teacher needs the classifier top: a notop file is refused, naming the file.
+  # Asked for the classifier top, a notop file is refused, naming the file; read by what it
+  # holds, it gives the convolutions alone.
   with pytest.raises(ConversionError, match=rf"{path}.*notop"):
     keras_port.vgg16_from_keras(path)
-  with pytest.raises(ConversionError, match="notop"):
-    port.load_vgg16(path)
-  assert port.load_vgg16(path, require_top=False)[1] == "caffe"
+  notop, preprocessing = read_vgg16(path)
+  assert preprocessing == "caffe" and not layouts.has_top(notop)
+  assert_trees_equal(notop, params)
 
 
 # ----------------------------------------------------------------------------------------
@@ -201,7 +208,7 @@ def test_vgg16_from_torch_matches_torch_semantics(tmp_path, fmt):
     )
   else:
     convert_formats.save_torch_legacy(path, sd, shared=fmt == "legacy_shared")
-  params, preprocessing = port.load_vgg16(path)
+  params, preprocessing = read_vgg16(path)
   assert preprocessing == "torch"
   # 96x96 input: a 3x3x32 block-5 map, so a missing NCHW -> NHWC permutation of fc1 shows.
   x = grey_batch(96)
@@ -247,7 +254,7 @@ def test_generator_from_keras_files(keras_generator):
   assert "model_6" in [name for name, _ in layers] and "conv2d_17" in [n for n, _ in layers]
   want_vars = keras_reference.keras_to_flax(model)  # By layer name: independent mapping.
   for path in (k2, k3):
-    assert_trees_equal(keras_port.chromagan_generator_from_keras(path), want_vars)
+    assert_trees_equal(keras_port.chromagan_generator_from_keras(path)[0], want_vars)
   x = grey_batch(GEN_SIZE)
   want_ab, want_p = (t.numpy() for t in model(x, training=False))
   # Non-trivial outputs: unsaturated ab, a spread class distribution.
@@ -255,7 +262,7 @@ def test_generator_from_keras_files(keras_generator):
   gen = networks.Generator(
     image_size=GEN_SIZE, width=WIDTH, num_classes=NUM_CLASSES, fc_width=FC_WIDTH
   )
-  ab, p = gen.apply(keras_port.chromagan_generator_from_keras(k2), x)
+  ab, p = gen.apply(keras_port.chromagan_generator_from_keras(k2)[0], x)
   assert_rel_close(ab, want_ab)
   assert_rel_close(p, want_p)
 
@@ -267,7 +274,7 @@ def test_generator_cli_writes_a_colorize_checkpoint(keras_generator, tmp_path, c
   assert out in capsys.readouterr().out
   variables, config = checkpoint.load_generator(out)
   assert_trees_equal(
-    jax.tree.map(np.asarray, variables), keras_port.chromagan_generator_from_keras(k2)
+    jax.tree.map(np.asarray, variables), keras_port.chromagan_generator_from_keras(k2)[0]
   )
   assert config.model.image_size == GEN_SIZE and config.model.width == WIDTH
   assert config.model.num_classes == NUM_CLASSES and config.model.fc_width == FC_WIDTH
@@ -277,7 +284,8 @@ def test_generator_cli_writes_a_colorize_checkpoint(keras_generator, tmp_path, c
   shapes.check_shapes(
     variables, jax.eval_shape(gen.init, jax.random.key(0), grey_batch(GEN_SIZE, 1)), out
   )
-  assert_trees_equal(port.load_generator_variables(out), jax.tree.map(np.asarray, variables))
+  read = port.read(out, "generator").variables
+  assert_trees_equal(read, jax.tree.map(np.asarray, variables))
 
 
 def test_conversion_records_and_checks_the_source_sha256(keras_generator, tmp_path, capsys, caplog):
@@ -336,8 +344,11 @@ def test_generator_shape_mismatch_names_file_layer_and_shapes(keras_generator, t
     bad.append((name, layer_weights))
   path = str(tmp_path / "bad.h5")
   convert_formats.write_keras2_h5(path, bad, config)
+  # Read unchecked; the converter's one check (against the model the file's other layers
+  # imply) names our layer and the file's.
+  keras_port.chromagan_generator_from_keras(path)
   with pytest.raises(ShapeError) as e:
-    keras_port.chromagan_generator_from_keras(path)
+    convert.convert("generator", path, tmp_path / "out")
   msg = str(e.value)
   assert path in msg and "dec_conv3" in msg and bad_name in msg
   assert "expected shape (3, 3, 16, 8), found (3, 3, 16, 9)" in msg
@@ -360,21 +371,21 @@ def test_critic_from_keras_files(keras_critic, tmp_path):
   model, k3, k2 = keras_critic
   want_vars = keras_reference.keras_to_flax(model)
   for path in (k2, k3):
-    assert_trees_equal(keras_port.chromagan_critic_from_keras(path), want_vars)
+    assert_trees_equal(keras_port.chromagan_critic_from_keras(path)[0], want_vars)
   rng = np.random.default_rng(6)
   ab = rng.uniform(0, 1, (2, 32, 32, 2)).astype(np.float32)
   lightness = rng.uniform(0, 1, (2, 32, 32, 1)).astype(np.float32)
   want = model([ab, lightness]).numpy()
   got = networks.Critic(width=WIDTH).apply(
-    keras_port.chromagan_critic_from_keras(k2), ab, lightness
+    keras_port.chromagan_critic_from_keras(k2)[0], ab, lightness
   )
   assert_rel_close(got, want)
   out = str(tmp_path / "critic")
   assert convert.main(["critic", k2, out]) == 0
-  assert_trees_equal(port.load_critic(out), want_vars)
+  assert_trees_equal(port.read(out, "critic").variables, want_vars)
   # A critic directory is not VGG16 weights.
   with pytest.raises(CheckpointError, match="'critic' weights, 'vgg16' weights were expected"):
-    port.load_vgg16(out)
+    port.read(out, "vgg16")
 
 
 # ----------------------------------------------------------------------------------------
@@ -389,8 +400,8 @@ def test_tf1_renamed_scopes_convert_like_the_plain_files(
   assert ("model_6", "block1_conv1_1/kernel:0") in [(n, w[0][0]) for n, w in layers if w]
   renamed = str(tmp_path / "my_model_colorizationEpoch3.h5")
   convert_formats.write_keras2_h5(renamed, layers, config)
-  want = keras_port.chromagan_generator_from_keras(k2)
-  assert_trees_equal(keras_port.chromagan_generator_from_keras(renamed), want)
+  want = keras_port.chromagan_generator_from_keras(k2)[0]
+  assert_trees_equal(keras_port.chromagan_generator_from_keras(renamed)[0], want)
   out = str(tmp_path / "gen")
   assert convert.main(["generator", renamed, out]) == 0
   assert_trees_equal(jax.tree.map(np.asarray, checkpoint.load_generator(out)[0]), want)
@@ -405,15 +416,15 @@ def test_tf1_renamed_scopes_convert_like_the_plain_files(
       "model": {**shapes.made_for(want), "vgg_preprocessing": "none", "remat_trunk": False},
     }
   )
-  init = initial.initial_weights(train_config)
+  init = initial.starting_weights(train_config)
   assert_trees_equal(init.generator, want)
-  assert_trees_equal({"params": init.critic}, keras_port.chromagan_critic_from_keras(critic_k2))
+  assert_trees_equal({"params": init.critic}, keras_port.chromagan_critic_from_keras(critic_k2)[0])
   # Keras' VGG16 saved after another VGG16 was built in the same graph.
   vgg_model, files = keras_classifier
   vgg_layers, _ = convert_formats.keras2_layers(vgg_model, scope_suffix="_1")
   vgg = str(tmp_path / "vgg16_weights_tf_dim_ordering_tf_kernels.h5")
   convert_formats.write_keras2_h5(vgg, vgg_layers, weights_only=True)
-  assert_trees_equal(port.load_vgg16(vgg)[0], keras_port.vgg16_from_keras(files["keras1"]))
+  assert_trees_equal(read_vgg16(vgg)[0], keras_port.vgg16_from_keras(files["keras1"]))
 
 
 # ----------------------------------------------------------------------------------------
@@ -427,7 +438,7 @@ def test_not_hdf5_and_cli_error_line(tmp_path, capsys):
   with pytest.raises(ConversionError, match=rf"{path}: not an HDF5 file"):
     keras_port.vgg16_from_keras(path)
   with pytest.raises(ConversionError, match=rf"{path}: not a Keras .h5, a torch"):
-    port.load_vgg16(path)
+    port.read(path, "vgg16")
   assert convert.main(["generator", path, str(tmp_path / "out")]) == 1
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and err.startswith("error: ") and path in err
@@ -456,9 +467,9 @@ def test_combined_gan_file_names_the_file_to_convert(
   assert err.count("\n") == 1 and "combined GAN model" in err
   assert "convert my_model_colorizationEpoch7.h5" in err
   with pytest.raises(ConversionError, match="convert my_model_discriminatorEpoch7.h5"):
-    port.load_critic(path)
+    port.read(path, "critic")
   with pytest.raises(ConversionError, match="combined GAN model"):
-    port.load_generator_variables(path)  # config.init.generator
+    port.read(path, "generator")  # config.init.generator
 
 
 def test_web_page_saved_as_weights_says_failed_download(tmp_path, capsys):
@@ -477,9 +488,9 @@ def test_web_page_saved_as_weights_says_failed_download(tmp_path, capsys):
   assert "web page" in err and "failed download" in err and "Google Drive" in err
   assert f"{len(page):,} bytes" in err and "my_model_colorization.h5, 0.68-2.1 GB" in err
   with pytest.raises(ConversionError, match=r"web page.*vgg16_weights_tf.*553 MB"):
-    port.load_vgg16(pth)
+    port.read(pth, "vgg16")
   with pytest.raises(ConversionError, match=r"web page.*my_model_discriminator.h5, 11-34 MB"):
-    port.load_critic(gen)
+    port.read(gen, "critic")
 
 
 def test_keras3_files_say_how_to_get_the_legacy_h5(keras_critic, tmp_path, capsys):
@@ -494,7 +505,7 @@ def test_keras3_files_say_how_to_get_the_legacy_h5(keras_critic, tmp_path, capsy
     assert err.count("\n") == 1 and path in err and f"Keras 3 {what}" in err
     assert "model.save('x.h5')" in err
   with pytest.raises(ConversionError, match="Keras 3 '.keras' archive"):
-    port.load_vgg16(archive)  # A zip, but not torch's.
+    port.read(archive, "vgg16")  # A zip, but not torch's.
 
 
 def test_truncated_files(keras_classifier, tmp_path):
@@ -570,7 +581,7 @@ def test_earlier_converted_directories_name_the_reconversion(keras_classifier, t
   write_legacy_conversion(old_vgg, keras_port.vgg16_from_keras(files["keras1"]), info)
   want = rf"{old_vgg}: converted by an earlier version .*convert vgg16 {files['keras1']} NEW_DIR"
   with pytest.raises(CheckpointError, match=want) as e:
-    port.load_vgg16(old_vgg)
+    port.read(old_vgg, "vgg16")
   assert "\n" not in str(e.value)
 
 
@@ -589,11 +600,11 @@ def test_earlier_converted_directories_name_the_reconversion(keras_classifier, t
 def test_made_for_reads_back_the_model_config(fields):
   model = {**fields, "vgg_preprocessing": "none"}
   for network in ("generator", "vgg16"):
-    variables = layouts.abstract_variables(model, network)
+    variables = shapes.abstract_variables(model, network)
     assert shapes.made_for(variables) == fields, network
-  critic = layouts.abstract_variables(model, "critic")
+  critic = shapes.abstract_variables(model, "critic")
   assert shapes.made_for(critic) == {"width": fields["width"]}
-  trunk = {"vgg16": layouts.abstract_variables(model, "vgg16")["params"]["vgg16"]}
+  trunk = {"vgg16": shapes.abstract_variables(model, "vgg16")["params"]["vgg16"]}
   assert shapes.made_for(trunk) == {"width": fields["width"]}
 
 
@@ -601,11 +612,11 @@ def test_made_for_reads_a_trunk_wider_than_the_branches():
   fields = {"image_size": 64, "width": 0.125, "trunk_width": 0.25, "num_classes": 10}
   fields["fc_width"] = 512
   model = {**fields, "vgg_preprocessing": "none"}
-  assert shapes.made_for(layouts.abstract_variables(model, "generator")) == fields
+  assert shapes.made_for(shapes.abstract_variables(model, "generator")) == fields
   teacher = {**fields, "width": 0.25}  # The KL teacher is a VGG16 of the trunk's width.
   del teacher["trunk_width"]
-  assert shapes.made_for(layouts.abstract_variables(model, "vgg16")) == teacher
-  assert shapes.made_for(layouts.abstract_variables(model, "critic")) == {"width": 0.125}
+  assert shapes.made_for(shapes.abstract_variables(model, "vgg16")) == teacher
+  assert shapes.made_for(shapes.abstract_variables(model, "critic")) == {"width": 0.125}
   assert shapes.describe(fields) == (
     "image_size=64, width=0.125, trunk_width=0.25, num_classes=10, fc_width=512"
   )
@@ -614,9 +625,9 @@ def test_made_for_reads_a_trunk_wider_than_the_branches():
 def test_check_shapes_names_the_first_difference_and_what_the_weights_fit():
   small = {"image_size": 64, "width": 0.125, "num_classes": 10, "fc_width": 512}
   model = {**small, "vgg_preprocessing": "none"}
-  expected = layouts.abstract_variables(model, "generator")
+  expected = shapes.abstract_variables(model, "generator")
   shapes.check_shapes(expected, expected, "same")  # Fits: no error.
-  wider = layouts.abstract_variables({**model, "width": 0.25}, "generator")
+  wider = shapes.abstract_variables({**model, "width": 0.25}, "generator")
   with pytest.raises(ShapeError) as e:
     shapes.check_shapes(wider, expected, "w.h5", made_for_fields=lambda: shapes.made_for(wider))
   msg = str(e.value)
@@ -629,3 +640,34 @@ def test_check_shapes_names_the_first_difference_and_what_the_weights_fit():
   pattern = r"\['params'\]\['dec_conv6'\]\['bias'\] expected shape \(2,\), found nothing"
   with pytest.raises(ShapeError, match=pattern + "$"):
     shapes.check_shapes(missing, expected, "m")
+
+
+def test_check_is_the_one_check_against_the_network_a_model_config_builds():
+  model = {"image_size": 64, "width": 0.125, "num_classes": 10, "fc_width": 512}
+  model["vgg_preprocessing"] = "none"
+  generator = shapes.abstract_variables(model, "generator")
+  checked = shapes.check(generator, model, "generator", "same")  # Fits: what to restore.
+  assert jax.tree.structure(checked) == jax.tree.structure(generator)
+  # Parameters before batch statistics; the file's layer name beside ours; what they fit.
+  wider = shapes.abstract_variables({**model, "width": 0.25}, "generator")
+  with pytest.raises(ShapeError) as e:
+    shapes.check(wider, model, "generator", "w.h5", layer_names={"class_fc1": "dense_4"})
+  msg = str(e.value)
+  assert msg.startswith(
+    "w.h5 does not fit config.model: ['params']['class_fc1'] (file layer 'dense_4')['bias'] "
+    "expected shape (64,), found (128,); they were made for image_size=64, width=0.25"
+  )
+  # Against the weights' own model (stored config, implied model): no "made for".
+  with pytest.raises(ShapeError, match=r"does not fit its config: .* found \(128,\)$"):
+    shapes.check(wider, model, "generator", "w", target="its config")
+  # A notop VGG16 is checked against the convolutions alone, and still fits them or not.
+  vgg = shapes.abstract_variables(model, "vgg16")["params"]
+  shapes.check({"params": {"vgg16": vgg["vgg16"]}}, model, "vgg16", "notop.h5")
+  wide_vgg = shapes.abstract_variables({**model, "width": 0.25}, "vgg16")["params"]
+  with pytest.raises(ShapeError, match=r"notop.h5 .*\['vgg16'\]\['block1_conv1'\]"):
+    shapes.check({"params": {"vgg16": wide_vgg["vgg16"]}}, model, "vgg16", "notop.h5")
+  # A head-free generator fits colorizing, and says how to get the full one for training.
+  head_free = networks.without_class_head(generator)
+  shapes.check(head_free, model, "generator", "f.msgpack", with_class_head=False)
+  with pytest.raises(ShapeError, match=r"class_fc1.*found nothing; .*--with_class_head$"):
+    shapes.check(head_free, model, "generator", "f.msgpack")

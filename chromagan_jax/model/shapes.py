@@ -1,15 +1,16 @@
-"""Do weights fit a model? The one shape checker and the one "made for which config".
+"""Do weights fit a model? The one shape check, and the one "made for which config".
 
-Every place that puts saved or outside weights into a model checks them here first: weight
-files and converted directories (``config.init.vgg16``, ``.generator``, ``.critic`` and
-``python -m chromagan_jax.convert``, see :mod:`chromagan_jax.weights.port`) and training
-checkpoints on resume (:mod:`chromagan_jax.weights.checkpoint`).
-Unchecked, a mismatch surfaces as an
-anonymous ``dot_general`` error inside the jitted step, or (Orbax) not at all. The error is
-one :class:`~chromagan_jax.errors.ShapeError` line naming the weights, the first parameter
-that differs and, from :func:`made_for`, the config the weights were made for.
-
-This module sits below both :mod:`checkpoint` and :mod:`weights` (which reads checkpoints).
+Every place that puts saved or outside weights into a model checks them here, once, with
+:func:`check` against the network that a model config builds: the starting weights of a
+training run against ``config.model`` (:mod:`chromagan_jax.weights.initial`), a file being
+converted against the model its own first layers imply (``python -m chromagan_jax.convert``)
+and a checkpoint or msgpack file against the config stored with it
+(:mod:`chromagan_jax.weights.checkpoint`). A resumed train state is compared leaf by leaf
+with :func:`check_shapes`. Unchecked, a mismatch surfaces as an anonymous ``dot_general``
+error inside the jitted step, or (Orbax) not at all. The error is one
+:class:`~chromagan_jax.errors.ShapeError` line naming the weights, the first parameter that
+differs (and the file's own layer name, when it has one) and, from :func:`made_for`, the config
+the weights were made for.
 """
 
 import math
@@ -17,6 +18,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from chromagan_jax.errors import ConversionError, ShapeError
@@ -34,6 +37,21 @@ _GLOBAL_CHANNELS = 512
 # The critic's first convolution's channels at width 1.
 _CRITIC_FIRST_CHANNELS = networks.CRITIC_LAYERS[0][0]
 FIELD_ORDER = ("image_size", "width", "trunk_width", "num_classes", "fc_width")
+NETWORKS = ("generator", "critic", "vgg16")
+# Why a generator lacks its class head (it cannot tell what it was made for).
+HEAD_FREE_REMEDY = (
+  "the file holds the head-free generator (enough to colorize); fine-tuning needs the full "
+  "one: python -m chromagan_jax.export --format msgpack --with_class_head"
+)
+# Fills a model config where the shapes asked for do not depend on a field (e.g. the critic's
+# on anything but the width, a VGG16 trunk's on the input size): see :func:`implied_model`.
+_ANY_MODEL = {
+  "image_size": MAP_STRIDE,
+  "width": 1.0,
+  "num_classes": 1,
+  "fc_width": 1,
+  "vgg_preprocessing": "none",
+}
 
 
 def _params(variables) -> Mapping[str, Any]:
@@ -115,7 +133,22 @@ def _has_shape(x) -> bool:
   return hasattr(x, "shape")
 
 
-def check_shapes(found, expected, source: str, **message) -> None:
+def _keystr(path, layer_names: Mapping[str, str]) -> str:
+  """``['params']['dec_conv3'] (file layer 'conv2d_9')['kernel']``: the first key that names
+  a layer of ``layer_names`` is followed by the file's own name for it."""
+  out, named = "", False
+  for key in path:
+    out += jax.tree_util.keystr((key,))
+    name = getattr(key, "key", None)
+    if not named and name in layer_names:
+      out += f" (file layer {layer_names[name]!r})"
+      named = True
+  return out
+
+
+def check_shapes(
+  found, expected, source: str, layer_names: Mapping[str, str] | None = None, **message
+) -> None:
   """Raises :class:`ShapeError` at the first leaf of ``expected`` missing or misshaped in
   ``found``, compared by key path.
 
@@ -124,6 +157,8 @@ def check_shapes(found, expected, source: str, **message) -> None:
     expected: what the model needs: a pytree of arrays or ``jax.ShapeDtypeStruct`` (e.g.
       ``jax.eval_shape`` of its init). Extra leaves in ``found`` are ignored.
     source: names the weights (a file, ``'generator of FILE'``), first in the message.
+    layer_names: our layer name -> the file's (e.g. ``{'dec_conv3': 'conv2d_9'}``), named in
+      the message beside ours.
     **message: ``target``, ``made_for_fields``, ``remedy`` of :func:`mismatch`.
   """
   # Leaves are anything with a shape (arrays, ShapeDtypeStructs, Orbax's array metadata).
@@ -133,7 +168,96 @@ def check_shapes(found, expected, source: str, **message) -> None:
     got_shape = None if got is None else tuple(getattr(got, "shape", None) or np.shape(got))
     if got_shape != tuple(leaf.shape):
       detail = (
-        f"{jax.tree_util.keystr(path)} expected shape {tuple(leaf.shape)}, "
+        f"{_keystr(path, layer_names or {})} expected shape {tuple(leaf.shape)}, "
         f"found {'nothing' if got is None else got_shape}"
       )
       raise mismatch(source, detail, **message)
+
+
+def abstract_variables(model_config, network: str, with_class_head: bool = True):
+  """Shapes of the variables of ``network`` ('generator', 'critic' or 'vgg16', the teacher)
+  built from ``model_config`` (``config.model`` or a dict of its fields), as
+  ``jax.ShapeDtypeStruct`` pytrees ``{'params', ...}``: nothing is computed.
+
+  ``with_class_head=False``: the generator without :data:`networks.CLASS_HEAD`.
+  """
+  if not isinstance(model_config, ml_collections.ConfigDict):
+    model_config = ml_collections.ConfigDict(dict(model_config))
+  gen, critic, teacher = networks.models_from_config(model_config)
+  s = model_config.image_size
+
+  def shape(*dims):
+    return jax.ShapeDtypeStruct(dims, jnp.float32)
+
+  key = jax.random.key(0)
+  if network == "critic":
+    return jax.eval_shape(critic.init, key, shape(1, s, s, 2), shape(1, s, s, 1))
+  if network == "generator":
+    gen = gen.clone(with_class_head=with_class_head)
+    return jax.eval_shape(lambda k, x: gen.init(k, x, train=False), key, shape(1, s, s, 3))
+  if network == "vgg16":
+    return jax.eval_shape(teacher.init, key, shape(1, s, s, 3))
+  raise ValueError(f"unknown network {network!r}; expected one of {NETWORKS}")
+
+
+def implied_model(fields: Mapping[str, Any]) -> dict[str, Any]:
+  """A model config of the fields weights were made for (:func:`made_for`), the fields their
+  shapes do not fix filled in: what a file is checked against when no config is given."""
+  return {**_ANY_MODEL, **fields}
+
+
+def check(
+  variables,
+  model_config,
+  network: str,
+  source: str,
+  *,
+  target: str | None = None,
+  remedy: str | None = None,
+  layer_names: Mapping[str, str] | None = None,
+  with_class_head: bool = True,
+):
+  """The one check of weights against a model: raises ShapeError at the first parameter of
+  the ``network`` built from ``model_config`` that ``variables`` lack or shape otherwise.
+
+  Args:
+    variables: ``{'params', ...}`` as the network's init returns them (NumPy, jax arrays or
+      array metadata); VGG16 params without the classifier top (a notop file) are checked
+      against the convolutions alone. Extra leaves are ignored.
+    model_config: ``config.model`` (or a dict of its fields) that builds the network.
+    network: 'generator', 'critic' or 'vgg16'.
+    source: names the weights, first in the message (a file, ``'generator of FILE'``).
+    target: names ``model_config`` when it is the weights' own (the config stored with
+      them, the model their other layers imply); then the message does not add what they
+      were made for. None: ``config.model``, and the message ends with the fields the
+      weights were made for (:func:`made_for`).
+    remedy: what to do, ending the message (default: "use that model config"; for a
+      generator without its class head where one is needed, how to export the full one).
+    layer_names: our layer name -> the file's, named beside ours.
+    with_class_head: False checks the generator without its class head.
+
+  Returns:
+    The abstract variables checked against (``jax.ShapeDtypeStruct`` leaves): what to restore.
+  """
+  expected = abstract_variables(model_config, network, with_class_head)
+  params = variables["params"] if "params" in variables else {}
+  compared = expected
+  if network == "vgg16" and not all(n in params for n in networks.VGG16_TOP):
+    compared = {"params": {"vgg16": expected["params"]["vgg16"]}}
+  message = {"remedy": remedy}
+  if network == "generator" and with_class_head and networks.CLASS_HEAD[0] not in params:
+    message.update(target=target or "config.model", remedy=HEAD_FREE_REMEDY)
+  elif target is None:
+    message.update(target="config.model", made_for_fields=lambda: made_for(variables, source))
+  else:
+    message.update(target=target)
+  # Parameters before batch statistics: the clearer message when both differ.
+  for collection in sorted(compared, key=lambda c: c != "params"):
+    check_shapes(
+      {collection: variables[collection] if collection in variables else {}},
+      {collection: compared[collection]},
+      source,
+      layer_names,
+      **message,
+    )
+  return expected

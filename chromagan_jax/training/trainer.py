@@ -24,7 +24,7 @@ from chromagan_jax import extras
 from chromagan_jax.errors import CheckpointError, ConfigError, NonFiniteLossError
 from chromagan_jax.model import predict
 from chromagan_jax.training import multihost, optim, train_state, train_step, validate
-from chromagan_jax.weights import checkpoint, initial, layouts
+from chromagan_jax.weights import checkpoint, initial
 
 
 def sample_grid(grey, colorized, truth) -> np.ndarray:
@@ -87,15 +87,14 @@ class _StopRequest:
 
 
 def apply_initial_weights(
-  state: train_state.TrainState, config, vgg_params, mesh
+  state: train_state.TrainState, init: initial.StartingWeights, config, mesh
 ) -> train_state.TrainState:
-  """A fresh state with the configured weights put in; called only when not resuming.
+  """A fresh state with the starting weights put in; called only when not resuming.
 
-  What is put where (the VGG16 trunk from ``vgg_params``, then ``config.init.generator``'s whole
-  generator, then ``config.init.critic``'s critic) and the shape checks are
-  :func:`initial.initial_weights`; here the weights are placed on ``mesh``.
+  ``init`` (:func:`initial.starting_weights`, read and checked there) puts the VGG16 trunk,
+  then ``config.init.generator``'s whole generator, then ``config.init.critic``'s critic in;
+  here the weights are placed on ``mesh``.
   """
-  init = initial.initial_weights(config, vgg_params)
   put = functools.partial(train_state.fresh_replicated, mesh=mesh)
   g_params, g_batch_stats, d_params = state.g_params, state.g_batch_stats, state.d_params
   if init.trunk is not None:
@@ -206,10 +205,10 @@ def _train(config, workdir, stop: "_StopRequest") -> train_state.TrainState:
   if is_chief:
     writer.write_hparams(_scalar_fields(config.to_dict()))
 
-  vgg_params = initial.load_vgg(config)
+  init = initial.starting_weights(config, resuming=latest is not None)
   teacher_params = None  # The KL teacher: VGG16 with its classifier top only.
-  if vgg_params is not None and layouts.has_top(vgg_params):
-    teacher_params = jax.device_put(vgg_params, NamedSharding(mesh, P()))
+  if init.teacher is not None:
+    teacher_params = jax.device_put(init.teacher, NamedSharding(mesh, P()))
   if latest is not None:
     check_resume_config(ckpt_dir, latest, config)
     abstract = train_state.split_state(train_state.abstract_train_state(nets, config, mesh))
@@ -221,7 +220,7 @@ def _train(config, workdir, stop: "_StopRequest") -> train_state.TrainState:
         logging.warning("resuming from %s: config.init.%s is ignored", ckpt_dir, field)
   else:
     state = train_state.create_train_state(nets, config, mesh)
-    state = apply_initial_weights(state, config, vgg_params, mesh)
+    state = apply_initial_weights(state, init, config, mesh)
 
   start_step = int(jax.device_get(state.step))  # Replicated: every process holds it.
   g_lr = optim.learning_rate(

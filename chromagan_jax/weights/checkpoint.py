@@ -23,14 +23,12 @@ they take a directory.
 """
 
 import contextlib
-import functools
 import hashlib
 import json
 import os
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
@@ -38,7 +36,7 @@ from absl import logging
 from etils import epath
 
 from chromagan_jax.configs import upgrade
-from chromagan_jax.errors import CheckpointError
+from chromagan_jax.errors import CheckpointError, UserError
 from chromagan_jax.model import networks, shapes
 from chromagan_jax.weights import msgpack_file
 
@@ -289,12 +287,33 @@ def _is_array_metadata(x) -> bool:
   return hasattr(x, "shape") and hasattr(x, "dtype")
 
 
-def _restore_item(directory, step, config, item: str, expected=None, partial: bool = False):
+def _check_stored(variables, config, network: str, where: str, **check):
+  """:func:`shapes.check` of ``variables`` against the ``network`` their stored ``config``
+  describes; returns the abstract variables to restore. A config that describes no such
+  network raises CheckpointError."""
+  try:
+    return shapes.check(
+      variables,
+      config.model,
+      network,
+      where,
+      target=f"the model its config describes ({shapes.describe(config.model)})",
+      **check,
+    )
+  except UserError:
+    raise
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    raise CheckpointError(f"{where}: config does not describe a {network} ({e})") from None
+
+
+def _restore_item(
+  directory, step, config, item: str, network: str | None = None, with_class_head: bool = True
+):
   """Restores ``item`` of ``directory/step`` on the default device.
 
-  ``expected`` (a ``jax.ShapeDtypeStruct`` pytree, e.g. from the stored config's model) is
-  shape-checked against the saved arrays first and is what gets restored (``partial``: its
-  leaves may be a subset of the saved ones, the rest is not read); without it the item is
+  With ``network`` the saved arrays are first checked against that network as the stored
+  config describes it (:func:`_check_stored`), and only its arrays are restored
+  (``with_class_head=False``: the generator's class head is not read); without, the item is
   restored as saved. Unreadable or damaged data raises CheckpointError.
   """
   where = f"{directory}/{step}"
@@ -312,18 +331,12 @@ def _restore_item(directory, step, config, item: str, expected=None, partial: bo
       meta = handler.metadata(item_dir).tree
     except Exception as e:  # noqa: BLE001 - any unreadable metadata is a corrupt checkpoint.
       raise CheckpointError(f"{where}: cannot read the {item} ({type(e).__name__}: {e})") from None
-    if expected is None:
+    if network is None:
       expected = jax.tree.map(
         lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), meta, is_leaf=_is_array_metadata
       )
     else:
-      fields = shapes.describe(config.model)
-      shapes.check_shapes(
-        {item: meta},
-        {item: expected},
-        where,
-        target=f"the model its config describes ({fields})",
-      )
+      expected = _check_stored(meta, config, network, where, with_class_head=with_class_head)
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = jax.tree.map(
       lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), expected
@@ -334,7 +347,7 @@ def _restore_item(directory, step, config, item: str, expected=None, partial: bo
         args=ocp.args.PyTreeRestore(
           item=abstract,
           restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
-          partial_restore=partial,
+          partial_restore=not with_class_head,
         ),
       )
     except Exception as e:  # noqa: BLE001 - tensorstore/Orbax errors on damaged files.
@@ -363,6 +376,25 @@ def has_generator_ema(directory, step: int) -> bool:
   return (resolve_directory(directory) / str(step) / GENERATOR_EMA).is_dir()
 
 
+def generator_item(directory, step: int, ema: bool | None = None) -> str:
+  """The generator item to read from step ``step`` of a checkpoint directory.
+
+  ``ema``: None picks the moving-average generator (``generator_ema``) when the step has one,
+  else the trained one; True requires it (CheckpointError without); False the trained one.
+  """
+  directory = resolve_directory(directory)
+  has_ema = has_generator_ema(directory, step)
+  if ema and not has_ema:
+    raise CheckpointError(
+      f"{directory}/{step}: has no moving-average generator "
+      "(trained with config.optimizer.ema_decay=0)"
+    )
+  if has_ema and ema is not False:
+    logging.info("%s/%s: using the moving-average generator (generator_ema)", directory, step)
+    return GENERATOR_EMA
+  return GENERATOR
+
+
 def load_generator(
   directory, step=None, with_class_head: bool = True, ema: bool | None = None
 ) -> tuple[dict[str, Any], ml_collections.ConfigDict]:
@@ -386,56 +418,28 @@ def load_generator(
     return _load_msgpack_generator(directory, with_class_head)
   directory = resolve_directory(directory)
   step, config = load_config(directory, step)
-  wanted = _generator_shapes(config, f"{directory}/{step}", with_class_head)
-  has_ema = has_generator_ema(directory, step)
-  if ema and not has_ema:
-    raise CheckpointError(
-      f"{directory}/{step}: has no moving-average generator "
-      "(trained with config.optimizer.ema_decay=0)"
-    )
-  item = GENERATOR_EMA if has_ema and ema is not False else GENERATOR
   log_provenance(f"{directory}/{step}", config)
-  if item == GENERATOR_EMA:
-    logging.info("%s/%s: using the moving-average generator (generator_ema)", directory, step)
-  out = _restore_item(directory, step, config, item, wanted, partial=not with_class_head)
+  item = generator_item(directory, step, ema)
+  out = _restore_item(directory, step, config, item, "generator", with_class_head)
   return out, config
 
 
-def _generator_shapes(config, where, with_class_head: bool):
-  """Abstract ``{'params', 'batch_stats'}`` of the generator ``config.model`` describes."""
-  try:
-    model = networks.models_from_config(config.model)[0].clone(with_class_head=with_class_head)
-    size = config.model.image_size
-    return jax.eval_shape(
-      functools.partial(model.init, train=False),
-      jax.random.key(0),
-      jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32),
-    )
-  except (AttributeError, KeyError, TypeError, ValueError) as e:
-    raise CheckpointError(f"{where}: config does not describe a generator ({e})") from None
-
-
-_HEAD_FREE_REMEDY = (
-  "the file holds the head-free generator (enough to colorize); fine-tuning needs the full "
-  "one: python -m chromagan_jax.export --format msgpack --with_class_head"
-)
+def read_msgpack(path) -> tuple[dict[str, Any], ml_collections.ConfigDict]:
+  """(generator variables as saved, NumPy; config as saved) of a msgpack weights file,
+  checked by its SHA-256 (:func:`msgpack_file.load_msgpack`), not yet against a model."""
+  path = os.fspath(path)
+  variables, config, digest = msgpack_file.load_msgpack(path)
+  logging.info("%s: msgpack weights, sha256 %s verified", path, digest)
+  log_provenance(path, config)
+  return variables, config
 
 
 def _load_msgpack_generator(path, with_class_head: bool):
   """:func:`load_generator` of a msgpack weights file (checked by its SHA-256, then shapes)."""
   path = os.fspath(path)
-  variables, config, digest = msgpack_file.load_msgpack(path)
-  logging.info("%s: msgpack weights, sha256 %s verified", path, digest)
-  log_provenance(path, config)
+  variables, config = read_msgpack(path)
   if not with_class_head:
     variables = networks.without_class_head(variables)
-  wanted = _generator_shapes(config, path, with_class_head)
-  shapes.check_shapes(
-    variables,
-    wanted,
-    path,
-    target=f"the model its config describes ({shapes.describe(config.model)})",
-    remedy=None if networks.CLASS_HEAD[0] in variables["params"] else _HEAD_FREE_REMEDY,
-  )
+  _check_stored(variables, config, "generator", path, with_class_head=with_class_head)
   device = jax.devices()[0]
   return jax.tree.map(lambda x: jax.device_put(np.asarray(x), device), variables), config

@@ -1,7 +1,9 @@
 """Keras layers -> Flax variables: ImageNet VGG16 and the authors' ChromaGAN generator and critic.
 
 Takes the layers :mod:`keras_h5` reads (NumPy arrays, Keras' HWIO / (in, out) layouts, which
-are Flax's) and names them as :mod:`layouts` says; every result is shape-checked there.
+are Flax's) and names them as :mod:`layouts` says. Shapes are not checked here: whoever puts
+the result into a model does, once (:func:`chromagan_jax.model.shapes.check`), and the
+generator's and critic's mappings return the file's own layer names for that message.
 """
 
 import os
@@ -11,7 +13,6 @@ from typing import Any
 import numpy as np
 
 from chromagan_jax.errors import ConversionError
-from chromagan_jax.model import shapes
 from chromagan_jax.weights import keras_h5, layouts
 
 _BN_VARS = {
@@ -95,7 +96,6 @@ def vgg16_from_keras(path, include_top: bool = True) -> dict[str, Any]:
         "KL teacher needs vgg16_weights_tf_dim_ordering_tf_kernels.h5 (with top)"
       )
     params.update({n: _kernel_bias(path, by_name[n], 2) for n in layouts.VGG16_TOP})
-  layouts._check_vgg16(path, params)
   return params
 
 
@@ -149,12 +149,6 @@ def _check_strides(path, pairs, config, expected: dict[str, int]) -> None:
       )
 
 
-def _generator_fields(path, params) -> dict[str, Any]:
-  """The full ``config.model`` a converted generator is stored with."""
-  fields = shapes.made_for(params, source=path)
-  return {**fields, "vgg_preprocessing": layouts.PREPROCESSING_CHROMAGAN, "remat_trunk": False}
-
-
 def _combined_model(path, layers, wanted: str) -> None:
   """Raises for the authors' combined GAN file, naming the ``wanted`` one to use instead.
 
@@ -186,8 +180,13 @@ def _combined_model(path, layers, wanted: str) -> None:
   )
 
 
-def chromagan_generator_with_config(path) -> tuple[dict[str, Any], dict[str, Any]]:
-  """(``{'params', 'batch_stats'}``, the ``config.model`` fields they fit) from an h5 file."""
+def chromagan_generator_from_keras(path) -> tuple[dict[str, Any], dict[str, str]]:
+  """(Generator variables ``{'params', 'batch_stats'}``, our layer name -> the file's) from
+  the authors' h5 (Keras 2 or 3).
+
+  The file's layer names (conv2d_7, ...) are auto-generated; its layers are assigned to ours by
+  kind and order (and strides, when the file keeps its model config).
+  """
   layers, config = keras_h5.read_layers(path, layouts.EXPECTED_FILES["generator"])
   _combined_model(path, layers, "generator")
   trunk_layers, convs, bns, denses = _split_generator_layers(path, layers)
@@ -214,23 +213,16 @@ def chromagan_generator_with_config(path) -> tuple[dict[str, Any], dict[str, Any
   for flax_name, layer in dense_pairs:
     params[flax_name] = _kernel_bias(path, layer, 2)
   variables = {"params": params, "batch_stats": batch_stats}
-  fields = _generator_fields(path, params)
-  expected = layouts.abstract_variables(fields, "generator")
-  layouts._check_file_layers(path, variables, expected, dict(conv_pairs + bn_pairs + dense_pairs))
-  return variables, fields
+  return variables, _file_names(conv_pairs + bn_pairs + dense_pairs)
 
 
-def chromagan_generator_from_keras(path) -> dict[str, Any]:
-  """Generator variables ``{'params', 'batch_stats'}`` from the authors' h5 (Keras 2 or 3).
-
-  The model fields the weights fit (width 1, image_size 224 for the released file) are
-  inferred from the shapes; see :func:`chromagan_generator_with_config`.
-  """
-  return chromagan_generator_with_config(path)[0]
+def _file_names(pairs) -> dict[str, str]:
+  return {flax_name: layer.name for flax_name, layer in pairs}
 
 
-def chromagan_critic_from_keras(path) -> dict[str, Any]:
-  """Critic variables ``{'params': {conv1 .. conv5}}`` from a Keras h5 of the critic."""
+def chromagan_critic_from_keras(path) -> tuple[dict[str, Any], dict[str, str]]:
+  """(Critic variables ``{'params': {conv1 .. conv5}}``, our layer name -> the file's) from a
+  Keras h5 of the critic."""
   layers, config = keras_h5.read_layers(path, layouts.EXPECTED_FILES["critic"])
   _combined_model(path, layers, "critic")
   for layer in layers:
@@ -242,8 +234,4 @@ def chromagan_critic_from_keras(path) -> dict[str, Any]:
   pairs = _assign(path, "convolution", layouts.CRITIC_CONVS, layers)
   _check_strides(path, pairs, config, layouts.CRITIC_STRIDES)
   variables = {"params": {name: _kernel_bias(path, layer, 4) for name, layer in pairs}}
-  critic = layouts.abstract_variables(
-    {**layouts._ANY_MODEL, **shapes.made_for(variables)}, "critic"
-  )
-  layouts._check_file_layers(path, variables, critic, dict(pairs))
-  return variables
+  return variables, _file_names(pairs)

@@ -1,18 +1,14 @@
-"""Our parameter layouts for outside weights: layer names in file order, the preprocessing
-each source was trained with, and the shapes a converted file is checked against.
+"""Our parameter layouts for outside weights: layer names in file order and the
+preprocessing each source was trained with.
 
-One place for what every mapping (:mod:`keras_port`, :mod:`torch_port`) must produce, so that
-a file of any source is checked once against the model its shapes imply.
+One place for the names every mapping (:mod:`keras_port`, :mod:`torch_port`) produces; the
+shapes they must have are the model's, checked once by
+:func:`chromagan_jax.model.shapes.check`.
 """
 
 from typing import Any
 
-import jax
-import jax.numpy as jnp
-import ml_collections
-
-from chromagan_jax.errors import ShapeError
-from chromagan_jax.model import networks, shapes
+from chromagan_jax.model import networks
 
 # Input preprocessing each weight source was trained with (see networks.vgg_preprocess).
 PREPROCESSING_KERAS = "caffe"
@@ -91,56 +87,6 @@ EXPECTED_FILES = {
   "vgg16": "vgg16_weights_tf_dim_ordering_tf_kernels.h5, 553 MB (the _notop file 59 MB; "
   "torchvision's vgg16-397923af.pth 553 MB)",
 }
-
-
-# Fill a model config where the shapes asked for do not depend on a field (e.g. the critic's
-# on anything but the width, a VGG16 trunk's on the input size).
-_ANY_MODEL = {
-  "image_size": shapes.MAP_STRIDE,
-  "width": 1.0,
-  "num_classes": 1,
-  "fc_width": 1,
-  "vgg_preprocessing": PREPROCESSING_CHROMAGAN,
-}
-
-
-def abstract_variables(model_config, network: str) -> dict[str, Any]:
-  """Shapes of the variables of ``config.model``'s ``network``: 'generator', 'critic' or
-  'vgg16' (the teacher), as ``jax.ShapeDtypeStruct`` pytrees (nothing is computed)."""
-  if not isinstance(model_config, ml_collections.ConfigDict):
-    model_config = ml_collections.ConfigDict(dict(model_config))
-  gen, critic, teacher = networks.models_from_config(model_config)
-  s = model_config.image_size
-
-  def shape(*dims):
-    return jax.ShapeDtypeStruct(dims, jnp.float32)
-
-  key = jax.random.key(0)
-  if network == "critic":
-    return jax.eval_shape(critic.init, key, shape(1, s, s, 2), shape(1, s, s, 1))
-  model = {"generator": gen, "vgg16": teacher}[network]
-  return jax.eval_shape(model.init, key, shape(1, s, s, 3))
-
-
-def _check_file_layers(path, variables, expected, names) -> None:
-  """Checks a converted file against the model its shapes imply, naming the file's layer."""
-  try:
-    shapes.check_shapes(variables, expected, path, target="the model its other layers imply")
-  except ShapeError as e:
-    msg = str(e)
-    for flax_name, layer in names.items():
-      key = f"['{flax_name}']"
-      if key in msg:
-        msg = msg.replace(key, f"{key} (file layer {layer.name!r})", 1)
-        break
-    raise ShapeError(msg) from None
-
-
-def _check_vgg16(path, params) -> None:
-  """Checks VGG16 params against the VGG16 their first layer's width (and fc1) imply."""
-  expected = abstract_variables({**_ANY_MODEL, **shapes.made_for(params, path)}, "vgg16")
-  expected = expected["params"] if has_top(params) else {"vgg16": expected["params"]["vgg16"]}
-  _check_file_layers(path, params, expected, {})
 
 
 def vgg16_trunk_params(classifier_params) -> dict[str, Any]:

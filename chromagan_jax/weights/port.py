@@ -12,13 +12,14 @@ Sources (see ``docs/weights.md`` for where to get them):
   * Directories: ``python -m chromagan_jax.convert`` outputs and training workdirs
     (:mod:`chromagan_jax.weights.checkpoint`).
 
-Reading the files is :mod:`keras_h5` and :mod:`torch_pickle`; checking shapes against a
-config is :mod:`shapes`. The arrays are mapped onto the Flax names of
-:mod:`chromagan_jax.model.networks` (NumPy float32 pytrees) by :mod:`keras_port` and
-:mod:`torch_port`, onto the names and shapes of :mod:`layouts`; this module loads any source
-by what the path holds; :mod:`initial` assembles what a training run starts from: the VGG16
-teacher and trunk (``config.init.vgg16``), the generator (``init.generator``) and the critic
-(``init.critic``), each checked against ``config.model``:
+Reading the files is :mod:`keras_h5` and :mod:`torch_pickle`, our own formats
+:mod:`checkpoint` and :mod:`msgpack_file`; :mod:`keras_port` and :mod:`torch_port` map the
+arrays onto the Flax names of :mod:`chromagan_jax.model.networks` (the names of :mod:`layouts`).
+:func:`read` is the one entry: any source of a network by what the path holds, as NumPy
+variables that nothing has checked yet. The one shape check is
+:func:`chromagan_jax.model.shapes.check`, called by whoever puts them into a model:
+:mod:`initial` (a training run's starting weights against ``config.model``) and the
+converter (against the model the file's first layers imply).
   * VGG16: ``VGG16Classifier`` params ``{'vgg16': {block1_conv1 .. block5_conv3}, 'fc1',
     'fc2', 'predictions'}``, or ``{'vgg16': ...}`` alone from a notop file;
   * generator: ``{'params', 'batch_stats'}`` of ``Generator``; critic: ``{'params'}``.
@@ -29,6 +30,7 @@ Layouts: Keras/Flax conv kernels are HWIO and Dense kernels (in, out); torch's a
 classic silent bug that still gives plausible-looking logits.
 """
 
+import dataclasses
 import os
 from typing import Any
 
@@ -45,6 +47,44 @@ from chromagan_jax.weights import (
   torch_pickle,
   torch_port,
 )
+
+NETWORKS = ("vgg16", "generator", "critic")
+
+
+@dataclasses.dataclass(frozen=True)
+class Weights:
+  """A network's weights read from a path onto our names; no shape is checked yet.
+
+  Attributes:
+    variables: ``{'params', ...}`` as the network's init returns them (NumPy float32).
+    preprocessing: for VGG16, the input preprocessing they were trained with (one of
+      ``networks.VGG_PREPROCESSING``); None for the generator and the critic.
+    layer_names: our layer name -> the file's own, where they differ (for messages).
+  """
+
+  variables: dict[str, Any]
+  preprocessing: str | None
+  layer_names: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def read(path, network: str) -> Weights:
+  """The weights of ``network`` ('vgg16', 'generator' or 'critic') at ``path``, by what the
+  path holds; see the module docstring for the sources. A path of the wrong kind raises
+  ConversionError (or CheckpointError for a damaged checkpoint) naming it.
+  """
+  if network not in NETWORKS:
+    raise ConversionError(f"unknown network {network!r}; expected one of {', '.join(NETWORKS)}")
+  path = os.fspath(path)
+  return {"vgg16": _vgg16, "generator": _generator, "critic": _critic}[network](path)
+
+
+def _numpy(tree):
+  return jax.tree.map(np.asarray, tree)
+
+
+def _is_keras_file(path, kind: str) -> bool:
+  """An h5 (or a ``.keras`` archive / saved web page, refused by :mod:`keras_h5` in one line)."""
+  return kind in ("hdf5", "keras3") or kind == "unknown" and keras_h5.looks_like_web_page(path)
 
 
 def source_kind(path) -> str:
@@ -70,34 +110,19 @@ def source_kind(path) -> str:
   return "unknown"
 
 
-def load_vgg16(path, require_top: bool = True) -> tuple[dict[str, Any], str]:
-  """(VGG16 params, preprocessing the weights were trained with) from any supported source.
-
-  ``path``: Keras .h5 (with top; notop only when ``require_top=False``), torchvision .pth,
-  or a directory written by ``python -m chromagan_jax.convert vgg16``. Preprocessing is one
-  of ``networks.VGG_PREPROCESSING``: 'caffe' (Keras), 'torch' (torchvision).
-  """
-  path = os.fspath(path)
+def _vgg16(path) -> Weights:
+  """Keras .h5 (with top or notop), torchvision .pth or a ``convert vgg16`` directory."""
   kind = source_kind(path)
   if kind == "dir":
     params, config = checkpoint.load_item(path, checkpoint.VGG16)
-    params = jax.tree.map(np.asarray, params)
-    if require_top and not layouts.has_top(params):
-      raise ConversionError(
-        f"{path}: converted from a notop file (no fc1/fc2/predictions): the KL teacher "
-        "needs VGG16 with its classifier top"
-      )
-    return params, config.converted.preprocessing
+    return Weights({"params": _numpy(params)}, config.converted.preprocessing)
   if kind == "hdf5":
-    if not require_top:
-      layers, _ = keras_h5.read_layers(path)
-      require_top = all(n in {layer.name for layer in layers} for n in layouts.VGG16_TOP)
-    return keras_port.vgg16_from_keras(path, include_top=require_top), layouts.PREPROCESSING_KERAS
+    layers, _ = keras_h5.read_layers(path)
+    top = all(n in {layer.name for layer in layers} for n in layouts.VGG16_TOP)
+    params = keras_port.vgg16_from_keras(path, include_top=top)
+    return Weights({"params": params}, layouts.PREPROCESSING_KERAS)
   if kind == "torch":
-    params = torch_port.vgg16_from_torch(path)
-    if require_top and not layouts.has_top(params):
-      raise ConversionError(f"{path}: state dict has no classifier.* layers (no top)")
-    return params, layouts.PREPROCESSING_TORCH
+    return Weights({"params": torch_port.vgg16_from_torch(path)}, layouts.PREPROCESSING_TORCH)
   if kind == "keras3" or keras_h5.looks_like_web_page(path):
     raise ConversionError(keras_h5.not_hdf5_message(path, layouts.EXPECTED_FILES["vgg16"]))
   raise ConversionError(
@@ -105,28 +130,32 @@ def load_vgg16(path, require_top: bool = True) -> tuple[dict[str, Any], str]:
   )
 
 
-def load_generator_variables(path) -> dict[str, Any]:
-  """Generator ``{'params', 'batch_stats'}`` from the authors' h5, a checkpoint directory or a
-  msgpack weights file (``export --format msgpack --with_class_head``).
-
-  A directory may be a training workdir, its ``checkpoints`` directory or the output of
-  ``convert generator``. Any other file raises ConversionError naming it.
-  """
+def _generator(path) -> Weights:
+  """The authors' h5, a checkpoint directory (a training workdir, its ``checkpoints``
+  directory or a ``convert generator`` output: the moving-average generator when it has one)
+  or a msgpack weights file (``export --format msgpack --with_class_head``)."""
   kind = source_kind(path)
-  if kind in ("hdf5", "keras3") or kind == "unknown" and keras_h5.looks_like_web_page(path):
-    return keras_port.chromagan_generator_from_keras(path)
-  if kind not in ("dir", "msgpack"):
+  if _is_keras_file(path, kind):
+    variables, names = keras_port.chromagan_generator_from_keras(path)
+    return Weights(variables, None, names)
+  if kind == "msgpack":
+    variables = checkpoint.read_msgpack(path)[0]
+  elif kind == "dir":
+    step, _ = checkpoint.load_config(path)
+    variables = checkpoint.load_item(path, checkpoint.generator_item(path, step), step)[0]
+  else:
     raise ConversionError(
       f"{path}: not a Keras .h5 generator file, a msgpack weights file nor a checkpoint directory"
     )
-  return jax.tree.map(np.asarray, checkpoint.load_generator(path)[0])
+  return Weights(_numpy(variables), None)
 
 
-def load_critic(path) -> dict[str, Any]:
-  """Critic ``{'params'}`` from a Keras h5 of the critic or a ``convert critic`` directory."""
+def _critic(path) -> Weights:
+  """A Keras h5 of the critic or a ``convert critic`` directory."""
   kind = source_kind(path)
-  if kind in ("hdf5", "keras3") or kind == "unknown" and keras_h5.looks_like_web_page(path):
-    return keras_port.chromagan_critic_from_keras(path)
+  if _is_keras_file(path, kind):
+    variables, names = keras_port.chromagan_critic_from_keras(path)
+    return Weights(variables, None, names)
   if kind != "dir":
     raise ConversionError(f"{path}: not a Keras .h5 critic file nor a converted critic directory")
-  return jax.tree.map(np.asarray, checkpoint.load_item(path, checkpoint.CRITIC)[0])
+  return Weights(_numpy(checkpoint.load_item(path, checkpoint.CRITIC)[0]), None)
