@@ -244,9 +244,9 @@ def write_json(path: str, result: dict) -> str:
   return path
 
 
-def random_checkpoint(folder) -> str:
-  """A paper-size (224, width 1) generator checkpoint with random weights (NumPy, no compile),
-  written to ``folder``/ckpt; returns that directory."""
+def random_checkpoint(folder, image_size: int = 224, width: float = 1.0) -> str:
+  """A generator checkpoint with random weights (NumPy, no compile), written to
+  ``folder``/ckpt; returns that directory. The defaults are the paper's size."""
   import jax  # As in machine_info.
 
   from chromagan_jax.configs import default
@@ -254,6 +254,7 @@ def random_checkpoint(folder) -> str:
   from chromagan_jax.weights import checkpoint
 
   config = default.get_config()
+  config.model.image_size, config.model.width = image_size, width
   gen = networks.models_from_config(config.model)[0]  # Shapes only: any conv policy will do.
   s = config.model.image_size
   shapes = jax.eval_shape(gen.init, jax.random.key(0), jax.ShapeDtypeStruct((1, s, s, 3), "f4"))

@@ -6,13 +6,13 @@
 The network stage is what ``Colorizer.predict_network`` runs: uint8 RGB at S x S (224 for the
 paper's generator) -> L -> the head-free generator -> ab. The JAX contenders run exactly that;
 the others run the exported network (chromagan_jax.inference.exporter: ``L`` / 100 -> ``ab``),
-given the L of the same photos (computing it is not timed for them: ~0.1 ms at 224 x 224).
+given the L of the same photos (untimed for them: a few elementwise operations).
 
 Contenders (``--contenders`` picks some; one missing its package is skipped with one line):
   jax-auto     chromagan-jax's default: conv_impl "auto" (Winograd by the per-ISA rule)
   jax-xla      conv_impl "xla" (XLA's own convolutions); the accuracy reference
-  jax-int8     chromagan-jax's reduced-precision path (``Colorizer(precision="int8")``), when
-               the installed chromagan_jax has it
+  jax-int8     chromagan-jax's int8 path (``Colorizer(precision="int8")``, or a ConvPolicy
+               with ``precision="int8"``), when the installed chromagan_jax has one
   ort-fp32     ONNX Runtime on the jax2onnx export
   ort-int8     ONNX Runtime on its static-quantized QDQ model (quantize_static: uint8
                activations, int8 per-channel weights, MinMax calibration)
@@ -24,19 +24,22 @@ Contenders (``--contenders`` picks some; one missing its package is skipped with
 Every runtime gets ``--threads`` (default: the machine's cores); XLA's CPU pool is its cores.
 
 Calibration uses the first 32 photos of ``--calib`` sorted by path; accuracy, the first 12 of
-``--photos``: mean and max |delta ab| in Lab units against jax-xla (scikit-image's bundled
-photos stand in for either folder when none is given). Exported models are built once per run
-by child processes in a temporary folder, then each round runs every contender once in its own
-process, in an order rotated by one per round; each child warms up (``common.WARMUP_S``) and
-times ``--calls`` calls per batch size. Reported per contender and batch size, over all rounds:
-median and lower quartile of ms per call, both over jax-auto's, peak RSS of the child (VmHWM).
+``--photos``: mean and max |delta ab| in Lab units against jax-xla (without them, the photos
+bundled with scikit-image: its 'train' ones calibrate, its 'holdout' ones measure accuracy).
+Exported models are built once per run by child processes in a temporary folder; then each
+round runs every contender once in its own process, in an order rotated by one per round; each
+child warms up (``common.WARMUP_S``) and times ``--calls`` calls per batch size. Reported per
+contender and batch size, over all rounds: median and lower quartile of ms per call, both over
+jax-auto's, and the child's peak RSS (VmHWM).
 """
 
 import argparse
+import dataclasses
 import importlib.metadata
 import importlib.util
 import inspect
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -47,7 +50,7 @@ import time
 import common  # noqa: I001 (sets sys.path and TF env before the imports below)
 import numpy as np
 
-from chromagan_jax.data import images
+from chromagan_jax.data import images, sources
 from chromagan_jax.inference import engine, exporter
 
 CONTENDERS = ("jax-auto", "jax-xla", "jax-int8", "ort-fp32", "ort-int8", "ov-fp32", "ov-int8",
@@ -71,8 +74,10 @@ LAB_PER_AB = 255.0
 
 def missing(name: str) -> str | None:
   """Why contender ``name`` cannot run with the installed packages, or None when it can."""
-  if name == "jax-int8" and "precision" not in inspect.signature(engine.Colorizer).parameters:
-    return "the installed chromagan_jax has no reduced-precision path (Colorizer(precision=))"
+  if name == "jax-int8" and int8_args() is None:
+    return (
+      "the installed chromagan_jax has no int8 path (Colorizer(precision=) or ConvPolicy.precision)"
+    )
   need = {"ort": ("onnx", "jax2onnx", "onnxruntime"), "ov": ("onnx", "jax2onnx", "openvino")}
   need = need.get(name.split("-")[0], ()) + (("nncf",) if name == "ov-int8" else ())
   if name.startswith("tflite"):
@@ -81,6 +86,19 @@ def missing(name: str) -> str | None:
       return problem
   absent = [m for m in need if importlib.util.find_spec(m) is None]
   return f"not installed: {', '.join(absent)}" if absent else None
+
+
+def int8_args() -> dict | None:
+  """The Colorizer arguments that ask the installed chromagan_jax for its int8 path: its
+  ``precision`` argument, or a ConvPolicy with a ``precision`` field; None when it has neither."""
+  if "precision" in inspect.signature(engine.Colorizer).parameters:
+    return {"precision": "int8"}
+  from chromagan_jax.ops.conv_policy import ConvPolicy
+  from chromagan_jax.runtime import machine
+
+  if "precision" in {f.name for f in dataclasses.fields(ConvPolicy)}:
+    return {"conv": dataclasses.replace(machine.conv_policy("auto"), precision="int8")}
+  return None
 
 
 def versions() -> dict:
@@ -93,25 +111,11 @@ def versions() -> dict:
   return out
 
 
-def read_photos(folder: str | None, count: int, size: int) -> tuple[np.ndarray, list[str]]:
+def read_photos(folder: str | None, count: int, size: int, bundled: str) -> tuple[np.ndarray, list]:
   """uint8 RGB (n, size, size, 3) of the first ``count`` photos of ``folder`` sorted by path
-  (resized as the network input is), or of scikit-image's bundled photos; and their names."""
-  if folder:
-    paths = images.find(folder)[:count]
-    rgbs = [images.read(p).rgb for p in paths]
-  else:
-    from skimage import data as skdata
-
-    paths = [
-      "astronaut",
-      "chelsea",
-      "coffee",
-      "rocket",
-      "hubble_deep_field",
-      "immunohistochemistry",
-    ]
-    rgbs = [getattr(skdata, p)() for p in paths[:count]]
-  return np.stack([images.resize(x, size) for x in rgbs]), paths[:count]
+  (resized as the network input is), or of scikit-image's ``bundled`` split; and their paths."""
+  paths = (images.find(folder) if folder else sources.bundled_photos(bundled))[:count]
+  return np.stack([images.resize(images.read(p).rgb, size) for p in paths]), paths
 
 
 def net_lightness(rgb: np.ndarray) -> np.ndarray:
@@ -135,9 +139,15 @@ def export_onnx(fn, size: int, folder: str, calib: np.ndarray, quantize: bool) -
     return {}
   from onnxruntime import quantization as q
 
-  class Reader(q.CalibrationDataReader):
+  class Reader(q.CalibrationDataReader):  # With CalibStridedMinMax: a few photos at a time.
     def __init__(self):
-      self.items = iter(calib[i : i + 1] for i in range(len(calib)))
+      self.set_range(0, len(calib))
+
+    def __len__(self):
+      return len(calib)
+
+    def set_range(self, start_index, end_index):
+      self.items = iter(calib[i : i + 1] for i in range(start_index, end_index))
 
     def get_next(self):
       return next(({exporter.INPUT_NAME: x} for x in self.items), None)
@@ -149,6 +159,9 @@ def export_onnx(fn, size: int, folder: str, calib: np.ndarray, quantize: bool) -
     prepared, os.path.join(folder, MODEL_FILES["ort-int8"]), Reader(),
     quant_format=q.QuantFormat.QDQ, per_channel=True, activation_type=q.QuantType.QUInt8,
     weight_type=q.QuantType.QInt8, calibrate_method=q.CalibrationMethod.MinMax,
+    # Ranges merged every few photos (a divisor of their count): all activations of 32 photos
+    # at the paper's size take GBs.
+    extra_options={"CalibStridedMinMax": math.gcd(len(calib), 4)},
   )  # fmt: skip
   return {"ort-int8": "quantize_static QDQ, uint8 activations, int8 per-channel weights, MinMax"}
 
@@ -214,7 +227,7 @@ def runner(name: str, ckpt: str, folder: str, batch: int, threads: int):
 
     variables, config = checkpoint.load_generator(ckpt, with_class_head=False)
     impl = "xla" if name == "jax-xla" else "auto"
-    extra = {"precision": "int8"} if name == "jax-int8" else {}
+    extra = int8_args() if name == "jax-int8" else {}
     colorizer = engine.Colorizer(variables, config, batch_size=batch, conv_impl=impl, **extra)
     return lambda rgb: np.asarray(colorizer.predict_network(list(rgb))[1])
   path = os.path.join(folder, MODEL_FILES[name])
@@ -246,7 +259,7 @@ def contender_child(args) -> dict:
     run = runner(args._child, args._ckpt, args._dir, batch, args.threads)
     x = np.resize(rgb, (batch, *rgb.shape[1:]))  # The first photos, repeated when too few.
     out["times_s"][batch] = common.interleaved(
-      {"call": lambda run=run, x=x: run(x)}, args.calls, settle=0
+      {"call": lambda run=run, x=x: run(x)}, args.calls, 0, common.warmup_s(args.smoke)
     )["call"]
     if batch == 1 and args._accuracy:
       ab = np.concatenate([run(rgb[i : i + 1]) for i in range(len(rgb))])
@@ -272,7 +285,11 @@ def default_json(args, cpu: dict) -> str:
   for word in ("amd", "intel(r)", "intel", "(r)", "(tm)", "processor", "cpu"):
     model = model.replace(word, " ")
   tag = "-".join([*model.split("@")[0].split(), cpu["isa"]])
-  what = ("ckpt" if args.ckpt else "random") + "_b" + "-".join(map(str, args.batch_sizes))
+  what = (
+    ("ckpt" if args.ckpt else "smoke" if args.smoke else "random")
+    + "_b"
+    + "-".join(map(str, args.batch_sizes))
+  )
   name = f"runtimes_{tag}_{time.strftime('%Y-%m-%d')}_{args.what + '_' if args.what else ''}{what}"
   return os.path.join(common.ROOT, "bench", "results", name + ".json")
 
@@ -302,20 +319,20 @@ def summarize(runs: list[dict], names: list[str], batches: list[int], folder: st
 
 
 def measure(args, folder: str) -> None:
-  names = [n for n in args.contenders if n != REFERENCE]
-  names = [REFERENCE, *names] if args.contenders[0] != REFERENCE else args.contenders
+  names = [REFERENCE, *(n for n in args.contenders if n != REFERENCE)]  # The reference first.
   result = {"machine": common.machine_info(), "versions": versions(), "skipped": {}}
   for name in list(names):
     if name != REFERENCE and (why := missing(name)):
       print(f"{name}: skipped: {why}", flush=True)
       result["skipped"][name] = why
       names.remove(name)
-  ckpt = args.ckpt or common.random_checkpoint(folder)
+  # --smoke: the paper's network shrunk to 64 x 64, width 1/8.
+  ckpt = args.ckpt or common.random_checkpoint(folder, *((64, 0.125) if args.smoke else ()))
   from chromagan_jax.weights import checkpoint
 
   size = int(checkpoint.load_generator(ckpt, with_class_head=False)[1].model.image_size)
-  calib, calib_names = read_photos(args.calib, CALIB_PHOTOS, size)
-  photos, photo_names = read_photos(args.photos, ACCURACY_PHOTOS, size)
+  calib, calib_names = read_photos(args.calib, CALIB_PHOTOS, size, "train")
+  photos, photo_names = read_photos(args.photos, ACCURACY_PHOTOS, size, "holdout")
   np.save(os.path.join(folder, "calib_L.npy"), net_lightness(calib))
   np.save(os.path.join(folder, "photos_rgb.npy"), photos)
   result.update({
@@ -334,7 +351,8 @@ def measure(args, folder: str) -> None:
   for r in range(args.rounds):
     for name in names[r % len(names) :] + names[: r % len(names)]:
       flags = ["--_child", name, "--_ckpt", ckpt, "--_dir", folder, "--threads",
-               str(args.threads), "--calls", str(args.calls), "--batch_sizes", batches]  # fmt: skip
+               str(args.threads), "--calls", str(args.calls), "--batch_sizes", batches,
+               *(["--smoke"] if args.smoke else [])]  # fmt: skip
       run = {"round": r, "name": name, **child(flags + (["--_accuracy"] if r == 0 else []))}
       runs.append(run)
       medians = {b: f"{np.median(t) * 1e3:.0f}" for b, t in run["times_s"].items()}
@@ -366,10 +384,13 @@ def main(argv=None):
                       "<date>_[<what>_]<random|ckpt>_b<batches>.json")  # fmt: skip
   parser.add_argument("--what", default="", help="a word for the default JSON name")
   parser.add_argument("--markdown", action="store_true")
+  parser.add_argument("--smoke", action="store_true", help="a tiny model, 1 round, 1 call")
   for hidden in ("--_child", "--_export", "--_ckpt", "--_dir"):
     parser.add_argument(hidden, default=None, help=argparse.SUPPRESS)
   parser.add_argument("--_accuracy", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
+  if args.smoke:
+    args.rounds, args.calls = 1, 1
   # Batch 1 always: the accuracy photos go through one at a time.
   args.batch_sizes = sorted({1, *(int(b) for b in args.batch_sizes.split(","))})
   args.contenders = args.contenders.split(",")
