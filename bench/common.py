@@ -277,21 +277,22 @@ def random_checkpoint(folder, image_size: int = 224, width: float = 1.0) -> str:
 
 def onnx_runner(path: str, threads: int) -> Callable[[np.ndarray], np.ndarray]:
   """ONNX Runtime (CPU) on the exported network (chromagan_jax.inference.exporter): ``L``
-  float32 (N, S, S, 1) -> ``ab`` (N, S, S, 2), ``threads`` intra-op threads, one inter-op."""
+  float32 (N, S, S, 1) -> ``ab`` (N, S, S, 2), ``threads`` intra-op threads, one inter-op.
+  Imports no JAX: a process of its own measures ONNX Runtime's memory alone."""
   import onnxruntime as ort
-
-  from chromagan_jax.inference import exporter
 
   options = ort.SessionOptions()
   options.intra_op_num_threads = threads
   options.inter_op_num_threads = 1
   session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-  return lambda lightness: session.run([exporter.OUTPUT_NAME], {exporter.INPUT_NAME: lightness})[0]
+  (source,), (target,) = session.get_inputs(), session.get_outputs()
+  return lambda lightness: session.run([target.name], {source.name: lightness})[0]
 
 
 def tflite_runner(model: bytes, threads: int, batch: int) -> Callable[[np.ndarray], np.ndarray]:
   """The TFLite interpreter (its default XNNPACK delegate) on an exported network flatbuffer,
-  resized to ``batch``: ``L`` float32 (batch, S, S, 1) -> ``ab`` (batch, S, S, 2)."""
+  resized to ``batch``: ``L`` float32 (batch, S, S, 1) -> ``ab`` (batch, S, S, 2). Imports
+  no JAX."""
   import tensorflow as tf
 
   interpreter = tf.lite.Interpreter(model_content=model, num_threads=threads)

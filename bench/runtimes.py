@@ -51,7 +51,9 @@ import common  # noqa: I001 (sets sys.path and TF env before the imports below)
 import numpy as np
 
 from chromagan_jax.data import images, sources
-from chromagan_jax.inference import engine, exporter
+
+# chromagan_jax.inference (and JAX with it) is imported where used: the processes of the other
+# runtimes never import it, so that their peak RSS is their own.
 
 CONTENDERS = ("jax-auto", "jax-xla", "jax-int8", "ort-fp32", "ort-int8", "ov-fp32", "ov-int8",
               "tflite-fp32", "tflite-int8")  # fmt: skip
@@ -75,12 +77,12 @@ LAB_PER_AB = 255.0
 def missing(name: str) -> str | None:
   """Why contender ``name`` cannot run with the installed packages, or None when it can."""
   if name == "jax-int8" and int8_args() is None:
-    return (
-      "the installed chromagan_jax has no int8 path (Colorizer(precision=) or ConvPolicy.precision)"
-    )
+    return "no int8 path in the installed chromagan_jax (Colorizer(precision=))"
   need = {"ort": ("onnx", "jax2onnx", "onnxruntime"), "ov": ("onnx", "jax2onnx", "openvino")}
   need = need.get(name.split("-")[0], ()) + (("nncf",) if name == "ov-int8" else ())
   if name.startswith("tflite"):
+    from chromagan_jax.inference import exporter
+
     need = ("tensorflow",)
     if problem := exporter.tf_formats_problem():
       return problem
@@ -91,6 +93,8 @@ def missing(name: str) -> str | None:
 def int8_args() -> dict | None:
   """The Colorizer arguments that ask the installed chromagan_jax for its int8 path: its
   ``precision`` argument, or a ConvPolicy with a ``precision`` field; None when it has neither."""
+  from chromagan_jax.inference import engine
+
   if "precision" in inspect.signature(engine.Colorizer).parameters:
     return {"precision": "int8"}
   from chromagan_jax.ops.conv_policy import ConvPolicy
@@ -102,13 +106,12 @@ def int8_args() -> dict | None:
 
 
 def versions() -> dict:
-  out = {}
-  for package in PACKAGES:
-    try:
-      out[package] = importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-      pass
-  return out
+  """The installed versions of :data:`PACKAGES` (those installed)."""
+  found = {
+    d.metadata["Name"].lower().replace("_", "-"): d.version
+    for d in importlib.metadata.distributions()
+  }
+  return {p: found[p] for p in PACKAGES if p in found}
 
 
 def read_photos(folder: str | None, count: int, size: int, bundled: str) -> tuple[np.ndarray, list]:
@@ -132,6 +135,8 @@ def net_lightness(rgb: np.ndarray) -> np.ndarray:
 def export_onnx(fn, size: int, folder: str, calib: np.ndarray, quantize: bool) -> dict:
   """fp32.onnx (ort-fp32, and ov-* converts it), and int8.onnx when ``quantize``."""
   import onnx
+
+  from chromagan_jax.inference import exporter
 
   fp32 = os.path.join(folder, MODEL_FILES["ort-fp32"])
   onnx.save(exporter.to_onnx(fn, size), fp32)
@@ -182,6 +187,8 @@ def export_openvino(folder: str, calib: np.ndarray) -> dict:
 def export_tflite(fn, size: int, folder: str, calib: np.ndarray) -> dict:
   import tensorflow as tf
 
+  from chromagan_jax.inference import exporter
+
   with open(os.path.join(folder, MODEL_FILES["tflite-fp32"]), "wb") as f:
     f.write(exporter.to_tflite(fn, size))
 
@@ -205,12 +212,14 @@ def export_tflite(fn, size: int, folder: str, calib: np.ndarray) -> dict:
   return {"tflite-int8": f"{mode}, representative dataset of {len(calib)} photos"}
 
 
-def export_child(fmt: str, ckpt: str, folder: str, names: list[str]) -> dict:
+def export_child(fmt: str, ckpt: str, step: int, folder: str, names: list[str]) -> dict:
   """Writes format ``fmt``'s model files for ``names``; returns how each int8 model was made."""
   calib = np.load(os.path.join(folder, "calib_L.npy"))
   if fmt == "openvino":
     return export_openvino(folder, calib)
-  fn, size = exporter.load(ckpt)
+  from chromagan_jax.inference import exporter
+
+  fn, size = exporter.load(ckpt, step)
   if fmt == "onnx":
     return export_onnx(fn, size, folder, calib, quantize="ort-int8" in names)
   return export_tflite(fn, size, folder, calib)
@@ -220,49 +229,50 @@ def export_child(fmt: str, ckpt: str, folder: str, names: list[str]) -> dict:
 # One contender in its own process.
 
 
-def runner(name: str, ckpt: str, folder: str, batch: int, threads: int):
-  """A function of the batch's uint8 RGB (batch, S, S, 3) -> ab (batch, S, S, 2) as NumPy."""
+def runner(name: str, ckpt: str, step: int, folder: str, batch: int, threads: int):
+  """Contender ``name`` at ``batch``: a function of the batch's uint8 RGB (batch, S, S, 3) for
+  JAX, of its L (:func:`net_lightness`) for the others, to ab (batch, S, S, 2) as NumPy."""
   if name.startswith("jax"):
+    from chromagan_jax.inference import engine
     from chromagan_jax.weights import checkpoint
 
-    variables, config = checkpoint.load_generator(ckpt, with_class_head=False)
+    variables, config = checkpoint.load_generator(ckpt, step, with_class_head=False)
     impl = "xla" if name == "jax-xla" else "auto"
     extra = int8_args() if name == "jax-int8" else {}
     colorizer = engine.Colorizer(variables, config, batch_size=batch, conv_impl=impl, **extra)
     return lambda rgb: np.asarray(colorizer.predict_network(list(rgb))[1])
   path = os.path.join(folder, MODEL_FILES[name])
   if name.startswith("ort"):
-    run = common.onnx_runner(path, threads)
-  elif name.startswith("tflite"):
+    return common.onnx_runner(path, threads)
+  if name.startswith("tflite"):
     with open(path, "rb") as f:
-      run = common.tflite_runner(f.read(), threads, batch)
-  else:
-    import openvino as ov
+      return common.tflite_runner(f.read(), threads, batch)
+  import openvino as ov
 
-    model = ov.Core().read_model(path)
-    model.reshape([batch, *(d.get_length() for d in list(model.inputs[0].partial_shape)[1:])])
-    compiled = ov.Core().compile_model(model, "CPU", {
-      "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
-      "INFERENCE_PRECISION_HINT": "f32",  # Not bf16, which the CPU plugin may pick by itself.
-    })  # fmt: skip
-    request = compiled.create_infer_request()
-    run = lambda lightness: request.infer([lightness])[0].copy()
-  return lambda rgb: run(net_lightness(rgb))
+  model = ov.Core().read_model(path)
+  model.reshape([batch, *(d.get_length() for d in list(model.inputs[0].partial_shape)[1:])])
+  compiled = ov.Core().compile_model(model, "CPU", {
+    "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
+    "INFERENCE_PRECISION_HINT": "f32",  # Not bf16, which the CPU plugin may pick by itself.
+  })  # fmt: skip
+  request = compiled.create_infer_request()
+  return lambda lightness: request.infer([lightness])[0].copy()
 
 
 def contender_child(args) -> dict:
   """Times ``args._child`` at each batch size; in round 0 also writes its ab of the accuracy
   photos (batch 1, one call each) as ab_<name>.npy."""
-  rgb = np.load(os.path.join(args._dir, "photos_rgb.npy"))
+  inputs = "photos_rgb.npy" if args._child.startswith("jax") else "photos_L.npy"
+  photos = np.load(os.path.join(args._dir, inputs))
   out = {"times_s": {}}
   for batch in args.batch_sizes:
-    run = runner(args._child, args._ckpt, args._dir, batch, args.threads)
-    x = np.resize(rgb, (batch, *rgb.shape[1:]))  # The first photos, repeated when too few.
+    run = runner(args._child, args.ckpt, args.step, args._dir, batch, args.threads)
+    x = np.resize(photos, (batch, *photos.shape[1:]))  # The first photos, repeated if too few.
     out["times_s"][batch] = common.interleaved(
       {"call": lambda run=run, x=x: run(x)}, args.calls, 0, common.warmup_s(args.smoke)
     )["call"]
     if batch == 1 and args._accuracy:
-      ab = np.concatenate([run(rgb[i : i + 1]) for i in range(len(rgb))])
+      ab = np.concatenate([run(photos[i : i + 1]) for i in range(len(photos))])
       np.save(os.path.join(args._dir, f"ab_{args._child}.npy"), ab)
   out["peak_rss_mib"] = common.vm_hwm_mib()
   return out
@@ -281,17 +291,16 @@ def child(argv: list[str]) -> dict:
 
 
 def default_json(args, cpu: dict) -> str:
+  """bench/results/runtimes_<cpu>-<isa>_<date>_[<what>_]<weights>_b<batch sizes>.json."""
   model = cpu["cpu"].lower()
   for word in ("amd", "intel(r)", "intel", "(r)", "(tm)", "processor", "cpu"):
     model = model.replace(word, " ")
   tag = "-".join([*model.split("@")[0].split(), cpu["isa"]])
-  what = (
-    ("ckpt" if args.ckpt else "smoke" if args.smoke else "random")
-    + "_b"
-    + "-".join(map(str, args.batch_sizes))
-  )
-  name = f"runtimes_{tag}_{time.strftime('%Y-%m-%d')}_{args.what + '_' if args.what else ''}{what}"
-  return os.path.join(common.ROOT, "bench", "results", name + ".json")
+  weights = "ckpt" if args.ckpt else "smoke" if args.smoke else "random"
+  what = [args.what] if args.what else []
+  name = "_".join(["runtimes", tag, time.strftime("%Y-%m-%d"), *what, weights])
+  batches = "-".join(map(str, args.batch_sizes))
+  return os.path.join(common.ROOT, "bench", "results", f"{name}_b{batches}.json")
 
 
 def summarize(runs: list[dict], names: list[str], batches: list[int], folder: str) -> list[dict]:
@@ -330,30 +339,37 @@ def measure(args, folder: str) -> None:
   ckpt = args.ckpt or common.random_checkpoint(folder, *((64, 0.125) if args.smoke else ()))
   from chromagan_jax.weights import checkpoint
 
-  size = int(checkpoint.load_generator(ckpt, with_class_head=False)[1].model.image_size)
+  # One step for every process, though training may write newer ones meanwhile.
+  args.step, config = checkpoint.load_config(ckpt, args.step)
+  size = int(config.model.image_size)
   calib, calib_names = read_photos(args.calib, CALIB_PHOTOS, size, "train")
   photos, photo_names = read_photos(args.photos, ACCURACY_PHOTOS, size, "holdout")
   np.save(os.path.join(folder, "calib_L.npy"), net_lightness(calib))
   np.save(os.path.join(folder, "photos_rgb.npy"), photos)
+  np.save(os.path.join(folder, "photos_L.npy"), net_lightness(photos))
   result.update({
-    "ckpt": args.ckpt or "random paper-size weights", "image_size": size,
+    "ckpt": args.ckpt or "random paper-size weights", "step": args.step, "image_size": size,
     "calibration_photos": calib_names, "accuracy_photos": photo_names, "threads": args.threads,
     "batch_sizes": args.batch_sizes, "calls_per_round": args.calls, "rounds": args.rounds,
     "quantization": {},
   })  # fmt: skip
+  shared = ["--ckpt", ckpt, "--step", str(args.step), "--_dir", folder, "--contenders",
+            ",".join(names), "--threads", str(args.threads), "--calls", str(args.calls),
+            "--batch_sizes", ",".join(map(str, args.batch_sizes))]  # fmt: skip
+  shared += ["--smoke"] if args.smoke else []
   for fmt, produced in EXPORTS.items():
     if any(n in names for n in produced):
       start = time.perf_counter()
-      flags = ["--_export", fmt, "--_ckpt", ckpt, "--_dir", folder, "--contenders", ",".join(names)]
-      result["quantization"].update(child(flags))
+      result["quantization"].update(child([*shared, "--_export", fmt]))
       print(f"exported {fmt} in {time.perf_counter() - start:.0f} s", flush=True)
-  runs, batches = [], ",".join(map(str, args.batch_sizes))
+  runs = []
   for r in range(args.rounds):
     for name in names[r % len(names) :] + names[: r % len(names)]:
-      flags = ["--_child", name, "--_ckpt", ckpt, "--_dir", folder, "--threads",
-               str(args.threads), "--calls", str(args.calls), "--batch_sizes", batches,
-               *(["--smoke"] if args.smoke else [])]  # fmt: skip
-      run = {"round": r, "name": name, **child(flags + (["--_accuracy"] if r == 0 else []))}
+      run = {
+        "round": r,
+        "name": name,
+        **child([*shared, "--_child", name, *(["--_accuracy"] if r == 0 else [])]),
+      }
       runs.append(run)
       medians = {b: f"{np.median(t) * 1e3:.0f}" for b, t in run["times_s"].items()}
       print(f"round {r} {name}: median ms by batch {medians}", flush=True)
@@ -373,6 +389,7 @@ def measure(args, folder: str) -> None:
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--ckpt", default=None, help="default: random paper-size weights")
+  parser.add_argument("--step", type=int, default=None, help="--ckpt's step; default: latest")
   parser.add_argument("--calib", default=None, help="photos to calibrate int8 models on")
   parser.add_argument("--photos", default=None, help="photos to measure accuracy on")
   parser.add_argument("--contenders", default=",".join(CONTENDERS))
@@ -385,7 +402,7 @@ def main(argv=None):
   parser.add_argument("--what", default="", help="a word for the default JSON name")
   parser.add_argument("--markdown", action="store_true")
   parser.add_argument("--smoke", action="store_true", help="a tiny model, 1 round, 1 call")
-  for hidden in ("--_child", "--_export", "--_ckpt", "--_dir"):
+  for hidden in ("--_child", "--_export", "--_dir"):
     parser.add_argument(hidden, default=None, help=argparse.SUPPRESS)
   parser.add_argument("--_accuracy", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
@@ -397,7 +414,7 @@ def main(argv=None):
   if unknown := set(args.contenders) - set(CONTENDERS):
     parser.error(f"unknown contenders {sorted(unknown)}; expected some of {CONTENDERS}")
   if args._export:
-    print(json.dumps(export_child(args._export, args._ckpt, args._dir, args.contenders)))
+    print(json.dumps(export_child(args._export, args.ckpt, args.step, args._dir, args.contenders)))
     return
   if args._child:
     print(json.dumps(contender_child(args)))
