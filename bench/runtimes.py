@@ -4,15 +4,16 @@
   python bench/runtimes.py --ckpt DIR --calib ... --photos ... --batch_sizes 1,8 --markdown
 
 The network stage is what ``Colorizer.predict_network`` runs: uint8 RGB at S x S (224 for the
-paper's generator) -> L -> the head-free generator -> ab. The JAX contenders run exactly that;
-the others run the exported network (chromagan_jax.inference.exporter: ``L`` / 100 -> ``ab``),
-given the L of the same photos (untimed for them: a few elementwise operations).
+paper's generator) -> L -> the head-free generator -> ab. The JAX contenders run exactly that
+(its host-side resize is an identity at S x S); the others run the exported network
+(chromagan_jax.inference.exporter: ``L`` / 100 -> ``ab``) on the L of the same photos
+(untimed for them: a few elementwise operations).
 
 Contenders (``--contenders`` picks some; one missing its package is skipped with one line):
   jax-auto     chromagan-jax's default: conv_impl "auto" (Winograd by the per-ISA rule)
   jax-xla      conv_impl "xla" (XLA's own convolutions); the accuracy reference
-  jax-int8     chromagan-jax's int8 path (``Colorizer(precision="int8")``, or a ConvPolicy
-               with ``precision="int8"``), when the installed chromagan_jax has one
+  jax-int8     chromagan-jax's int8 path (``Colorizer(precision="int8")``), when the
+               installed chromagan_jax has one
   ort-fp32     ONNX Runtime on the jax2onnx export
   ort-int8     ONNX Runtime on its static-quantized QDQ model (quantize_static: uint8
                activations, int8 per-channel weights, MinMax calibration)
@@ -34,7 +35,6 @@ jax-auto's, and the child's peak RSS (VmHWM).
 """
 
 import argparse
-import dataclasses
 import importlib.metadata
 import importlib.util
 import inspect
@@ -91,17 +91,12 @@ def missing(name: str) -> str | None:
 
 
 def int8_args() -> dict | None:
-  """The Colorizer arguments that ask the installed chromagan_jax for its int8 path: its
-  ``precision`` argument, or a ConvPolicy with a ``precision`` field; None when it has neither."""
+  """The Colorizer arguments that ask the installed chromagan_jax for its int8 path
+  (``precision="int8"``), or None when its Colorizer takes no ``precision``."""
   from chromagan_jax.inference import engine
 
   if "precision" in inspect.signature(engine.Colorizer).parameters:
     return {"precision": "int8"}
-  from chromagan_jax.ops.conv_policy import ConvPolicy
-  from chromagan_jax.runtime import machine
-
-  if "precision" in {f.name for f in dataclasses.fields(ConvPolicy)}:
-    return {"conv": dataclasses.replace(machine.conv_policy("auto"), precision="int8")}
   return None
 
 
