@@ -273,11 +273,12 @@ def contender_child(args) -> dict:
   return out
 
 
-def child(argv: list[str]) -> dict:
-  """Runs ``python bench/runtimes.py ARGV`` and returns the JSON of its last line."""
-  done = subprocess.run([sys.executable, __file__, *argv], capture_output=True, text=True)
+def child(shared: list[str], *flags: str) -> dict:
+  """Runs ``python bench/runtimes.py SHARED FLAGS`` and returns the JSON of its last line."""
+  argv = [sys.executable, __file__, *shared, *flags]
+  done = subprocess.run(argv, capture_output=True, text=True)
   if done.returncode:
-    raise RuntimeError(f"{' '.join(argv[:2])} failed:\n{done.stderr[-4000:]}")
+    raise RuntimeError(f"{' '.join(flags)} failed:\n{done.stderr[-4000:]}")
   return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -355,7 +356,7 @@ def measure(args, folder: str) -> None:
   for fmt, produced in EXPORTS.items():
     if any(n in names for n in produced):
       start = time.perf_counter()
-      result["quantization"].update(child([*shared, "--_export", fmt]))
+      result["quantization"].update(child(shared, "--_export", fmt))
       print(f"exported {fmt} in {time.perf_counter() - start:.0f} s", flush=True)
   runs = []
   for r in range(args.rounds):
@@ -363,7 +364,7 @@ def measure(args, folder: str) -> None:
       run = {
         "round": r,
         "name": name,
-        **child([*shared, "--_child", name, *(["--_accuracy"] if r == 0 else [])]),
+        **child(shared, "--_child", name, *(["--_accuracy"] if r == 0 else [])),
       }
       runs.append(run)
       medians = {b: f"{np.median(t) * 1e3:.0f}" for b, t in run["times_s"].items()}
