@@ -56,7 +56,6 @@ import jax
 import numpy as np
 from PIL import Image, ImageCms
 
-from chromagan_jax.configs import default
 from chromagan_jax.data import images
 from chromagan_jax.inference import engine, exporter
 from chromagan_jax.model import networks, predict
@@ -81,29 +80,6 @@ def make_photo(folder, size, seed=0) -> str:
   path = os.path.join(folder, f"photo_{w}x{h}.jpg")
   Image.fromarray(rgb).save(path, quality=JPEG_INPUT_QUALITY)
   return path
-
-
-def random_checkpoint(folder) -> str:
-  """A paper-size (224, width 1) generator checkpoint with random weights (NumPy, no compile)."""
-  config = default.get_config()
-  gen = networks.models_from_config(config.model)[0]  # Shapes only: any conv policy will do.
-  s = config.model.image_size
-  shapes = jax.eval_shape(gen.init, jax.random.key(0), jax.ShapeDtypeStruct((1, s, s, 3), "f4"))
-  rng = np.random.default_rng(0)
-
-  def init(path, leaf):
-    names = [getattr(p, "key", "") for p in path]
-    if names[-1] == "kernel":
-      scale = 0.05 if "dec_conv6" in names else 1.0
-      fan_in = int(np.prod(leaf.shape[:-1]))
-      return (rng.standard_normal(leaf.shape, np.float32) * scale / np.sqrt(fan_in)).astype("f4")
-    if names[-1] in ("scale", "var"):
-      return np.ones(leaf.shape, np.float32)
-    return np.zeros(leaf.shape, np.float32)
-
-  directory = os.path.join(folder, "ckpt")
-  checkpoint.save_generator(directory, jax.tree_util.tree_map_with_path(init, shapes), config)
-  return directory
 
 
 def count(tree) -> int:
@@ -132,17 +108,8 @@ def load_child(mode: str, ckpt: str, photo: str) -> dict:
     "params_loaded": count(variables["params"]),
     "load_s": load_s,
     "first_photo_s": time.perf_counter() - t1,
-    "peak_rss_mib": vm_hwm_mib(),
+    "peak_rss_mib": common.vm_hwm_mib(),
   }
-
-
-def vm_hwm_mib() -> float:
-  """This process's peak RSS since its exec (VmHWM; ru_maxrss would carry the parent's)."""
-  with open("/proc/self/status") as f:
-    for line in f:
-      if line.startswith("VmHWM:"):
-        return int(line.split()[1]) / 1024.0
-  return common.peak_rss_mib()
 
 
 def measure_loading(ckpt: str, photo: str) -> list[dict]:
@@ -241,7 +208,6 @@ def network_contenders(ckpt, variables, config, l3: np.ndarray, repeats: int, fo
   # The contenders' libraries only when they run (--skip_contenders skips them).
   import keras_reference
   import onnx
-  import onnxruntime as ort
   import tensorflow as tf
 
   out, ab = {}, {}
@@ -266,34 +232,26 @@ def network_contenders(ckpt, variables, config, l3: np.ndarray, repeats: int, fo
 
   onnx_path = os.path.join(folder, "generator.onnx")
   onnx.save(exporter.to_onnx(fn, size), onnx_path)
-  session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
-  run_onnx = lambda: session.run([exporter.OUTPUT_NAME], {exporter.INPUT_NAME: net_l})[0]
-  out["onnxruntime"] = timed(run_onnx, repeats)
-  ab["onnxruntime"] = run_onnx()
+  threads = os.cpu_count()
+  run_onnx = common.onnx_runner(onnx_path, threads)
+  out["onnxruntime"] = timed(lambda: run_onnx(net_l), repeats)
+  ab["onnxruntime"] = run_onnx(net_l)
 
   if problem := exporter.tf_formats_problem():
     print(f"TFLite not timed: {problem}", file=sys.stderr)
     return out, ab
-  interpreter = tf.lite.Interpreter(model_content=exporter.to_tflite(fn, size), num_threads=2)
-  interpreter.allocate_tensors()
-
-  def run_tflite():
-    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], net_l)
-    interpreter.invoke()
-    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
-
-  out["tflite"] = timed(run_tflite, repeats)
-  ab["tflite"] = run_tflite()
+  run_tflite = common.tflite_runner(exporter.to_tflite(fn, size), threads, len(net_l))
+  out["tflite"] = timed(lambda: run_tflite(net_l), repeats)
+  ab["tflite"] = run_tflite(net_l)
 
   # Reduced precision: TFLite's dynamic-range int8 weights (activations stay float).
   converter = tf.lite.TFLiteConverter.from_concrete_functions(
     [exporter.to_tf_function(fn, size).get_concrete_function()]
   )
   converter.optimizations = [tf.lite.Optimize.DEFAULT]
-  interpreter = tf.lite.Interpreter(model_content=converter.convert(), num_threads=2)
-  interpreter.allocate_tensors()
-  out["tflite_int8_weights"] = timed(run_tflite, repeats)
-  ab["tflite_int8_weights"] = run_tflite()
+  run_tflite = common.tflite_runner(converter.convert(), threads, len(net_l))
+  out["tflite_int8_weights"] = timed(lambda: run_tflite(net_l), repeats)
+  ab["tflite_int8_weights"] = run_tflite(net_l)
   return out, ab
 
 
@@ -388,7 +346,7 @@ def measure_folder(args, tmp: str) -> None:
     w, h = (int(round(x * np.sqrt(args.synthetic_mp / 12.0))) for x in PHOTO_SIZES["12"])
     for i in range(args.synthetic):
       os.replace(make_photo(folder, (w, h), seed=i), os.path.join(folder, f"{i:03d}.jpg"))
-  ckpt = args.ckpt or random_checkpoint(tmp)
+  ckpt = args.ckpt or common.random_checkpoint(tmp)
   count_, mp = folder_megapixels(folder)
   cache = os.path.join(tmp, "xla_cache")
   before_root = args.before_root or common.ROOT
@@ -503,7 +461,7 @@ def measure(args, folder: str) -> None:
     "ckpt": args.ckpt or "random paper-size weights",
     "repeats": args.repeats,
   }
-  args.ckpt = args.ckpt or random_checkpoint(folder)
+  args.ckpt = args.ckpt or common.random_checkpoint(folder)
   photos = {mp: make_photo(folder, PHOTO_SIZES[mp]) for mp in args.sizes.split(",")}
 
   variables, config = checkpoint.load_generator(args.ckpt, with_class_head=False)

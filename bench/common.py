@@ -58,6 +58,7 @@ def machine_info() -> dict:
     "cpu": cpu_model(),
     # The vector ISA the convolution rule distinguishes: "avx512", "avx2" or "other".
     "isa": machine.cpu_isa(),
+    "int8_bf16_flags": int8_bf16_flags(),
     "cores": os.cpu_count(),
     "load_average_1_5_15_at_start": _LOAD_AT_START,
     "load_average_1_5_15": list(os.getloadavg()),
@@ -71,9 +72,33 @@ def machine_info() -> dict:
   }
 
 
+# The /proc/cpuinfo flags that decide how fast int8 and bf16 inference can be: VNNI dot products
+# (AVX-512 or AVX), AVX-512 BF16, AMX tiles.
+INT8_BF16_FLAGS = ("avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
+
+
+def int8_bf16_flags() -> list[str]:
+  """Which of :data:`INT8_BF16_FLAGS` this CPU has (none off Linux)."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+  except OSError:
+    flags = []
+  return [f for f in INT8_BF16_FLAGS if f in flags]
+
+
 def peak_rss_mib() -> float:
   """Peak resident memory of this process so far (ru_maxrss is KiB on Linux)."""
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def vm_hwm_mib() -> float:
+  """This process's peak RSS since its exec (VmHWM; ru_maxrss would carry the parent's)."""
+  with open("/proc/self/status") as f:
+    for line in f:
+      if line.startswith("VmHWM:"):
+        return int(line.split()[1]) / 1024.0
+  return peak_rss_mib()
 
 
 def time_once(fn: Callable[[], object]) -> float:
@@ -217,6 +242,70 @@ def write_json(path: str, result: dict) -> str:
     json.dump(result, f, indent=2, sort_keys=True)
   print(f"wrote {path}")
   return path
+
+
+def random_checkpoint(folder, image_size: int = 224, width: float = 1.0) -> str:
+  """A generator checkpoint with random weights (NumPy, no compile), written to
+  ``folder``/ckpt; returns that directory. The defaults are the paper's size."""
+  import jax  # As in machine_info.
+
+  from chromagan_jax.configs import default
+  from chromagan_jax.model import networks
+  from chromagan_jax.weights import checkpoint
+
+  config = default.get_config()
+  config.model.image_size, config.model.width = image_size, width
+  gen = networks.models_from_config(config.model)[0]  # Shapes only: any conv policy will do.
+  s = config.model.image_size
+  shapes = jax.eval_shape(gen.init, jax.random.key(0), jax.ShapeDtypeStruct((1, s, s, 3), "f4"))
+  rng = np.random.default_rng(0)
+
+  def init(path, leaf):
+    names = [getattr(p, "key", "") for p in path]
+    if names[-1] == "kernel":
+      scale = 0.05 if "dec_conv6" in names else 1.0
+      fan_in = int(np.prod(leaf.shape[:-1]))
+      return (rng.standard_normal(leaf.shape, np.float32) * scale / np.sqrt(fan_in)).astype("f4")
+    if names[-1] in ("scale", "var"):
+      return np.ones(leaf.shape, np.float32)
+    return np.zeros(leaf.shape, np.float32)
+
+  directory = os.path.join(folder, "ckpt")
+  checkpoint.save_generator(directory, jax.tree_util.tree_map_with_path(init, shapes), config)
+  return directory
+
+
+def onnx_runner(path: str, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+  """ONNX Runtime (CPU) on the exported network (chromagan_jax.inference.exporter): ``L``
+  float32 (N, S, S, 1) -> ``ab`` (N, S, S, 2), ``threads`` intra-op threads, one inter-op.
+  Imports no JAX: a process of its own measures ONNX Runtime's memory alone."""
+  import onnxruntime as ort
+
+  options = ort.SessionOptions()
+  options.intra_op_num_threads = threads
+  options.inter_op_num_threads = 1
+  session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+  (source,), (target,) = session.get_inputs(), session.get_outputs()
+  return lambda lightness: session.run([target.name], {source.name: lightness})[0]
+
+
+def tflite_runner(model: bytes, threads: int, batch: int) -> Callable[[np.ndarray], np.ndarray]:
+  """The TFLite interpreter (its default XNNPACK delegate) on an exported network flatbuffer,
+  resized to ``batch``: ``L`` float32 (batch, S, S, 1) -> ``ab`` (batch, S, S, 2). Imports
+  no JAX."""
+  import tensorflow as tf
+
+  interpreter = tf.lite.Interpreter(model_content=model, num_threads=threads)
+  (source,), (target,) = interpreter.get_input_details(), interpreter.get_output_details()
+  interpreter.resize_tensor_input(source["index"], [batch, *source["shape"][1:]])
+  interpreter.allocate_tensors()
+
+  def run(lightness):
+    interpreter.set_tensor(source["index"], lightness)
+    interpreter.invoke()
+    return interpreter.get_tensor(target["index"])
+
+  return run
 
 
 def print_table(rows: list[dict], columns: list[str], markdown: bool = False) -> None:

@@ -240,3 +240,65 @@ def test_colorize_bench_folder_smoke(tmp_path):
     assert run["photos_per_s"] == pytest.approx(3 / run["wall_s"])
     assert run["wall_over_network"] == pytest.approx(run["wall_s"] / run["network_s"])
     assert 0 < run["cores_busy"] < 2 * os.cpu_count() and run["peak_rss_mib"] > 0
+
+
+@pytest.mark.slow  # exports, and a process per contender and round
+def test_runtimes_bench_smoke(tmp_path):
+  """bench/runtimes.py on an input-sensitive small model: each contender timed once per round
+  in a rotated order, its ratios to jax-auto, and its accuracy against jax-xla: the fp32 runtimes
+  agree to float rounding, the int8 model differs but stays within a few Lab units. A runtime
+  whose package is missing is skipped with its reason."""
+  import runtimes
+  from helpers import ab_input_sensitivity, colourful_generator_variables, small_config
+
+  from chromagan_jax.weights import checkpoint
+
+  config = small_config()
+  variables = colourful_generator_variables(config)
+  assert ab_input_sensitivity(variables, config) * runtimes.LAB_PER_AB > 20.0
+  ckpt = tmp_path / "ckpt"
+  checkpoint.save_generator(ckpt, variables, config)
+  out = tmp_path / "runtimes.json"
+  asked = ["jax-auto", "jax-xla", "ort-fp32", "ort-int8", "ov-int8"]
+  runtimes.main(["--ckpt", str(ckpt), "--rounds", "2", "--calls", "2", "--contenders",
+                 ",".join(asked), "--json", str(out)])  # fmt: skip
+  result = _load(out)
+  names = [r["contender"] for r in result["rows"]]
+  assert sorted(names + list(result["skipped"])) == sorted(asked)
+  assert {"jax-auto", "jax-xla", "ort-fp32", "ort-int8"} <= set(names)
+  assert names[0] == "jax-xla" and result["quantization"]["ort-int8"].startswith("quantize_static")
+  # Round 1 runs the contenders in round 0's order rotated by one.
+  order = [[r["name"] for r in result["runs"] if r["round"] == k] for k in (0, 1)]
+  assert order[1] == order[0][1:] + order[0][:1] and order[0] == names
+  rows = {r["contender"]: r for r in result["rows"]}
+  for row in rows.values():
+    assert row["batch"] == 1 and row["calls"] == 4 and 0 < row["p25_ms"] <= row["median_ms"]
+    assert row["median_vs_jax_auto"] == pytest.approx(
+      row["median_ms"] / rows["jax-auto"]["median_ms"]
+    )
+    assert row["peak_rss_mib"] > 0
+  assert rows["jax-xla"]["max_dab_lab"] == 0.0
+  for name in ("jax-auto", "ort-fp32"):
+    assert rows[name]["max_dab_lab"] < 0.05, name
+  assert 0.05 < rows["ort-int8"]["mean_dab_lab"] < 5.0
+
+
+def test_runtimes_int8_contender_follows_the_installed_code(monkeypatch):
+  """jax-int8 runs where the Colorizer takes ``precision`` and is skipped, with its reason,
+  where it does not; the other contenders' reasons name the missing package."""
+  import runtimes
+
+  from chromagan_jax.inference import engine
+
+  def without_precision(self, variables, config=None, batch_size=1, conv_impl=None, conv=None):
+    pass
+
+  def with_precision(self, variables, config=None, batch_size=1, precision="float32"):
+    pass
+
+  monkeypatch.setattr(engine.Colorizer, "__init__", without_precision)
+  assert runtimes.int8_args() is None and "int8" in runtimes.missing("jax-int8")
+  monkeypatch.setattr(engine.Colorizer, "__init__", with_precision)
+  assert runtimes.int8_args() == {"precision": "int8"} and runtimes.missing("jax-int8") is None
+  monkeypatch.setattr(runtimes.importlib.util, "find_spec", lambda name: None)
+  assert runtimes.missing("ov-int8") == "not installed: onnx, jax2onnx, openvino, nncf"
