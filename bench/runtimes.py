@@ -12,8 +12,6 @@ paper's generator) -> L -> the head-free generator -> ab. The JAX contenders run
 Contenders (``--contenders`` picks some; one missing its package is skipped with one line):
   jax-auto     chromagan-jax's default: conv_impl "auto" (Winograd by the per-ISA rule)
   jax-xla      conv_impl "xla" (XLA's own convolutions); the accuracy reference
-  jax-int8     chromagan-jax's int8 path (``Colorizer(precision="int8")``), when the
-               installed chromagan_jax has one
   ort-fp32     ONNX Runtime on the jax2onnx export
   ort-int8     ONNX Runtime on its static-quantized QDQ model (quantize_static: uint8
                activations, int8 per-channel weights, MinMax calibration)
@@ -37,7 +35,6 @@ jax-auto's, and the child's peak RSS (VmHWM).
 import argparse
 import importlib.metadata
 import importlib.util
-import inspect
 import json
 import math
 import os
@@ -55,7 +52,7 @@ from chromagan_jax.data import images, sources
 # chromagan_jax.inference (and JAX with it) is imported where used: the processes of the other
 # runtimes never import it, so that their peak RSS is their own.
 
-CONTENDERS = ("jax-auto", "jax-xla", "jax-int8", "ort-fp32", "ort-int8", "ov-fp32", "ov-int8",
+CONTENDERS = ("jax-auto", "jax-xla", "ort-fp32", "ort-int8", "ov-fp32", "ov-int8",
               "tflite-fp32", "tflite-int8")  # fmt: skip
 REFERENCE, BASELINE = "jax-xla", "jax-auto"
 # The exported model files each contender runs, and the export step that writes them.
@@ -76,8 +73,6 @@ LAB_PER_AB = 255.0
 
 def missing(name: str) -> str | None:
   """Why contender ``name`` cannot run with the installed packages, or None when it can."""
-  if name == "jax-int8" and int8_args() is None:
-    return "no int8 path in the installed chromagan_jax (Colorizer(precision=))"
   need = {"ort": ("onnx", "jax2onnx", "onnxruntime"), "ov": ("onnx", "jax2onnx", "openvino")}
   need = need.get(name.split("-")[0], ()) + (("nncf",) if name == "ov-int8" else ())
   if name.startswith("tflite"):
@@ -88,16 +83,6 @@ def missing(name: str) -> str | None:
       return problem
   absent = [m for m in need if importlib.util.find_spec(m) is None]
   return f"not installed: {', '.join(absent)}" if absent else None
-
-
-def int8_args() -> dict | None:
-  """The Colorizer arguments that ask the installed chromagan_jax for its int8 path
-  (``precision="int8"``), or None when its Colorizer takes no ``precision``."""
-  from chromagan_jax.inference import engine
-
-  if "precision" in inspect.signature(engine.Colorizer).parameters:
-    return {"precision": "int8"}
-  return None
 
 
 def versions() -> dict:
@@ -233,8 +218,7 @@ def runner(name: str, ckpt: str, step: int, folder: str, batch: int, threads: in
 
     variables, config = checkpoint.load_generator(ckpt, step, with_class_head=False)
     impl = "xla" if name == "jax-xla" else "auto"
-    extra = int8_args() if name == "jax-int8" else {}
-    colorizer = engine.Colorizer(variables, config, batch_size=batch, conv_impl=impl, **extra)
+    colorizer = engine.Colorizer(variables, config, batch_size=batch, conv_impl=impl)
     return lambda rgb: np.asarray(colorizer.predict_network(list(rgb))[1])
   path = os.path.join(folder, MODEL_FILES[name])
   if name.startswith("ort"):

@@ -283,22 +283,9 @@ def test_runtimes_bench_smoke(tmp_path):
   assert 0.05 < rows["ort-int8"]["mean_dab_lab"] < 5.0
 
 
-def test_runtimes_int8_contender_follows_the_installed_code(monkeypatch):
-  """jax-int8 runs where the Colorizer takes ``precision`` and is skipped, with its reason,
-  where it does not; the other contenders' reasons name the missing package."""
+def test_runtimes_names_the_missing_packages(monkeypatch):
+  """A contender whose runtime is not installed is skipped with the packages it needs."""
   import runtimes
 
-  from chromagan_jax.inference import engine
-
-  def without_precision(self, variables, config=None, batch_size=1, conv_impl=None, conv=None):
-    pass
-
-  def with_precision(self, variables, config=None, batch_size=1, precision="float32"):
-    pass
-
-  monkeypatch.setattr(engine.Colorizer, "__init__", without_precision)
-  assert runtimes.int8_args() is None and "int8" in runtimes.missing("jax-int8")
-  monkeypatch.setattr(engine.Colorizer, "__init__", with_precision)
-  assert runtimes.int8_args() == {"precision": "int8"} and runtimes.missing("jax-int8") is None
   monkeypatch.setattr(runtimes.importlib.util, "find_spec", lambda name: None)
   assert runtimes.missing("ov-int8") == "not installed: onnx, jax2onnx, openvino, nncf"
