@@ -17,7 +17,7 @@ from helpers import _numpy_generator_variables, small_config
 from skimage import color as skcolor
 
 from chromagan_jax import colorize, export
-from chromagan_jax.data import images, sources
+from chromagan_jax.data import images, sources, synthetic
 from chromagan_jax.errors import UserError
 from chromagan_jax.inference import engine, openvino_network
 from chromagan_jax.weights import checkpoint
@@ -158,6 +158,18 @@ def test_colorize_with_network_matches_jax_colours(irs, ckpt, photo_dirs, tmp_pa
     lab_got, lab_want = skcolor.rgb2lab(got), skcolor.rgb2lab(want)
     ab_error = np.abs(lab_got[..., 1:] - lab_want[..., 1:]).mean()
     assert INT8_MIN_MEAN_LAB < ab_error < INT8_MEAN_LAB, (name, ab_error)
+
+
+def test_colorize_a_video_with_network(irs, ckpt, rgbs, tmp_path):
+  """Videos go through the same network stage: every frame written."""
+  pytest.importorskip("av")
+  clip = str(tmp_path / "clip.mp4")
+  assert synthetic.write_clip(clip, synthetic.pan_zoom_frames(rgbs[:2], (96, 64), 3), (96, 64))
+  logged = []
+  argv = ["--ckpt", ckpt, "--output", str(tmp_path / "out"), "--no_progress", clip]
+  assert colorize.main([*argv, "--network", irs["openvino-int8"]], log=logged.append) == 0
+  assert any(": 6 frames" in line for line in logged), logged
+  assert os.path.getsize(tmp_path / "out" / "clip.mp4") > 0
 
 
 def test_a_mismatched_or_missing_ir_is_one_line(irs, ckpt, photo_dirs, tmp_path):

@@ -15,6 +15,7 @@ extra, imported here on use only.
 import importlib.metadata
 import json
 import os
+import threading
 from collections.abc import Callable
 
 import jax
@@ -114,7 +115,8 @@ def load_network(path: str, image_size: int, batch_size: int, threads: int | Non
 
   Returns:
     A :data:`Network`: uint8 RGB (batch_size, S, S, 3) -> (L (batch_size, S, S), ab
-    (batch_size, S, S, 2)), NumPy float32 in [0, 1].
+    (batch_size, S, S, 2)), NumPy float32 in [0, 1]. Calls from several threads take turns
+    (one infer request, as the JAX path runs one batch at a time).
 
   Raises:
     UserError: no IR there, or its input size is not ``image_size`` (one line).
@@ -148,10 +150,12 @@ def load_network(path: str, image_size: int, batch_size: int, threads: int | Non
     },
   )
   request = compiled.create_infer_request()
+  lock = threading.Lock()
 
   def network(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     lightness = net_lightness(rgb)
-    ab = request.infer([lightness])[0].copy()
+    with lock:
+      ab = request.infer([lightness])[0].copy()  # A copy: the request reuses its buffer.
     return lightness[..., 0], ab
 
   return network
