@@ -8,7 +8,7 @@ JAX2ONNX := jax2onnx==0.17.1
 
 VENV312 ?= .venv312
 
-.PHONY: demo test test-fast lint format clean export-deps browser jax012
+.PHONY: demo test test-fast lint format clean export-deps openvino-deps browser jax012
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ $(STAMP): pyproject.toml
 # declared dependencies (they would downgrade orbax-checkpoint; see pyproject's `export`).
 export-deps:
 	$(PY) -m pip install -q -e '.[export]'
+	$(PY) -m pip install -q --no-deps '$(JAX2ONNX)'
+
+# The int8 CPU path (export --format openvino-int8, colorize --network) likewise.
+openvino-deps:
+	$(PY) -m pip install -q -e '.[openvino]'
 	$(PY) -m pip install -q --no-deps '$(JAX2ONNX)'
 
 demo: $(STAMP)

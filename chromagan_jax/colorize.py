@@ -106,6 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
     "--compilation_cache): 'xla' can be quicker for a handful of photos on a cold cache",
   )
   parser.add_argument(
+    "--network",
+    default=None,
+    metavar="IR",
+    help="run the network stage with OpenVINO on this IR (chromagan.xml, or the folder "
+    "`python -m chromagan_jax.export --format openvino-int8` wrote) instead of JAX; --ckpt "
+    "still gives the config. int8 is faster on CPUs with VNNI and changes ab slightly "
+    "(docs/performance.md 'Reduced precision'); needs the 'openvino' extra",
+  )
+  parser.add_argument(
     "--compilation_cache",
     "--compilation-cache",
     default=compile_cache.DEFAULT_DIR,
@@ -215,6 +224,7 @@ def main(argv: Sequence[str] | None = None, log: Callable[[str], None] | None = 
       progress=not args.no_progress,
       log=log,
       workers=args.workers,
+      network=args.network,
     )
   except UserError as e:
     log(f"error: {e}")

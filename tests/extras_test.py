@@ -26,6 +26,7 @@ EXTRA_MODULES = (
   "av",  # video
   "onnx", "onnx_ir", "onnxruntime", "jax2onnx",  # export
   "skimage",  # demo
+  "openvino", "nncf",  # openvino
 )  # fmt: skip
 
 
@@ -87,6 +88,8 @@ def blocked(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("extras")
   clip = tmp / "clip.mp4"
   clip.write_bytes(b"\0" * 64)  # Never opened: the extra is checked first.
+  photo = tmp / "photo.png"
+  photo.write_bytes(b"\0" * 64)  # Likewise.
   missing_ckpt = str(tmp / "no_ckpt")  # Nor is the checkpoint.
   out = str(tmp / "out")
   commands = [
@@ -96,7 +99,11 @@ def blocked(tmp_path_factory):
     ("demo", "demo", ["--workdir", str(tmp / "demo")]),
     ("tflite", "export", ["--ckpt", missing_ckpt, "--format", "tflite", "--output", out]),
     ("onnx", "export", ["--ckpt", missing_ckpt, "--format", "onnx", "--output", out]),
-  ]
+    ("network", "colorize", ["--ckpt", missing_ckpt, "--output", out, "--network", "x.xml",
+                             str(photo)]),
+    ("openvino-int8", "export", ["--ckpt", missing_ckpt, "--format", "openvino-int8",
+                                 "--calib", str(tmp), "--output", out]),
+  ]  # fmt: skip
   script = _BLOCKED_RUN.format(blocked=EXTRA_MODULES, commands=commands)
   proc = subprocess.run(
     [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=300
@@ -118,6 +125,8 @@ def test_every_module_imports_without_the_extras(blocked):
     ("demo", "the demo", "demo"),
     ("tflite", "TFLite and SavedModel export", "export"),
     ("onnx", "ONNX export", "export"),
+    ("network", "colorize --network", "openvino"),
+    ("openvino-int8", "OpenVINO export", "openvino"),
   ],
 )
 def test_a_missing_extra_is_one_line_naming_it(blocked, name, feature, extra):

@@ -25,7 +25,7 @@ GENERATOR_H5 = os.path.join(ROOT, "tests", "fixtures", "generator_tiny_keras2_mo
 # Distributions of the extras (pyproject.toml); none may come with the core.
 EXTRA_DISTRIBUTIONS = (
   "tensorflow", "tensorflow-cpu", "tensorflow-datasets", "clu", "tensorboard", "keras",
-  "flask", "waitress", "av", "onnx", "onnxruntime", "scikit-image",
+  "flask", "waitress", "av", "onnx", "onnxruntime", "scikit-image", "openvino", "nncf",
 )  # fmt: skip
 _NETWORK_ERRORS = ("NewConnectionError", "ConnectionError", "Temporary failure", "No matching")
 

@@ -23,7 +23,7 @@ passed through to the output. Files in, files out (names, formats, saving) is
 """
 
 import functools
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import cv2
 import flax.linen as nn
@@ -220,6 +220,10 @@ class Colorizer:
       (:func:`predict.inference_filters`).
     conv: the policy itself, when the caller built one (overrides ``conv_impl``); else it is
       built here from ``conv_impl`` and this machine (``runtime.machine.conv_policy``).
+    network: the network stage, uint8 RGB (batch_size, S, S, 3) -> (L (batch_size, S, S),
+      ab (batch_size, S, S, 2)), both in [0, 1] (e.g. ``openvino_network.load_network``);
+      None runs the generator in JAX (:meth:`jax_network`). The rest (resizing, composing)
+      is the same either way.
   """
 
   def __init__(
@@ -229,6 +233,7 @@ class Colorizer:
     batch_size: int = DEFAULT_BATCH_SIZE,
     conv_impl: str | None = None,
     conv: ConvPolicy | None = None,
+    network: Callable[[np.ndarray], tuple] | None = None,
   ):
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -241,12 +246,22 @@ class Colorizer:
     self.filters = None  # Winograd filters, transformed once at the first batch.
     self.batch_size = batch_size
     self.image_size = self.model.image_size
+    self.network = self.jax_network if network is None else network
+
+  def jax_network(self, smalls: np.ndarray) -> tuple[jax.Array, jax.Array]:
+    """The default network stage: the generator in JAX on uint8 RGB (batch_size, S, S, 3) ->
+    (L (batch_size, S, S), ab (batch_size, S, S, 2)) in [0, 1], on device."""
+    if self.filters is None:
+      self.filters = predict.inference_filters(self.model, self.variables, smalls)
+    lightness, ab = predict_ab(self.model, self.variables, smalls, self.filters)
+    return lightness[..., 0], ab
 
   def predict_network(self, rgbs: Sequence[np.ndarray]) -> tuple[jax.Array, jax.Array]:
     """The generator on up to ``batch_size`` uint8 RGB images (H, W, 3), any sizes.
 
     Returns:
-      (lightness, ab) at the network size S, on device, padded to ``batch_size``:
+      (lightness, ab) at the network size S, padded to ``batch_size`` (on device for the JAX
+      network, NumPy for another):
       lightness (batch_size, S, S) is the network input's L / 100 in [0, 1]; ab
       (batch_size, S, S, 2) is the prediction in [0, 1] (rows past ``len(rgbs)`` are padding).
       :meth:`compose_full` turns ab (smoothed over time or not) into a full-resolution image.
@@ -259,10 +274,7 @@ class Colorizer:
     smalls = np.stack([image_files.resize(x, self.image_size) for x in rgbs])
     if len(rgbs) < self.batch_size:  # Black images fill the batch: one compiled shape.
       smalls = np.pad(smalls, ((0, self.batch_size - len(rgbs)), (0, 0), (0, 0), (0, 0)))
-    if self.filters is None:
-      self.filters = predict.inference_filters(self.model, self.variables, smalls)
-    lightness, ab = predict_ab(self.model, self.variables, smalls, self.filters)
-    return lightness[..., 0], ab
+    return self.network(smalls)
 
   @staticmethod
   def compose_full(rgb: np.ndarray, ab_net, with_grey: bool = False):

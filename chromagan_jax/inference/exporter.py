@@ -1,8 +1,9 @@
-"""Exports the head-free generator as ONNX, TFLite or a TensorFlow SavedModel.
+"""Exports the head-free generator as ONNX, TFLite, a TensorFlow SavedModel or an OpenVINO IR.
 
   python -m chromagan_jax.export --ckpt DIR --format onnx --output chromagan.onnx
   python -m chromagan_jax.export --ckpt DIR --format tflite --output chromagan.tflite
   python -m chromagan_jax.export --ckpt DIR --format saved_model --output chromagan_savedmodel/
+  python -m chromagan_jax.export --ckpt DIR --format openvino-int8 --calib PHOTOS --output OUT/
 
 The exported network (README "Export"; ``docs/colorize_onnx.py`` runs it):
   * input ``L``: float32 (N, S, S, 1), the Lab lightness of the photo resized to S x S
@@ -26,6 +27,8 @@ project's TensorFlow 2.21 / jax 0.10 on Python 3.11):
   * SavedModel and TFLite: ``jax.experimental.jax2tf`` (part of JAX) wraps the function as
     a ``tf.function`` with a symbolic batch dimension; TensorFlow saves it, and its TFLite
     converter lowers the StableHLO to TFLite builtin ops (no Flex/TF ops needed at run time).
+  * OpenVINO (``openvino``, ``openvino-int8``): the ONNX export converted by OpenVINO, the
+    int8 one quantized by NNCF on calibration photos (:mod:`openvino_network`); a folder.
 """
 
 import logging
@@ -39,12 +42,13 @@ import jax.numpy as jnp
 
 from chromagan_jax import extras
 from chromagan_jax.errors import UserError
+from chromagan_jax.inference import openvino_network
 from chromagan_jax.model import networks
 from chromagan_jax.ops import color
 from chromagan_jax.ops.conv_policy import ConvPolicy
 from chromagan_jax.weights import checkpoint, msgpack_file
 
-FORMATS = ("onnx", "tflite", "saved_model", "msgpack")
+FORMATS = ("onnx", "tflite", "saved_model", "msgpack", *openvino_network.FORMATS)
 INPUT_NAME = "L"
 OUTPUT_NAME = "ab"
 # The exported graph uses XLA's plain convolutions: runtimes choose their own kernels, and the
@@ -179,23 +183,74 @@ def export_msgpack(ckpt, staged: str, step=None, with_class_head: bool = False) 
   return msgpack_file.save_msgpack(staged, variables, config)
 
 
+def export_openvino(
+  ckpt, fmt: str, folder: str, step=None, calib: str | None = None, calib_count: int = 32
+) -> None:
+  """Writes the IR of checkpoint ``ckpt`` into the new folder ``folder`` (``chromagan.xml``,
+  ``.bin``, ``.json``): float32 for ``openvino``, int8 calibrated on the first ``calib_count``
+  photos of the folder ``calib`` for ``openvino-int8``."""
+  step, config = checkpoint.load_config(ckpt, step)
+  fn, size = load(ckpt, step)
+  inputs = None
+  if fmt == "openvino-int8":
+    inputs = openvino_network.calibration_inputs(calib, size, calib_count)
+  os.makedirs(folder)
+  onnx = extras.require("onnx", "export", "ONNX export")
+  onnx_path = os.path.join(folder, "chromagan.onnx")  # Only while converting.
+  onnx.save(to_onnx(fn, size), onnx_path)
+  openvino_network.write_ir(onnx_path, os.path.join(folder, openvino_network.MODEL_XML), inputs)
+  os.remove(onnx_path)
+  converted = config.get("converted") or {}
+  openvino_network.write_sidecar(
+    folder,
+    {
+      "format": fmt,
+      "checkpoint": os.path.abspath(os.fspath(ckpt)),
+      "step": step,
+      "converted_from_sha256": converted.get("sha256"),
+      "image_size": size,
+      "input": f"{INPUT_NAME} (N, {size}, {size}, 1) float32, Lab L / 100",
+      "output": f"{OUTPUT_NAME} (N, {size}, {size}, 2) float32 in [0, 1], a = 255 ab - 128",
+      "calibration": None
+      if inputs is None
+      else {"folder": os.path.abspath(calib), "photos": len(inputs), "order": "sorted by path"},
+    },
+  )
+
+
 def export(
-  ckpt, fmt: str, output: str, step=None, overwrite: bool = False, with_class_head: bool = False
+  ckpt,
+  fmt: str,
+  output: str,
+  step=None,
+  overwrite: bool = False,
+  with_class_head: bool = False,
+  calib: str | None = None,
+  calib_count: int = openvino_network.DEFAULT_CALIB_COUNT,
 ) -> str:
   """Exports checkpoint ``ckpt`` in format ``fmt`` to ``output`` (a file; a folder for
-  ``saved_model``), written beside it first and moved into place when complete.
+  ``saved_model`` and the OpenVINO formats), written beside it first and moved into place
+  when complete.
 
   ``with_class_head`` (msgpack only) keeps the class head, for fine-tuning from the file.
+  ``calib``, ``calib_count`` (``openvino-int8`` only, required there): the photo folder the
+  int8 ranges are calibrated on, and how many of its photos (sorted by path).
 
   Raises:
-    UserError: unknown format, output exists (without ``overwrite``), bad checkpoint.
+    UserError: unknown format, output exists (without ``overwrite``), bad checkpoint, a
+      missing extra, no calibration photos.
   """
   if fmt not in FORMATS:
     raise ExportError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
   if fmt in TF_FORMATS and (problem := tf_formats_problem()):
     raise ExportError(f"--format {fmt}: {problem}")
+  if (calib is not None) != (fmt == "openvino-int8"):
+    raise ExportError("--calib PHOTOS is needed by --format openvino-int8, and only by it")
+  # A missing extra fails before the checkpoint loads. The 'openvino' extra brings ONNX too.
+  if fmt in openvino_network.FORMATS:
+    openvino_network.require_openvino("OpenVINO export", quantize=fmt == "openvino-int8")
   if fmt in TF_FORMATS:
-    require_tensorflow()  # A missing extra fails before the checkpoint loads.
+    require_tensorflow()
   else:
     extras.require("onnx", "export", "ONNX export")
   output = os.path.abspath(output)
@@ -203,7 +258,7 @@ def export(
     raise ExportError(f"{output}: already exists; not overwritten (pass --overwrite)")
   if with_class_head and fmt != "msgpack":
     raise ExportError(f"--with_class_head applies to --format msgpack, not {fmt}")
-  if fmt != "msgpack":
+  if fmt not in ("msgpack", *openvino_network.FORMATS):
     fn, size = load(ckpt, step)
   parent = os.path.dirname(output)
   os.makedirs(parent, exist_ok=True)
@@ -213,6 +268,8 @@ def export(
     if fmt == "msgpack":
       digest = export_msgpack(ckpt, staged, step, with_class_head)
       logging.info("%s: payload sha256 %s", output, digest)
+    elif fmt in openvino_network.FORMATS:
+      export_openvino(ckpt, fmt, staged, step, calib, calib_count)
     elif fmt == "onnx":
       onnx = extras.require("onnx", "export", "ONNX export")
 

@@ -22,7 +22,7 @@ from PIL import Image
 
 from chromagan_jax.data import images, video_files
 from chromagan_jax.errors import ImageError, UserError, VideoError
-from chromagan_jax.inference import engine, photo_pipeline, video
+from chromagan_jax.inference import engine, openvino_network, photo_pipeline, video
 from chromagan_jax.weights import checkpoint
 
 JPEG_QUALITY = 95
@@ -215,6 +215,7 @@ def colorize_files(
   progress: bool = True,
   log: Callable[[str], None] | None = None,
   workers: int = photo_pipeline.DEFAULT_WORKERS,
+  network: str | None = None,
 ) -> int:
   """Colorizes the images and videos of ``inputs`` (files, folders, globs) into ``output``.
 
@@ -232,6 +233,9 @@ def colorize_files(
     workers: photos are decoded in this many threads, and composed and encoded in as many,
       while the network runs in one more (:mod:`photo_pipeline`); 0 runs every stage in turn
       in the calling thread. The files written, their names and the messages are the same.
+    network: an OpenVINO IR (``.xml`` or ``export --format openvino*`` folder) run as the
+      network stage (:func:`openvino_network.load_network`) instead of JAX; ``ckpt`` still
+      gives the config, whose image size the IR's must match.
 
   Returns:
     The number of images and videos written. Skipped inputs are reported through ``log``.
@@ -256,11 +260,22 @@ def colorize_files(
   found = [item for item in found if item not in clips]
   if clips:
     video_files.require_av()  # Before any work: one line naming the extra, not a skip per video.
+  if network is not None:
+    openvino_network.require_openvino("colorize --network")
+  # A video fills whole batches; photos alone need no bigger batch than their number.
+  size = batch_size if clips else min(batch_size, len(found))
   try:
     variables, config = checkpoint.load_generator(ckpt, step, with_class_head=False)
-    # A video fills whole batches; photos alone need no bigger batch than their number.
-    size = batch_size if clips else min(batch_size, len(found))
-    colorizer = engine.Colorizer(variables, config, batch_size=size, conv_impl=conv_impl)
+    image_size = int(config.model.image_size)
+  except (checkpoint.CheckpointError, OSError, ValueError, KeyError) as e:
+    raise UserError(f"cannot load checkpoint {ckpt}: {e}") from None
+  runner = None
+  if network is not None:
+    runner = openvino_network.load_network(network, image_size, size)
+  try:
+    colorizer = engine.Colorizer(
+      variables, config, batch_size=size, conv_impl=conv_impl, network=runner
+    )
   except (checkpoint.CheckpointError, OSError, ValueError, KeyError) as e:
     raise UserError(f"cannot load checkpoint {ckpt}: {e}") from None
   try:
