@@ -211,7 +211,8 @@ class Colorizer:
 
   Args:
     variables: generator variables ``{'params', 'batch_stats'}``, with or without the class
-      head (:func:`checkpoint.load_generator` ``with_class_head=False``); it is not used.
+      head (:func:`checkpoint.load_generator` ``with_class_head=False``); it is not used;
+      None with ``network``, which holds its own weights.
     config: see :func:`predict.generator_from`.
     batch_size: images per generator call (the last batch is padded with zeros).
     conv_impl: overrides the convolution algorithm of ``config`` (``conv_policy.IMPLS``); None
@@ -242,7 +243,9 @@ class Colorizer:
     self.model = predict.generator_from(config, conv)
     if isinstance(config, nn.Module) and conv_impl is not None:
       self.model = self.model.clone(conv=conv.resolve(objective="fwd"))
-    self.variables = networks.without_class_head(variables)
+    if variables is None and network is None:
+      raise ValueError("the JAX network needs the generator's variables")
+    self.variables = None if variables is None else networks.without_class_head(variables)
     self.filters = None  # Winograd filters, transformed once at the first batch.
     self.batch_size = batch_size
     self.image_size = self.model.image_size

@@ -265,7 +265,10 @@ def colorize_files(
   # A video fills whole batches; photos alone need no bigger batch than their number.
   size = batch_size if clips else min(batch_size, len(found))
   try:
-    variables, config = checkpoint.load_generator(ckpt, step, with_class_head=False)
+    if network is None:
+      variables, config = checkpoint.load_generator(ckpt, step, with_class_head=False)
+    else:  # The IR holds the weights: the checkpoint gives only the config.
+      variables, (_, config) = None, checkpoint.load_config(ckpt, step)
     image_size = int(config.model.image_size)
   except (checkpoint.CheckpointError, OSError, ValueError, KeyError) as e:
     raise UserError(f"cannot load checkpoint {ckpt}: {e}") from None
