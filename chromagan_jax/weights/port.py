@@ -38,6 +38,7 @@ import jax
 import numpy as np
 
 from chromagan_jax.errors import ConversionError
+from chromagan_jax.model import shapes
 from chromagan_jax.weights import (
   checkpoint,
   keras_h5,
@@ -47,8 +48,6 @@ from chromagan_jax.weights import (
   torch_pickle,
   torch_port,
 )
-
-NETWORKS = ("vgg16", "generator", "critic")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,8 +71,10 @@ def read(path, network: str) -> Weights:
   path holds; see the module docstring for the sources. A path of the wrong kind raises
   ConversionError (or CheckpointError for a damaged checkpoint) naming it.
   """
-  if network not in NETWORKS:
-    raise ConversionError(f"unknown network {network!r}; expected one of {', '.join(NETWORKS)}")
+  if network not in shapes.NETWORKS:
+    raise ConversionError(
+      f"unknown network {network!r}; expected one of {', '.join(shapes.NETWORKS)}"
+    )
   path = os.fspath(path)
   return {"vgg16": _vgg16, "generator": _generator, "critic": _critic}[network](path)
 
