@@ -14,6 +14,7 @@ import functools
 import io
 import os
 import sys
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -26,6 +27,9 @@ from chromagan_jax.inference import engine, openvino_network, photo_pipeline, vi
 from chromagan_jax.weights import checkpoint
 
 JPEG_QUALITY = 95
+# PNG's deflate strategy: run-length matches only. On colorized photos its files are 1-6%
+# larger than with zlib's default strategy, written in a quarter of the time (bench/README.md).
+PNG_ZLIB_STRATEGY = zlib.Z_RLE
 _JPEG_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif")
 # The name suffix used when the natural output name is taken (by an input or an earlier file).
 COLLISION_SUFFIX = "_colorized"
@@ -119,7 +123,7 @@ def _pillow_save(image: np.ndarray, target, fmt: str, jpeg_quality: int):
   if fmt == "JPEG":
     pil.save(target, format="JPEG", quality=jpeg_quality, subsampling=0)
   else:
-    pil.save(target, format="PNG")
+    pil.save(target, format="PNG", compress_type=PNG_ZLIB_STRATEGY)
 
 
 def _write_atomically(path: str, write: Callable[[str], None]):

@@ -38,7 +38,6 @@ import uuid
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image
 
 from chromagan_jax import extras
 from chromagan_jax.data import images
@@ -155,13 +154,8 @@ class Admission:
 
 
 def encode(image: np.ndarray, fmt: str) -> bytes:
-  """uint8 (H, W, 3|4) -> file bytes, with colorize.py's options (JPEG q95, no subsampling)."""
-  buf = io.BytesIO()
-  if fmt == "JPEG":
-    Image.fromarray(image).save(buf, format="JPEG", quality=folders.JPEG_QUALITY, subsampling=0)
-  else:
-    Image.fromarray(image).save(buf, format="PNG")
-  return buf.getvalue()
+  """uint8 (H, W, 3|4) -> file bytes, with colorize.py's options (:func:`folders.encode_image`)."""
+  return folders.encode_image(image, fmt)
 
 
 def result_name(upload_name: str, ext: str) -> str:
