@@ -127,12 +127,14 @@ def _host_lightness(rgb: np.ndarray) -> np.ndarray:
   OpenCV's own float RGB -> Lab is off by up to 0.18 L (its gamma table), about half a uint8
   level of the result; this is exact per code (a 256-entry table) and as fast.
   """
-  y = cv2.transform(_LINEAR_OF_CODE[rgb], _Y_ROW)
+  y = cv2.transform(cv2.LUT(rgb, _LINEAR_OF_CODE), _Y_ROW)
   f = cv2.pow(y, 1.0 / 3.0)
   dark = y <= np.float32(_DELTA**3)
   if dark.any():
     f[dark] = y[dark] / np.float32(3 * _DELTA**2) + np.float32(4.0 / 29.0)
-  return f * np.float32(116.0) - np.float32(16.0)
+  f *= np.float32(116.0)  # In place: no second full-resolution plane.
+  f -= np.float32(16.0)
+  return f
 
 
 def compose_host(rgb, ab_net, with_grey: bool = False):
@@ -156,18 +158,18 @@ def compose_host(rgb, ab_net, with_grey: bool = False):
   h, w = rgb.shape[:2]
   # Resizing is linear, so ab8 - 128 (= a, b) is resized directly.
   ab8 = np.clip(np.asarray(ab_net, np.float32) * 255.0, 0.0, 255.0) - 128.0
-  a, b = cv2.split(cv2.resize(ab8, (w, h), interpolation=cv2.INTER_LINEAR))
+  ab = cv2.resize(ab8, (w, h), interpolation=cv2.INTER_LINEAR)
   lightness = _host_lightness(rgb)
 
-  def to_rgb(a, b):
-    out = cv2.cvtColor(cv2.merge([lightness, a, b]), cv2.COLOR_Lab2RGB)
+  def to_rgb(ab):
+    # (H, W) L and (H, W, 2) ab merged in one pass: no per-channel planes at full resolution.
+    out = cv2.cvtColor(cv2.merge([lightness, ab]), cv2.COLOR_Lab2RGB)
     return cv2.convertScaleAbs(out, alpha=255.0)  # round, saturate to uint8
 
-  colour = to_rgb(a, b)
+  colour = to_rgb(ab)
   if not with_grey:
     return colour
-  zero = np.zeros_like(lightness)
-  return colour, to_rgb(zero, zero)
+  return colour, to_rgb(np.zeros_like(ab))
 
 
 # --------------------------------------------------------------------------------------------
