@@ -312,7 +312,7 @@ def network_child(ckpt: str, folder: str, batch_size: int) -> dict:
   batches = [paths[i : i + size] for i in range(0, len(paths), size)]
   rgbs = [images.read(p).rgb for p in batches[0]]
   np.asarray(colorizer.predict_network(rgbs)[1])  # compile (or cache load) + filters
-  total = 0.0
+  total = cpu = 0.0
   for batch in batches:
     rgbs = []
     for p in batch:
@@ -321,8 +321,10 @@ def network_child(ckpt: str, folder: str, batch_size: int) -> dict:
       except images.ImageError:
         pass
     if rgbs:
+      cpu_start = time.process_time()
       total += common.time_once(lambda rgbs=rgbs: np.asarray(colorizer.predict_network(rgbs)[1]))
-  return {"network_s": total, "calls": len(batches), "batch_size": size}
+      cpu += time.process_time() - cpu_start
+  return {"network_s": total, "network_cpu_s": cpu, "calls": len(batches), "batch_size": size}
 
 
 def folder_megapixels(folder: str) -> tuple[int, float]:
