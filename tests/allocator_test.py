@@ -122,17 +122,21 @@ def test_colorize_entry_point_runs_once_after_the_exec():
 
 
 KEEP_FREED_PROBE = """
-import resource, sys
+import io, resource, sys
 import numpy as np
+from PIL import Image
+from chromagan_jax.data import images
 from chromagan_jax.inference import engine
 from chromagan_jax.runtime import allocator
 if sys.argv[1] == "keep":
   assert allocator.keep_freed_memory()
 rgb = np.random.default_rng(0).integers(0, 256, (3000, 4000, 3), np.uint8)  # 12 MP
+encoded = io.BytesIO()
+Image.fromarray(rgb).save(encoded, format="JPEG")
 ab = np.random.default_rng(1).random((64, 64, 2), dtype=np.float32)
-for _ in range(3):  # colorize's full-resolution compose, photo after photo
+for _ in range(3):  # colorize's decode and full-resolution compose, photo after photo
   before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-  engine.compose_host(rgb, ab)
+  engine.compose_host(images.decode(encoded.getvalue()).rgb, ab)
   faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 print(faults)
 """
@@ -140,9 +144,10 @@ print(faults)
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_keep_freed_memory_stops_the_per_photo_page_faults():
-  """By default glibc maps OpenCV's large compose buffers afresh for every photo (~28,000 page
-  faults at 12 MP, measured) unless told to keep freed memory, as colorize.py and the app do
-  (bench/RESULTS.md: 12 MP end to end ~1.0-1.6 s -> ~0.6-0.7 s on this project's 2-core VM)."""
+  """By default glibc maps a photo's large decode and compose buffers afresh for every photo
+  (~28,000 page faults at 12 MP, measured) unless told to keep freed memory, as colorize.py
+  and the app do (bench/RESULTS.md: 12 MP end to end ~1.0-1.6 s -> ~0.6-0.7 s on this
+  project's 2-core VM)."""
 
   def faults(mode):
     out = subprocess.run(

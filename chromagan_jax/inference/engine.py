@@ -119,6 +119,8 @@ def compose(rgb_padded, ab_net, height, width, with_grey: bool = False):
 _LINEAR_OF_CODE = np.asarray(color.srgb_to_linear(np.arange(256) / np.float32(255.0)), np.float32)
 _Y_ROW = np.asarray(color._RGB_TO_XYZ[1:2], np.float32)
 _DELTA = 6.0 / 29.0
+# Pixels per strip of compose_host's per-pixel work (3 MB per float32 Lab temporary).
+_COMPOSE_STRIP_PIXELS = 1 << 18
 
 
 def _host_lightness(rgb: np.ndarray) -> np.ndarray:
@@ -159,17 +161,26 @@ def compose_host(rgb, ab_net, with_grey: bool = False):
   # Resizing is linear, so ab8 - 128 (= a, b) is resized directly.
   ab8 = np.clip(np.asarray(ab_net, np.float32) * 255.0, 0.0, 255.0) - 128.0
   ab = cv2.resize(ab8, (w, h), interpolation=cv2.INTER_LINEAR)
-  lightness = _host_lightness(rgb)
+  colour = np.empty((h, w, 3), np.uint8)
+  grey = np.empty((h, w, 3), np.uint8) if with_grey else None
+  # The rest is per pixel: done in strips of rows, its float temporaries stay a few MB (not
+  # a dozen full-resolution planes, each faulted in afresh in a worker thread's malloc arena).
+  rows = max(1, _COMPOSE_STRIP_PIXELS // w)
+  zero = np.zeros((min(rows, h), w, 2), np.float32) if with_grey else None
+  for top in range(0, h, rows):
+    strip = slice(top, min(h, top + rows))
+    lightness = _host_lightness(rgb[strip])
+    _lab_to_uint8_rgb(lightness, ab[strip], colour[strip])
+    if with_grey:
+      _lab_to_uint8_rgb(lightness, zero[: len(lightness)], grey[strip])
+  return (colour, grey) if with_grey else colour
 
-  def to_rgb(ab):
-    # (H, W) L and (H, W, 2) ab merged in one pass: no per-channel planes at full resolution.
-    out = cv2.cvtColor(cv2.merge([lightness, ab]), cv2.COLOR_Lab2RGB)
-    return cv2.convertScaleAbs(out, alpha=255.0)  # round, saturate to uint8
 
-  colour = to_rgb(ab)
-  if not with_grey:
-    return colour
-  return colour, to_rgb(np.zeros_like(ab))
+def _lab_to_uint8_rgb(lightness: np.ndarray, ab: np.ndarray, out: np.ndarray):
+  """float32 L (h, W) and a, b (h, W, 2) -> ``out`` uint8 (h, W, 3) sRGB, rounded (OpenCV)."""
+  # L and ab merged in one pass: no per-channel planes.
+  rgb = cv2.cvtColor(cv2.merge([lightness, ab]), cv2.COLOR_Lab2RGB)
+  cv2.convertScaleAbs(rgb, dst=out, alpha=255.0)  # round, saturate to uint8
 
 
 # --------------------------------------------------------------------------------------------
