@@ -26,6 +26,7 @@ import conv_layers  # noqa: E402
 import generator_inference  # noqa: E402
 import input_pipeline as input_pipeline_bench  # noqa: E402
 import int8_conv  # noqa: E402
+import png_encode  # noqa: E402
 import train_step  # noqa: E402
 
 from chromagan_jax.ops import conv_choice  # noqa: E402
@@ -183,6 +184,20 @@ def test_conv_choice_cost_smoke(tmp_path):
     ["gp", "1x16x16x8", "4x4x8x16"],
   ]
   assert {r["rule"] for r in rows} == {"im2col"}
+
+
+def test_png_encode_smoke(tmp_path):
+  """Every contender runs, decodes back to its photo (checked in the script), and the ratios
+  are against Pillow's default."""
+  out = tmp_path / "png.json"
+  result = png_encode.main(["--smoke", "--json", str(out)])
+  assert _load(out)["photos"] == result["photos"] == 2
+  rows = {r["encoder"]: r for r in result["rows"]}
+  assert set(rows) == set(png_encode.CONTENDERS)
+  assert rows[png_encode.BASELINE]["time vs default"] == 1.0
+  for row in rows.values():
+    assert row["s"] > 0 and row["MB"] > 0
+    assert row["size vs default"] == pytest.approx(row["MB"] / rows[png_encode.BASELINE]["MB"])
 
 
 @pytest.mark.slow
