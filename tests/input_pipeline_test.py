@@ -529,7 +529,11 @@ import time
 from chromagan_jax.data import decode_workers
 if __name__ == "__main__":
   workers = decode_workers.Workers(2)
-  assert list(workers.map(decode_workers.ExampleSpec(size=8), [[], []], ahead=2)) == [[], []]
+  deadline = time.monotonic() + 60
+  # The pool starts a worker per task submitted while none is idle: on a loaded machine the
+  # first may finish before the second task comes, so tasks come until both workers exist.
+  while len(workers.pids()) < 2 and time.monotonic() < deadline:
+    assert list(workers.map(decode_workers.ExampleSpec(size=8), [[]] * 4, ahead=4)) == [[]] * 4
   print(*workers.pids(), flush=True)
   time.sleep(600)
 """
