@@ -7,7 +7,7 @@ photo of ``--folder`` (default: ``--synthetic`` grainy photos) is composed once 
 random ab field (as a colorization is: ab is upsampled from the network's 224 x 224), then
 encoded by each contender in turn, interleaved over ``--rounds``; the table gives the total
 seconds (median over rounds), the total bytes, and both as ratios to Pillow's default
-(zlib level 6, default strategy: what ``Image.save(path)`` writes).
+(zlib level 6, filtered strategy: what ``Image.save(path)`` writes).
 
 Usage:
   python bench/png_encode.py --folder DIR [--rounds 3] [--json PATH]
