@@ -10,10 +10,9 @@ from collections.abc import Sequence
 
 from chromagan_jax.data import images
 from chromagan_jax.errors import UserError
-from chromagan_jax.inference import engine, webapp
+from chromagan_jax.inference import folders, webapp
 from chromagan_jax.ops import conv_policy
 from chromagan_jax.runtime import allocator, compile_cache, runner
-from chromagan_jax.weights import checkpoint
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     help="convolution algorithm (see colorize.py --help)",
   )
   parser.add_argument(
+    "--network",
+    default=None,
+    metavar="IR",
+    help="run the network stage with OpenVINO on this IR instead of JAX (see colorize.py "
+    "--help); --ckpt still gives the config; needs the 'openvino' extra",
+  )
+  parser.add_argument(
     "--compilation_cache",
     default=compile_cache.DEFAULT_DIR,
     metavar="DIR",
@@ -89,8 +95,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     webapp.require_flask()  # Before the checkpoint loads: a missing extra fails at once.
     compile_cache.enable(args.compilation_cache, warn=log)
     allocator.keep_freed_memory()  # Full-resolution photos: no page faults per photo.
-    variables, config = checkpoint.load_generator(args.ckpt, args.step, with_class_head=False)
-    colorizer = engine.Colorizer(variables, config, batch_size=1, conv_impl=args.conv_impl)
+    colorizer = folders.load_colorizer(
+      args.ckpt, args.step, 1, args.conv_impl, args.network, "chromagan-app --network"
+    )
   except (UserError, ValueError) as e:
     log(f"error: {e}")
     return 1

@@ -7,6 +7,7 @@ int8 error is as large as its signal) and a last layer with zero spatial mean (a
 the photo's structure). Its int8 error, like a trained network's, is a fraction of its ab.
 """
 
+import io
 import json
 import os
 import shutil
@@ -158,6 +159,41 @@ def test_colorize_with_network_matches_jax_colours(irs, ckpt, photo_dirs, tmp_pa
     lab_got, lab_want = skcolor.rgb2lab(got), skcolor.rgb2lab(want)
     ab_error = np.abs(lab_got[..., 1:] - lab_want[..., 1:]).mean()
     assert INT8_MIN_MEAN_LAB < ab_error < INT8_MEAN_LAB, (name, ab_error)
+
+
+def test_the_app_serves_the_ir_colours(irs, ckpt, photo_dirs, tmp_path, monkeypatch):
+  """chromagan-app --network colorizes with the IR: an upload's result is the file colorize.py
+  --network writes for it (batch 1 both), which differs from the JAX path's (test above)."""
+  pytest.importorskip("flask")
+  from chromagan_jax import app
+  from chromagan_jax.inference import webapp
+
+  served = []
+  create_app = webapp.create_app
+  monkeypatch.setattr(webapp, "create_app", lambda colorizer, *a, **k: served.append(colorizer))
+
+  class _Server:  # Bound, never serving.
+    def run(self):
+      pass
+
+    def close(self):
+      pass
+
+  monkeypatch.setattr(webapp, "make_server", lambda *a, **k: _Server())
+  argv = ["--ckpt", ckpt, "--compilation_cache", "", "--network", irs["openvino-int8"]]
+  assert app.main(argv) == 0
+  (colorizer,) = served
+  assert colorizer.variables is None and colorizer.batch_size == 1
+  client = create_app(colorizer).test_client()
+  name = sorted(os.listdir(photo_dirs[1]))[0]
+  with open(os.path.join(photo_dirs[1], name), "rb") as f:
+    upload = client.post("/colorize", data={"photo": (io.BytesIO(f.read()), name)})
+  assert upload.status_code == 200, upload.json
+  served_rgb = images.decode(client.get(upload.json["url"]).data).rgb
+  out = str(tmp_path / "cli")
+  argv = ["--ckpt", ckpt, "--no_progress", "--batch_size", "1", "--output", out]
+  assert colorize.main([*argv, "--network", irs["openvino-int8"], photo_dirs[1]]) == 0
+  np.testing.assert_array_equal(served_rgb, images.read(os.path.join(out, name)).rgb)
 
 
 def test_colorize_a_video_with_network(irs, ckpt, rgbs, tmp_path):

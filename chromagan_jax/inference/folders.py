@@ -204,6 +204,45 @@ def _read_all(
     yield photo
 
 
+def load_colorizer(
+  ckpt,
+  step: int | None,
+  batch_size: int,
+  conv_impl: str | None = None,
+  network: str | None = None,
+  command: str = "--network",
+) -> engine.Colorizer:
+  """The :class:`engine.Colorizer` of a checkpoint, its network stage in JAX, or in OpenVINO
+  on the IR ``network`` (:func:`openvino_network.load_network`; the checkpoint then gives
+  only the config, whose image size the IR's must match).
+
+  Raises:
+    UserError: an unusable checkpoint or IR, one line each.
+    MissingExtraError: ``network`` given without the 'openvino' extra (``command`` names
+      what asked for it).
+  """
+  if network is not None:
+    openvino_network.require_openvino(command)
+  try:
+    if network is None:
+      variables, config = checkpoint.load_generator(ckpt, step, with_class_head=False)
+    else:  # The IR holds the weights: the checkpoint gives only the config.
+      variables, (_, config) = None, checkpoint.load_config(ckpt, step)
+    image_size = int(config.model.image_size)
+  except (checkpoint.CheckpointError, OSError, ValueError, KeyError) as e:
+    raise UserError(f"cannot load checkpoint {ckpt}: {e}") from None
+  # Apart from the checkpoint's: the IR's own one-line UserErrors must not be relabelled.
+  runner = (
+    None if network is None else openvino_network.load_network(network, image_size, batch_size)
+  )
+  try:
+    return engine.Colorizer(
+      variables, config, batch_size=batch_size, conv_impl=conv_impl, network=runner
+    )
+  except (checkpoint.CheckpointError, OSError, ValueError, KeyError) as e:
+    raise UserError(f"cannot load checkpoint {ckpt}: {e}") from None
+
+
 def colorize_files(
   inputs: Sequence[str],
   output: str,
@@ -265,27 +304,9 @@ def colorize_files(
   found = [item for item in found if item not in clips]
   if clips:
     video_files.require_av()  # Before any work: one line naming the extra, not a skip per video.
-  if network is not None:
-    openvino_network.require_openvino("colorize --network")
   # A video fills whole batches; photos alone need no bigger batch than their number.
   size = batch_size if clips else min(batch_size, len(found))
-  try:
-    if network is None:
-      variables, config = checkpoint.load_generator(ckpt, step, with_class_head=False)
-    else:  # The IR holds the weights: the checkpoint gives only the config.
-      variables, (_, config) = None, checkpoint.load_config(ckpt, step)
-    image_size = int(config.model.image_size)
-  except (checkpoint.CheckpointError, OSError, ValueError, KeyError) as e:
-    raise UserError(f"cannot load checkpoint {ckpt}: {e}") from None
-  runner = None
-  if network is not None:
-    runner = openvino_network.load_network(network, image_size, size)
-  try:
-    colorizer = engine.Colorizer(
-      variables, config, batch_size=size, conv_impl=conv_impl, network=runner
-    )
-  except (checkpoint.CheckpointError, OSError, ValueError, KeyError) as e:
-    raise UserError(f"cannot load checkpoint {ckpt}: {e}") from None
+  colorizer = load_colorizer(ckpt, step, size, conv_impl, network, "colorize --network")
   try:
     os.makedirs(output, exist_ok=True)
   except OSError as e:
