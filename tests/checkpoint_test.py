@@ -13,6 +13,7 @@ import orbax.checkpoint as ocp
 import pytest
 from absl import logging as absl_logging
 from helpers import (
+  app_colorizers,
   assert_trees_equal,
   colourful_generator_variables,
   random_generator_variables,
@@ -25,7 +26,7 @@ from skimage import metrics as skmetrics
 from chromagan_jax import app, colorize, evaluate, export
 from chromagan_jax.errors import CheckpointError, ShapeError, UserError
 from chromagan_jax.evaluation import video_flicker
-from chromagan_jax.inference import engine, exporter, webapp
+from chromagan_jax.inference import engine, exporter
 from chromagan_jax.model import networks, predict
 from chromagan_jax.runtime import machine
 from chromagan_jax.weights import checkpoint, msgpack_file, port
@@ -201,17 +202,7 @@ def test_inference_commands_load_the_moving_average_unless_told_otherwise(
     assert_trees_equal(used.pop().variables, networks.without_class_head(variables))
 
   # The app: the colorizer its server would use.
-  served = []
-  monkeypatch.setattr(webapp, "create_app", lambda colorizer, *a, **k: served.append(colorizer))
-
-  class _Server:  # Bound, never serving.
-    def run(self):
-      pass
-
-    def close(self):
-      pass
-
-  monkeypatch.setattr(webapp, "make_server", lambda *a, **k: _Server())
+  served = app_colorizers(monkeypatch)
   assert app.main(["--ckpt", ckpt, "--compilation_cache", ""]) == 0
   assert_trees_equal(served[0].variables, networks.without_class_head(ema))
 

@@ -2,8 +2,9 @@
 
 Real photos (scikit-image ships them inside its wheel), a tree assertion, random Keras
 weights, torchvision's VGG16 layout, and generator weights whose colours vary across the
-picture; test images (a smooth random photo, a PNG header with no pixels). Keras is
-imported only by the helper that needs it, so importing this stays cheap.
+picture; test images (a smooth random photo, a PNG header with no pixels); the app's colorizer
+without a server. Keras is imported only by the helper that needs it, so importing this
+stays cheap.
 """
 
 import os
@@ -215,3 +216,22 @@ def png_header_only(width, height):
 
   ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
   return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def app_colorizers(monkeypatch) -> list:
+  """Makes ``app.main`` return once its server is set up, without serving: returns the list
+  that receives the colorizer the app would serve."""
+  from chromagan_jax.inference import webapp
+
+  served = []
+  monkeypatch.setattr(webapp, "create_app", lambda colorizer, *a, **k: served.append(colorizer))
+
+  class _Server:  # Bound, never serving.
+    def run(self):
+      pass
+
+    def close(self):
+      pass
+
+  monkeypatch.setattr(webapp, "make_server", lambda *a, **k: _Server())
+  return served

@@ -14,7 +14,7 @@ import shutil
 
 import numpy as np
 import pytest
-from helpers import _numpy_generator_variables, small_config
+from helpers import _numpy_generator_variables, app_colorizers, small_config
 from skimage import color as skcolor
 
 from chromagan_jax import colorize, export
@@ -168,18 +168,8 @@ def test_the_app_serves_the_ir_colours(irs, ckpt, photo_dirs, tmp_path, monkeypa
   from chromagan_jax import app
   from chromagan_jax.inference import webapp
 
-  served = []
   create_app = webapp.create_app
-  monkeypatch.setattr(webapp, "create_app", lambda colorizer, *a, **k: served.append(colorizer))
-
-  class _Server:  # Bound, never serving.
-    def run(self):
-      pass
-
-    def close(self):
-      pass
-
-  monkeypatch.setattr(webapp, "make_server", lambda *a, **k: _Server())
+  served = app_colorizers(monkeypatch)
   argv = ["--ckpt", ckpt, "--compilation_cache", "", "--network", irs["openvino-int8"]]
   assert app.main(argv) == 0
   (colorizer,) = served
