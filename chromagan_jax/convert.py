@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 from chromagan_jax.errors import ConversionError, UserError
-from chromagan_jax.model import shapes
+from chromagan_jax.model import networks, shapes
 from chromagan_jax.runtime import runner
 from chromagan_jax.weights import checkpoint, layouts, port
 
@@ -70,7 +70,7 @@ def convert(kind: str, source, out, expect_sha256: str | None = None) -> str:
   )
   if kind == "vgg16":
     params, pre = variables["params"], weights.preprocessing
-    top = layouts.has_top(params)
+    top = networks.vgg16_has_top(params)
     converted.update(preprocessing=pre, include_top=top)
     model = {**model, "vgg_preprocessing": pre}
     checkpoint.save_weights(out, checkpoint.VGG16, params, {"model": model, "converted": converted})

@@ -154,7 +154,7 @@ def test_keras_applications_notop_file_gives_the_trunk(tmp_path):
   with pytest.raises(ConversionError, match=rf"{path}.*notop"):
     keras_port.vgg16_from_keras(path)
   notop, preprocessing = read_vgg16(path)
-  assert preprocessing == "caffe" and not layouts.has_top(notop)
+  assert preprocessing == "caffe" and not networks.vgg16_has_top(notop)
   assert_trees_equal(notop, params)
 
 

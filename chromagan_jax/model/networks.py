@@ -68,6 +68,12 @@ _TORCH_STD = (0.229, 0.224, 0.225)
 VGG_PREPROCESSING = ("none", "caffe", "torch")
 
 
+def vgg16_has_top(params) -> bool:
+  """Whether VGG16 params include the classifier (fc1, fc2, predictions), not only the
+  convolutions of a notop file."""
+  return all(n in params for n in VGG16_TOP)
+
+
 def vgg_preprocess(x, mode: str = "none"):
   """Applies a VGG16 weight source's input normalisation to RGB ``x`` in [0, 1]."""
   if mode == "none":

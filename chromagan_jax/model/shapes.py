@@ -242,7 +242,7 @@ def check(
   expected = abstract_variables(model_config, network, with_class_head)
   params = variables["params"] if "params" in variables else {}
   compared = expected
-  if network == "vgg16" and not all(n in params for n in networks.VGG16_TOP):
+  if network == "vgg16" and not networks.vgg16_has_top(params):
     compared = {"params": {"vgg16": expected["params"]["vgg16"]}}
   message = {"remedy": remedy}
   if network == "generator" and with_class_head and networks.CLASS_HEAD[0] not in params:

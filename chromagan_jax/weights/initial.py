@@ -11,7 +11,7 @@ from typing import Any
 
 from absl import logging
 
-from chromagan_jax.model import shapes
+from chromagan_jax.model import networks, shapes
 from chromagan_jax.weights import layouts, port
 
 
@@ -56,7 +56,7 @@ def starting_weights(config, resuming: bool = False) -> StartingWeights:
   if config.init.vgg16:
     vgg = _read_checked(config.init.vgg16, "vgg16", config.model, config.init.vgg16)
     params = vgg.variables["params"]
-    if layouts.has_top(params):
+    if networks.vgg16_has_top(params):
       out.teacher = params
     else:
       logging.warning(

@@ -96,8 +96,3 @@ def vgg16_trunk_params(classifier_params) -> dict[str, Any]:
   """
   trunk = classifier_params["vgg16"]
   return {name: dict(trunk[name]) for name in TRUNK_CONVS}
-
-
-def has_top(params) -> bool:
-  """Whether VGG16 params include the classifier (fc1, fc2, predictions)."""
-  return all(n in params for n in VGG16_TOP)
