@@ -21,6 +21,7 @@ import tempfile
 import time
 import zlib
 
+import colorize_e2e
 import common
 import cv2
 import numpy as np
@@ -68,16 +69,13 @@ def colorized_photos(paths: list[str], seed: int = 0) -> list[np.ndarray]:
 
 
 def synthetic_photos(folder: str, count: int, megapixels: float) -> list[str]:
-  """``count`` grainy photo-like PNGs of about ``megapixels`` each, written to ``folder``."""
-  rng = np.random.default_rng(1)
+  """``count`` grainy photos of about ``megapixels`` each (colorize_e2e's), written to
+  ``folder``."""
   side = int((megapixels * 1e6) ** 0.5)
   paths = []
   for i in range(count):
-    yy, xx = np.mgrid[0:side, 0:side] / side
-    base = 128 + 80 * np.sin(6 * xx + i) * np.cos(4 * yy)
-    rgb = np.clip(base[..., None] + rng.normal(0, 12, (side, side, 3)), 0, 255).astype(np.uint8)
-    paths.append(os.path.join(folder, f"{i:03d}.png"))
-    Image.fromarray(rgb).save(paths[-1])
+    paths.append(os.path.join(folder, f"{i:03d}.jpg"))
+    os.replace(colorize_e2e.make_photo(folder, (side, side), seed=i), paths[-1])
   return paths
 
 
