@@ -27,9 +27,9 @@ from chromagan_jax.inference import engine, openvino_network, photo_pipeline, vi
 from chromagan_jax.weights import checkpoint
 
 JPEG_QUALITY = 95
-# PNG's deflate strategy: run-length matches only. On colorized photos its files are about 6%
-# larger than Pillow's default (level 6, filtered strategy) writes, in a quarter of the time
-# (bench/README.md).
+# PNG's deflate strategy: run-length matches only. On colorized photos its files are slightly
+# larger than with Pillow's default (level 6, filtered strategy) and several times faster to
+# write (figures: bench/README.md, docs/performance.md).
 PNG_ZLIB_STRATEGY = zlib.Z_RLE
 _JPEG_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif")
 # The name suffix used when the natural output name is taken (by an input or an earlier file).
